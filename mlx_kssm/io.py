@@ -1,0 +1,170 @@
+"""Model folders in the mlx-lm layout: config.json + model.safetensors ({"format": "mlx"}).
+
+A folder holds `config.json` (ModelArgs plus "tokenizer": the tokenizer spec) and the weights,
+sharded with `model.safetensors.index.json` above `max_shard_bytes` as mlx-lm does. Every
+file is written to a temporary name and renamed, config.json last, so a crash never leaves a
+folder whose config points at half-written weights.
+
+`resolve_model_dir` accepts an exported folder, a training run folder (its `best/`, else its
+newest checkpoint), or a checkpoint folder, so every command takes any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .models import ModelArgs, build_model
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 2 << 30
+
+
+class ModelLoadError(Exception):
+    """A model folder that cannot be loaded; the message says what and where."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
+    path = Path(path)
+    # mx.save_safetensors appends ".safetensors" to names without it: keep the suffix
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
+    mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
+               max_shard_bytes: int = MAX_SHARD_BYTES, extra_config: dict | None = None) -> Path:
+    """Write `model` as a self-contained folder; returns its path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.parameters()))
+    if dtype is not None:
+        weights = {k: v.astype(dtype) for k, v in weights.items()}
+    shards, current, size = [], {}, 0
+    for name, value in weights.items():
+        if current and size + value.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = value
+        size += value.nbytes
+    shards.append(current)
+    meta = {"format": "mlx"}
+    for stale in list(path.glob("model*.safetensors")) + [path / INDEX]:
+        if stale.exists():
+            stale.unlink()
+    if len(shards) == 1:
+        atomic_save_safetensors(path / WEIGHTS, shards[0], meta)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            atomic_save_safetensors(path / name, shard, meta)
+            weight_map.update({k: name for k in shard})
+        index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values())},
+                 "weight_map": weight_map}
+        atomic_write_text(path / INDEX, json.dumps(index, indent=2))
+    config = {**model.args.to_dict(), **(extra_config or {})}
+    if tokenizer_spec is not None:
+        config["tokenizer"] = tokenizer_spec
+    atomic_write_text(path / CONFIG, json.dumps(config, indent=2))
+    return path
+
+
+def read_config(path) -> dict:
+    cfg = Path(path) / CONFIG
+    if not cfg.exists():
+        raise ModelLoadError(f"{cfg} not found: not a model folder")
+    try:
+        return json.loads(cfg.read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"{cfg} is not valid JSON: {e}") from None
+
+
+def load_weights_dict(path) -> dict:
+    path = Path(path)
+    if (path / INDEX).exists():
+        index = json.loads((path / INDEX).read_text())
+        files = sorted(set(index["weight_map"].values()))
+    elif (path / WEIGHTS).exists():
+        files = [WEIGHTS]
+    else:
+        raise ModelLoadError(f"no {WEIGHTS} (or {INDEX}) in {path}")
+    weights = {}
+    for name in files:
+        try:
+            weights.update(mx.load(str(path / name)))
+        except Exception as e:  # corrupt or truncated file
+            raise ModelLoadError(f"{path / name} could not be read: {e}") from None
+    return weights
+
+
+def apply_weights(model, weights: dict, source: str = "weights") -> None:
+    """Load `weights` into `model`, naming every tensor that is missing, extra or misshapen."""
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    bad = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+           for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    problems = ([f"missing {k}" for k in missing] + [f"unexpected {k}" for k in extra] + bad)
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ModelLoadError(f"{source} does not fit the model config: {shown}")
+    model.update(tree_unflatten([(k, v.astype(expected[k].dtype)) for k, v in weights.items()]))
+    mx.eval(model.parameters())
+
+
+def resolve_model_dir(path) -> Path:
+    """An exported folder, a run folder (best/, else newest checkpoint) or a checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist")
+    if (path / CONFIG).exists() and ((path / WEIGHTS).exists() or (path / INDEX).exists()):
+        return path
+    if (path / "best" / CONFIG).exists():
+        return path / "best"
+    ckpts = sorted((p for p in path.glob("checkpoints/step_*") if (p / CONFIG).exists()),
+                   key=lambda p: int(p.name.split("_")[-1]))
+    if ckpts:
+        return ckpts[-1]
+    raise ModelLoadError(f"{path} holds no model: expected config.json + {WEIGHTS}, "
+                         "a run folder with best/ or checkpoints/step_N/")
+
+
+def load_model(path):
+    """(model, config dict) from any folder `resolve_model_dir` accepts."""
+    folder = resolve_model_dir(path)
+    config = read_config(folder)
+    try:
+        model = build_model(ModelArgs.from_dict(config))
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{folder / CONFIG}: {e}") from None
+    apply_weights(model, load_weights_dict(folder), source=str(folder))
+    return model, config
+
+
+def load(path):
+    """(model, tokenizer) from a model folder; tokenizer is None if the folder names none."""
+    model, config = load_model(path)
+    tokenizer = None
+    if config.get("tokenizer") is not None:
+        from .data.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(config["tokenizer"])
+    return model, tokenizer

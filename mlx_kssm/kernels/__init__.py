@@ -1,0 +1,6 @@
+"""Phase-coupling scan: pure-MLX reference, fused Metal kernel, and the switch between them."""
+
+from .dispatch import KERNEL_MODES, active_impl, get_kernel, oscillator_scan, oscillator_step, set_kernel
+
+__all__ = ["KERNEL_MODES", "active_impl", "get_kernel", "oscillator_scan", "oscillator_step",
+           "set_kernel"]

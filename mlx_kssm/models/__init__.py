@@ -1,0 +1,39 @@
+"""Model zoo: one file per architecture, presets, and `build_model`."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from . import kssm, transformer, upstream_v3
+from .base import ModelArgs, r_zone, ZONES
+from .presets import PRESETS, preset_args, preset_names, preset_train_defaults
+
+_ARCHITECTURES = {"kssm": kssm.Model, "transformer": transformer.Model,
+                  "upstream_v3": upstream_v3.Model}
+
+
+def build_model(preset_or_args, vocab_size: int | None = None, seed: int | None = None, **overrides):
+    """A model from a preset name, a ModelArgs, or a config dict. `seed` fixes the init."""
+    if isinstance(preset_or_args, str):
+        args = preset_args(preset_or_args, **overrides)
+    elif isinstance(preset_or_args, dict):
+        args = ModelArgs.from_dict({**preset_or_args, **overrides})
+    else:
+        args = ModelArgs.from_dict({**preset_or_args.to_dict(), **overrides})
+    if vocab_size is not None:
+        args.vocab_size = int(vocab_size)
+    args.validate()
+    if seed is not None:
+        mx.random.seed(seed)
+    model = _ARCHITECTURES[args.model_type](args)
+    mx.eval(model.parameters())
+    return model
+
+
+def count_parameters(model) -> int:
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+__all__ = ["ModelArgs", "build_model", "count_parameters", "PRESETS", "preset_args",
+           "preset_names", "preset_train_defaults", "r_zone", "ZONES"]

@@ -1,0 +1,126 @@
+"""Pieces shared by every architecture: the config dataclass, the MLP, R zones, force_r parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+MODEL_TYPES = ("kssm", "transformer", "upstream_v3")
+
+
+@dataclass
+class ModelArgs:
+    """Everything needed to rebuild a model; saved as config.json (unknown keys ignored)."""
+
+    model_type: str = "kssm"
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    ffn_hidden: int = 256
+    tie_embeddings: bool = True
+    # oscillator bank (kssm, upstream_v3)
+    n_groups: int = 8
+    osc_per_group: int = 8
+    harmonics: int = 3
+    # "order_params": output sees only the order parameters (the K-SSM contract);
+    # "bolted": output reads the raw state, R only rescales it before a norm (negative control)
+    readout: str = "order_params"
+    # v3 bistable core
+    bistable: bool = False
+    u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp
+    lambda_delta: float = 1e-3  # weight of 1/(|Delta| + eps)
+    lambda_logu: float = 1e-2  # weight of -log u
+    # transformer
+    n_heads: int = 4
+    max_seq_len: int = 4096  # transformer/upstream positions
+    preset: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "ModelArgs":
+        names = inspect.signature(cls).parameters
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "ModelArgs":
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if self.readout not in ("order_params", "bolted"):
+            raise ValueError(f"readout must be 'order_params' or 'bolted', got {self.readout!r}")
+        if self.u_bound not in ("soft", "hard"):
+            raise ValueError(f"u_bound must be 'soft' or 'hard', got {self.u_bound!r}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_groups", "osc_per_group",
+                     "harmonics", "ffn_hidden", "n_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+    @property
+    def n_oscillators(self) -> int:
+        return self.n_groups * self.osc_per_group
+
+
+class MLP(nn.Module):
+    """Pre-norm position-wise feed-forward block (SwiGLU-free: plain GELU keeps it small)."""
+
+    def __init__(self, dims: int, hidden: int):
+        super().__init__()
+        self.norm = nn.RMSNorm(dims)
+        self.up = nn.Linear(dims, hidden)
+        self.down = nn.Linear(hidden, dims)
+
+    def __call__(self, x):
+        return x + self.down(nn.gelu(self.up(self.norm(x))))
+
+
+# SPEC 3.4: lower bounds of the zones the earlier project named.
+ZONES = (
+    (0.00, "∅ Unformed"),
+    (0.10, "☾ Intimacy"),
+    (0.30, "✨ Unbound"),
+    (0.50, "🌀 Goldilocks"),
+    (0.80, "⚖ Balance"),
+    (0.95, "☍ Over-sync"),
+)
+
+
+def r_zone(r: float) -> str:
+    name = ZONES[0][1]
+    for lower, label in ZONES:
+        if r >= lower:
+            name = label
+    return name
+
+
+def per_layer_force(force_r, n_layers: int) -> list:
+    """Normalize force_r (None, a float, a sequence per layer or {layer: r}) to a list."""
+    if force_r is None:
+        return [None] * n_layers
+    if isinstance(force_r, dict):
+        bad = [k for k in force_r if not 0 <= int(k) < n_layers]
+        if bad:
+            raise ValueError(f"force_r names layers {bad}; the model has layers 0..{n_layers - 1}")
+        values = [force_r.get(i, force_r.get(str(i))) for i in range(n_layers)]
+    elif isinstance(force_r, (list, tuple)):
+        if len(force_r) != n_layers:
+            raise ValueError(f"force_r has {len(force_r)} values for {n_layers} layers")
+        values = list(force_r)
+    else:
+        values = [force_r] * n_layers
+    for v in values:
+        if v is not None and not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"forced R must lie in [0, 1], got {v}")
+    return [None if v is None else float(v) for v in values]
+
+
+def causal_mask(T: int, offset: int = 0):
+    """Additive mask for T queries after `offset` cached keys."""
+    q = mx.arange(offset, offset + T)[:, None]
+    k = mx.arange(offset + T)[None]
+    return mx.where(k <= q, 0.0, -1e9).astype(mx.float32)

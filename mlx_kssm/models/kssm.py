@@ -1,0 +1,197 @@
+"""K-SSM: Kuramoto state-space language model (SPEC 3).
+
+Each layer carries a bank of Stuart-Landau oscillators (complex amplitude and phase, G groups
+of n) over the token sequence; see kernels/reference.py for the recurrence and why it is
+stable. The layer output is x_t + W f(order parameters of z_t), and the order parameters are
+computed from the unit phasors only: the amplitude and everything else of the state never
+reach the output, so context flows through the phases' synchronization, R, alone.
+
+The `bolted` readout is a negative control (the Phase-Mamba / v2 failure): the output reads
+the raw state, and R only rescales it just before a norm that undoes the scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..kernels import oscillator_scan, oscillator_step
+from ..kernels.reference import coupling_field, readout
+from .base import MLP, ModelArgs, per_layer_force
+
+U_LO, U_HI = 0.1, 10.0  # bistable regime of u (v3)
+U_SHARPNESS = 10.0  # softplus sharpness of the soft bound: identity ~0.3 inside the bounds
+U_LEAK = 0.01  # gradient that always passes the bound (value unchanged)
+DELTA_EPS = 1e-2
+
+
+class OscillatorCache:
+    """Per-layer decoding state: the oscillator bank (zr, zi), each (B, G, n)."""
+
+    def __init__(self):
+        self.state = None
+        self.offset = 0
+
+
+def bound_u(u_raw, mode: str):
+    """Keep u in [0.1, 10]. 'soft' is smooth with a gradient everywhere; 'hard' is v3's clamp
+    (zero gradient outside, which froze u at the floor in the earlier project)."""
+    if mode == "hard":
+        return mx.clip(u_raw, U_LO, U_HI)
+    b = U_SHARPNESS
+    u = U_LO + nn.softplus(b * (u_raw - U_LO)) / b
+    u = U_HI - nn.softplus(b * (U_HI - u)) / b
+    return u + U_LEAK * (u_raw - mx.stop_gradient(u_raw))
+
+
+def bistable_u(p, mode: str):
+    """The earlier v3 core from its 10 projections a..j: u = (dg - ch)/(ag - ce),
+    Delta = bg - cf. Returns (u bounded, Delta, fraction of positions at the bound)."""
+    a, b, c, d, e, f, g, h = (p[..., i] for i in range(8))  # i, j: unused, as in v3
+    num = d * g - c * h
+    den = a * g - c * e
+    den = mx.where(mx.abs(den) < 1e-3, mx.where(den < 0, -1e-3, 1e-3), den)
+    u_raw = num / den
+    at_bound = mx.mean(((u_raw < U_LO) | (u_raw > U_HI)).astype(mx.float32))
+    return bound_u(u_raw, mode), b * g - c * f, at_bound
+
+
+class OscillatorBank(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        G, n = args.n_groups, args.osc_per_group
+        N = G * n
+        self.G, self.n, self.H = G, n, args.harmonics
+        self.bistable = args.bistable
+        self.u_bound = args.u_bound
+        self.readout_mode = args.readout
+        self.lambda_delta, self.lambda_logu = args.lambda_delta, args.lambda_logu
+        self.norm = nn.RMSNorm(args.d_model)
+        coupling_dims = 10 if args.bistable else G
+        # Delta (freq. perturbation), damping logit, drive (re, im), coupling
+        self.in_proj = nn.Linear(args.d_model, 4 * N + coupling_dims)
+        # natural frequencies spread over (-pi, pi); damping spread so the bank has
+        # memories from a few tokens to a few hundred (like S4D/LRU initializations)
+        self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
+        lam = mx.linspace(0.6, 0.995, N).reshape(G, n)
+        self.lambda_bias = mx.log(lam / (1 - lam))
+        self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
+        theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
+        self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
+        if args.readout == "bolted":
+            self.out_proj = nn.Linear(2 * N, args.d_model)
+            self.state_norm = nn.RMSNorm(2 * N)
+        else:
+            self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
+        # Ablation switch: zero the order-parameter features (SPEC 3.1 property 2 test).
+        self.ablate_readout = False
+
+    def _inputs(self, x):
+        """Per-token scan inputs from the layer input (all positions at once)."""
+        B, T, _ = x.shape
+        G, n = self.G, self.n
+        N = G * n
+        p = self.in_proj(self.norm(x))
+        delta = p[..., :N].reshape(B, T, G, n)
+        lam = mx.sigmoid(p[..., N:2 * N].reshape(B, T, G, n) + self.lambda_bias)
+        br = mx.tanh(p[..., 2 * N:3 * N]).reshape(B, T, G, n)
+        bi = mx.tanh(p[..., 3 * N:4 * N]).reshape(B, T, G, n)
+        alpha = nn.softplus(self.dt_raw) * (self.omega + delta)
+        aux = {}
+        if self.bistable:
+            u, big_delta, at_bound = bistable_u(p[..., 4 * N:], self.u_bound)
+            k = mx.broadcast_to((2 * mx.sigmoid(u))[..., None, None], (B, T, G, 1))
+            aux = {"u": mx.mean(u), "u_at_bound": at_bound,
+                   "reg": self.lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
+                   + self.lambda_logu * mx.mean(-mx.log(u))}
+        else:
+            k = mx.sigmoid(p[..., 4 * N:])[..., None]
+        dr, di = lam * mx.cos(alpha), lam * mx.sin(alpha)
+        return (dr, di, k, (1 - lam) * br, (1 - lam) * bi), aux
+
+    def _initial_state(self, B):
+        z0 = mx.broadcast_to(self.z0[:, None], (2, B, self.G, self.n))
+        return z0[0], z0[1]
+
+    def __call__(self, x, cache: OscillatorCache | None = None, force_r=None):
+        """x (B, T, D) -> (y, R (B, T), aux). With a cache, continues from its state."""
+        B, T, _ = x.shape
+        scan_in, aux = self._inputs(x)
+        if cache is not None and cache.state is not None:
+            z0r, z0i = cache.state
+        else:
+            z0r, z0i = self._initial_state(B)
+        # Bolted control: R never feeds the dynamics (forcing it must change nothing).
+        dyn_force = None if self.readout_mode == "bolted" else force_r
+        if cache is not None and T == 1:
+            zr, zi = oscillator_step(z0r, z0i, *(a[:, 0] for a in scan_in), force_r=dyn_force)
+            zr, zi = zr[:, None], zi[:, None]
+        else:
+            zr, zi = oscillator_scan(*scan_in, z0r, z0i, force_r=dyn_force)
+        if cache is not None:
+            cache.state = (zr[:, -1], zi[:, -1])
+            cache.offset += T
+        features, r = readout(zr, zi, self.H, force_r)
+        if self.ablate_readout:
+            features = mx.zeros_like(features)
+        if self.readout_mode == "bolted":
+            # The v2 failure: R scales the state just before a norm, which undoes the scale.
+            state = mx.concatenate([zr, zi], axis=-1).reshape(B, T, -1)
+            y = x + self.out_proj(self.state_norm(state * r[..., None]))
+        else:
+            y = x + self.out_proj(features.reshape(B, T, -1))
+        return y, r, aux
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.bank = OscillatorBank(args)
+        self.mlp = MLP(args.d_model, args.ffn_hidden)
+
+    def __call__(self, x, cache=None, force_r=None):
+        x, r, aux = self.bank(x, cache, force_r)
+        return self.mlp(x), r, aux
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.d_model)
+        self.layers = [Block(args) for _ in range(args.n_layers)]
+        self.norm = nn.RMSNorm(args.d_model)
+        if not args.tie_embeddings:
+            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+
+    def make_cache(self):
+        return [OscillatorCache() for _ in self.layers]
+
+    def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
+        """inputs (B, T) int -> logits (B, T, V); optionally R per layer (B, T, L) and aux
+        (reg loss, u statistics for v3)."""
+        forces = per_layer_force(force_r, len(self.layers))
+        x = self.embed(inputs)
+        rs, reg, us, at_bound = [], 0.0, [], []
+        for i, layer in enumerate(self.layers):
+            x, r, aux = layer(x, None if cache is None else cache[i], forces[i])
+            rs.append(r)
+            if aux:
+                reg = reg + aux["reg"]
+                us.append(aux["u"])
+                at_bound.append(aux["u_at_bound"])
+        x = self.norm(x)
+        logits = self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
+        out = (logits,)
+        if return_r:
+            out += (mx.stack(rs, axis=-1),)
+        if return_aux:
+            out += ({"reg": reg if us else mx.array(0.0),
+                     "u": mx.mean(mx.stack(us)) if us else None,
+                     "u_at_bound": mx.mean(mx.stack(at_bound)) if us else None},)
+        return out[0] if len(out) == 1 else out
+
+
+__all__ = ["Model", "OscillatorBank", "OscillatorCache", "coupling_field", "bound_u"]

@@ -1,0 +1,88 @@
+"""A small causal transformer on the same interface: the comparison model (SPEC 3.3)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .base import MLP, ModelArgs, causal_mask
+
+
+class KVCache:
+    def __init__(self):
+        self.keys = None
+        self.values = None
+        self.offset = 0
+
+    def update(self, k, v):
+        if self.keys is not None:
+            k = mx.concatenate([self.keys, k], axis=2)
+            v = mx.concatenate([self.values, v], axis=2)
+        self.keys, self.values = k, v
+        self.offset = k.shape[2]
+        return k, v
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        if args.d_model % args.n_heads:
+            raise ValueError(f"d_model {args.d_model} is not divisible by n_heads {args.n_heads}")
+        self.n_heads = args.n_heads
+        self.head_dim = args.d_model // args.n_heads
+        self.norm = nn.RMSNorm(args.d_model)
+        self.qkv = nn.Linear(args.d_model, 3 * args.d_model, bias=False)
+        self.out = nn.Linear(args.d_model, args.d_model, bias=False)
+        self.rope = nn.RoPE(self.head_dim)
+
+    def __call__(self, x, cache: KVCache | None = None):
+        B, T, D = x.shape
+        q, k, v = mx.split(self.qkv(self.norm(x)), 3, axis=-1)
+        q, k, v = (a.reshape(B, T, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+                   for a in (q, k, v))
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        mask = causal_mask(T, offset) if T > 1 else None
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask=mask)
+        return x + self.out(o.transpose(0, 2, 1, 3).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attn = Attention(args)
+        self.mlp = MLP(args.d_model, args.ffn_hidden)
+
+    def __call__(self, x, cache=None):
+        return self.mlp(self.attn(x, cache))
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.d_model)
+        self.layers = [Block(args) for _ in range(args.n_layers)]
+        self.norm = nn.RMSNorm(args.d_model)
+        if not args.tie_embeddings:
+            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+
+    def make_cache(self):
+        return [KVCache() for _ in self.layers]
+
+    def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
+        if force_r is not None:
+            raise ValueError("the transformer has no oscillators: force_r does not apply")
+        x = self.embed(inputs)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, None if cache is None else cache[i])
+        x = self.norm(x)
+        logits = self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
+        out = (logits,)
+        if return_r:
+            out += (None,)
+        if return_aux:
+            out += ({"reg": mx.array(0.0), "u": None, "u_at_bound": None},)
+        return out[0] if len(out) == 1 else out

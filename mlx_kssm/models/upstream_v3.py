@@ -1,0 +1,120 @@
+"""`upstream-v3`: the earlier PyTorch K-SSM v3 design, kept faithfully for comparison.
+
+Every position is computed on its own: the oscillator phases at position t are
+theta_j = omega_j t + phi_j + s(x_t), the token entering as ONE scalar s (a common phase
+shift), followed by a few Kuramoto coupling iterations with K = 2 sigma(u) from the bistable
+core. Nothing carries information from one token to the next, so the model is a bigram model
+with positional features, and its R does not depend on the input at all (a common shift leaves
+|Z_h| unchanged). Both defects are what SPEC 2 documents; tests check them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .base import MLP, ModelArgs, per_layer_force
+from .kssm import DELTA_EPS, bistable_u
+
+COUPLING_ITERS = 3
+
+
+class PositionCache:
+    def __init__(self):
+        self.offset = 0
+
+
+class PhaseLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        N = args.n_oscillators
+        self.H = args.harmonics
+        self.u_bound = args.u_bound
+        self.lambda_delta, self.lambda_logu = args.lambda_delta, args.lambda_logu
+        self.norm = nn.RMSNorm(args.d_model)
+        self.to_scalar = nn.Linear(args.d_model, 1)  # the token as one scalar
+        self.to_core = nn.Linear(args.d_model, 10)  # a..j of the bistable core
+        self.omega = mx.linspace(0.01, 1.0, N)
+        self.phi = mx.random.uniform(-math.pi, math.pi, (N,))
+        self.dt = mx.array(0.1)
+        self.out_proj = nn.Linear(3 * args.harmonics, args.d_model)
+
+    def __call__(self, x, offset: int = 0, force_r=None):
+        B, T, _ = x.shape
+        h = self.norm(x)
+        pos = mx.arange(offset, offset + T).astype(mx.float32)[None, :, None]
+        theta = self.omega * pos + self.phi + self.to_scalar(h)  # (B, T, N)
+        u, big_delta, at_bound = bistable_u(self.to_core(h), self.u_bound)
+        k = (2 * mx.sigmoid(u))[..., None]
+        for _ in range(COUPLING_ITERS):
+            zr, zi = mx.mean(mx.cos(theta), -1, keepdims=True), mx.mean(mx.sin(theta), -1, keepdims=True)
+            r, psi = mx.sqrt(zr * zr + zi * zi + 1e-12), mx.arctan2(zi, zr)
+            if force_r is not None:
+                r = mx.full(r.shape, force_r)
+            theta = theta + self.dt * k * r * mx.sin(psi - theta)
+        feats, r_out = [], None
+        for harmonic in range(1, self.H + 1):
+            re = mx.mean(mx.cos(harmonic * theta), -1)
+            im = mx.mean(mx.sin(harmonic * theta), -1)
+            mag = mx.sqrt(re * re + im * im + 1e-12)
+            if harmonic == 1:
+                if force_r is not None:
+                    re, im = re * force_r / mag, im * force_r / mag
+                    mag = mx.full(mag.shape, force_r)
+                r_out = mag
+            feats += [re, im, mag]
+        y = x + self.out_proj(mx.stack(feats, -1))
+        aux = {"u": mx.mean(u), "u_at_bound": at_bound,
+               "reg": self.lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
+               + self.lambda_logu * mx.mean(-mx.log(u))}
+        return y, r_out, aux
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.phase = PhaseLayer(args)
+        self.mlp = MLP(args.d_model, args.ffn_hidden)
+
+    def __call__(self, x, offset=0, force_r=None):
+        x, r, aux = self.phase(x, offset, force_r)
+        return self.mlp(x), r, aux
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.d_model)
+        self.layers = [Block(args) for _ in range(args.n_layers)]
+        self.norm = nn.RMSNorm(args.d_model)
+        if not args.tie_embeddings:
+            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+
+    def make_cache(self):
+        return [PositionCache() for _ in self.layers]
+
+    def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
+        forces = per_layer_force(force_r, len(self.layers))
+        offset = cache[0].offset if cache else 0
+        x = self.embed(inputs)
+        rs, auxes = [], []
+        for i, layer in enumerate(self.layers):
+            x, r, aux = layer(x, offset, forces[i])
+            rs.append(r)
+            auxes.append(aux)
+        if cache:
+            for c in cache:
+                c.offset += inputs.shape[1]
+        x = self.norm(x)
+        logits = self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
+        out = (logits,)
+        if return_r:
+            out += (mx.stack(rs, axis=-1),)
+        if return_aux:
+            out += ({"reg": sum(a["reg"] for a in auxes),
+                     "u": mx.mean(mx.stack([a["u"] for a in auxes])),
+                     "u_at_bound": mx.mean(mx.stack([a["u_at_bound"] for a in auxes]))},)
+        return out[0] if len(out) == 1 else out

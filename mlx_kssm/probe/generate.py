@@ -1,0 +1,72 @@
+"""Stateful sampling: the prompt runs once through the model, then one token at a time with
+the per-layer cache (O(1) work per token for K-SSM). Same prompt + seed = same tokens."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+
+
+@dataclass
+class Generation:
+    tokens: list  # generated ids (prompt excluded)
+    r_trace: list = field(default_factory=list)  # per generated token: R per layer (list)
+    prompt_tps: float = 0.0
+    generation_tps: float = 0.0
+    peak_memory_gb: float = 0.0
+
+
+def sample_next(logits, temp: float, top_p: float, top_k: int, key):
+    """One token id from logits (V,) with temperature, top-k and nucleus filtering."""
+    if temp <= 0:
+        return mx.argmax(logits, axis=-1)
+    logits = logits.astype(mx.float32) / temp
+    if top_k and top_k < logits.shape[-1]:
+        kth = mx.sort(logits)[-top_k]
+        logits = mx.where(logits < kth, -mx.inf, logits)
+    if 0 < top_p < 1:
+        ordered = -mx.sort(-logits)  # descending
+        probs = mx.softmax(ordered)
+        keep = (mx.cumsum(probs) - probs) < top_p  # always keeps the top token
+        threshold = mx.min(mx.where(keep, ordered, mx.inf))
+        logits = mx.where(logits < threshold, -mx.inf, logits)
+    return mx.random.categorical(logits, key=key)
+
+
+def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
+                    top_p: float = 1.0, top_k: int = 0, seed: int = 0, force_r=None,
+                    stop_ids=(), on_token=None) -> Generation:
+    """Generate up to `max_tokens` ids after `prompt_ids`. `on_token(id, r_layers)` streams."""
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    key = mx.random.key(seed)
+    cache = model.make_cache()
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    logits, r = model(mx.array([list(prompt_ids)]), cache=cache, force_r=force_r, return_r=True)
+    mx.eval(logits)
+    prompt_time = time.perf_counter() - t0
+    out = Generation(tokens=[])
+    t1 = time.perf_counter()
+    last = logits[0, -1]
+    for _ in range(max_tokens):
+        key, sub = mx.random.split(key)
+        token = sample_next(last, temp, top_p, top_k, sub)
+        token_id = int(token.item())
+        if token_id in stop_ids:
+            break
+        logits, r = model(mx.array([[token_id]]), cache=cache, force_r=force_r, return_r=True)
+        r_layers = [] if r is None else np.array(r[0, -1]).tolist()
+        out.tokens.append(token_id)
+        out.r_trace.append(r_layers)
+        if on_token is not None:
+            on_token(token_id, r_layers)
+        last = logits[0, -1]
+    gen_time = time.perf_counter() - t1
+    out.prompt_tps = len(prompt_ids) / max(prompt_time, 1e-9)
+    out.generation_tps = len(out.tokens) / max(gen_time, 1e-9)
+    out.peak_memory_gb = mx.get_peak_memory() / 1e9
+    return out

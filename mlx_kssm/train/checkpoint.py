@@ -1,0 +1,172 @@
+"""Checkpoints: RUN/checkpoints/step_N/{config.json, model.safetensors, optimizer.safetensors,
+trainer_state.json}, RUN/checkpoints/latest (the newest step folder's name) and RUN/best/.
+
+Crash safety: a checkpoint is written whole under a temporary folder name, fsynced, then
+renamed to step_N (a rename is atomic), and only then is `latest` replaced (atomically) and
+older folders rotated away (renamed out of sight before deletion). So a SIGKILL at any moment
+leaves `latest`, or failing that the newest complete step folder, loadable. No pickle: arrays
+in safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from ..io import (CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors, atomic_write_text,
+                  load_weights_dict, read_config, save_model)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.safetensors"
+BEST = "best"
+METRICS = "metrics.json"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict  # the model folder's config.json
+    weights: dict  # model parameters
+    optimizer: dict  # optimizer (and Grokfast) arrays, flat names
+    state: dict  # trainer_state.json
+
+
+def step_dir(run_dir, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename out of sight first, so a half-deleted folder never looks like a checkpoint."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".trash.{path.name}.{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_folder(tmp: Path, model, optimizer_arrays: dict | None, state: dict,
+                  tokenizer_spec: dict | None, metrics: dict | None = None) -> None:
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(tmp, model, tokenizer_spec=tokenizer_spec)
+    if optimizer_arrays is not None:
+        atomic_save_safetensors(tmp / OPTIMIZER, optimizer_arrays)
+    if metrics is not None:
+        atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2))
+    atomic_write_text(tmp / STATE, json.dumps(state, indent=2))  # last: marks it complete
+    _fsync_dir(tmp)
+
+
+def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: dict,
+                    tokenizer_spec: dict | None = None, keep_last: int = 3) -> Path:
+    """Write step_N atomically, point `latest` at it, keep the newest `keep_last`."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = step_dir(run_dir, step)
+    tmp = root / f".tmp.step_{step}.{os.getpid()}"
+    _write_folder(tmp, model, optimizer_arrays, state, tokenizer_spec)
+    if final.exists():  # the same step saved again (e.g. at exit right after a periodic save)
+        _remove_dir(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    atomic_write_text(root / LATEST, final.name + "\n")
+    rotate(run_dir, keep_last)
+    return final
+
+
+def save_best(run_dir, model, state: dict, metrics: dict, tokenizer_spec: dict | None) -> Path:
+    """RUN/best/: a model folder plus the trainer state and eval metrics that made it best."""
+    run_dir = Path(run_dir)
+    best, tmp, old = run_dir / BEST, run_dir / f".tmp.best.{os.getpid()}", run_dir / ".best.old"
+    _write_folder(tmp, model, None, state, tokenizer_spec, metrics)
+    if old.exists():
+        shutil.rmtree(old)
+    if best.exists():
+        os.replace(best, old)
+    os.replace(tmp, best)  # a kill between the two renames is repaired by recover()
+    _fsync_dir(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return best
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (CONFIG, WEIGHTS, OPTIMIZER, STATE))
+
+
+def list_checkpoints(run_dir) -> list:
+    """Complete step folders, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    folders = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted((p for p in folders if is_complete(p)), key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The folder `latest` names if complete, else the newest complete step folder."""
+    root = Path(run_dir) / CHECKPOINTS
+    try:
+        named = root / (root / LATEST).read_text().strip()
+        if named.name.startswith("step_") and is_complete(named):
+            newest = list_checkpoints(run_dir)[-1]
+            # a kill between rename and pointer update leaves a newer complete folder
+            return newest if int(newest.name[5:]) > int(named.name[5:]) else named
+    except (OSError, IndexError, ValueError):
+        pass
+    folders = list_checkpoints(run_dir)
+    return folders[-1] if folders else None
+
+
+def rotate(run_dir, keep_last: int) -> None:
+    folders = list_checkpoints(run_dir)
+    for old in folders[:-keep_last] if keep_last > 0 else []:
+        _remove_dir(old)
+
+
+def recover(run_dir) -> list:
+    """Tidy what a killed trainer left: temp folders, trash, a best/ caught mid-swap.
+    Returns messages describing what was done."""
+    run_dir = Path(run_dir)
+    notes = []
+    best, old = run_dir / BEST, run_dir / ".best.old"
+    if old.exists():
+        if best.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, best)
+            notes.append("restored best/ from an interrupted update")
+    for leftover in list((run_dir / CHECKPOINTS).glob(".t*")) + list(run_dir.glob(".tmp.best.*")):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+        notes.append(f"removed leftover {leftover.name}")
+    return notes
+
+
+def load_checkpoint(folder) -> Checkpoint:
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise ModelLoadError(f"{folder} is not a complete checkpoint (needs {CONFIG}, {WEIGHTS}, "
+                             f"{OPTIMIZER}, {STATE})")
+    try:
+        state = json.loads((folder / STATE).read_text())
+        optimizer = mx.load(str(folder / OPTIMIZER))
+    except Exception as e:  # corrupt JSON or safetensors
+        raise ModelLoadError(f"{folder}: checkpoint unreadable: {e}") from None
+    return Checkpoint(folder, read_config(folder), load_weights_dict(folder), optimizer, state)

@@ -1,0 +1,133 @@
+"""TrainConfig: every knob of a training run, one dataclass, saved as the run's config.json.
+
+Precedence when a run starts: the dataclass defaults < the preset's training defaults
+(batch size, sequence length, learning rate) < `--config run.toml|json` < explicit flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+# SPEC 6 / seed 001: --stage N trains this many steps and judges the run with stage N's rows.
+STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
+OPTIMIZERS = ("adamw", "muon")
+# Flags whose change on --resume makes the run leave the uninterrupted trajectory.
+TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "optimizer",
+                     "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "grokfast",
+                     "min_lr_ratio")
+
+
+@dataclass
+class TrainConfig:
+    preset: Optional[str] = None  # a preset name (SPEC 3.3) ...
+    model: Optional[str] = None  # ... or a model folder to start from (weights + config)
+    data: Optional[str] = None  # what `mlx-kssm data prepare --out` wrote
+    output_dir: str = "runs/run"
+    # None: the preset's training default
+    batch_size: Optional[int] = None
+    seq_len: Optional[int] = None
+    learning_rate: Optional[float] = None
+    max_steps: int = 1000
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    optimizer: str = "adamw"
+    muon_lr_scale: float = 10.0  # Muon's LR relative to --learning-rate (seed 003: 10x)
+    grokfast: bool = False
+    grokfast_alpha: float = 0.98  # EMA decay of the slow gradient
+    grokfast_lambda: float = 2.0  # amplification of the slow gradient
+    steps_per_report: int = 10
+    steps_per_eval: int = 200
+    val_batches: int = 20
+    save_every: int = 500
+    keep_last: int = 3
+    patience: int = 0  # evaluations without improvement before stopping; 0 = never stop
+    seed: int = 0
+    resume: bool = False
+    kernel: str = "auto"
+    stage: Optional[int] = None
+    explode_factor: float = 3.0  # loss above this x the running minimum is flagged
+    sample_prompts: list = field(default_factory=lambda: ["The ", "To be, or not to be"])
+    sample_tokens: int = 40
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "TrainConfig":
+        names = inspect.signature(cls).parameters
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**{k.replace("-", "_"): v for k, v in params.items()})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "TrainConfig":
+        if (self.preset is None) == (self.model is None) and not self.resume:
+            raise ValueError("give exactly one of --preset NAME or --model FOLDER")
+        if self.data is None:
+            raise ValueError("--data DIR is required (the folder `mlx-kssm data prepare` wrote)")
+        if self.stage is not None and self.stage not in STAGE_STEPS:
+            raise ValueError(f"--stage must be 1..5, got {self.stage}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("max_steps", "grad_accum", "steps_per_report", "steps_per_eval",
+                     "val_batches", "save_every", "keep_last", "sample_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_size", "seq_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0 or self.patience < 0 or self.grad_clip < 0:
+            raise ValueError("--warmup-steps, --patience and --grad-clip must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        return self
+
+
+def read_config_file(path) -> dict:
+    """Options from a .toml or .json file (keys as in TrainConfig; dashes allowed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    try:
+        if path.suffix == ".toml":
+            raw = tomllib.loads(path.read_text())
+        elif path.suffix == ".json":
+            raw = json.loads(path.read_text())
+        else:
+            raise ValueError(f"--config {path}: expected a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--config {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"--config {path}: expected a table of options")
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def build_config(file_options: dict | None = None, flags: dict | None = None) -> TrainConfig:
+    """Defaults < config file < flags (flags given as None are 'not given')."""
+    merged = dict(file_options or {})
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    config = TrainConfig.from_dict(merged)
+    if config.stage is not None and "max_steps" not in merged:
+        config.max_steps = STAGE_STEPS.get(config.stage, config.max_steps)
+    return config
+
+
+def fill_preset_defaults(config: TrainConfig, defaults: dict) -> TrainConfig:
+    """Batch size, sequence length and learning rate the preset recommends, where not set."""
+    return config.replace(**{k: defaults[k] for k in ("batch_size", "seq_len", "learning_rate")
+                             if getattr(config, k) is None and k in defaults})

@@ -1,0 +1,63 @@
+"""Learning-rate schedule: linear warmup then cosine decay, a pure function of the step.
+
+The LR of update `step` (1-based) depends on nothing but the step and the schedule's fields,
+which the trainer state stores, so resuming can neither advance it twice nor bend it.
+
+Extending (or shortening) --max-steps on resume re-plans only the future: past the current
+step (and past warmup) the cosine restarts from the current LR and decays to the same floor
+over the new horizon, so the LR is continuous at the resume point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Schedule:
+    base_lr: float
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float = 0.1
+    # set when the horizon changed on resume: the cosine restarts here from this LR
+    restart_step: Optional[int] = None
+    restart_lr: Optional[float] = None
+
+    @property
+    def min_lr(self) -> float:
+        return self.base_lr * self.min_lr_ratio
+
+    def lr(self, step: int) -> float:
+        if self.restart_step is not None and step > self.restart_step:
+            return _cosine(step - self.restart_step, self.total_steps - self.restart_step,
+                           self.restart_lr, self.min_lr)
+        if self.warmup_steps > 0 and step <= self.warmup_steps:
+            return self.base_lr * step / self.warmup_steps
+        return _cosine(step - self.warmup_steps, self.total_steps - self.warmup_steps,
+                       self.base_lr, self.min_lr)
+
+    def with_horizon(self, total_steps: int, current_step: int) -> "Schedule":
+        """The schedule continued from `current_step` toward a new `total_steps`."""
+        if total_steps == self.total_steps:
+            return self
+        if current_step <= self.warmup_steps and self.restart_step is None:
+            # the cosine has not started yet: the plain schedule over the new horizon
+            return Schedule(self.base_lr, self.warmup_steps, total_steps, self.min_lr_ratio)
+        return Schedule(self.base_lr, self.warmup_steps, total_steps, self.min_lr_ratio,
+                        restart_step=current_step, restart_lr=self.lr(current_step))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Schedule":
+        return cls(**d)
+
+
+def _cosine(done: int, span: int, start: float, floor: float) -> float:
+    if span <= 0:
+        return floor if done > 0 else start
+    progress = min(max(done / span, 0.0), 1.0)
+    return floor + (start - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
