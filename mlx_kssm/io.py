@@ -7,12 +7,18 @@ folder whose config points at half-written weights.
 
 `resolve_model_dir` accepts an exported folder, a training run folder (its `best/`, else its
 newest checkpoint), or a checkpoint folder, so every command takes any of them.
+
+Tokenizer files travel with the weights: a compaction map (`vocab_map.npy`) or a `.tiktoken`
+ranks file named by the tokenizer spec is copied into the folder and the spec points at the
+copy (relative to the folder), so an exported folder needs nothing else (`export_model`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import mlx.core as mx
@@ -24,6 +30,9 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 << 30
+VOCAB_MAP = "vocab_map.npy"  # compaction map copied into a model folder
+TIKTOKEN_FILE = "tokenizer.tiktoken"  # a custom BPE ranks file copied into a model folder
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
 class ModelLoadError(Exception):
@@ -50,14 +59,76 @@ def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = No
     os.replace(tmp, path)
 
 
+def bundle_tokenizer(spec, folder, root=None):
+    """Copy the files a tokenizer spec names (compaction map, .tiktoken file) into `folder`;
+    return the spec rewritten to point at the copies (names relative to `folder`). `root` is
+    where relative names in the spec live now (the prepared data folder or the source model
+    folder, or a list of folders tried in order). Without a root, a file that cannot be found
+    is left as the spec names it (a checkpoint can be written before its data folder is
+    known); with one, it is an error."""
+    if not isinstance(spec, dict):
+        return spec
+    spec = copy.deepcopy(spec)
+    folder = Path(folder)
+    strict = root is not None
+    roots = [Path(r) for r in (root if isinstance(root, (list, tuple)) else [root or "."])]
+
+    def find(name):
+        name = Path(name)
+        if name.is_absolute():
+            return name
+        return next((r / name for r in roots if (r / name).is_file()), roots[0] / name)
+
+    compaction = spec.get("compaction") or {}
+    if compaction.get("map_file"):
+        name = _copy_into(find(compaction["map_file"]), folder / VOCAB_MAP,
+                          "vocabulary map", strict)
+        spec["compaction"]["map_file"] = name or compaction["map_file"]
+    if spec.get("kind") == "tiktoken_file":
+        name = _copy_into(find(spec["path"]), folder / TIKTOKEN_FILE, "tokenizer file", strict)
+        spec["path"] = name or spec["path"]
+    return spec
+
+
+def _copy_into(src: Path, dest: Path, what: str, strict: bool = True):
+    if not src.is_file():
+        if strict:
+            raise ModelLoadError(f"the {what} {src} named by the tokenizer spec does not exist")
+        return None
+    if src.resolve() != dest.resolve():
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    return dest.name
+
+
+def tokenizer_spec_in(spec, folder):
+    """A spec read from a model folder, with the folder-relative tiktoken file made absolute."""
+    if isinstance(spec, dict) and spec.get("kind") == "tiktoken_file":
+        path = Path(spec["path"])
+        if not path.is_absolute():
+            spec = {**spec, "path": str(Path(folder) / path)}
+    return spec
+
+
 def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
-               max_shard_bytes: int = MAX_SHARD_BYTES, extra_config: dict | None = None) -> Path:
-    """Write `model` as a self-contained folder; returns its path."""
+               max_shard_bytes: int = MAX_SHARD_BYTES, extra_config: dict | None = None,
+               tokenizer_root=None) -> Path:
+    """Write `model` as a self-contained folder; returns its path. `dtype` (an mx dtype or
+    "float16"/"bfloat16"/"float32") casts the floating-point weights; files the tokenizer spec
+    names are copied in from `tokenizer_root` (see `bundle_tokenizer`)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if tokenizer_spec is not None:
+        tokenizer_spec = bundle_tokenizer(tokenizer_spec, path, tokenizer_root)
     weights = dict(tree_flatten(model.parameters()))
     if dtype is not None:
-        weights = {k: v.astype(dtype) for k, v in weights.items()}
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+                   for k, v in weights.items()}
     shards, current, size = [], {}, 0
     for name, value in weights.items():
         if current and size + value.nbytes > max_shard_bytes:
@@ -165,6 +236,54 @@ def load(path):
     model, config = load_model(path)
     tokenizer = None
     if config.get("tokenizer") is not None:
+        from .data.errors import DataError
         from .data.tokenizer import load_tokenizer
-        tokenizer = load_tokenizer(config["tokenizer"])
+        folder = resolve_model_dir(path)
+        spec = tokenizer_spec_in(config["tokenizer"], folder)
+        roots = _tokenizer_roots(folder)
+        for i, root in enumerate(roots):
+            try:
+                tokenizer = load_tokenizer(spec, root=root)
+                break
+            except DataError as e:
+                if i == len(roots) - 1:
+                    raise ModelLoadError(f"{folder / CONFIG}: tokenizer: {e}") from None
+        if tokenizer.vocab_size > model.args.vocab_size:
+            raise ModelLoadError(f"{folder / CONFIG}: the tokenizer has {tokenizer.vocab_size} "
+                                 f"ids but the model's vocab_size is {model.args.vocab_size}")
     return model, tokenizer
+
+
+def _tokenizer_roots(folder: Path) -> list:
+    """Where a tokenizer's files may be: the model folder, then (for a checkpoint or best/
+    inside a training run) the run's data folder."""
+    roots = [folder]
+    for run_dir in (folder.parent, folder.parent.parent):
+        try:
+            data = json.loads((run_dir / CONFIG).read_text())["train"]["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if data:
+            roots.append(Path(data))
+            break
+    return roots
+
+
+def export_model(src, out, dtype: str | None = None,
+                 max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """Write the model in `src` (any folder `resolve_model_dir` accepts) as a self-contained
+    folder `out`: config.json (model args, preset, tokenizer spec), model.safetensors (sharded
+    with an index above `max_shard_bytes`), and the tokenizer's files."""
+    folder = resolve_model_dir(src)
+    out = Path(out)
+    if out.exists() and out.resolve() == folder.resolve():
+        raise ModelLoadError(f"--out {out} is the source folder itself: choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ModelLoadError(f"--out {out} exists and is not a folder")
+    model, config = load_model(folder)
+    extra = {k: v for k, v in config.items()
+             if k not in model.args.to_dict() and k != "tokenizer"}
+    extra["dtype"] = dtype or "float32"
+    return save_model(out, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
+                      max_shard_bytes=max_shard_bytes, extra_config=extra,
+                      tokenizer_root=_tokenizer_roots(folder))

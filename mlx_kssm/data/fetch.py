@@ -63,7 +63,7 @@ class Work:
     chars: int
     source: str = ""
     author: str = ""
-    stripped: bool = True
+    stripped: bool = True  # Gutenberg START and END markers were found and cut
 
 
 # --------------------------------------------------------------------------- Gutenberg text
@@ -103,7 +103,7 @@ def strip_gutenberg(text: str) -> StrippedText:
         end = _END.search(text, body_start)
         match = _START.search(text, body_start)
         if match and end and match.start() > end.start():
-            break
+            break  # a "start" after the footer (small print placed at the end) is no start
     end = _END.search(text, body_start)
     if end and not found_start and end.start() < len(text) // 2:
         end = None  # no start marker: a footer marker in the first half is a header line

@@ -8,6 +8,7 @@ step). Only the sampled windows are read from the map, never the whole file.
 from __future__ import annotations
 
 import json
+import mmap
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def read_meta(data_dir) -> dict:
     missing = [k for k in _REQUIRED_META if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise DataError(f"{path}: lacks {', '.join(missing)}")
+    if not (isinstance(meta["vocab_size"], int) and meta["vocab_size"] > 0
+            and meta["dtype"] in ("uint8", "uint16", "uint32") and isinstance(meta["data_offset"], int)
+            and isinstance(meta["splits"], dict)):
+        raise DataError(f"{path}: bad vocab_size, dtype, data_offset or splits")
     if meta["format_version"] != FORMAT_VERSION:
         raise DataError(f"{path}: format version {meta['format_version']}, this mlx-kssm reads "
                         f"{FORMAT_VERSION}; prepare the data again")
@@ -127,11 +132,34 @@ def check_vocab(dataset: TokenDataset, vocab_size: int) -> None:
 
 def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets), int32 (len(starts), seq_len), targets shifted by one. Reads only
-    the windows from a memmap."""
+    the windows from a memmap, and unmaps each window's pages once copied (see
+    `_release_window`)."""
     windows = np.empty((len(starts), seq_len + 1), dtype=np.int32)
     for row, start in enumerate(starts):
         windows[row] = tokens[start:start + seq_len + 1]
+        _release_window(tokens, int(start), int(start) + seq_len + 1)
     return np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+
+
+# Page-cache folios are at most this large (PMD size) and aligned to it in the file.
+_FOLIO_BYTES = 2 << 20
+
+
+def _release_window(tokens: np.ndarray, start: int, stop: int) -> None:
+    """Drop the pages just read from this process's mapping (MADV_DONTNEED; the data stays in
+    the OS page cache). Why: recent Linux kernels map a whole large folio (up to 2 MiB) on a
+    read fault, so 1000 random windows from a 1 GB file left ~1 GB resident in the process
+    (measured: 1043 MB vs 71 MB for a 10 MB file). Releasing each window's folio-aligned
+    block keeps RSS flat whatever the file size. A no-op for plain arrays or without madvise."""
+    mm = getattr(tokens, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    map_start = tokens.offset - tokens.offset % mmap.ALLOCATIONGRANULARITY  # as np.memmap maps
+    first = (tokens.offset + start * tokens.itemsize) // _FOLIO_BYTES * _FOLIO_BYTES
+    last = -(-(tokens.offset + stop * tokens.itemsize) // _FOLIO_BYTES) * _FOLIO_BYTES
+    lo, hi = max(first - map_start, 0), min(last - map_start, len(mm))
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _window_starts(rng: np.random.Generator, n_tokens: int, seq_len: int, count: int) -> np.ndarray:

@@ -10,6 +10,8 @@ folders store that spec.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from pathlib import Path
@@ -196,28 +198,49 @@ def _tiktoken_by_name(name: str) -> TiktokenTokenizer:
         return TiktokenTokenizer(tiktoken.get_encoding(name), spec)
     except Exception as exc:  # requests/URL/hash errors: no network and nothing in the cache
         raise DataError(
-            f"tokenizer {name!r} is not in tiktoken's cache and could not be downloaded "
-            f"({type(exc).__name__}); run once with network (set TIKTOKEN_CACHE_DIR to keep it) "
-            f"or pass a .tiktoken file") from None
+            f"tokenizer {name!r} needs network once to put its BPE files in tiktoken's cache "
+            f"(download failed: {type(exc).__name__}); set TIKTOKEN_CACHE_DIR to keep them, or "
+            f"pass a .tiktoken file") from None
 
 
 def _tiktoken_file(path: Path, sha256: str | None, pat_str: str | None = None) -> TiktokenTokenizer:
-    """A BPE ranks file in tiktoken's format; the separator <|endoftext|> gets the next id.
-    The file's SHA-256 goes into the spec and tiktoken verifies it when the spec is reloaded."""
+    """A BPE ranks file in tiktoken's format (base64 token, rank per line); the separator
+    <|endoftext|> gets the next id. The file's SHA-256 goes into the spec and is checked when
+    the spec is loaded again. Read directly: tiktoken's own loader would cache a local file
+    under /tmp and keep serving the cached copy."""
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
 
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        ranks = load_tiktoken_bpe(str(path), expected_hash=sha256)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot load tokenizer file {path}: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot load tokenizer file {path}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 and digest != sha256:
+        raise DataError(f"cannot load tokenizer file {path}: SHA-256 {digest[:12]}... is not the "
+                        f"{sha256[:12]}... recorded with the data")
+    ranks = _parse_ranks(path, data)
     pat_str = pat_str or CL100K_PATTERN
     eot = max(ranks.values()) + 1
     encoding = tiktoken.Encoding(name=path.stem, pat_str=pat_str, mergeable_ranks=ranks,
                                  special_tokens={SEPARATOR_TEXT: eot})
     spec = {"kind": "tiktoken_file", "path": str(path), "sha256": digest, "pat_str": pat_str}
     return TiktokenTokenizer(encoding, spec)
+
+
+def _parse_ranks(path: Path, data: bytes) -> dict[bytes, int]:
+    ranks = {}
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise DataError(f"cannot load tokenizer file {path}: line {lineno} is not "
+                            f"'<base64 token> <rank>'") from None
+    if not ranks:
+        raise DataError(f"cannot load tokenizer file {path}: no tokens")
+    return ranks
 
 
 def _compaction_ids(compaction: dict, root) -> np.ndarray:
@@ -233,6 +256,16 @@ def _compaction_ids(compaction: dict, root) -> np.ndarray:
     if ids.size + 1 != compaction.get("size", ids.size + 1):
         raise DataError(f"vocabulary map {path} holds {ids.size} ids, meta says {compaction['size'] - 1}")
     return ids
+
+
+def portable_spec(tokenizer) -> dict:
+    """The tokenizer's spec with any compaction map inline (no side file): self-contained,
+    for a model's config.json. A few hundred KB of JSON for a 20k-id map."""
+    spec = dict(tokenizer.spec)
+    if isinstance(tokenizer, CompactTokenizer):
+        spec["compaction"] = {"size": tokenizer.vocab_size, "unknown_id": tokenizer.unk_id,
+                              "base_ids": tokenizer.base_ids.tolist()}
+    return spec
 
 
 def compact_tokenizer(base, used_base_ids: np.ndarray, map_file: str | None = None) -> CompactTokenizer:

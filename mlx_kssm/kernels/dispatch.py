@@ -5,7 +5,8 @@
     metal      the fused Metal kernel; an error where Metal is absent
     reference  the pure-MLX scan (compiled sequential step; see reference.py)
 
-Forced-R runs are nonlinear and always use the sequential reference step.
+Forced-R runs (inference) use the kernel's forced variant under `metal`/`auto` on Metal, the
+sequential reference step elsewhere.
 """
 
 from __future__ import annotations
@@ -62,15 +63,17 @@ def active_impl() -> str:
 
 def oscillator_scan(dr, di, k, cr, ci, z0r, z0i, force_r=None):
     """States (zr, zi), each (B, T, G, n), of the recurrence in reference.py."""
-    if force_r is None and active_impl() == "metal":
+    if active_impl() == "metal":
         from . import metal
-        return metal.scan(dr, di, k, cr, ci, z0r, z0i)
+        return metal.scan(dr, di, k, cr, ci, z0r, z0i, force_r=force_r)
+    if force_r is None:  # free run: the hand-written adjoint makes training O(T)
+        return reference.scan_free(dr, di, k, cr, ci, z0r, z0i)
     return reference.scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r)
 
 
 def oscillator_step(zr, zi, dr, di, k, cr, ci, force_r=None):
     """One decoding step on a (B, G, n) state."""
-    if force_r is None and active_impl() == "metal":
+    if active_impl() == "metal":
         from . import metal
-        return metal.step(zr, zi, dr, di, k, cr, ci)
+        return metal.step(zr, zi, dr, di, k, cr, ci, force_r=force_r)
     return reference.scan_step(zr, zi, dr, di, k, cr, ci, force_r)

@@ -1,7 +1,540 @@
-from .._todo import not_built
+"""`mlx-kssm evaluate | generate | intervene | export | plot`: parse, call the probe library,
+print. Bad input ends in one line on stderr and exit status 1, never a traceback."""
 
-evaluate = not_built("evaluate", "probe issue")
-generate = not_built("generate", "probe issue")
-intervene = not_built("intervene", "probe issue")
-export = not_built("export", "probe issue")
-plot = not_built("plot", "probe issue")
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import mlx_kssm  # noqa: F401  (BLAS before mlx)
+
+import click
+
+KERNELS = ("auto", "metal", "reference")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class UsageProblem(Exception):
+    """Bad command-line input found after parsing (values, layers, files)."""
+
+
+def _friendly(fn):
+    """Turn every expected failure into one line on stderr and exit 1."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..data.errors import DataError
+        from ..io import ModelLoadError
+        try:
+            return fn(*args, **kwargs)
+        except (UsageProblem, ModelLoadError, DataError, ValueError, RuntimeError,
+                OSError) as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:  # an unexpected failure: still one line, traceback on demand
+            if os.environ.get("MLX_KSSM_DEBUG"):
+                raise
+            click.echo(f"Error: unexpected {type(e).__name__}: {e} "
+                       "(set MLX_KSSM_DEBUG=1 for the traceback)", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+# ---------------------------------------------------------------- shared option parsing
+
+def parse_unit(text, what: str) -> float:
+    """A value in [0, 1] from the command line."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UsageProblem(f"{what} must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise UsageProblem(f"{what} must lie in [0, 1] (R is an order parameter), got {text}")
+    return value
+
+
+def parse_values(text: str, what: str = "--values") -> list:
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    if not parts:
+        raise UsageProblem(f"{what} is empty: give values like 0.1,0.5,0.9")
+    return [parse_unit(p, f"{what} entry") for p in parts]
+
+
+def parse_force(force_r, force_layers, n_layers: int):
+    """--force-r R and --force-r-layer L=R (repeatable) -> what the model's force_r takes:
+    None, a float, or a per-layer list (None = free)."""
+    base = None if force_r is None else parse_unit(force_r, "--force-r")
+    if not force_layers:
+        return base
+    values = [base] * n_layers
+    for item in force_layers:
+        if "=" not in item:
+            raise UsageProblem(f"--force-r-layer takes LAYER=R (e.g. 1=0.3), got {item!r}")
+        layer_text, value_text = item.split("=", 1)
+        try:
+            layer = int(layer_text)
+        except ValueError:
+            raise UsageProblem(f"--force-r-layer {item}: the layer must be an integer") from None
+        if not 0 <= layer < n_layers:
+            raise UsageProblem(f"unknown layer {layer} in --force-r-layer {item}: the model has "
+                               f"layers 0..{n_layers - 1}")
+        values[layer] = parse_unit(value_text, f"--force-r-layer {item}")
+    return values
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?i?B?)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UsageProblem(f"--max-shard-size must look like 500MB or 2GB, got {text!r}")
+    unit = (m.group(2) or "").upper().replace("I", "").replace("B", "")
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+    size = int(float(m.group(1)) * scale)
+    if size < 1:
+        raise UsageProblem(f"--max-shard-size must be positive, got {text!r}")
+    return size
+
+
+def _set_kernel(kernel: str) -> None:
+    from ..kernels.dispatch import set_kernel
+    set_kernel(kernel)
+
+
+def _load(model_dir, need_tokenizer: bool = True):
+    from ..io import load, resolve_model_dir
+    folder = resolve_model_dir(model_dir)
+    model, tokenizer = load(folder)
+    if need_tokenizer and tokenizer is None:
+        raise UsageProblem(f"{folder}/config.json names no tokenizer: cannot turn text into ids")
+    return folder, model, tokenizer
+
+
+def _has_r(model) -> bool:
+    return model.args.model_type != "transformer"
+
+
+def _check_force_supported(model, force) -> None:
+    if force is not None and not _has_r(model):
+        raise UsageProblem("this model is a transformer: it has no oscillators, so R cannot be "
+                           "forced")
+
+
+def _write_json(path, obj) -> None:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+kernel_option = click.option("--kernel", type=click.Choice(KERNELS), default="auto",
+                             show_default=True,
+                             help="scan implementation: fused Metal kernel, pure-MLX reference, "
+                                  "or auto (kernel where Metal is available)")
+
+
+# ---------------------------------------------------------------- generate
+
+@click.command(context_settings=CONTEXT)
+@click.option("--model", "model_dir", required=True, metavar="DIR",
+              help="exported folder, training run folder (best/ or newest checkpoint) or "
+                   "checkpoint folder")
+@click.option("--prompt", default="The ", show_default=True, help="text to continue")
+@click.option("--max-tokens", "-m", default=100, show_default=True, type=click.IntRange(0))
+@click.option("--temp", default=0.8, show_default=True, type=click.FloatRange(0),
+              help="sampling temperature (0 = greedy)")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+              help="nucleus sampling: keep the smallest set of tokens with this much mass")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0),
+              help="keep only the k most likely tokens (0 = all)")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="sampling seed: same prompt + seed = same text")
+@click.option("--force-r", default=None, metavar="R",
+              help="clamp R to this value in [0, 1] in every layer, for every token")
+@click.option("--force-r-layer", multiple=True, metavar="L=R",
+              help="clamp R in layer L only (repeatable; overrides --force-r for that layer)")
+@click.option("--show-r", is_flag=True, help="print R per generated token and its zone")
+@kernel_option
+@_friendly
+def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, force_r_layer,
+             show_r, kernel):
+    """Sample text from a model, streaming; optionally with R clamped.
+
+    Decoding is stateful: the prompt runs once, then each token costs O(1) through the
+    per-layer oscillator cache. The footer gives prompt and generation speed (tokens per
+    second) and peak memory, as mlx-lm does.
+
+    \b
+    Examples:
+      mlx-kssm generate --model checkpoints/tiny --prompt "To be" --max-tokens 200
+      mlx-kssm generate --model exports/tiny --prompt "To be" --force-r 0.3 --show-r
+      mlx-kssm generate --model exports/tiny --force-r-layer 1=0.9 --seed 7 --temp 0.7
+    """
+    from .generate import StreamDecoder, generate_tokens
+    r_zone = _zone
+
+    _set_kernel(kernel)
+    folder, model, tokenizer = _load(model_dir)
+    force = parse_force(force_r, force_r_layer, model.args.n_layers)
+    _check_force_supported(model, force)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UsageProblem("the prompt encodes to no tokens: give some text with --prompt")
+    stream = StreamDecoder(tokenizer.decode)
+    click.echo("=" * 10)
+    click.echo(prompt, nl=False)
+
+    def on_token(token_id, r_layers):
+        click.echo(stream.push(token_id), nl=False)
+        sys.stdout.flush()
+
+    gen = generate_tokens(model, ids, max_tokens=max_tokens, temp=temp, top_p=top_p,
+                          top_k=top_k, seed=seed, force_r=force, stop_ids=(tokenizer.sep_id,),
+                          on_token=on_token)
+    click.echo(stream.flush())
+    click.echo("=" * 10)
+    if show_r:
+        for line in format_r_trace(gen.r_trace, force):
+            click.echo(line)
+    elif force is not None and gen.r_trace and gen.r_trace[0]:
+        click.echo(f"R forced: {_describe_force(force)}; mean R over generated tokens "
+                   f"{sum(map(_mean, gen.r_trace)) / len(gen.r_trace):.3f} "
+                   f"({r_zone(sum(map(_mean, gen.r_trace)) / len(gen.r_trace))})")
+    click.echo(f"Prompt: {len(ids)} tokens, {gen.prompt_tps:.3f} tokens-per-sec")
+    click.echo(f"Generation: {len(gen.tokens)} tokens, {gen.generation_tps:.3f} tokens-per-sec")
+    click.echo(f"Peak memory: {gen.peak_memory_gb:.3f} GB")
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def _describe_force(force) -> str:
+    if isinstance(force, list):
+        return ", ".join(f"layer {i} = {v:.3f}" if v is not None else f"layer {i} free"
+                         for i, v in enumerate(force))
+    return f"{force:.3f} in every layer"
+
+
+def _zone(r: float) -> str:
+    """The zone of R, rounded to 1e-6 so a forced 0.3 (0.29999998 in float32) reads as 0.3."""
+    from ..models import r_zone
+    return r_zone(round(r, 6))
+
+
+def format_r_trace(r_trace, force=None, per_line: int = 16) -> list:
+    """Compact R trace: the layer-mean R per token, 16 to a line, then per-layer summary."""
+    r_zone = _zone
+    if not r_trace or not r_trace[0]:
+        return ["R: this model has no oscillators (no R to show)"]
+    means = [_mean(r) for r in r_trace]
+    lines = [f"R per token (mean over {len(r_trace[0])} layers)"
+             + (f", forced: {_describe_force(force)}" if force is not None else "") + ":"]
+    for i in range(0, len(means), per_line):
+        chunk = means[i:i + per_line]
+        lines.append(f"  {i:>4}: " + " ".join(f"{r:.3f}" for r in chunk))
+    n_layers = len(r_trace[0])
+    for layer in range(n_layers):
+        col = [r[layer] for r in r_trace]
+        lines.append(f"  layer {layer}: mean {_mean(col):.3f}  min {min(col):.3f}  "
+                     f"max {max(col):.3f}  zone {r_zone(_mean(col))}")
+    lines.append(f"  all layers: mean {_mean(means):.3f}  zone {r_zone(_mean(means))}")
+    return lines
+
+
+# ---------------------------------------------------------------- intervene
+
+DEFAULT_PROMPTS = ("It was the best of times", "To be, or not to be", "The ")
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("--model", "model_dir", required=True, metavar="DIR",
+              help="exported folder, run folder or checkpoint folder")
+@click.option("--data", "data_dir", default=None, metavar="DIR",
+              help="prepared data folder: use held-out windows as prompts")
+@click.option("--split", default="val", show_default=True, help="split of --data to draw from")
+@click.option("--prompt", "prompts", multiple=True, help="a prompt (repeatable)")
+@click.option("--n-prompts", default=4, show_default=True, type=click.IntRange(1),
+              help="held-out windows to use with --data")
+@click.option("--prompt-len", default=32, show_default=True, type=click.IntRange(1),
+              help="tokens per held-out prompt window")
+@click.option("--values", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
+              help="forced R values, comma-separated, each in [0, 1]")
+@click.option("--max-tokens", default=40, show_default=True, type=click.IntRange(0))
+@click.option("--temp", default=0.8, show_default=True, type=click.FloatRange(0))
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="one seed for every generation, so differences come from forcing alone")
+@click.option("--json", "json_out", default=None, metavar="FILE",
+              help="write the full sweep (per prompt and value) as JSON")
+@kernel_option
+@_friendly
+def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values, max_tokens,
+              temp, top_p, top_k, seed, json_out, kernel):
+    """Sweep forced R and measure what changes in the output.
+
+    For each prompt and forced value: KL(forced || free) of the next-token distribution,
+    its entropy, the R achieved, and a seeded generation (distinct-2, repetition, whether
+    the text differs from the free run). A model whose R is causal shows KL > 0 and changed
+    text; one whose output bypasses R shows KL ~ 0 and identical text.
+
+    \b
+    Examples:
+      mlx-kssm intervene --model checkpoints/tiny --prompt "To be" --prompt "The king"
+      mlx-kssm intervene --model exports/tiny --data data/prepared/shakespeare \\
+          --values 0.1,0.5,0.9 --json intervene.json
+      mlx-kssm plot checkpoints/tiny --intervene intervene.json
+    """
+    from .intervene import format_sweep, intervention_sweep
+
+    value_list = parse_values(values)
+    _set_kernel(kernel)
+    folder, model, tokenizer = _load(model_dir)
+    if not _has_r(model):
+        raise UsageProblem("this model is a transformer: it has no R to force")
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    if data_dir is not None:
+        prompt_ids += _heldout_prompts(data_dir, split, model, n_prompts, prompt_len, seed)
+    if not prompt_ids:
+        prompt_ids = [tokenizer.encode(p) for p in DEFAULT_PROMPTS]
+    if any(len(p) == 0 for p in prompt_ids):
+        raise UsageProblem("a prompt encodes to no tokens")
+    res = intervention_sweep(model, prompt_ids, value_list, max_tokens=max_tokens, seed=seed,
+                             temp=temp, top_p=top_p, top_k=top_k, decode=tokenizer.decode)
+    res["model"] = str(folder)
+    click.echo(f"R intervention sweep: {len(prompt_ids)} prompts, {max_tokens} tokens each, "
+               f"seed {seed} ({folder})")
+    for line in format_sweep(res):
+        click.echo(line)
+    first = res["prompts"][0]
+    click.echo(f"\nPrompt 1: {first['prompt_text'][-60:]!r}")
+    for run in first["runs"]:
+        label = "free" if run["force_r"] is None else f"R={run['force_r']:.2f}"
+        flag = "  [collapsed]" if run["collapsed"] else ""
+        click.echo(f"  {label:>6}: {run['text'][:70]!r}{flag}")
+    if json_out:
+        _write_json(json_out, res)
+        click.echo(f"wrote {json_out}")
+
+
+def _heldout_prompts(data_dir, split, model, n, prompt_len, seed) -> list:
+    from ..data.loader import TokenDataset, check_vocab, eval_batches
+    ds = TokenDataset(data_dir, split)
+    check_vocab(ds, model.args.vocab_size)
+    (inputs, _), = eval_batches(ds, 1, n, prompt_len, seed=seed + 1234)
+    return [row.tolist() for row in inputs]
+
+
+# ---------------------------------------------------------------- evaluate
+
+@click.command(context_settings=CONTEXT)
+@click.option("--model", "model_dir", required=True, metavar="DIR",
+              help="exported folder, run folder or checkpoint folder")
+@click.option("--data", "data_dir", required=True, metavar="DIR",
+              help="prepared data folder (from `mlx-kssm data prepare`)")
+@click.option("--split", default="val", show_default=True)
+@click.option("--batches", "n_batches", default=20, show_default=True, type=click.IntRange(1),
+              help="evaluation batches (fixed windows: the same every run)")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2))
+@click.option("--causality", is_flag=True,
+              help="run the causality suite (SPEC 7): variance, intervention, correlation")
+@click.option("--sequences", default=32, show_default=True, type=click.IntRange(3),
+              help="held-out windows for the causality suite")
+@click.option("--values", default="0.2,0.8", show_default=True,
+              help="forced R values the intervention test compares (lowest vs highest)")
+@click.option("--samples", default=3, show_default=True, type=click.IntRange(0),
+              help="samples generated for the mode-collapse check")
+@click.option("--sample-tokens", default=60, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=1234, show_default=True, type=int,
+              help="seed of the evaluation windows and samples")
+@click.option("--json", "json_out", default=None, metavar="FILE", help="write all numbers as JSON")
+@kernel_option
+@_friendly
+def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causality, sequences,
+             values, samples, sample_tokens, seed, json_out, kernel):
+    """Validation loss / perplexity, R statistics, sample quality, and the causality suite.
+
+    Deterministic: fixed windows, fixed seeds, no training noise. The loss is computed by
+    the same code the trainer uses at its evaluations. `--causality` prints PASS/FAIL per
+    test with its numbers; a model without R (the transformer) gets "not applicable".
+
+    \b
+    Examples:
+      mlx-kssm evaluate --model checkpoints/tiny --data data/prepared/shakespeare
+      mlx-kssm evaluate --model exports/tiny --data data/prepared/shakespeare --causality \\
+          --json eval.json
+    """
+    from ..data.loader import TokenDataset, check_vocab, eval_batches
+    from ..evaluation import evaluate_loss
+    from ..models import r_zone
+    from .causality import causality_suite, collect_r, format_causality, r_statistics
+    from .generate import generate_tokens
+    from .quality import sample_quality
+
+    value_list = parse_values(values)
+    _set_kernel(kernel)
+    folder, model, tokenizer = _load(model_dir)
+    ds = TokenDataset(data_dir, split)
+    check_vocab(ds, model.args.vocab_size)
+    _check_same_tokenizer(folder, model_dir, ds)
+    batches = eval_batches(ds, n_batches, batch_size, seq_len, seed=seed)
+    out = {"model": str(folder), "data": str(data_dir), "split": split,
+           "windows": n_batches * batch_size, "seq_len": seq_len, "seed": seed}
+    metrics = evaluate_loss(model, batches)
+    out.update(metrics)
+    click.echo(f"{folder}: {split} loss {metrics['val_loss']:.4f}  PPL {metrics['val_ppl']:.2f}  "
+               f"({metrics['n_tokens']:,} tokens)")
+    r = collect_r(model, batches)
+    if r is None:
+        click.echo("R: not applicable (the model has no oscillators)")
+        out["R"] = None
+    else:
+        out["R"] = rs = r_statistics(r)
+        click.echo(f"R: mean {rs['mean']:.4f}  std {rs['std']:.4f}  range [{rs['min']:.3f}, "
+                   f"{rs['max']:.3f}]  zone {rs['zone']}")
+        for i, (m, s) in enumerate(zip(rs["per_layer_mean"], rs["per_layer_std"])):
+            click.echo(f"  layer {i}: mean {m:.4f}  std {s:.4f}  {r_zone(m)}")
+        occupied = [f"{k} {100 * v:.1f}%" for k, v in rs["zone_occupancy"].items() if v > 0]
+        click.echo("  zone occupancy: " + ", ".join(occupied))
+    if metrics.get("val_u") is not None:
+        click.echo(f"u: mean {metrics['val_u']:.4f}  at bound {100 * metrics['val_u_at_bound']:.1f}%")
+
+    out["samples"] = []
+    for i in range(min(samples, len(batches[0][0]))):
+        prompt = batches[0][0][i][:8].tolist()
+        gen = generate_tokens(model, prompt, max_tokens=sample_tokens, temp=0.8, seed=seed + i,
+                              stop_ids=(tokenizer.sep_id,))
+        text = tokenizer.decode(gen.tokens)
+        q = sample_quality(gen.tokens, text)
+        out["samples"].append({"prompt": tokenizer.decode(prompt), "text": text, **q})
+        flag = f"  [COLLAPSED: {q['reason']}]" if q["collapsed"] else ""
+        click.echo(f"sample {i + 1}: {tokenizer.decode(prompt)!r} -> {text[:80]!r}  "
+                   f"distinct-2 {q['distinct_2']:.2f}{flag}")
+    if out["samples"]:
+        n_bad = sum(s["collapsed"] for s in out["samples"])
+        click.echo(f"sample quality: {n_bad}/{len(out['samples'])} collapsed")
+
+    if causality:
+        windows = _spread_windows(ds, sequences, seq_len)
+        res = causality_suite(model, windows, values=value_list)
+        out["causality"] = res
+        for line in format_causality(res):
+            click.echo(line)
+    if json_out:
+        _write_json(json_out, out)
+        click.echo(f"wrote {json_out}")
+
+
+def _spread_windows(ds, n: int, seq_len: int):
+    """n windows evenly spread over the split: non-overlapping (independent units for the
+    suite's tests over sequences) whenever the split holds n * seq_len tokens."""
+    import numpy as np
+    if len(ds) < seq_len:
+        raise UsageProblem(f"{ds.path}: {len(ds)} tokens, too few for windows of {seq_len}")
+    if len(ds) < n * seq_len:
+        click.echo(f"warning: the {ds.split} split holds {len(ds)} tokens, fewer than {n} x "
+                   f"{seq_len}: causality windows overlap", err=True)
+    starts = np.linspace(0, len(ds) - seq_len, n).astype(np.int64)
+    return np.stack([np.asarray(ds.tokens[s:s + seq_len], dtype=np.int32) for s in starts])
+
+
+def _check_same_tokenizer(folder, model_dir, ds) -> None:
+    from ..io import read_config
+    spec = read_config(folder).get("tokenizer")
+    data_spec = ds.meta.get("tokenizer")
+    if not isinstance(spec, dict) or not isinstance(data_spec, dict):
+        return
+
+    def key(s):
+        c = s.get("compaction") or {}
+        return (s.get("kind"), s.get("name"), s.get("sha256"), c.get("size"))
+
+    if key(spec) != key(data_spec):
+        raise UsageProblem(f"{model_dir} uses tokenizer {key(spec)[:2]} but {ds.data_dir} was "
+                           f"prepared with {key(data_spec)[:2]}: the ids would not match")
+
+
+# ---------------------------------------------------------------- export
+
+@click.command(context_settings=CONTEXT)
+@click.option("--model", "model_dir", required=True, metavar="DIR",
+              help="run folder (its best/, else its newest checkpoint), checkpoint or export")
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="folder to write")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="cast the weights (default: keep float32)")
+@click.option("--max-shard-size", default="2GB", show_default=True,
+              help="split model.safetensors into shards with an index above this size")
+@_friendly
+def export(model_dir, out_dir, dtype, max_shard_size):
+    """Write a self-contained model folder (mlx-lm layout).
+
+    \b
+    OUT/config.json        model args, preset and tokenizer spec
+    OUT/model.safetensors  weights, {"format": "mlx"} metadata (model-0000k-of-0000n
+                           .safetensors + model.safetensors.index.json above the limit)
+    OUT/vocab_map.npy      the vocabulary compaction map, when the tokenizer has one
+
+    Load it with `model, tokenizer = mlx_kssm.load("OUT")`; every command takes it as
+    --model. The weights also open with the plain `safetensors` library (numpy) for
+    float32/float16 (numpy has no bfloat16).
+
+    \b
+    Examples:
+      mlx-kssm export --model checkpoints/tiny --out exports/tiny
+      mlx-kssm export --model checkpoints/v2/best --out exports/v2-fp16 --dtype float16
+    """
+    from ..io import export_model, load, read_config
+    from ..models import count_parameters
+
+    shard_bytes = parse_size(max_shard_size)
+    out = export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=shard_bytes)
+    model, tokenizer = load(out)  # the folder must load on its own
+    files = sorted(p.name for p in Path(out).iterdir() if not p.name.startswith("."))
+    size = sum((Path(out) / f).stat().st_size for f in files)
+    cfg = read_config(out)
+    click.echo(f"exported {cfg.get('preset') or cfg.get('model_type')} "
+               f"({count_parameters(model):,} parameters, {dtype or 'float32'}) to {out}: "
+               f"{', '.join(files)} ({size / 1e6:.2f} MB)")
+
+
+# ---------------------------------------------------------------- plot
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--out", "out_dir", default=None, metavar="DIR",
+              help="where to write the PNGs (default RUN_DIR/plots)")
+@click.option("--intervene", "intervene_json", multiple=True, metavar="FILE",
+              help="an `mlx-kssm intervene --json` file to plot (repeatable; default: any "
+                   "*intervene*.json in RUN_DIR)")
+@_friendly
+def plot(run_dir, out_dir, intervene_json):
+    """Draw a training run as PNGs: loss and validation curves, R per layer over training
+    with the zone bands, u (v3), and the R-intervention sweep (forced R vs KL / entropy).
+
+    Needs matplotlib: pip install 'mlx-kssm[plot]'.
+
+    \b
+    Examples:
+      mlx-kssm plot checkpoints/tiny
+      mlx-kssm intervene --model checkpoints/tiny --json checkpoints/tiny/intervene.json
+      mlx-kssm plot checkpoints/tiny --out figures/
+    """
+    from .plot import PlotError, plot_run
+    try:
+        written = plot_run(run_dir, out_dir, list(intervene_json))
+    except PlotError as e:
+        raise UsageProblem(str(e)) from None
+    for path in written:
+        click.echo(f"wrote {path}")

@@ -14,6 +14,7 @@ import numpy as np
 class Generation:
     tokens: list  # generated ids (prompt excluded)
     r_trace: list = field(default_factory=list)  # per generated token: R per layer (list)
+    prompt_r: list = field(default_factory=list)  # R per layer after the last prompt token
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     peak_memory_gb: float = 0.0
@@ -49,7 +50,7 @@ def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
     logits, r = model(mx.array([list(prompt_ids)]), cache=cache, force_r=force_r, return_r=True)
     mx.eval(logits)
     prompt_time = time.perf_counter() - t0
-    out = Generation(tokens=[])
+    out = Generation(tokens=[], prompt_r=[] if r is None else np.array(r[0, -1]).tolist())
     t1 = time.perf_counter()
     last = logits[0, -1]
     for _ in range(max_tokens):
@@ -70,3 +71,27 @@ def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
     out.generation_tps = len(out.tokens) / max(gen_time, 1e-9)
     out.peak_memory_gb = mx.get_peak_memory() / 1e9
     return out
+
+
+class StreamDecoder:
+    """Incremental text for streaming: `push(id)` returns the new characters. Text that ends
+    in the replacement character (a multi-byte character cut between tokens) is held back
+    until the next token completes it."""
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.ids: list = []
+        self.shown = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.shown = text[self.shown:], len(text)
+        return new
+
+    def flush(self) -> str:
+        text = self.decode(self.ids)
+        new, self.shown = text[self.shown:], len(text)
+        return new

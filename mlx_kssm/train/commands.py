@@ -1,5 +1,159 @@
-from .._todo import not_built
+"""`mlx-kssm train`, `status` and `monitor`: parse, call the library, print."""
 
-train = not_built("train", "trainer issue")
-status = not_built("status", "trainer issue")
-monitor = not_built("monitor", "trainer issue")
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from ..data.errors import DataError
+from ..io import ModelLoadError
+from ..kernels import KERNEL_MODES
+from ..models.presets import PRESETS
+from .config import STAGE_STEPS, build_config, read_config_file
+from .lock import LockError
+
+_ERRORS = (DataError, ModelLoadError, ValueError, LockError, RuntimeError, OSError)
+
+TRAIN_HELP = f"""Train a model, with evaluation, checkpoints, exact resume, a lock and health gates.
+
+\b
+Examples:
+  # a smoke run of the tiny preset on prepared Shakespeare
+  mlx-kssm train --preset tiny --data data/prepared/shakespeare --max-steps 300 \\
+      --output-dir runs/tiny
+  # continue it to 1000 steps (the cosine is re-planned from step 300; it says how)
+  mlx-kssm train --resume --output-dir runs/tiny --max-steps 1000
+  # train 500 steps of a 2000-step plan now, the rest later: identical to one long run
+  mlx-kssm train --preset tiny --data DIR --max-steps 500 --schedule-steps 2000 --output-dir runs/t
+  mlx-kssm train --resume --output-dir runs/t --max-steps 2000
+  # staged training (seed 001): stage 2 = 500 steps + the decision matrix
+  mlx-kssm train --preset v3 --data data/prepared/gutenberg --stage 2 --output-dir runs/s2
+  # fine-tune from a model folder, options from a file (flags override it)
+  mlx-kssm train --model exports/v2 --config run.toml --learning-rate 3e-4 --output-dir runs/ft
+  # data parallel over 2 processes (or Macs: --hostfile)
+  mlx.launch -n 2 -- mlx-kssm train --preset tiny --data DIR --batch-size 8 --output-dir runs/dp
+
+\b
+Run folder: config.json, history.jsonl (one JSON object per event), training.log,
+training.lock, checkpoints/step_N/ (model + optimizer + trainer state; `latest` names the
+newest), best/ (lowest val loss; a model folder every command accepts).
+\b
+Presets: {", ".join(PRESETS)} (--list-presets shows sizes).
+Stages: {", ".join(f"{k}={v}" for k, v in STAGE_STEPS.items())} steps.
+\b
+Exit status: 0 finished or early-stopped; 130 Ctrl-C / 143 SIGTERM (a checkpoint is saved
+first; continue with --resume); 3 NaN/inf loss (stopped, last good checkpoint kept);
+1 bad input or the folder is locked by another trainer.
+"""
+
+
+def _list_presets() -> None:
+    import mlx_kssm  # noqa: F401
+    from ..models import build_model, count_parameters
+
+    for name, (description, _, _) in PRESETS.items():
+        n = count_parameters(build_model(name))
+        click.echo(f"{name:<20} {n / 1e6:>8.2f}M  {description}")
+
+
+@click.command("train", help=TRAIN_HELP)
+@click.option("--preset", help="preset name (see --list-presets)")
+@click.option("--model", help="model folder to start from (exported, run, or checkpoint)")
+@click.option("--data", help="prepared data folder (what `data prepare --out` wrote)")
+@click.option("--output-dir", help="run folder  [default: runs/run]")
+@click.option("--batch-size", type=int, help="sequences per step per process [preset default]")
+@click.option("--seq-len", type=int, help="tokens per sequence [preset default]")
+@click.option("--max-steps", type=int, help="optimizer steps  [default: 1000, or the stage's]")
+@click.option("--schedule-steps", type=int, help="LR cosine horizon if longer than "
+              "--max-steps (train the start of a longer plan)")
+@click.option("--learning-rate", type=float, help="peak LR [preset default]")
+@click.option("--warmup-steps", type=int, help="linear warmup steps  [default: 100]")
+@click.option("--grad-accum", type=int, help="micro-batches per step  [default: 1]")
+@click.option("--grad-clip", type=float, help="max gradient norm, 0 = off  [default: 1.0]")
+@click.option("--weight-decay", type=float, help="[default: 0.01]")
+@click.option("--steps-per-report", type=int, help="[default: 10]")
+@click.option("--steps-per-eval", type=int, help="[default: 200]")
+@click.option("--val-batches", type=int, help="validation batches per evaluation  [default: 20]")
+@click.option("--save-every", type=int, help="checkpoint interval in steps  [default: 500]")
+@click.option("--keep-last", type=int, help="step checkpoints kept (plus best/)  [default: 3]")
+@click.option("--patience", type=int, help="evals without val improvement before stopping; "
+              "0 = never  [default: 0]")
+@click.option("--seed", type=int, help="init and data seed  [default: 0]")
+@click.option("--resume", is_flag=True, default=None, help="continue the run in --output-dir")
+@click.option("--kernel", type=click.Choice(KERNEL_MODES), help="scan implementation")
+@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), help="[default: adamw]")
+@click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
+@click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (seed 001)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="run.toml or run.json with any of these options (flags override)")
+@click.option("--list-presets", is_flag=True, help="list presets with sizes and exit")
+def train(config_file, list_presets, **flags):
+    if list_presets:
+        _list_presets()
+        return
+    import mlx_kssm  # noqa: F401
+    from .trainer import train as run_training
+
+    try:
+        file_options = read_config_file(config_file) if config_file else {}
+        config = build_config(file_options, flags)
+        explicit = set(file_options) | {k for k, v in flags.items() if v is not None}
+        result = run_training(config, explicit=explicit, echo=click.echo)
+    except _ERRORS as e:
+        click.echo(f"mlx-kssm train: {e}", err=True)
+        sys.exit(1)
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+@click.command("status")
+@click.argument("run_dir", default=".", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status(run_dir, as_json):
+    """Is a training run alive, where is it, is it healthy.
+
+    \b
+    Example:  mlx-kssm status runs/tiny
+    Exit status 0 when the trainer is alive, 1 when not running (or no such run)."""
+    import json
+
+    from .status import format_status, run_status
+
+    try:
+        s = run_status(run_dir)
+    except _ERRORS as e:
+        click.echo(f"mlx-kssm status: {e}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(s, indent=2, default=str) if as_json else format_status(s))
+    sys.exit(0 if s["alive"] else 1)
+
+
+@click.command("monitor")
+@click.argument("run_dir", default=".", type=click.Path())
+@click.option("--interval", type=float, default=5.0, show_default=True, help="seconds per redraw")
+@click.option("--once", is_flag=True, help="print one frame and exit")
+@click.option("--recent", type=int, default=10, show_default=True, help="reports shown")
+def monitor(run_dir, interval, once, recent):
+    """Live view of a run from its history.jsonl: last reports, R zone visits, u at bound.
+
+    \b
+    Example:  mlx-kssm monitor runs/tiny --interval 2      (Ctrl-C to leave)"""
+    from .status import monitor_frame
+
+    try:
+        while True:
+            frame = monitor_frame(run_dir, recent)
+            if once:
+                click.echo(frame)
+                return
+            click.clear()
+            click.echo(f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C to leave)")
+            click.echo(frame)
+            time.sleep(interval)
+    except _ERRORS as e:
+        click.echo(f"mlx-kssm monitor: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass

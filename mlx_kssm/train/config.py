@@ -20,7 +20,7 @@ OPTIMIZERS = ("adamw", "muon")
 # Flags whose change on --resume makes the run leave the uninterrupted trajectory.
 TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "optimizer",
                      "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "grokfast",
-                     "min_lr_ratio")
+                     "min_lr_ratio", "schedule_steps")
 
 
 @dataclass
@@ -34,6 +34,9 @@ class TrainConfig:
     seq_len: Optional[int] = None
     learning_rate: Optional[float] = None
     max_steps: int = 1000
+    # the cosine's horizon; None = max_steps. Set it above max_steps to train the first
+    # part of a longer plan (then --resume --max-steps <plan> continues it exactly)
+    schedule_steps: Optional[int] = None
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
     weight_decay: float = 0.01
@@ -91,11 +94,18 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ValueError(f"--schedule-steps must be >= 1, got {self.schedule_steps}")
         if self.warmup_steps < 0 or self.patience < 0 or self.grad_clip < 0:
             raise ValueError("--warmup-steps, --patience and --grad-clip must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         return self
+
+    @property
+    def horizon(self) -> int:
+        """Steps the LR schedule spans: max_steps, or schedule_steps when larger."""
+        return max(self.max_steps, self.schedule_steps or 0)
 
 
 def read_config_file(path) -> dict:

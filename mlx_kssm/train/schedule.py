@@ -19,41 +19,47 @@ from typing import Optional
 class Schedule:
     base_lr: float
     warmup_steps: int
-    total_steps: int
+    total_steps: int  # the horizon the schedule now decays toward
     min_lr_ratio: float = 0.1
-    # set when the horizon changed on resume: the cosine restarts here from this LR
-    restart_step: Optional[int] = None
-    restart_lr: Optional[float] = None
+    # horizon changes on resume, oldest first: (step, LR at that step, new total);
+    # `first_total` keeps the original horizon for the steps before the first change
+    restarts: tuple = ()
+    first_total: Optional[int] = None
 
     @property
     def min_lr(self) -> float:
         return self.base_lr * self.min_lr_ratio
 
     def lr(self, step: int) -> float:
-        if self.restart_step is not None and step > self.restart_step:
-            return _cosine(step - self.restart_step, self.total_steps - self.restart_step,
-                           self.restart_lr, self.min_lr)
+        for restart_step, restart_lr, total in reversed(self.restarts):
+            if step > restart_step:
+                return _cosine(step - restart_step, total - restart_step, restart_lr, self.min_lr)
         if self.warmup_steps > 0 and step <= self.warmup_steps:
             return self.base_lr * step / self.warmup_steps
-        return _cosine(step - self.warmup_steps, self.total_steps - self.warmup_steps,
-                       self.base_lr, self.min_lr)
+        total = self.first_total if self.restarts else self.total_steps
+        return _cosine(step - self.warmup_steps, total - self.warmup_steps, self.base_lr,
+                       self.min_lr)
 
     def with_horizon(self, total_steps: int, current_step: int) -> "Schedule":
-        """The schedule continued from `current_step` toward a new `total_steps`."""
+        """The schedule continued from `current_step` toward a new `total_steps`; the LR of
+        every step up to `current_step` is unchanged."""
         if total_steps == self.total_steps:
             return self
-        if current_step <= self.warmup_steps and self.restart_step is None:
+        if current_step <= self.warmup_steps and not self.restarts:
             # the cosine has not started yet: the plain schedule over the new horizon
             return Schedule(self.base_lr, self.warmup_steps, total_steps, self.min_lr_ratio)
+        restart = (current_step, self.lr(current_step), total_steps)
         return Schedule(self.base_lr, self.warmup_steps, total_steps, self.min_lr_ratio,
-                        restart_step=current_step, restart_lr=self.lr(current_step))
+                        self.restarts + (restart,), self.first_total or self.total_steps)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["restarts"] = [list(r) for r in self.restarts]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schedule":
-        return cls(**d)
+        return cls(**{**d, "restarts": tuple(tuple(r) for r in d.get("restarts", ()))})
 
 
 def _cosine(done: int, span: int, start: float, floor: float) -> float:

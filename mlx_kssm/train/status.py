@@ -1,0 +1,171 @@
+"""`status` and `monitor`: is a run alive, where is it, is it healthy — read from the run
+folder only (lock, config.json, history.jsonl, checkpoints) plus a scan of running
+processes, so they work from another terminal while the trainer runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..models import r_zone
+from . import checkpoint as ckpt
+from .health import zones_visited
+from .lock import describe, holder_alive, read_lock
+from .trainer import RUN_CONFIG, format_duration, read_history
+
+RECENT_REPORTS = 5  # reports averaged for the ETA
+
+
+def _output_dir_arg(args: list) -> str | None:
+    for i, a in enumerate(args):
+        if a == "--output-dir" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--output-dir="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def trainer_processes(run_dir) -> list:
+    """Running `mlx-kssm train` processes whose --output-dir is `run_dir` (Linux /proc;
+    an empty list elsewhere)."""
+    target = Path(run_dir).resolve()
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if "train" not in args or not any("mlx-kssm" in a or "mlx_kssm" in a for a in args):
+            continue
+        out = _output_dir_arg(args)
+        if out is not None and (Path(cwd) / out).resolve() == target:
+            found.append({"pid": int(entry.name), "command": " ".join(a for a in args if a)})
+    return found
+
+
+def _run_config(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_status(run_dir) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: no such run folder")
+    holder = read_lock(run_dir)
+    alive = holder_alive(holder) if holder else False
+    history = read_history(run_dir)
+    config = _run_config(run_dir)
+    train_cfg = config.get("train", {})
+    trains = [r for r in history if r.get("event") == "train"]
+    evals = [r for r in history if r.get("event") == "eval"]
+    verdicts = [r for r in history if r.get("event") == "verdict"]
+    ends = [r for r in history if r.get("event") in ("end", "resume", "start")]
+    last_ckpt = ckpt.latest_checkpoint(run_dir)
+    step = trains[-1]["step"] if trains else 0
+    max_steps = train_cfg.get("max_steps")
+    eta = None
+    if trains and max_steps:
+        recent = trains[-RECENT_REPORTS:]
+        tps = sum(r["tokens_per_sec"] for r in recent) / len(recent)
+        tokens_per_step = (train_cfg.get("batch_size", 0) * train_cfg.get("seq_len", 0)
+                           * train_cfg.get("grad_accum", 1) * config.get("world_size", 1))
+        eta = (max_steps - step) * tokens_per_step / tps if tps > 0 else None
+    procs = trainer_processes(run_dir)
+    warnings = []
+    if holder is not None and alive is False:
+        warnings.append(f"stale lock: {describe(holder)} is no longer running "
+                        "(the next trainer takes it over)")
+    if alive is None:
+        warnings.append(f"lock held on another host: {describe(holder)} (cannot check it)")
+    ranks = config.get("world_size", 1) if alive else 1  # mlx.launch ranks are one run
+    if len(procs) > ranks:
+        warnings.append(f"{len(procs)} trainer processes on this folder: "
+                        + ", ".join(str(p["pid"]) for p in procs)
+                        + " (they compete for memory; stop all but one)")
+    elif procs and holder is None:
+        warnings.append(f"trainer pid {procs[0]['pid']} runs on this folder without a lock")
+    return {"run_dir": str(run_dir), "alive": bool(alive), "lock": holder,
+            "state": ends[-1].get("status", "running") if ends and ends[-1]["event"] == "end"
+            else ("running" if alive else "stopped"),
+            "step": step, "max_steps": max_steps, "last_train": trains[-1] if trains else None,
+            "last_eval": evals[-1] if evals else None,
+            "last_verdict": verdicts[-1] if verdicts else None, "eta_s": eta if alive else None,
+            "last_checkpoint": str(last_ckpt) if last_ckpt else None,
+            "last_checkpoint_age_s": time.time() - last_ckpt.stat().st_mtime if last_ckpt else None,
+            "processes": procs, "warnings": warnings, "preset": config.get("model", {}).get("preset")}
+
+
+def format_status(s: dict) -> str:
+    alive = "ALIVE" if s["alive"] else "NOT RUNNING"
+    who = f" ({describe(s['lock'])})" if s["alive"] and s["lock"] else ""
+    lines = [f"{s['run_dir']}: {alive}{who}; state {s['state']}",
+             f"  step {s['step']}/{s['max_steps'] or '?'}"
+             + (f", ETA {format_duration(s['eta_s'])}" if s["eta_s"] is not None else "")]
+    t = s["last_train"]
+    if t:
+        r = f", R {t['R']:.4f} ({t['zone']})" if t.get("R") is not None else ""
+        u = f", u {t['u']:.4f}" if t.get("u") is not None else ""
+        lines.append(f"  last report: loss {t['loss']:.4f}, CE {t['ce']:.4f}{r}{u}, "
+                     f"LR {t['lr']:.3e}, {t['tokens_per_sec']:.1f} tok/s")
+    e = s["last_eval"]
+    if e:
+        vr = f", val R {e['val_R']:.4f}" if e.get("val_R") is not None else ""
+        lines.append(f"  last eval (step {e['step']}): val loss {e['val_loss']:.4f}, "
+                     f"val ppl {e['val_ppl']:.2f}{vr}")
+    if s["last_checkpoint"]:
+        lines.append(f"  last checkpoint: {s['last_checkpoint']} "
+                     f"({format_duration(s['last_checkpoint_age_s'])} ago)")
+    else:
+        lines.append("  last checkpoint: none")
+    if s["last_verdict"]:
+        lines.append(f"  stage {s['last_verdict']['stage']} verdict: "
+                     f"{s['last_verdict']['overall']}")
+    lines += [f"  WARNING: {w}" for w in s["warnings"]]
+    return "\n".join(lines)
+
+
+def monitor_frame(run_dir, recent: int = 10) -> str:
+    """One screen: status, the last reports, R zone visits, u at the bound, last eval."""
+    run_dir = Path(run_dir)
+    s = run_status(run_dir)
+    history = read_history(run_dir)
+    trains = [r for r in history if r.get("event") == "train"]
+    lines = [format_status(s), "", f"{'step':>7} {'loss':>8} {'CE':>8} {'R':>7} {'zone':<14}"
+             f" {'u':>7} {'grad':>7} {'LR':>9} {'tok/s':>9}"]
+    for r in trains[-recent:]:
+        R = f"{r['R']:.4f}" if r.get("R") is not None else "-"
+        u = f"{r['u']:.4f}" if r.get("u") is not None else "-"
+        lines.append(f"{r['step']:>7} {r['loss']:>8.4f} {r['ce']:>8.4f} {R:>7} "
+                     f"{r.get('zone', '-'):<14} {u:>7} {r['grad_norm']:>7.3f} {r['lr']:>9.2e} "
+                     f"{r['tokens_per_sec']:>9.1f}")
+    zones = zones_visited(trains)
+    if zones:
+        total = sum(zones.values())
+        lines.append("")
+        lines.append("R zone visits (per layer, per report): " + ", ".join(
+            f"{z} {n} ({n / total:.0%})" for z, n in sorted(zones.items(), key=lambda kv: -kv[1])))
+    with_u = [r for r in trains if r.get("u") is not None]
+    if with_u:
+        at = [r["u_at_bound"] for r in with_u]
+        lines.append(f"u at bound: latest {at[-1]:.1%} of positions, mean {sum(at) / len(at):.1%},"
+                     f" reports with any at bound {sum(1 for a in at if a > 0)}/{len(at)}")
+    evals = [r for r in history if r.get("event") == "eval"]
+    if evals:
+        lines.append("")
+        lines.append("evaluations: " + "  ".join(
+            f"{e['step']}:{e['val_loss']:.3f}" + ("*" if e.get("is_best") else "")
+            for e in evals[-8:]) + "   (* = best)")
+        if evals[-1].get("val_R") is not None:
+            lines.append(f"  latest val R {evals[-1]['val_R']:.4f} ({r_zone(evals[-1]['val_R'])})")
+    return "\n".join(lines)

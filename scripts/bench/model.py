@@ -1,0 +1,99 @@
+"""K-SSM model speed on this machine (issue 3):
+
+- forward+backward tokens/s for `tiny` and `v2` at batch 8 x seq 256
+- the scan in its two pure-MLX forms (compiled sequential step vs associative scan)
+- stateful decode tokens/s at context 16 vs 1024 (flat: O(1) work per token)
+- parameter counts of every preset
+
+    python scripts/bench/model.py [--repeats 3] [--out model.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mlx_kssm  # noqa: E402,F401  (loads OpenBLAS before mlx)
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+
+from _common import emit, machine, timed  # noqa: E402
+from mlx_kssm import build_model, count_parameters  # noqa: E402
+from mlx_kssm.kernels import reference  # noqa: E402
+from mlx_kssm.models import preset_names  # noqa: E402
+
+
+def fwd_bwd(preset, vocab, B, T, repeats):
+    model = build_model(preset, vocab_size=vocab, seed=0)
+    x = mx.random.randint(0, vocab, (B, T), key=mx.random.key(0))
+    y = mx.random.randint(0, vocab, (B, T), key=mx.random.key(1))
+    step = mx.compile(nn.value_and_grad(model, lambda m: nn.losses.cross_entropy(m(x), y).mean()))
+    t = timed(lambda: mx.eval(step(model)), repeats=repeats)
+    return {"batch": B, "seq_len": T, "vocab": vocab, "seconds": t,
+            "tokens_per_sec": B * T / t["median"]}
+
+
+def scan_forms(B, T, G, n, repeats):
+    """Forward+backward of the scan alone, both forms, alternating in one process."""
+    key = mx.random.key(2)
+    ks = mx.random.split(key, 5)
+    dr = mx.random.uniform(-0.9, 0.9, (B, T, G, n), key=ks[0])
+    di = mx.random.uniform(-0.4, 0.4, (B, T, G, n), key=ks[1])
+    k = mx.random.uniform(0, 1, (B, T, G, 1), key=ks[2])
+    cr = mx.random.normal((B, T, G, n), key=ks[3])
+    ci = mx.random.normal((B, T, G, n), key=ks[4])
+    z0 = mx.zeros((B, G, n))
+    out = {}
+    for name, fn in (("sequential", reference.scan_sequential),
+                     ("associative", reference.scan_associative)):
+        def loss(*a, fn=fn):
+            zr, zi = fn(*a, z0, z0)
+            return (zr * zr + zi).sum()
+        step = mx.compile(mx.grad(loss, argnums=(0, 1, 2, 3, 4)))
+        t = timed(lambda: mx.eval(step(dr, di, k, cr, ci)), repeats=repeats)
+        out[name] = {"seconds": t, "tokens_per_sec": B * T / t["median"]}
+    out["sequential_over_associative"] = (out["sequential"]["tokens_per_sec"]
+                                          / out["associative"]["tokens_per_sec"])
+    out["shape"] = {"batch": B, "seq_len": T, "groups": G, "osc_per_group": n}
+    return out
+
+
+def decode_speed(preset, vocab, context, n_tokens=64):
+    model = build_model(preset, vocab_size=vocab, seed=0)
+    prompt = mx.random.randint(0, vocab, (1, context), key=mx.random.key(3))
+    cache = model.make_cache()
+    mx.eval(model(prompt, cache=cache))
+    token = mx.array([[1]])
+
+    def run():
+        for _ in range(n_tokens):
+            mx.eval(model(token, cache=cache))
+
+    t = timed(run, repeats=3)
+    return {"context": context, "tokens_per_sec": n_tokens / t["median"], "seconds": t}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    result = {"command": " ".join(["python", "scripts/bench/model.py"] + sys.argv[1:]),
+              "machine": machine()}
+    result["fwd_bwd"] = {"tiny": fwd_bwd("tiny", 12000, 8, 256, args.repeats),
+                         "v2": fwd_bwd("v2", 20544, 8, 256, args.repeats)}
+    result["scan_forms"] = {"tiny_bank": scan_forms(8, 256, 8, 8, args.repeats),
+                            "v2_bank": scan_forms(8, 256, 8, 16, args.repeats)}
+    dec = {c: decode_speed("tiny", 12000, c) for c in (16, 1024)}
+    result["decode_tiny"] = {"by_context": dec,
+                             "ratio_1024_over_16": dec[1024]["tokens_per_sec"]
+                             / dec[16]["tokens_per_sec"]}
+    result["parameters"] = {p: count_parameters(build_model(p)) for p in preset_names()}
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

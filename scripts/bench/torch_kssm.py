@@ -1,0 +1,241 @@
+"""A PyTorch (CPU) twin of the K-SSM model, written only for the benchmark.
+
+It is the SAME layer and model as mlx_kssm/models/kssm.py with the `order_params` readout
+(presets `tiny`, `v2`): embedding -> L x [oscillator bank (RMSNorm, in_proj, the recurrence of
+mlx_kssm/kernels/reference.py, phase-only readout, out_proj, residual) -> MLP (RMSNorm, GELU,
+residual)] -> RMSNorm -> tied embedding head. Weights come from the MLX model as numpy arrays
+(`from_mlx`), and tests/test_bench_torch_parity.py checks logits and loss against MLX.
+
+The scan has three forms, all the same arithmetic:
+  "eager"  the obvious PyTorch code: a Python loop over time, one autograd op per step piece
+  "script" the per-sequence loop as a TorchScript function (loop stays a loop; fewer
+           Python dispatches)
+  "compile" torch.compile of the per-token step (the loop over time stays in Python)
+
+torch is an optional benchmark extra (`pip install -e .[bench]`); mlx_kssm never imports it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn as tnn
+import torch.nn.functional as F
+
+PHASE_EPS = 1e-6  # as mlx_kssm.kernels.reference
+
+
+def _step(zr, zi, dr, di, k, cr, ci):
+    """One token of the recurrence (free run): mean-field coupling, damped rotation, drive."""
+    mr = zr.mean(dim=-1, keepdim=True)
+    mi = zi.mean(dim=-1, keepdim=True)
+    wr = zr + k * (mr - zr)
+    wi = zi + k * (mi - zi)
+    return dr * wr - di * wi + cr, dr * wi + di * wr + ci
+
+
+def scan_eager(dr, di, k, cr, ci, z0r, z0i, step=_step):
+    zr, zi = z0r, z0i
+    outs_r, outs_i = [], []
+    for t in range(dr.shape[1]):
+        zr, zi = step(zr, zi, dr[:, t], di[:, t], k[:, t], cr[:, t], ci[:, t])
+        outs_r.append(zr)
+        outs_i.append(zi)
+    return torch.stack(outs_r, dim=1), torch.stack(outs_i, dim=1)
+
+
+def _scan_script_src(dr, di, k, cr, ci, z0r, z0i):
+    zr, zi = z0r, z0i
+    outs_r = []
+    outs_i = []
+    for t in range(dr.shape[1]):
+        drt, dit, kt = dr[:, t], di[:, t], k[:, t]
+        mr = zr.mean(dim=-1, keepdim=True)
+        mi = zi.mean(dim=-1, keepdim=True)
+        wr = zr + kt * (mr - zr)
+        wi = zi + kt * (mi - zi)
+        zr, zi = drt * wr - dit * wi + cr[:, t], drt * wi + dit * wr + ci[:, t]
+        outs_r.append(zr)
+        outs_i.append(zi)
+    return torch.stack(outs_r, dim=1), torch.stack(outs_i, dim=1)
+
+
+_scripted = None
+_compiled_step = None
+
+
+def scan_script(dr, di, k, cr, ci, z0r, z0i):
+    global _scripted
+    if _scripted is None:
+        with warnings.catch_warnings():  # torch 2.10+ marks TorchScript deprecated
+            warnings.simplefilter("ignore")
+            _scripted = torch.jit.script(_scan_script_src)
+    return _scripted(dr, di, k, cr, ci, z0r, z0i)
+
+
+
+def scan_compiled(dr, di, k, cr, ci, z0r, z0i):
+    global _compiled_step
+    if _compiled_step is None:
+        _compiled_step = torch.compile(_step, dynamic=False)
+    return scan_eager(dr, di, k, cr, ci, z0r, z0i, step=_compiled_step)
+
+
+SCANS = {"eager": scan_eager, "script": scan_script, "compile": scan_compiled}
+
+
+def readout(zr, zi, harmonics: int):
+    """[Re Z_h, Im Z_h, |Z_h|] of the unit phasors per group and harmonic; r = mean_g |Z_1|."""
+    amp = torch.sqrt(zr * zr + zi * zi + PHASE_EPS)
+    pr, pi = zr / amp, zi / amp
+    hr, hi = pr, pi
+    feats, r_groups = [], None
+    for h in range(1, harmonics + 1):
+        if h > 1:
+            hr, hi = hr * pr - hi * pi, hr * pi + hi * pr
+        re = hr.mean(dim=-1)
+        im = hi.mean(dim=-1)
+        mag = torch.sqrt(re * re + im * im + 1e-12)
+        if h == 1:
+            r_groups = mag
+        feats += [re, im, mag]
+    return torch.stack(feats, dim=-1), r_groups.mean(dim=-1)
+
+
+class RMSNorm(tnn.Module):
+    def __init__(self, dims: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = tnn.Parameter(torch.ones(dims))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps))
+
+
+class MLP(tnn.Module):
+    def __init__(self, dims: int, hidden: int):
+        super().__init__()
+        self.norm = RMSNorm(dims)
+        self.up = tnn.Linear(dims, hidden)
+        self.down = tnn.Linear(hidden, dims)
+
+    def forward(self, x):
+        return x + self.down(F.gelu(self.up(self.norm(x))))  # exact (erf) GELU, as mlx nn.gelu
+
+
+class OscillatorBank(tnn.Module):
+    def __init__(self, a: dict):
+        super().__init__()
+        G, n, D, H = a["n_groups"], a["osc_per_group"], a["d_model"], a["harmonics"]
+        N = G * n
+        self.G, self.n, self.H = G, n, H
+        self.norm = RMSNorm(D)
+        self.in_proj = tnn.Linear(D, 4 * N + G)
+        self.omega = tnn.Parameter(torch.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n))
+        lam = torch.linspace(0.6, 0.995, N).reshape(G, n)
+        self.lambda_bias = tnn.Parameter(torch.log(lam / (1 - lam)))
+        self.dt_raw = tnn.Parameter(torch.tensor(0.5413))
+        self.z0 = tnn.Parameter(torch.zeros(2, G, n))
+        self.out_proj = tnn.Linear(3 * H * G, D)
+        self.scan = "eager"
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        G, n = self.G, self.n
+        N = G * n
+        p = self.in_proj(self.norm(x))
+        delta = p[..., :N].reshape(B, T, G, n)
+        lam = torch.sigmoid(p[..., N:2 * N].reshape(B, T, G, n) + self.lambda_bias)
+        br = torch.tanh(p[..., 2 * N:3 * N]).reshape(B, T, G, n)
+        bi = torch.tanh(p[..., 3 * N:4 * N]).reshape(B, T, G, n)
+        alpha = F.softplus(self.dt_raw) * (self.omega + delta)
+        k = torch.sigmoid(p[..., 4 * N:])[..., None]
+        dr, di = lam * torch.cos(alpha), lam * torch.sin(alpha)
+        z0r = self.z0[0].expand(B, G, n)
+        z0i = self.z0[1].expand(B, G, n)
+        zr, zi = SCANS[self.scan](dr, di, k, (1 - lam) * br, (1 - lam) * bi, z0r, z0i)
+        features, r = readout(zr, zi, self.H)
+        return x + self.out_proj(features.reshape(B, T, -1)), r
+
+
+class Block(tnn.Module):
+    def __init__(self, a: dict):
+        super().__init__()
+        self.bank = OscillatorBank(a)
+        self.mlp = MLP(a["d_model"], a["ffn_hidden"])
+
+    def forward(self, x):
+        x, r = self.bank(x)
+        return self.mlp(x), r
+
+
+class KSSM(tnn.Module):
+    """Model config as the MLX ModelArgs dict; kssm type, order_params readout, tied head."""
+
+    def __init__(self, a: dict):
+        super().__init__()
+        if a.get("model_type", "kssm") != "kssm" or a.get("readout", "order_params") != "order_params" \
+                or a.get("bistable") or not a.get("tie_embeddings", True):
+            raise ValueError("the PyTorch twin covers the plain K-SSM (tiny, v2 presets) only")
+        self.embed = tnn.Embedding(a["vocab_size"], a["d_model"])
+        self.layers = tnn.ModuleList([Block(a) for _ in range(a["n_layers"])])
+        self.norm = RMSNorm(a["d_model"])
+
+    def set_scan(self, mode: str) -> None:
+        if mode not in SCANS:
+            raise ValueError(f"scan must be one of {tuple(SCANS)}")
+        for layer in self.layers:
+            layer.bank.scan = mode
+
+    def forward(self, inputs, return_r: bool = False):
+        x = self.embed(inputs)
+        rs = []
+        for layer in self.layers:
+            x, r = layer(x)
+            rs.append(r)
+        logits = self.norm(x) @ self.embed.weight.T
+        return (logits, torch.stack(rs, dim=-1)) if return_r else logits
+
+
+def from_mlx(mlx_model) -> KSSM:
+    """A KSSM with the MLX model's weights (copied through numpy, float32)."""
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    model = KSSM(mlx_model.args.to_dict())
+    weights = {k: torch.from_numpy(np.array(v, dtype=np.float32))
+               for k, v in tree_flatten(mlx_model.parameters())}
+    own = dict(model.named_parameters())
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    if missing or extra:
+        raise ValueError(f"parameter names differ: missing {missing}, unexpected {extra}")
+    with torch.no_grad():
+        for name, p in own.items():
+            if tuple(p.shape) != tuple(weights[name].shape):
+                raise ValueError(f"{name}: shape {tuple(p.shape)} vs MLX {tuple(weights[name].shape)}")
+            p.copy_(weights[name])
+    return model
+
+
+def loss_fn(model, inputs, targets):
+    logits = model(inputs)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def make_train_step(model, lr: float = 1e-3, weight_decay: float = 0.01, grad_clip: float = 1.0):
+    """AdamW step with global-norm clipping, like the MLX trainer's."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def step(inputs, targets):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model, inputs, targets)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        return loss.detach()
+
+    return step

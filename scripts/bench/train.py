@@ -1,0 +1,98 @@
+"""Trainer throughput on this machine -> JSON on stdout.
+
+For each preset: tokens/s and peak memory of the compiled training step (after warm-up),
+and the cost of one evaluation (--val-batches batches) and one checkpoint, each as a
+fraction of a step and as overhead at the default cadence (eval every 200 steps, checkpoint
+every 500).
+
+    python scripts/bench/train.py                       # tiny and v2 (batch 8 x seq 256)
+    python scripts/bench/train.py --presets tiny --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import mlx_kssm  # noqa: F401  (BLAS before mlx)
+import mlx.core as mx
+import numpy as np
+
+from mlx_kssm import build_model, count_parameters
+from mlx_kssm.evaluation import evaluate_loss
+from mlx_kssm.train import checkpoint as ckpt
+from mlx_kssm.train.config import TrainConfig
+from mlx_kssm.train.optim import Grokfast, build_optimizer, optimizer_arrays, set_learning_rate
+from mlx_kssm.train.trainer import make_step
+
+SHAPES = {"tiny": (16, 128), "v2": (8, 256)}
+VOCAB = 100277  # cl100k_base, what the BPE presets train on
+
+
+def bench(preset: str, steps: int, warmup: int, val_batches: int) -> dict:
+    batch, seq = SHAPES.get(preset, (8, 256))
+    model = build_model(preset, vocab_size=VOCAB, seed=0)
+    config = TrainConfig(preset=preset, data="-", batch_size=batch, seq_len=seq)
+    optimizer = build_optimizer("adamw", 1e-3, 0.01)
+    optimizer.init(model.trainable_parameters())
+    grokfast = Grokfast(model.trainable_parameters(), enabled=False)
+    step, state = make_step(model, optimizer, grokfast, config, world=1)
+    rng = np.random.default_rng(0)
+
+    def batch_arrays():
+        x = rng.integers(0, VOCAB, (batch, seq + 1)).astype(np.int32)
+        return mx.array(x[:, :-1]), mx.array(x[:, 1:])
+
+    def one_step():
+        set_learning_rate(optimizer, 1e-3)
+        out = step(*batch_arrays(), None, True)
+        mx.eval(state, out[0])
+
+    t0 = time.perf_counter()
+    one_step()
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        one_step()
+    mx.reset_peak_memory()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    step_s = (time.perf_counter() - t0) / steps
+    peak = mx.get_peak_memory() / 1e9
+
+    val = [tuple(np.array(a) for a in batch_arrays()) for _ in range(val_batches)]
+    t0 = time.perf_counter()
+    evaluate_loss(model, val)
+    eval_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ckpt.save_checkpoint(Path(tmp), 1, model, optimizer_arrays(optimizer), {"step": 1})
+        save_s = time.perf_counter() - t0
+    return {"preset": preset, "parameters": count_parameters(model), "batch": batch,
+            "seq_len": seq, "steps_timed": steps, "compile_first_step_s": round(compile_s, 2),
+            "step_s": round(step_s, 4), "tokens_per_sec": round(batch * seq / step_s, 1),
+            "peak_mem_gb": round(peak, 3), "val_batches": val_batches,
+            "eval_s": round(eval_s, 3), "eval_over_step": round(eval_s / step_s, 2),
+            "checkpoint_s": round(save_s, 3), "checkpoint_over_step": round(save_s / step_s, 2),
+            "overhead_at_defaults": round((eval_s / 200 + save_s / 500) / step_s, 4)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "v2"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--val-batches", type=int, default=20)
+    args = ap.parse_args()
+    results = [bench(p, args.steps, args.warmup, args.val_batches) for p in args.presets]
+    print(json.dumps({"machine": platform.machine(), "processor": platform.processor(),
+                      "mlx": mx.__version__, "device": str(mx.default_device()),
+                      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The causality suite (SPEC 7) on a briefly trained K-SSM, the bolted control and a fresh
+model. The trained model is made here with a minimal loop on real prose (byte tokens), so
+the suite's PASS is earned, not assumed; its numbers and the controls' are printed (-s)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import mlx_kssm  # noqa: F401  (BLAS before mlx)
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+
+from mlx_kssm import build_model
+from mlx_kssm.data.tokenizer import BytesTokenizer
+from mlx_kssm.probe.causality import causality_suite, format_causality, windows_from_batches
+from mlx_kssm.probe.generate import generate_tokens
+
+# Public-domain prose: Dickens (1859), Austen (1813), Melville (1851) for training;
+# Carroll (1865) held out.
+TRAIN_TEXT = """It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it was the season of Darkness, it was the spring of hope, it was the winter of despair, we had everything before us, we had nothing before us, we were all going direct to Heaven, we were all going direct the other way. In short, the period was so far like the present period, that some of its noisiest authorities insisted on its being received, for good or for evil, in the superlative degree of comparison only.
+There were a king with a large jaw and a queen with a plain face, on the throne of England; there were a king with a large jaw and a queen with a fair face, on the throne of France. In both countries it was clearer than crystal to the lords of the State preserves of loaves and fishes, that things in general were settled for ever.
+It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. However little known the feelings or views of such a man may be on his first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is considered the rightful property of some one or other of their daughters.
+"My dear Mr. Bennet," said his lady to him one day, "have you heard that Netherfield Park is let at last?" Mr. Bennet replied that he had not. "But it is," returned she; "for Mrs. Long has just been here, and she told me all about it." Mr. Bennet made no answer. "Do you not want to know who has taken it?" cried his wife impatiently. "You want to tell me, and I have no objection to hearing it." This was invitation enough.
+Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, and nothing particular to interest me on shore, I thought I would sail about a little and see the watery part of the world. It is a way I have of driving off the spleen, and regulating the circulation. Whenever I find myself growing grim about the mouth; whenever it is a damp, drizzly November in my soul; whenever I find myself involuntarily pausing before coffin warehouses, and bringing up the rear of every funeral I meet; then, I account it high time to get to sea as soon as I can.
+"""
+HELDOUT_TEXT = """Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: once or twice she had peeped into the book her sister was reading, but it had no pictures or conversations in it, "and what is the use of a book," thought Alice, "without pictures or conversations?" So she was considering in her own mind, as well as she could, for the hot day made her feel very sleepy and stupid, whether the pleasure of making a daisy-chain would be worth the trouble of getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran close by her. There was nothing so very remarkable in that; nor did Alice think it so very much out of the way to hear the Rabbit say to itself, "Oh dear! Oh dear! I shall be late!" but when the Rabbit actually took a watch out of its waistcoat-pocket, and looked at it, and then hurried on, Alice started to her feet, for it flashed across her mind that she had never before seen a rabbit with either a waistcoat-pocket, or a watch to take out of it, and burning with curiosity, she ran across the field after it.
+"""
+
+SEQ_LEN, BATCH, STEPS = 32, 8, 300
+TOK = BytesTokenizer()
+
+
+def heldout_windows(seq_len=SEQ_LEN):
+    ids = np.array(TOK.encode(HELDOUT_TEXT), dtype=np.int32)
+    n = len(ids) // seq_len  # non-overlapping: sequences are independent units
+    return ids[:n * seq_len].reshape(n, seq_len)
+
+
+def train_tiny(steps=STEPS, seed=0):
+    """A minimal training loop: Adam on byte-level next-token prediction."""
+    data = np.array(TOK.encode(TRAIN_TEXT), dtype=np.int32)
+    model = build_model("tiny", vocab_size=TOK.vocab_size, seed=seed)
+    opt = optim.Adam(learning_rate=3e-3)
+    loss_and_grad = nn.value_and_grad(
+        model, lambda m, x, y: nn.losses.cross_entropy(m(x), y).mean())
+    state = [model.state, opt.state]
+
+    def step(x, y):
+        loss, grads = loss_and_grad(model, x, y)
+        opt.update(model, grads)
+        return loss
+
+    step = mx.compile(step, inputs=state, outputs=state)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(steps):
+        starts = rng.integers(0, len(data) - SEQ_LEN - 1, BATCH)
+        x = np.stack([data[s:s + SEQ_LEN] for s in starts])
+        y = np.stack([data[s + 1:s + SEQ_LEN + 1] for s in starts])
+        loss = step(mx.array(x), mx.array(y))
+        mx.eval(state)
+        losses.append(loss.item())
+    return model, losses
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model, losses = train_tiny()
+    assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 1.0, "training did not learn"
+    return model
+
+
+@pytest.fixture(scope="module")
+def results(trained):
+    windows = heldout_windows()
+    res = {"trained tiny (300 steps)": causality_suite(trained, windows),
+           "random-init tiny": causality_suite(build_model("tiny", vocab_size=257, seed=0),
+                                               windows),
+           "control-bolted-tiny": causality_suite(
+               build_model("control-bolted-tiny", vocab_size=257, seed=0), windows)}
+    for label, r in res.items():  # reported beside each other (pytest -s shows them)
+        print("\n" + "\n".join(format_causality(r, label)))
+    return res
+
+
+def test_trained_kssm_passes_all_three(results):
+    r = results["trained tiny (300 steps)"]
+    assert r["variance"]["passed"], r["variance"]
+    assert r["intervention"]["passed"], {k: v for k, v in r["intervention"].items()
+                                         if k != "per_sequence_kl"}
+    assert r["correlation"]["passed"], r["correlation"]
+    assert r["passed"] is True
+    assert r["intervention"]["achieved_r_max_error"] < 1e-5  # reported R == forced R
+
+
+def test_bolted_control_fails_intervention(results):
+    r = results["control-bolted-tiny"]
+    i = r["intervention"]
+    assert not i["passed"]
+    assert i["mean_kl"] < 1e-4  # ~0: the output bypasses R (only a norm's epsilon leaks)
+    assert not r["passed"]
+    # the minimum effect, not the p-value, is what stops it: float-level KL is systematic
+    assert i["mean_kl"] < i["min_effect"]
+
+
+def test_random_init_is_reported(results):
+    r = results["random-init tiny"]
+    assert r["applicable"] and set(r) >= {"variance", "intervention", "correlation"}
+    json.dumps(r)  # JSON-able as the CLI writes it
+
+
+def test_transformer_not_applicable():
+    model = build_model("transformer-tiny", vocab_size=257, seed=0)
+    r = causality_suite(model, heldout_windows()[:8])
+    assert r["applicable"] is False and r["passed"] is None
+    assert "not applicable" in format_causality(r)[0]
+
+
+def test_suite_is_deterministic(trained):
+    w = heldout_windows()[:10]
+    a, b = causality_suite(trained, w), causality_suite(trained, w)
+    assert a["intervention"]["per_sequence_kl"] == b["intervention"]["per_sequence_kl"]
+    assert a["correlation"]["r_within"] == b["correlation"]["r_within"]
+
+
+def test_too_few_sequences_cannot_pass_intervention(trained):
+    # the exact sign-flip test needs >= 7 sequences to reach p < 0.01, whatever the effect
+    r = causality_suite(trained, heldout_windows()[:5])
+    assert r["intervention"]["mean_kl"] > 1e-3 and not r["intervention"]["passed"]
+
+
+def test_windows_from_batches_accepts_pairs_and_limits():
+    w = heldout_windows()
+    batches = [(w[:4], w[:4]), (w[4:8], w[4:8])]
+    assert windows_from_batches(batches).shape == (8, SEQ_LEN)
+    assert windows_from_batches(batches, max_sequences=5).shape == (5, SEQ_LEN)
+    with pytest.raises(ValueError):
+        causality_suite(build_model("tiny", vocab_size=257, seed=0), w[:4], values=(0.5, 0.5))
+
+
+def test_forcing_changes_generated_text(trained):
+    prompt = TOK.encode("It was the ")
+    free = generate_tokens(trained, prompt, max_tokens=40, temp=0.8, seed=3)
+    again = generate_tokens(trained, prompt, max_tokens=40, temp=0.8, seed=3)
+    forced = generate_tokens(trained, prompt, max_tokens=40, temp=0.8, seed=3, force_r=0.3)
+    assert free.tokens == again.tokens  # same prompt + seed = same text
+    assert forced.tokens != free.tokens
+    assert all(abs(v - 0.3) < 1e-6 for r in forced.r_trace for v in r)
+    print("\nfree:   ", repr(TOK.decode(free.tokens)), "\nR=0.3:  ", repr(TOK.decode(forced.tokens)))
+
+
+def test_forcing_bolted_control_leaves_text_unchanged():
+    model = build_model("control-bolted-tiny", vocab_size=257, seed=0)
+    prompt = TOK.encode("It was the ")
+    free = generate_tokens(model, prompt, max_tokens=30, temp=0.0, seed=0)
+    forced = generate_tokens(model, prompt, max_tokens=30, temp=0.0, seed=0, force_r=0.9)
+    assert forced.tokens == free.tokens

@@ -1,0 +1,194 @@
+"""Loader: memmap checks against meta.json, deterministic windows, bounds, bad files."""
+
+import json
+import mmap
+
+import numpy as np
+import pytest
+
+import mlx_kssm  # noqa: F401  (BLAS before mlx)
+from mlx_kssm.data import (DATA_OFFSET, BatchSampler, DataError, TokenDataset, check_vocab,
+                           device_tokens, eval_batches, write_token_file)
+from mlx_kssm.data.loader import gather_windows
+
+
+def write_dataset(folder, train, val, vocab_size=1000, dtype="uint16", meta_changes=None):
+    """A prepared folder written with the package's own writer, tokens given directly."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, tokens in (("train", train), ("val", val)):
+        tokens = np.asarray(tokens)
+        max_id = write_token_file(folder / f"tokens_{split}.npy", iter([tokens]), tokens.size, dtype)
+        splits[split] = {"file": f"tokens_{split}.npy", "tokens": int(tokens.size), "docs": 1, "max_id": max_id}
+    meta = {"format_version": 1, "tokenizer": {"kind": "bytes"}, "vocab_size": vocab_size,
+            "dtype": dtype, "data_offset": DATA_OFFSET, "splits": splits}
+    meta.update(meta_changes or {})
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_dataset(tmp_path / "data", np.arange(1000) % 997, np.arange(300) % 250)
+
+
+def test_dataset_opens_memmap_at_16k(data_dir):
+    ds = TokenDataset(data_dir, "train")
+    assert isinstance(ds.tokens, np.memmap) and ds.tokens.offset == DATA_OFFSET
+    assert len(ds) == 1000 and ds.vocab_size == 1000 and ds.max_id == 996
+    assert ds.tokens.ctypes.data % mmap.PAGESIZE == 0  # the map starts the data on a page
+    assert not ds.tokens.flags.writeable
+    ds.verify()
+
+
+def test_batches_are_pure_function_of_seed_step_rank(data_dir):
+    ds = TokenDataset(data_dir, "train")
+    a, b = BatchSampler(ds, 4, 32, seed=7), BatchSampler(ds, 4, 32, seed=7)
+    for step in (0, 1, 500):
+        xa, ya = a.batch(step)
+        xb, yb = b.batch(step)
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    # resuming: a fresh sampler asked for step 500 directly gives the same batch (no state)
+    assert np.array_equal(BatchSampler(ds, 4, 32, seed=7).batch(500)[0], a.batch(500)[0])
+    assert not np.array_equal(a.batch(0)[0], a.batch(1)[0])
+    assert not np.array_equal(a.batch(0)[0], BatchSampler(ds, 4, 32, seed=8).batch(0)[0])
+
+
+def test_inputs_and_targets_are_shifted_windows(data_dir):
+    ds = TokenDataset(data_dir, "train")
+    sampler = BatchSampler(ds, 8, 16, seed=0)
+    x, y = sampler.batch(3)
+    assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == np.int32
+    assert np.array_equal(x[:, 1:], y[:, :-1])
+    for row, start in zip(x, sampler.starts(3)):
+        assert np.array_equal(row, ds.tokens[start:start + 16])
+
+
+def test_windows_never_cross_the_end(tmp_path):
+    ds = TokenDataset(write_dataset(tmp_path / "d", np.arange(17), np.arange(17)), "train")
+    sampler = BatchSampler(ds, 64, 16, seed=0)
+    for step in range(20):  # with n = seq_len + 1 the only window is the whole file
+        x, y = sampler.batch(step)
+        assert (x == np.arange(16)).all() and (y == np.arange(1, 17)).all()
+    ds = TokenDataset(write_dataset(tmp_path / "e", np.arange(100), np.arange(100)), "train")
+    starts = np.concatenate([BatchSampler(ds, 64, 10, seed=1).starts(s) for s in range(50)])
+    assert starts.min() >= 0 and starts.max() == 100 - 10 - 1
+
+
+def test_ranks_get_disjoint_rows_of_one_global_batch(data_dir):
+    ds = TokenDataset(data_dir, "train")
+    whole = BatchSampler(ds, 8, 16, seed=3).starts(9)
+    parts = [BatchSampler(ds, 4, 16, seed=3, rank=r, world_size=2).starts(9) for r in (0, 1)]
+    assert np.array_equal(np.concatenate(parts), whole)
+
+
+def test_eval_batches_fixed(data_dir):
+    ds = TokenDataset(data_dir, "val")
+    a, b = eval_batches(ds, 3, 2, 8), eval_batches(ds, 3, 2, 8)
+    assert len(a) == 3 and all(np.array_equal(x1, x2) and np.array_equal(y1, y2)
+                               for (x1, y1), (x2, y2) in zip(a, b))
+    assert a[0][0].shape == (2, 8)
+
+
+def test_check_vocab(data_dir):
+    ds = TokenDataset(data_dir, "train")
+    check_vocab(ds, 997)
+    with pytest.raises(DataError, match="token id 996 is beyond the model's vocab size 500"):
+        check_vocab(ds, 500)
+
+
+def test_verify_catches_ids_beyond_vocab(tmp_path):
+    ds = TokenDataset(write_dataset(tmp_path / "d", [1, 2, 900], [1, 2], vocab_size=1000,
+                                    meta_changes={"vocab_size": 500}), "train")
+    with pytest.raises(DataError, match="max token id 900"):
+        ds.verify()
+
+
+def test_device_tokens_is_none_on_cpu(data_dir):
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        pytest.skip("Metal present: adoption path")
+    assert device_tokens(TokenDataset(data_dir, "train")) is None
+
+
+def _corrupt(folder, how):
+    path = folder / "tokens_train.npy"
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if how == "missing_file":
+        path.unlink()
+    elif how == "empty_file":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"this is not an npy file at all" * 100)
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:-10])
+    elif how == "trailing_bytes":
+        path.write_bytes(path.read_bytes() + b"\0\0")
+    elif how == "meta_length":
+        meta["splits"]["train"]["tokens"] += 1
+    elif how == "meta_dtype":
+        meta["dtype"] = "uint32"
+    elif how == "meta_offset":
+        meta["data_offset"] = 128
+    elif how == "unpadded_npy":  # an ordinary np.save file: header is not 16 KiB
+        np.save(path, np.load(path, max_header_size=2 * DATA_OFFSET), allow_pickle=False)
+    elif how == "missing_meta":
+        meta_path.unlink()
+    elif how == "bad_meta":
+        meta_path.write_text("{not json")
+    elif how == "bad_vocab":
+        meta["vocab_size"] = "many"
+    elif how == "old_format":
+        meta["format_version"] = 0
+    elif how == "no_tokens":
+        write_dataset(folder, np.zeros(0, np.uint16), [1, 2])
+        return
+    if meta_path.exists() and how not in ("bad_meta",):
+        meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how,message", [
+    ("missing_file", "missing token file"),
+    ("empty_file", "empty file"),
+    ("garbage", "not a valid .npy token file"),
+    ("truncated", "not a valid .npy token file"),
+    ("trailing_bytes", "bytes, expected"),
+    ("meta_length", "meta.json says 1001"),
+    ("meta_dtype", "dtype uint16, meta.json says uint32"),
+    ("meta_offset", "token data at byte 16384, meta.json says 128"),
+    ("unpadded_npy", "token data at byte 128, meta.json says 16384"),
+    ("missing_meta", "meta.json: missing"),
+    ("bad_meta", "meta.json: unreadable"),
+    ("old_format", "format version 0"),
+    ("bad_vocab", "bad vocab_size"),
+    ("no_tokens", "no tokens"),
+])
+def test_bad_token_files_are_one_clear_error(data_dir, how, message):
+    _corrupt(data_dir, how)
+    with pytest.raises(DataError) as info:
+        TokenDataset(data_dir, "train")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_too_short_for_seq_len(tmp_path):
+    ds = TokenDataset(write_dataset(tmp_path / "d", np.arange(10), np.arange(10)), "train")
+    with pytest.raises(DataError, match="too few for windows of seq_len 10"):
+        BatchSampler(ds, 2, 10)
+
+
+def test_gather_reads_only_windows(tmp_path):
+    """Sampling from a memmap touches only the sampled pages (checked via a counting wrapper)."""
+    class Counting:
+        def __init__(self, arr):
+            self.arr, self.read = arr, 0
+
+        def __getitem__(self, key):
+            out = self.arr[key]
+            self.read += out.size
+            return out
+
+    tokens = Counting(np.arange(10**6, dtype=np.uint16))
+    gather_windows(tokens, np.array([5, 70000, 999000]), 64)
+    assert tokens.read == 3 * 65

@@ -1,0 +1,172 @@
+"""prepare: split by document, separators, padded .npy files, meta.json, bad input."""
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mlx_kssm.cli import main
+from mlx_kssm.data.prepare import DATA_OFFSET, npy_header, prepare, token_dtype
+
+QUIET = dict(log=lambda line: None)
+
+
+def make_corpus(folder, n_docs=10, words=60):
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = {}
+    for i in range(n_docs):
+        text = f"Document {i} begins.\n" + " ".join(f"w{i}x{j}" for j in range(words)) + f"\nEnd {i}.\n"
+        (folder / f"doc{i:02d}.txt").write_text(text)
+        docs[i] = text
+    return docs
+
+
+def split_documents(tokens, tok):
+    """The documents of a token file: the text between separators."""
+    text = tok.decode(np.asarray(tokens).tolist())
+    parts = text.split("<|endoftext|>")
+    assert parts[-1] == ""  # every document, the last included, ends with the separator
+    return parts[:-1]
+
+
+@pytest.mark.parametrize("tokenizer,compact", [("bytes", False), ("cl100k_base", False), ("cl100k_base", True)])
+def test_split_by_document(tmp_path, tokenizer, compact):
+    docs = make_corpus(tmp_path / "src", n_docs=10)
+    result = prepare(tmp_path / "src", tmp_path / "out", tokenizer, compact, 0.2, 0, **QUIET)
+    from mlx_kssm.data import TokenDataset
+
+    train, val = TokenDataset(tmp_path / "out", "train"), TokenDataset(tmp_path / "out", "val")
+    tok = train.tokenizer()
+    train_docs, val_docs = split_documents(train.tokens, tok), split_documents(val.tokens, tok)
+    assert len(val_docs) == 2 and len(train_docs) == 8
+    assert sorted(train_docs + val_docs) == sorted(docs.values())  # no doc lost, split or merged
+    meta = result.meta
+    assert meta["splits"]["val"]["docs"] == 2 and meta["documents"] == 10
+    assert meta["splits"]["train"]["tokens"] == len(train)
+    assert meta["dtype"] == token_dtype(meta["vocab_size"]).name
+    assert len(meta["sources"]) == 10 and all(len(s["sha256"]) == 64 for s in meta["sources"])
+
+
+def test_split_is_deterministic_and_seeded(tmp_path):
+    make_corpus(tmp_path / "src", n_docs=20)
+    files = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        prepare(tmp_path / "src", tmp_path / name, "bytes", False, 0.1, seed, **QUIET)
+        files[name] = (tmp_path / name / "tokens_val.npy").read_bytes()
+    assert files["a"] == files["b"] and files["a"] != files["c"]
+
+
+def test_at_least_one_doc_each_side(tmp_path):
+    make_corpus(tmp_path / "src", n_docs=2)
+    meta = prepare(tmp_path / "src", tmp_path / "out", "bytes", False, 0.01, 0, **QUIET).meta
+    assert meta["splits"]["train"]["docs"] == 1 and meta["splits"]["val"]["docs"] == 1
+
+
+def test_single_document_is_cut(tmp_path):
+    text = "All the world's a stage.\n" * 100
+    (tmp_path / "input.txt").write_text(text)
+    meta = prepare(tmp_path / "input.txt", tmp_path / "out", "bytes", False, 0.1, 0, **QUIET).meta
+    assert meta["split"] == "cut"
+    assert meta["splits"]["val"]["tokens"] - 1 == round(0.1 * len(text))
+    train = np.load(tmp_path / "out" / "tokens_train.npy", max_header_size=2 * DATA_OFFSET)
+    val = np.load(tmp_path / "out" / "tokens_val.npy", max_header_size=2 * DATA_OFFSET)
+    assert bytes(train[:-1].astype(np.uint8)) + bytes(val[:-1].astype(np.uint8)) == text.encode()
+
+
+def test_npy_is_real_and_data_starts_at_16k(tmp_path):
+    make_corpus(tmp_path / "src", n_docs=4)
+    prepare(tmp_path / "src", tmp_path / "out", "bytes", False, 0.25, 0, **QUIET)
+    path = tmp_path / "out" / "tokens_train.npy"
+    raw = path.read_bytes()
+    tokens = np.load(path, allow_pickle=False, max_header_size=2 * DATA_OFFSET)
+    assert tokens.dtype == np.uint16 and tokens.ndim == 1  # bytes vocab 257 needs 16 bits
+    assert raw[:6] == b"\x93NUMPY" and raw[DATA_OFFSET - 1:DATA_OFFSET] == b"\n"
+    assert raw[DATA_OFFSET:] == tokens.astype("<u2").tobytes()
+    with pytest.raises(ValueError):  # numpy's default limit refuses our 16 KiB header
+        np.load(path, allow_pickle=False)
+    assert len(npy_header("<u4", 10**12)) == DATA_OFFSET
+
+
+def test_smallest_dtype():
+    assert [token_dtype(v).name for v in (2, 256, 257, 65536, 65537, 100277)] == \
+        ["uint8", "uint8", "uint16", "uint16", "uint32", "uint32"]
+
+
+def test_compact_map_saved_and_small_dtype(tmp_path):
+    make_corpus(tmp_path / "src", n_docs=4, words=5)
+    meta = prepare(tmp_path / "src", tmp_path / "out", "cl100k_base", True, 0.25, 0, **QUIET).meta
+    assert meta["tokenizer"]["compaction"]["map_file"] == "vocab_map.npy"
+    ids = np.load(tmp_path / "out" / "vocab_map.npy", allow_pickle=False)
+    assert meta["vocab_size"] == ids.size + 1 < 256 and meta["dtype"] == "uint8"
+
+
+def test_jsonl_documents_and_fetch_manifest(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "docs.jsonl").write_text("\n".join(json.dumps({"text": f"jsonl doc {i}\n", "id": i}) for i in range(5)) + "\n")
+    (src / "manifest.json").write_text(json.dumps({"files": [{"file": "docs.jsonl", "title": "Docs"}]}))
+    (src / "stray.txt").write_text("not in the manifest")
+    meta = prepare(src, tmp_path / "out", "bytes", False, 0.2, 0, **QUIET).meta
+    assert meta["documents"] == 5 and meta["sources"][0]["title"] == "Docs"
+
+
+def test_memory_does_not_grow_with_corpus(tmp_path):
+    """Peak Python/numpy allocation for 40 books ~ the same as for 10 (streaming)."""
+    peaks = {}
+    for n in (10, 40):
+        make_corpus(tmp_path / f"src{n}", n_docs=n, words=20000)
+        tracemalloc.start()
+        prepare(tmp_path / f"src{n}", tmp_path / f"out{n}", "bytes", False, 0.1, 0, **QUIET)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[40] < 1.5 * peaks[10]
+
+
+@pytest.mark.parametrize("setup,args,message", [
+    (None, ["--source", "{tmp}/missing"], "no such file or directory"),
+    ("empty_dir", ["--source", "{tmp}/src"], "no .txt or .jsonl files"),
+    ("blank_docs", ["--source", "{tmp}/src"], "no non-empty documents"),
+    ("bad_jsonl", ["--source", "{tmp}/src"], "not a JSON object with a \"text\" field"),
+    ("corpus", ["--source", "{tmp}/src", "--tokenizer", "nonsense"], "unknown tokenizer"),
+    ("corpus", ["--source", "{tmp}/src", "--val-fraction", "0"], "--val-fraction must be between"),
+    ("unreadable", ["--source", "{tmp}/src"], "doc01.txt: cannot read: Permission denied"),
+    ("wrong_type", ["--source", "{tmp}/src/a.csv"], "not a .txt or .jsonl file"),
+])
+def test_bad_input_is_one_line(tmp_path, monkeypatch, setup, args, message):
+    src = tmp_path / "src"
+    if setup:
+        src.mkdir()
+    if setup == "blank_docs":
+        (src / "a.txt").write_text("  \n\n")
+    elif setup == "bad_jsonl":
+        (src / "a.jsonl").write_text('{"text": "fine"}\n{"title": "no text"}\n')
+    elif setup == "corpus":
+        make_corpus(src, 3)
+    elif setup == "unreadable":
+        make_corpus(src, 3)
+        real_read_bytes = Path.read_bytes
+
+        def read_bytes(path):  # tests run as root, where chmod 000 does not stop a read
+            if path.name == "doc01.txt":
+                raise PermissionError(13, "Permission denied")
+            return real_read_bytes(path)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    elif setup == "wrong_type":
+        (src / "a.csv").write_text("a,b\n")
+    argv = ["data", "prepare", "--out", str(tmp_path / "out")] + [a.format(tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_prints_token_counts(tmp_path):
+    make_corpus(tmp_path / "src", 5)
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "src"),
+                                       "--out", str(tmp_path / "out"), "--tokenizer", "bytes"])
+    assert result.exit_code == 0, result.output
+    assert "train: " in result.output and "val: " in result.output and "tokens/s" in result.output

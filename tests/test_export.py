@@ -1,0 +1,131 @@
+"""Export: a self-contained folder that loads anywhere and generates the same tokens."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import mlx_kssm
+import mlx.core as mx
+from mlx.utils import tree_flatten
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from mlx_kssm import build_model, save_model
+from mlx_kssm.cli import main
+from mlx_kssm.data.prepare import prepare
+from mlx_kssm.io import ModelLoadError, export_model, load, load_model
+from mlx_kssm.probe.generate import generate_tokens
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "gutenberg"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A training-run-shaped folder whose tokenizer is a compacted cl100k_base: the vocab map
+    lives only in the data folder, as the trainer's checkpoints leave it."""
+    root = tmp_path_factory.mktemp("export")
+    src = root / "texts"
+    src.mkdir()
+    for name in ("pg1342_2024.txt", "pg1661_2002.txt"):
+        shutil.copy(FIXTURES / name, src / name)
+    data = root / "data"
+    prepare(src, data, tokenizer="cl100k_base", compact=True, val_fraction=0.3, log=lambda s: None)
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["tokenizer"]["compaction"]["map_file"]
+    run = root / "run"
+    model = build_model("tiny", vocab_size=meta["vocab_size"], seed=1)
+    save_model(run / "checkpoints" / "step_10", model, tokenizer_spec=meta["tokenizer"])
+    (run / "config.json").write_text(json.dumps({"train": {"data": str(data)}}))
+    return run, data
+
+
+def _tokens(path, prompt="It is a truth", seed=5):
+    model, tok = load(path)
+    return generate_tokens(model, tok.encode(prompt), max_tokens=20, temp=0.9, seed=seed).tokens
+
+
+def test_export_load_generate_same_tokens(run_dir, tmp_path):
+    run, data = run_dir
+    before = _tokens(run)
+    out = export_model(run, tmp_path / "exp")
+    assert (out / "vocab_map.npy").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "tiny" and cfg["tokenizer"]["compaction"]["map_file"] == "vocab_map.npy"
+    # self-contained: works with the data folder gone
+    moved = data.with_name("data_moved")
+    data.rename(moved)
+    try:
+        assert _tokens(out) == before
+    finally:
+        moved.rename(data)
+
+
+def test_exported_weights_open_with_plain_safetensors(run_dir, tmp_path):
+    run, _ = run_dir
+    out = export_model(run, tmp_path / "exp")
+    arrays = load_file(str(out / "model.safetensors"))
+    model, _ = load_model(out)
+    assert set(arrays) == {k for k, _ in tree_flatten(model.parameters())}
+    assert all(isinstance(v, np.ndarray) for v in arrays.values())
+    with safe_open(str(out / "model.safetensors"), "np") as f:
+        assert f.metadata() == {"format": "mlx"}
+
+
+def test_sharded_export_with_index(run_dir, tmp_path):
+    run, _ = run_dir
+    before = _tokens(run)
+    out = export_model(run, tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    for shard in shards:
+        load_file(str(out / shard))
+    assert _tokens(out) == before
+
+
+def test_float16_export(run_dir, tmp_path):
+    run, _ = run_dir
+    out = export_model(run, tmp_path / "fp16", dtype="float16")
+    arrays = load_file(str(out / "model.safetensors"))
+    assert {v.dtype for v in arrays.values()} == {np.dtype("float16")}
+    assert len(_tokens(out)) == 20
+    with pytest.raises(ValueError):
+        export_model(run, tmp_path / "bad", dtype="int3")
+
+
+def test_wrong_shaped_tensor_is_named(run_dir, tmp_path):
+    run, _ = run_dir
+    out = export_model(run, tmp_path / "exp")
+    weights = dict(mx.load(str(out / "model.safetensors")))
+    weights["layers.0.bank.out_proj.weight"] = mx.zeros((3, 3))
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    with pytest.raises(ModelLoadError, match=r"layers\.0\.bank\.out_proj\.weight: file \(3, 3\)"):
+        load(out)
+    res = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "Hi"])
+    assert res.exit_code == 1
+    assert "layers.0.bank.out_proj.weight" in res.output and "Traceback" not in res.output
+
+
+def test_export_cli(run_dir, tmp_path):
+    run, _ = run_dir
+    res = CliRunner().invoke(main, ["export", "--model", str(run), "--out", str(tmp_path / "e"),
+                                    "--dtype", "bfloat16", "--max-shard-size", "1MB"])
+    assert res.exit_code == 0, res.output
+    assert "exported tiny" in res.output and "vocab_map.npy" in res.output
+    res = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "e"), "--prompt", "It",
+                                    "-m", "5"])
+    assert res.exit_code == 0, res.output
+
+
+def test_export_cli_errors(run_dir, tmp_path):
+    run, _ = run_dir
+    res = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "nope"), "--out",
+                                    str(tmp_path / "e")])
+    assert res.exit_code == 1 and res.output.strip().count("\n") == 0
+    assert "does not exist" in res.output
+    res = CliRunner().invoke(main, ["export", "--model", str(run), "--out", str(tmp_path / "e"),
+                                    "--max-shard-size", "lots"])
+    assert res.exit_code == 1 and "max-shard-size" in res.output

@@ -1,0 +1,211 @@
+"""generate / intervene / evaluate / plot from the command line: output, determinism, and one
+clear line with a non-zero exit for every bad input."""
+
+import json
+import re
+import shutil
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import mlx_kssm  # noqa: F401
+from mlx_kssm import build_model, save_model
+from mlx_kssm.cli import main
+from mlx_kssm.data.prepare import prepare
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "gutenberg"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(res):
+    assert res.exit_code != 0, res.output
+    assert "Traceback" not in res.output
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1, res.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for preset in ("tiny", "control-bolted-tiny", "transformer-tiny"):
+        out[preset] = save_model(root / preset, build_model(preset, vocab_size=257, seed=0),
+                                 tokenizer_spec={"kind": "bytes"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    src = root / "texts"
+    src.mkdir()
+    for name in ("pg1342_2024.txt", "pg1661_2002.txt", "pg84_2008_crlf.txt"):
+        shutil.copy(FIXTURES / name, src / name)
+    prepare(src, root / "prepared", tokenizer="bytes", val_fraction=0.34, log=lambda s: None)
+    return root / "prepared"
+
+
+def test_generate_is_deterministic_and_has_footer(models):
+    a = run("generate", "--model", models["tiny"], "--prompt", "It was", "-m", "30", "--seed", "4")
+    b = run("generate", "--model", models["tiny"], "--prompt", "It was", "-m", "30", "--seed", "4")
+    assert a.exit_code == 0, a.output
+    assert a.output.split("Prompt:")[0] == b.output.split("Prompt:")[0]
+    assert re.search(r"Prompt: \d+ tokens, [\d.]+ tokens-per-sec", a.output)
+    assert re.search(r"Generation: 30 tokens, [\d.]+ tokens-per-sec", a.output)
+    assert "Peak memory:" in a.output
+    c = run("generate", "--model", models["tiny"], "--prompt", "It was", "-m", "30", "--seed", "5")
+    assert c.output.split("Prompt:")[0] != a.output.split("Prompt:")[0]
+
+
+def test_generate_force_r_show_r(models):
+    res = run("generate", "--model", models["tiny"], "--prompt", "The", "-m", "20",
+              "--force-r", "0.3", "--show-r")
+    assert res.exit_code == 0, res.output
+    trace = [l for l in res.output.splitlines() if re.match(r"\s+\d+: ", l)]
+    values = [float(v) for l in trace for v in l.split(":", 1)[1].split()]
+    assert len(values) == 20 and all(v == 0.3 for v in values)
+    assert "Unbound" in res.output and "Intimacy" not in res.output  # 0.3 opens Unbound
+    free = run("generate", "--model", models["tiny"], "--prompt", "The", "-m", "20", "--show-r")
+    free_vals = [float(v) for l in free.output.splitlines() if re.match(r"\s+\d+: ", l)
+                 for v in l.split(":", 1)[1].split()]
+    assert len(set(free_vals)) > 1  # free R moves token to token
+
+
+def test_generate_force_r_layer(models):
+    res = run("generate", "--model", models["tiny"], "--prompt", "The", "-m", "5",
+              "--force-r-layer", "1=0.9", "--show-r")
+    assert res.exit_code == 0, res.output
+    assert re.search(r"layer 1: mean 0\.900\s+min 0\.900\s+max 0\.900", res.output)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--force-r", "1.5"], "[0, 1]"),
+    (["--force-r", "abc"], "number"),
+    (["--force-r-layer", "5=0.3"], "unknown layer 5"),
+    (["--force-r-layer", "1:0.3"], "LAYER=R"),
+    (["--force-r-layer", "0=2"], "[0, 1]"),
+])
+def test_generate_bad_force_values(models, args, needle):
+    line = one_line_error(run("generate", "--model", models["tiny"], *args))
+    assert needle in line
+
+
+def test_generate_bad_model_folder(tmp_path, models):
+    assert "does not exist" in one_line_error(run("generate", "--model", tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    assert "holds no model" in one_line_error(run("generate", "--model", tmp_path / "empty"))
+    line = one_line_error(run("generate", "--model", models["transformer-tiny"], "--force-r", "0.3"))
+    assert "transformer" in line
+
+
+def test_transformer_generates_without_r(models):
+    res = run("generate", "--model", models["transformer-tiny"], "-m", "5", "--show-r")
+    assert res.exit_code == 0 and "no oscillators" in res.output
+
+
+def test_intervene_table_and_json(models, tmp_path):
+    out = tmp_path / "sweep.json"
+    res = run("intervene", "--model", models["tiny"], "--prompt", "It was", "--prompt", "The",
+              "--values", "0.1,0.5,0.9", "--max-tokens", "12", "--json", out)
+    assert res.exit_code == 0, res.output
+    assert "KL(forced||free)" in res.output and "free" in res.output
+    sweep = json.loads(out.read_text())
+    rows = {r["force_r"]: r for r in sweep["summary"]}
+    assert set(rows) == {None, 0.1, 0.5, 0.9}
+    assert rows[None]["kl_to_free"] == 0.0
+    assert rows[0.1]["kl_to_free"] > 0 and rows[0.1]["r_mean"] == pytest.approx(0.1)
+    run_r = sweep["prompts"][0]["runs"][1]
+    assert run_r["r_achieved"] == pytest.approx([0.1, 0.1])
+    assert {"distinct_2", "repetition", "entropy", "changed", "text"} <= set(run_r)
+
+
+def test_intervene_bolted_changes_nothing(models):
+    res = run("intervene", "--model", models["control-bolted-tiny"], "--prompt", "It was",
+              "--values", "0.1,0.9", "--max-tokens", "10", "--temp", "0")
+    assert res.exit_code == 0, res.output
+    assert re.search(r"0\.10 .* 0%$", res.output, re.MULTILINE)  # text unchanged
+
+
+def test_intervene_bad_values(models):
+    assert "[0, 1]" in one_line_error(run("intervene", "--model", models["tiny"],
+                                          "--values", "0.1,1.2"))
+    assert "R" in one_line_error(run("intervene", "--model", models["transformer-tiny"]))
+
+
+def test_intervene_with_heldout_windows(models, data_dir):
+    res = run("intervene", "--model", models["tiny"], "--data", data_dir, "--n-prompts", "2",
+              "--prompt-len", "16", "--values", "0.2,0.8", "--max-tokens", "5")
+    assert res.exit_code == 0, res.output
+    assert "2 prompts" in res.output
+
+
+def test_evaluate_with_causality(models, data_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    res = run("evaluate", "--model", models["control-bolted-tiny"], "--data", data_dir,
+              "--batches", "2", "--batch-size", "4", "--seq-len", "32", "--causality",
+              "--sequences", "12", "--samples", "2", "--sample-tokens", "20", "--json", out)
+    assert res.exit_code == 0, res.output
+    assert "PPL" in res.output and "zone occupancy" in res.output
+    assert "[FAIL] 2 intervention" in res.output  # the bolted control
+    assert "sample quality:" in res.output
+    report = json.loads(out.read_text())
+    assert report["causality"]["intervention"]["passed"] is False
+    assert len(report["samples"]) == 2 and "collapsed" in report["samples"][0]
+    assert report["val_loss"] > 0 and len(report["R"]["per_layer_mean"]) == 2
+
+
+def test_evaluate_transformer_not_applicable(models, data_dir):
+    res = run("evaluate", "--model", models["transformer-tiny"], "--data", data_dir,
+              "--batches", "1", "--batch-size", "2", "--seq-len", "16", "--causality",
+              "--sequences", "4", "--samples", "0")
+    assert res.exit_code == 0, res.output
+    assert "not applicable" in res.output
+
+
+def test_evaluate_bad_data(models, tmp_path):
+    line = one_line_error(run("evaluate", "--model", models["tiny"], "--data", tmp_path / "none"))
+    assert "meta.json" in line
+
+
+def test_help_has_examples():
+    for cmd in ("generate", "intervene", "evaluate", "export", "plot"):
+        res = run(cmd, "--help")
+        assert res.exit_code == 0 and "Examples:" in res.output
+
+
+def _history(run_dir):
+    events = []
+    for step in range(10, 210, 10):
+        events.append({"event": "train", "step": step, "loss": 5 - step / 100, "ce": 5 - step / 100,
+                       "reg": 0.01, "R_layers": [0.2 + step / 1000, 0.5 - step / 2000],
+                       "R": 0.35, "u": 1 + step / 200, "u_at_bound": 0.02})
+        if step % 50 == 0:
+            events.append({"event": "eval", "step": step, "val_loss": 5.2 - step / 110,
+                           "val_ppl": 2.7 ** (5.2 - step / 110), "val_R": 0.36, "val_u": 1.5})
+    (run_dir / "history.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n{torn")
+
+
+def test_plot_writes_pngs(models, tmp_path):
+    pytest.importorskip("matplotlib")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _history(run_dir)
+    sweep = run_dir / "intervene.json"
+    assert run("intervene", "--model", models["tiny"], "--prompt", "The", "--values", "0.1,0.5,0.9",
+               "--max-tokens", "8", "--json", sweep).exit_code == 0
+    res = run("plot", run_dir)
+    assert res.exit_code == 0, res.output
+    for name in ("loss.png", "r_layers.png", "u.png", "intervene.png"):
+        assert (run_dir / "plots" / name).stat().st_size > 1000
+
+
+def test_plot_errors(tmp_path, monkeypatch):
+    assert "not a folder" in one_line_error(run("plot", tmp_path / "nope"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
+    line = one_line_error(run("plot", tmp_path))
+    assert "pip install 'mlx-kssm[plot]'" in line

@@ -1,0 +1,250 @@
+"""End-to-end trainer tests on the tiny preset (seq 32, batch 4): exact resume, signals,
+SIGKILL survival, NaN guard, lock refusal, stages, status/monitor, CLI errors."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx_kssm  # noqa: F401
+import mlx.core as mx
+import pytest
+from click.testing import CliRunner
+from mlx.utils import tree_flatten
+
+from mlx_kssm.cli import main
+from mlx_kssm.data.prepare import prepare
+from mlx_kssm.io import load_model
+from mlx_kssm.train import TrainConfig, read_history, train
+from mlx_kssm.train import checkpoint as ckpt
+from mlx_kssm.train import trainer as trainer_mod
+
+WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into night sky".split()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    (root / "src").mkdir()
+    for d in range(5):
+        (root / "src" / f"doc{d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
+    prepare(root / "src", root / "prep", tokenizer="bytes", val_fraction=0.2, log=lambda m: None)
+    return root / "prep"
+
+
+def tiny_config(data_dir, out, **kw):
+    base = dict(preset="tiny", data=str(data_dir), output_dir=str(out), seq_len=32,
+                batch_size=4, max_steps=6, warmup_steps=2, steps_per_report=1,
+                steps_per_eval=3, val_batches=2, save_every=3, sample_tokens=8,
+                sample_prompts=["The "])
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def train_losses(run_dir):
+    return {r["step"]: (r["loss"], r["ce"], r["grad_norm"], r["lr"])
+            for r in read_history(run_dir) if r["event"] == "train"}
+
+
+def cli(*args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mlx_kssm.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_is_exact(data_dir, tmp_path):
+    """2N steps in one go == N steps (of the same 2N-step plan) + --resume to 2N, at every
+    step, with gradient accumulation and the Grokfast filter on (both carry state)."""
+    kw = dict(grad_accum=2, grokfast=True)
+    full = train(tiny_config(data_dir, tmp_path / "full", max_steps=12, **kw), echo=lambda m: None)
+    assert full.status == "completed" and full.step == 12
+    half = train(tiny_config(data_dir, tmp_path / "half", max_steps=6, schedule_steps=12,
+                             save_every=100, **kw), echo=lambda m: None)
+    assert half.step == 6
+    logs = []
+    res = train(tiny_config(data_dir, tmp_path / "half", max_steps=12, resume=True, **kw),
+                echo=logs.append)
+    assert res.step == 12 and not any("horizon" in m for m in logs)
+    a, b = train_losses(tmp_path / "full"), train_losses(tmp_path / "half")
+    assert a == b and sorted(a) == list(range(1, 13))  # loss, CE, grad norm, LR: all equal
+
+
+def test_extending_max_steps_replans_schedule(data_dir, tmp_path):
+    train(tiny_config(data_dir, tmp_path / "r", max_steps=4, schedule_steps=8),
+          echo=lambda m: None)
+    logs = []
+    train(tiny_config(data_dir, tmp_path / "r", max_steps=12, resume=True), echo=logs.append)
+    assert any("horizon 8 -> 12" in m for m in logs)
+    lrs = {s: v[3] for s, v in train_losses(tmp_path / "r").items()}
+    assert lrs[4] * 0.8 < lrs[5] <= lrs[4]  # continues from the step-4 LR ...
+    assert lrs[12] == pytest.approx(3e-3 * 0.1) and lrs[8] > lrs[12]  # ... to the floor at 12
+
+
+def test_resume_same_horizon_is_bitwise_identical(data_dir, tmp_path):
+    train(tiny_config(data_dir, tmp_path / "full", max_steps=8, save_every=100),
+          echo=lambda m: None)
+    # the same 8-step run, interrupted after step 4 (as by Ctrl-C), then resumed
+    cfg = tiny_config(data_dir, tmp_path / "half", max_steps=8, save_every=100)
+    original = trainer_mod._Loop.stop_requested
+    trainer_mod._Loop.stop_requested = lambda self: signal.SIGINT if self.step == 4 else None
+    try:
+        res = train(cfg, echo=lambda m: None)
+    finally:
+        trainer_mod._Loop.stop_requested = original
+    assert (res.status, res.step, res.exit_code) == ("interrupted", 4, 130)
+    train(cfg.replace(resume=True), echo=lambda m: None)
+    a, b = train_losses(tmp_path / "full"), train_losses(tmp_path / "half")
+    assert a == b and len(a) == 8  # loss, CE, grad norm and LR equal at every step
+    va = [r["val_loss"] for r in read_history(tmp_path / "full") if r["event"] == "eval"]
+    vb = [r["val_loss"] for r in read_history(tmp_path / "half") if r["event"] == "eval"]
+    assert va[-1] == vb[-1]
+
+
+def test_existing_run_needs_resume_and_lock_refuses(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=2), echo=lambda m: None)
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_config(data_dir, out, max_steps=2), echo=lambda m: None)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "training.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": __import__("socket").gethostname(),
+             "start_time": "2026-01-01T00:00:00+00:00", "command": "mlx-kssm train (other)"}))
+        r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out),
+                                      "--max-steps", "3"])
+        assert r.exit_code == 1
+        lines = [l for l in r.output.strip().splitlines() if l]
+        assert len(lines) == 1 and f"pid {holder.pid}" in lines[0] and "Traceback" not in r.output
+        s = CliRunner().invoke(main, ["status", str(out)])
+        assert "ALIVE" in s.output and s.exit_code == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    s = CliRunner().invoke(main, ["status", str(out)])
+    assert "NOT RUNNING" in s.output and "stale lock" in s.output and s.exit_code == 1
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out),
+                                  "--max-steps", "3"])
+    assert r.exit_code == 0 and "taking over stale lock" in r.output
+    assert not (out / "training.lock").exists()
+
+
+def test_nan_guard_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=4, save_every=2), echo=lambda m: None)
+    original = trainer_mod._loss
+
+    def poisoned(model, inputs, targets):
+        loss, metrics = original(model, inputs, targets)
+        return loss * mx.array(float("nan")), metrics
+
+    monkeypatch.setattr(trainer_mod, "_loss", poisoned)
+    logs = []
+    res = train(tiny_config(data_dir, out, max_steps=8, save_every=2, resume=True),
+                echo=logs.append)
+    assert (res.status, res.exit_code, res.step) == ("nan", 3, 5)
+    assert "step_4" in res.message and any(m.startswith("ERROR: loss is nan") for m in logs)
+    assert ckpt.latest_checkpoint(out).name == "step_4"
+    model, _ = load_model(ckpt.latest_checkpoint(out))
+    assert all(bool(mx.all(mx.isfinite(p))) for _, p in tree_flatten(model.parameters()))
+    assert read_history(out)[-1]["status"] == "nan"
+    assert not (out / "training.lock").exists()
+
+
+def test_stage_verdict_printed_and_stored(data_dir, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out), "--stage", "3", "--max-steps", "8",
+                                  "--seq-len", "32", "--batch-size", "4", "--steps-per-eval", "4",
+                                  "--steps-per-report", "2", "--val-batches", "2"])
+    assert r.exit_code == 0, r.output
+    assert "Stage 3 verdict" in r.output and "val_ppl" in r.output and "R_zones" in r.output
+    verdicts = [e for e in read_history(out) if e["event"] == "verdict"]
+    assert len(verdicts) == 2 and verdicts[-1]["stage"] == 3
+    assert {row["metric"] for row in verdicts[-1]["rows"]} >= {"loss", "val_ppl", "R", "R_zones"}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["stage"] == 3 and cfg["train"]["max_steps"] == 8
+    m = CliRunner().invoke(main, ["monitor", str(out), "--once"])
+    assert m.exit_code == 0 and "R zone visits" in m.output and "evaluations:" in m.output
+    lines = (out / "training.log").read_text()
+    assert "Iter 8: Train loss" in lines and "Tokens/sec" in lines and "Peak mem" in lines
+
+
+def test_sigint_and_sigterm_save_and_exit(data_dir, tmp_path):
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        out = tmp_path / sig.name
+        p = cli("train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+                "--seq-len", "32", "--batch-size", "4", "--max-steps", "100000",
+                "--steps-per-report", "1", "--save-every", "100000", "--steps-per-eval", "100000")
+        _wait_for_step(out, 3)
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == code, stderr
+        assert "Traceback" not in stderr
+        last = ckpt.latest_checkpoint(out)
+        state = json.loads((last / "trainer_state.json").read_text())
+        assert state["step"] >= 3 and f"stopped by {sig.name}" in stdout
+        assert not (out / "training.lock").exists()
+
+
+def _wait_for_step(out, step, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        trains = [r for r in read_history(out) if r.get("event") == "train"]
+        if trains and trains[-1]["step"] >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} in {out} within {timeout}s")
+
+
+def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "run"
+    rng = random.Random(1)
+    args = ["train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+            "--seq-len", "32", "--batch-size", "4", "--max-steps", "100000",
+            "--save-every", "1", "--keep-last", "2", "--steps-per-report", "1",
+            "--steps-per-eval", "7", "--val-batches", "1", "--resume"]
+    last_step = 0
+    for attempt in range(3):
+        p = cli(*args)
+        _wait_for_step(out, last_step + 1)
+        time.sleep(rng.uniform(0.0, 0.6))
+        p.kill()  # SIGKILL
+        p.wait()
+        newest = ckpt.latest_checkpoint(out)
+        assert newest is not None
+        model, config = load_model(newest)  # the model folder loads
+        state = ckpt.load_checkpoint(newest).state  # and the full checkpoint
+        assert state["step"] >= last_step
+        last_step = state["step"]
+    # the killed run resumes (the stale lock is taken over) and finishes
+    final = cli(*[a if a != "100000" else str(last_step + 2) for a in args])
+    stdout, stderr = final.communicate(timeout=120)
+    assert final.returncode == 0, stderr
+    assert "taking over stale lock" in stdout and f"resumed from" in stdout
+    steps = [r["step"] for r in read_history(out) if r["event"] == "train"]
+    assert steps == list(range(1, last_step + 3))  # no step lost or repeated
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(tmp_path / "nope"),
+                                  "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "meta.json" in r.output
+    r = CliRunner().invoke(main, ["train", "--data", "x"])
+    assert r.exit_code == 1 and "exactly one" in r.output
+    r = CliRunner().invoke(main, ["train", "--help"])
+    assert "Examples:" in r.output and "--resume" in r.output and "Exit status" in r.output
+    r = CliRunner().invoke(main, ["status", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "no such run folder" in r.output
+
+
+def test_list_presets():
+    r = CliRunner().invoke(main, ["train", "--list-presets"])
+    assert r.exit_code == 0
+    lines = {l.split()[0]: l for l in r.output.splitlines()}
+    assert {"tiny", "v2", "v3", "transformer"} <= set(lines) and "M " in lines["v2"]
