@@ -14,6 +14,6 @@ from .models import ModelArgs, build_model, count_parameters  # noqa: E402
 
 __all__ = ["ModelArgs", "build_model", "count_parameters"]
 
-from .io import load, save_model  # noqa: E402
+from .io import export_model, load, save_model  # noqa: E402
 
-__all__ += ["load", "save_model"]
+__all__ += ["export_model", "load", "save_model"]
