@@ -28,6 +28,22 @@ def _batch_stats(model, inputs, targets):
     return stats
 
 
+_COMPILED: dict = {}  # id(model) -> (model, compiled forward statistics)
+
+
+def _compiled_stats(model):
+    """The forward pass compiled once per model (the scan is a long chain of small ops;
+    uncompiled, rebuilding its graph per batch costs more than the arithmetic)."""
+    entry = _COMPILED.get(id(model))
+    if entry is None or entry[0] is not model:
+        fn = mx.compile(lambda inputs, targets: _batch_stats(model, inputs, targets),
+                        inputs=[model.state])
+        if len(_COMPILED) > 8:
+            _COMPILED.clear()
+        entry = _COMPILED[id(model)] = (model, fn)
+    return entry[1]
+
+
 def evaluate_loss(model, batches) -> dict:
     """Metrics over `batches` (a list of (inputs, targets) int arrays, numpy or mx).
 
@@ -41,7 +57,7 @@ def evaluate_loss(model, batches) -> dict:
     n_tokens = n_r = 0
     for inputs, targets in batches:
         inputs, targets = mx.array(inputs), mx.array(targets)
-        stats = _batch_stats(model, inputs, targets)
+        stats = _compiled_stats(model)(inputs, targets)
         mx.eval(stats)
         for k, v in stats.items():
             v = np.array(v, dtype=np.float64)

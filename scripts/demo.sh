@@ -10,8 +10,8 @@ mkdir -p "$OUT"
 
 echo "== 1. fetch the corpus"
 mlx-kssm data fetch --source shakespeare --out "$OUT/raw"
-echo "== 2. prepare tokens"
-mlx-kssm data prepare --source "$OUT/raw" --out "$OUT/data"
+echo "== 2. prepare tokens (cl100k_base, vocabulary compacted to the ids the corpus uses)"
+mlx-kssm data prepare --source "$OUT/raw" --out "$OUT/data" --compact
 echo "== 3. train tiny for $STEPS steps"
 rm -rf "$OUT/run"
 mlx-kssm train --preset tiny --data "$OUT/data" --max-steps "$STEPS" --steps-per-eval 100 \

@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
+import mlx_kssm  # noqa: F401  (BLAS before mlx and torch)
+
 torch = pytest.importorskip("torch")
 
-import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402

@@ -248,3 +248,14 @@ def test_list_presets():
     assert r.exit_code == 0
     lines = {l.split()[0]: l for l in r.output.splitlines()}
     assert {"tiny", "v2", "v3", "transformer"} <= set(lines) and "M " in lines["v2"]
+
+
+def test_muon_optimizer_trains_and_resumes(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, tmp_path / "m", optimizer="muon", max_steps=4, save_every=2,
+                      steps_per_eval=4, learning_rate=1e-3)
+    full = train(cfg, echo=lambda m: None)
+    assert full.status == "completed"
+    losses = [v[0] for _, v in sorted(train_losses(tmp_path / "m").items())]
+    assert all(l == l for l in losses) and losses[-1] < losses[0]
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "m"))
+    assert any(k.startswith("states.0.") for k in state.optimizer)  # Muon's momentum saved

@@ -32,6 +32,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map
 
 from ..data.loader import BatchSampler, TokenDataset, check_vocab, eval_batches
+from ..data.tokenizer import portable_spec
 from ..evaluation import evaluate_loss
 from ..io import ModelLoadError, apply_weights, atomic_write_text, load_model
 from ..kernels import set_kernel
@@ -378,7 +379,7 @@ def _run(config, explicit, run_dir, rank, world, writer, signals, echo) -> Train
     val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
     step_fn, state = make_step(model, optimizer, grokfast, config, world)
     loop = _Loop(config, model, optimizer, grokfast, state, step_fn, sampler, val_set,
-                 tokenizer, train_ds.meta["tokenizer"], schedule, log, run_dir, writer, world,
+                 tokenizer, portable_spec(tokenizer), schedule, log, run_dir, writer, world,
                  signals, detector)
     loop.step, loop.best_val, loop.best_step, loop.stale_evals = (start_step, best_val,
                                                                   best_step, stale_evals)
@@ -392,7 +393,8 @@ class _Loop:
         self.__dict__.update(locals())
         del self.__dict__["self"]
         self.window = []  # per-step metrics since the last report
-        self.window_time = 0.0
+        self.window_time, self.timed_steps = 0.0, 0  # compute time of the window's steps
+        self.first_step = True
         self.recent_step_s = []  # for the ETA
         self.last_saved = None
 
@@ -438,8 +440,9 @@ class _Loop:
             r["zone"] = r_zone(r["R"])
         if "u" in w[-1]:
             r["u"], r["u_at_bound"] = avg("u"), avg("u_at_bound")
-        tokens = n * self.config.batch_size * self.config.seq_len * self.config.grad_accum * self.world
-        r["tokens_per_sec"] = tokens / max(self.window_time, 1e-9)
+        c = self.config
+        tokens = self.timed_steps * c.batch_size * c.seq_len * c.grad_accum * self.world
+        r["tokens_per_sec"] = tokens / self.window_time if self.window_time > 0 else 0.0
         r["peak_mem_gb"] = mx.get_peak_memory() / 1e9
         r["max_steps"] = self.config.max_steps
         self.log.line(format_report(r))
@@ -449,7 +452,7 @@ class _Loop:
             self.log.event({"event": "warning", "step": self.step, "kind": "explosion",
                             "message": flagged})
         self.log.event(r)
-        self.window, self.window_time = [], 0.0
+        self.window, self.window_time, self.timed_steps = [], 0.0, 0
 
     # -- evaluation, samples, best/
     def evaluate(self):
@@ -549,11 +552,17 @@ class _Loop:
             if not (is_finite(record["loss"]) and is_finite(record["grad_norm"])):
                 return self.nan_stop(record)
             self.window.append(record)
-            self.window_time += dt
-            self.recent_step_s = (self.recent_step_s + [dt])[-50:]
+            if self.first_step:  # traces and compiles the step: keep it out of tokens/s
+                self.first_step = False
+                self.log.line(f"Iter {self.step}: first step (compiles the graph) took {dt:.1f}s")
+            else:
+                self.window_time += dt
+                self.timed_steps += 1
+                self.recent_step_s = (self.recent_step_s + [dt])[-50:]
             if self.step % c.steps_per_report == 0 or self.step == c.max_steps:
                 self.report()
-            eta = sum(self.recent_step_s) / len(self.recent_step_s) * (c.max_steps - self.step)
+            recent = self.recent_step_s or [dt]
+            eta = sum(recent) / len(recent) * (c.max_steps - self.step)
             self.log.bar(self.step, c.max_steps, eta)
             if self.step % c.steps_per_eval == 0 or self.step == c.max_steps:
                 self.evaluate()

@@ -17,9 +17,11 @@ torch is an optional benchmark extra (`pip install -e .[bench]`); mlx_kssm never
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
+import mlx_kssm  # noqa: F401  (its BLAS before mlx, and before torch's libraries)
 import torch
 import torch.nn as tnn
 import torch.nn.functional as F
@@ -239,3 +241,177 @@ def make_train_step(model, lr: float = 1e-3, weight_decay: float = 0.01, grad_cl
         return loss.detach()
 
     return step
+
+
+# ------------------------------------------------------------------ speed benchmark (CLI)
+#
+# Each implementation runs in its own persistent worker process (MLX's OpenBLAS threads and
+# PyTorch's OpenMP threads spin-wait after work, and in one process on 2 cores they starve
+# each other). The parent alternates: one step in the MLX worker, one in each PyTorch worker,
+# repeat; only one worker computes at a time, and every ratio is taken within one round.
+
+
+def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: int) -> None:
+    import sys
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, (batch, seq)).astype(np.int32)
+    y = rng.integers(0, vocab, (batch, seq)).astype(np.int32)
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from mlx_kssm import build_model, count_parameters
+
+    model = build_model(preset, vocab_size=vocab, seed=0)
+    info = {"n_parameters": count_parameters(model)}
+    if kind == "mlx":
+        X, Y = mx.array(x), mx.array(y)
+
+        def mlx_loss(m):
+            return nn.losses.cross_entropy(m(X), Y).mean()
+
+        info["loss"] = float(mlx_loss(model))
+        opt = optim.AdamW(learning_rate=1e-3, weight_decay=0.01)
+        vg = nn.value_and_grad(model, mlx_loss)
+        state = [model.state, opt.state]
+
+        def raw_step():
+            loss, grads = vg(model)
+            grads, _ = optim.clip_grad_norm(grads, 1.0)
+            opt.update(model, grads)
+            return loss
+
+        compiled = mx.compile(raw_step, inputs=state, outputs=state)
+
+        def step():
+            mx.eval(compiled(), state)
+    else:
+        scan, _, nthreads = kind.partition("@")  # e.g. "eager@1": eager with 1 thread
+        torch.set_num_threads(int(nthreads) if nthreads else threads)
+        tmodel = from_mlx(model)
+        tmodel.set_scan(scan)
+        tx, ty = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+        with torch.no_grad():
+            info["loss"] = float(loss_fn(tmodel, tx, ty))
+        info["threads"] = torch.get_num_threads()
+        train_step = make_train_step(tmodel)
+
+        def step():
+            train_step(tx, ty)
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        t0 = time.perf_counter()
+        step()
+        print(time.perf_counter() - t0, flush=True)
+
+
+def bench(presets, vocab: int, batch: int, seq: int, repeats: int, warmup: int, variants,
+          threads: int) -> dict:
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    out = {"torch": torch.__version__, "torch_threads": threads,
+           "mlx_threads": "MLX CPU ops run on one thread; matmuls go to OpenBLAS with "
+                          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset (all cores)')}, "
+                          f"{os.cpu_count()} cores",
+           "batch": batch, "seq_len": seq, "vocab": vocab,
+           "method": "one persistent worker process per implementation, same seed-0 weights and "
+                     "batch; per round one step each, in turn; ratio per round; warmup steps "
+                     "(MLX compile, TorchScript profiling runs, torch.compile) not timed",
+           "presets": {}}
+    for preset in presets:
+        kinds = ["mlx", *variants]
+        procs = {}
+        for k in kinds:
+            procs[k] = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker", k, "--presets", preset,
+                 "--vocab", str(vocab), "--batch", str(batch), "--seq", str(seq),
+                 "--threads", str(threads)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            info = {k: json.loads(p.stdout.readline()) for k, p in procs.items()}
+
+            def run(k):
+                procs[k].stdin.write("step\n")
+                procs[k].stdin.flush()
+                line = procs[k].stdout.readline()
+                if not line:
+                    raise RuntimeError(f"{k} worker died")
+                return float(line)
+
+            parity = {f"{k}_loss": info[k]["loss"] for k in kinds}
+            parity["max_abs_diff"] = max(abs(info[k]["loss"] - info["mlx"]["loss"]) for k in variants)
+            if parity["max_abs_diff"] > 1e-3:
+                raise SystemExit(f"{preset}: PyTorch twin disagrees with MLX: {parity}")
+            first = {k: [run(k) for _ in range(warmup)] for k in kinds}
+            times = {k: [] for k in kinds}
+            for _ in range(repeats):
+                for k in kinds:
+                    times[k].append(run(k))
+        finally:
+            for p in procs.values():
+                try:
+                    p.stdin.close()
+                except OSError:
+                    pass
+                p.wait(timeout=60)
+        tokens = batch * seq
+        row = {"n_parameters": info["mlx"]["n_parameters"], "parity": parity,
+               "warmup_step_s": first, "tokens_per_sec": {}, "ratio_mlx_over_torch": {}}
+        for k, ts in times.items():
+            tps = [tokens / t for t in ts]
+            row["tokens_per_sec"][k] = {"median": statistics.median(tps), "min": min(tps),
+                                        "max": max(tps), "runs": len(tps)}
+        for v in variants:
+            ratios = [b / a for a, b in zip(times["mlx"], times[v])]  # = tps_mlx / tps_torch
+            row["ratio_mlx_over_torch"][v] = {"median": statistics.median(ratios),
+                                              "min": min(ratios), "max": max(ratios)}
+        out["presets"][preset] = row
+        print(f"[torch] {preset}: {json.dumps(row['ratio_mlx_over_torch'])}", file=sys.stderr,
+              flush=True)
+    return out
+
+
+def main():
+    import argparse
+    import os
+    import sys
+
+    ap = argparse.ArgumentParser(description="MLX vs PyTorch (CPU) K-SSM train step; prints JSON")
+    ap.add_argument("--presets", default="tiny,v2")
+    ap.add_argument("--vocab", type=int, default=21075,
+                    help="the compacted cl100k vocab of the Shakespeare corpus")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--variants", default="eager,script,eager@1",
+                    help="eager,script,compile; NAME@K runs it with K torch threads")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    if args.worker:
+        _worker(args.worker, args.presets, args.vocab, args.batch, args.seq, args.threads)
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _common import emit, machine
+
+    res = bench([p for p in args.presets.split(",") if p], args.vocab, args.batch, args.seq,
+                args.repeats, args.warmup, [v for v in args.variants.split(",") if v],
+                args.threads)
+    res = {"part": "torch", "command": "python scripts/bench/torch_kssm.py " + " ".join(sys.argv[1:]),
+           "machine": machine(), **res}
+    emit(res, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,475 @@
+"""Run the benchmarks (all or some parts), write one JSON per part and bench/RESULTS.md.
+
+    python scripts/bench/run.py [--quick] [--only quality,torch,generation,data,kernel]
+                                [--out-dir bench/out] [--results bench/RESULTS.md]
+
+Every part runs as its own child process (fresh MLX state, its own time limit) and writes
+OUT_DIR/<part>.json; RESULTS.md is then rebuilt from every <part>.json found in OUT_DIR, so
+parts can be rerun one at a time. --quick: tiny-scale only and fewer steps (< 15 min on
+2 CPU cores); without it, the full run adds v2-scale quality and speed figures.
+
+Parts:
+  quality     same data, tokens, seed and trainer for K-SSM, transformer, upstream-v3,
+              control-bolted (scripts/bench/quality.py)
+  torch       train step tokens/s, MLX vs a PyTorch twin of the same model and weights
+              (scripts/bench/torch_kssm.py; skipped if torch is not installed)
+  generation  stateful decoding vs recompute-the-context (scripts/bench/generation.py)
+  data        scripts/bench/data.py (data pipeline)
+  kernel      scripts/bench/kernel.py (scan; CPU reference figures without a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PY = sys.executable
+PARTS = ("quality", "torch", "generation", "data", "kernel")
+RAW = "data/raw/shakespeare"
+BYTES = "data/prepared/shakespeare-bytes"
+COMPACT = "data/prepared/shakespeare-compact"
+TINY4 = "tiny,transformer-tiny,upstream-v3-tiny,control-bolted-tiny"
+V2_4 = "v2,transformer,upstream-v3,control-bolted"
+
+
+def log(msg: str) -> None:
+    print(f"[run {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def sh(cmd: list, timeout: float) -> tuple[int, str, str, float]:
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr, time.perf_counter() - t0
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return 124, out, err + f"\n(timed out after {timeout:.0f} s)", time.perf_counter() - t0
+
+
+def last_json(text: str):
+    """The JSON object a script printed (the whole stdout, or its last top-level object)."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    start = text.rfind("\n{")
+    while start != -1:
+        try:
+            return json.loads(text[start + 1:])
+        except ValueError:
+            start = text.rfind("\n{", 0, start)
+    return json.loads(text[text.index("{"):]) if "{" in text else None
+
+
+def ensure_data(tokenizer: str, out: str, compact: bool) -> dict:
+    """Fetch + prepare the Shakespeare corpus if missing; returns what was done and timings."""
+    done = {"dir": out}
+    if not (ROOT / RAW / "manifest.json").is_file():
+        cmd = ["mlx-kssm", "data", "fetch", "--source", "shakespeare", "--out", RAW]
+        rc, o, e, s = sh(cmd, 900)
+        done["fetch"] = {"command": " ".join(cmd), "rc": rc, "seconds": s, "tail": (o + e)[-300:]}
+        if rc:
+            raise RuntimeError(f"data fetch failed: {e[-500:]}")
+    if not (ROOT / out / "meta.json").is_file():
+        cmd = ["mlx-kssm", "data", "prepare", "--source", RAW, "--out", out,
+               "--tokenizer", tokenizer] + (["--compact"] if compact else [])
+        rc, o, e, s = sh(cmd, 900)
+        done["prepare"] = {"command": " ".join(cmd), "rc": rc, "seconds": s, "tail": (o + e)[-300:]}
+        if rc:
+            raise RuntimeError(f"data prepare failed: {e[-500:]}")
+    return done
+
+
+def plan(quick: bool) -> dict:
+    """part -> list of (label, command, timeout_s)."""
+    p: dict = {}
+    if quick:
+        p["quality"] = [("tiny-bytes", [PY, "scripts/bench/quality.py", "--data", BYTES,
+                                        "--presets", TINY4, "--steps", "200", "--batch", "16",
+                                        "--seq", "128", "--val-batches", "8",
+                                        "--label", "quick-tiny-bytes"], 420)]
+        p["torch"] = [("tiny", [PY, "scripts/bench/torch_kssm.py", "--presets", "tiny",
+                                "--repeats", "3", "--warmup", "2",
+                                "--variants", "eager,script,eager@1"], 300)]
+        p["generation"] = [("tiny", [PY, "scripts/bench/generation.py", "--presets", "tiny",
+                                     "--repeats", "3"], 240)]
+        p["data"] = [("data", [PY, "scripts/bench/data.py"], 300)]
+        p["kernel"] = [("kernel", [PY, "scripts/bench/kernel.py", "--repeats", "3"], 240)]
+    else:
+        p["quality"] = [
+            ("tiny-bytes", [PY, "scripts/bench/quality.py", "--data", BYTES, "--presets", TINY4,
+                            "--steps", "600", "--batch", "16", "--seq", "128",
+                            "--val-batches", "16", "--label", "full-tiny-bytes"], 1500),
+            ("v2-bytes", [PY, "scripts/bench/quality.py", "--data", BYTES, "--presets", V2_4,
+                          "--steps", "60", "--batch", "8", "--seq", "256",
+                          "--val-batches", "4", "--label", "full-v2-bytes"], 1500),
+            ("tiny-cl100k", [PY, "scripts/bench/quality.py", "--data", COMPACT,
+                             "--presets", TINY4, "--steps", "100", "--batch", "8",
+                             "--seq", "128", "--val-batches", "8",
+                             "--label", "full-tiny-cl100k-compact"], 1500),
+        ]
+        p["torch"] = [("tiny+v2", [PY, "scripts/bench/torch_kssm.py", "--presets", "tiny,v2",
+                                   "--repeats", "4", "--warmup", "2",
+                                   "--variants", "eager,script,eager@1"], 1500)]
+        p["generation"] = [
+            ("tiny+v2", [PY, "scripts/bench/generation.py", "--presets", "tiny,v2",
+                         "--repeats", "3"], 1200),
+            ("transformer-reference", [PY, "scripts/bench/generation.py", "--presets",
+                                       "transformer-tiny", "--no-recompute", "transformer-tiny",
+                                       "--repeats", "3"], 600),
+        ]
+        p["data"] = [("data", [PY, "scripts/bench/data.py"], 900)]
+        p["kernel"] = [("kernel", [PY, "scripts/bench/kernel.py", "--repeats", "5"], 600)]
+    return p
+
+
+def run_part(part: str, jobs: list, out_dir: Path, quick: bool) -> dict:
+    result = {"part": part, "mode": "quick" if quick else "full", "runs": []}
+    if part == "torch" and importlib.util.find_spec("torch") is None:
+        result["skipped"] = "torch is not installed (pip install -e .[bench])"
+        return result
+    for label, cmd, timeout in jobs:
+        script = ROOT / cmd[1]
+        if not script.is_file():
+            result["runs"].append({"label": label, "skipped": f"{cmd[1]} does not exist yet"})
+            continue
+        log(f"{part}/{label}: {' '.join(cmd[1:])}")
+        rc, out, err, secs = sh(cmd, timeout)
+        run = {"label": label, "command": "python " + " ".join(cmd[1:]), "rc": rc,
+               "seconds": secs}
+        try:
+            run["result"] = last_json(out)
+        except ValueError:
+            run["result"] = None
+        if rc or run["result"] is None:
+            run["error_tail"] = (err or out)[-1500:]
+        result["runs"].append(run)
+        log(f"{part}/{label}: rc={rc} in {secs:.0f} s")
+    return result
+
+
+# ------------------------------------------------------------------ RESULTS.md
+
+
+def fmt(x, nd=2):
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def mmm(d, nd=2):
+    """median [min–max]"""
+    if not d:
+        return "—"
+    return f"{fmt(d['median'], nd)} [{fmt(d['min'], nd)}–{fmt(d['max'], nd)}]"
+
+
+def md_quality(part: dict) -> list:
+    L = ["## 1. Quality at equal budget", "",
+         "Every model: the same prepared Shakespeare data, the same batches (BatchSampler, seed), "
+         "the same number of tokens, the same trainer (`mlx_kssm.train.train`) and schedule, "
+         "each preset's own learning rate (3e-3 at tiny scale, 1e-3 at v2 scale). Byte-level "
+         "runs (vocab 257) are there because on this 2-core CPU the softmax over the 21k-token "
+         "compacted cl100k vocabulary costs most of a step (MLX's CPU elementwise ops are "
+         "single-threaded); they make a few hundred steps of four models fit the budget. These "
+         "are SHORT runs: they rank the designs early in training, they do not give their "
+         "converged quality.", ""]
+    for run in part["runs"]:
+        r = run.get("result")
+        if not r:
+            L += [f"`{run.get('command', run['label'])}`: not available "
+                  f"({run.get('skipped') or 'rc %s' % run.get('rc')})", ""]
+            if run.get("error_tail"):
+                L += ["```", run["error_tail"][-600:], "```", ""]
+            continue
+        b, d, base = r["budget"], r["data"], r["baselines"]
+        tok = d["tokenizer"]
+        tok_name = tok.get("name", tok.get("kind")) if isinstance(tok, dict) else tok
+        L += [f"### {r.get('label') or run['label']}", "",
+              f"Data: {d['dir']} (tokenizer {tok_name}, vocab {d['vocab_size']:,}; "
+              f"{d['train_tokens']:,} train / {d['val_tokens']:,} val tokens). Budget: "
+              f"{b['steps']} steps × batch {b['batch']} × seq {b['seq_len']} = "
+              f"{b['tokens']:,} tokens, seed {b['seed']}, {b['trainer']}, LR {b['learning_rate']}; "
+              f"val = the same {b['val_windows']} fixed windows for every model. "
+              f"Wall time {run['seconds']:.0f} s.", "",
+              f"Count baselines on the same val windows: unigram {base['unigram_loss']:.3f}, "
+              f"bigram {base['bigram_loss']:.3f} nats/token (α={base['bigram_alpha']}, picked on "
+              f"val: optimistic).", "",
+              "| model | params | val loss | val PPL | Δ vs bigram | val R mean ± std | "
+              "train tok/s median [min–max] | wall s |",
+              "|---|---:|---:|---:|---:|---|---|---:|"]
+        for m in r["models"]:
+            if m.get("status") == "error":
+                L.append(f"| {m['preset']} | error: {m['error'][:80]} | | | | | | |")
+                continue
+            vr = (f"{m['val_R']:.3f} ± {m['val_R_std']:.3f}" if m.get("val_R") is not None
+                  else "— (no oscillators)")
+            dv = (m["val_loss"] - base["bigram_loss"]) if m.get("val_loss") is not None else None
+            L.append(f"| {m['preset']} | {m['n_parameters']:,} | {fmt(m['val_loss'], 3)} | "
+                     f"{fmt(m['val_ppl'], 1)} | {'+' if dv and dv > 0 else ''}{fmt(dv, 3)} | {vr} | "
+                     f"{mmm(m['train_tokens_per_sec'], 0)} | {fmt(m['wall_s'], 0)} |")
+        L += ["", "Samples (prompt `ROMEO:`, temp 0.8, after training):", ""]
+        for m in r["models"]:
+            if m.get("sample", {}).get("text") is not None:
+                L.append(f"- {m['preset']}: `{m['sample']['text'][:100]!r}`")
+        L.append("")
+    return L
+
+
+def md_torch(part: dict) -> list:
+    L = ["## 2. Train-step speed: MLX vs PyTorch (CPU), same model and weights", ""]
+    if part.get("skipped"):
+        return L + [f"Skipped: {part['skipped']}", ""]
+    for run in part["runs"]:
+        r = run.get("result")
+        if not r:
+            L += [f"`{run.get('command')}`: failed (rc {run.get('rc')})", "```",
+                  (run.get("error_tail") or "")[-600:], "```", ""]
+            continue
+        L += [f"Command: `{run['command']}` — batch {r['batch']} × seq {r['seq_len']}, "
+              f"vocab {r['vocab']:,} (the compacted cl100k vocab of the Shakespeare corpus), "
+              f"torch {r['torch']} with torch.set_num_threads({r['torch_threads']}) unless the "
+              f"variant says `@1` (1 thread); {r['mlx_threads']}.", "",
+              f"Method: {r['method']}.", "",
+              "MLX: the trainer's form (mx.compile'd value_and_grad + AdamW, clip 1.0). "
+              "PyTorch `eager`: Python loop over time; `script`: the scan loop as TorchScript; "
+              "same AdamW + clip.", "",
+              "| preset | params | loss parity (max abs diff) | impl | tokens/s median [min–max] | "
+              "MLX / this, per-round ratio median [min–max] |",
+              "|---|---:|---:|---|---|---|"]
+        for preset, row in r["presets"].items():
+            for impl, tps in row["tokens_per_sec"].items():
+                ratio = row["ratio_mlx_over_torch"].get(impl)
+                L.append(f"| {preset} | {row['n_parameters']:,} | "
+                         f"{row['parity']['max_abs_diff']:.1e} | {impl} | {mmm(tps, 0)} | "
+                         f"{mmm(ratio) if ratio else '(MLX)'} |")
+        L.append("")
+    return L
+
+
+def md_generation(part: dict) -> list:
+    L = ["## 3. Generation: stateful decoding vs recomputing the context", ""]
+    for run in part["runs"]:
+        r = run.get("result")
+        if not r:
+            L += [f"`{run.get('command')}`: failed (rc {run.get('rc')})", ""]
+            continue
+        L += [f"Command: `{run['command']}` — batch 1, vocab {r['vocab']:,}, random seed-0 "
+              f"weights, greedy; stateful = `generate_tokens` ({r['stateful_new_tokens']} new "
+              f"tokens, prefill excluded); recompute = full forward over the last C tokens per "
+              f"new token ({r['recompute_new_tokens']} tokens per context).", "",
+              "| preset | context C | stateful tok/s | recompute tok/s | stateful / recompute "
+              "(per repeat) | prefill tok/s |", "|---|---:|---|---|---|---|"]
+        for preset, pr in r["presets"].items():
+            for C, row in pr["contexts"].items():
+                L.append(f"| {preset} | {C} | {mmm(row['stateful_tokens_per_sec'], 1)} | "
+                         f"{mmm(row.get('recompute_tokens_per_sec'), 2)} | "
+                         f"{mmm(row.get('ratio_stateful_over_recompute'), 1)} | "
+                         f"{mmm(row['prefill_tokens_per_sec'], 0)} |")
+            flat = [v for k, v in pr.items() if k.startswith("stateful_tps_ratio")]
+            if flat:
+                f0 = flat[0] if isinstance(flat[0], dict) else {"median": flat[0], "min": flat[0],
+                                                                "max": flat[0]}
+                L.append(f"| {preset} | flatness: stateful tok/s at the longest / shortest "
+                         f"context, per repeat = {mmm(f0)} | | | | |")
+        L.append("")
+    return L
+
+
+def md_json_part(part: dict, title: str, note: str) -> list:
+    L = [title, "", note, ""]
+    for run in part["runs"]:
+        if run.get("skipped"):
+            L += [f"Not available: {run['skipped']}", ""]
+            continue
+        L += [f"Command: `{run.get('command')}` (rc {run.get('rc')}, {run.get('seconds', 0):.0f} s)", ""]
+        res = run.get("result")
+        if res is None:
+            L += ["```", (run.get("error_tail") or "")[-800:], "```", ""]
+            continue
+        res = {k: v for k, v in res.items() if k != "machine"}
+        L += ["```json", json.dumps(res, indent=1)[:6000], "```", ""]
+    return L
+
+
+def md_summary(parts: dict) -> list:
+    """Conclusions computed from the numbers (so they can never disagree with the tables)."""
+    L = ["## Summary (computed from the tables below)", ""]
+    for run in parts.get("quality", {}).get("runs", []):
+        r = run.get("result")
+        if not r:
+            continue
+        ms = {m["preset"]: m for m in r["models"] if m.get("val_loss") is not None}
+        big = r["baselines"]["bigram_loss"]
+        k = next((ms[p] for p in ("tiny", "v2") if p in ms), None)
+        t = next((ms[p] for p in ("transformer-tiny", "transformer") if p in ms), None)
+        u = next((ms[p] for p in ("upstream-v3-tiny", "upstream-v3") if p in ms), None)
+        c = next((ms[p] for p in ("control-bolted-tiny", "control-bolted") if p in ms), None)
+        label = r.get("label") or run["label"]
+        bits = []
+        if k and t:
+            d = k["val_loss"] - t["val_loss"]
+            bits.append(f"K-SSM {k['val_loss']:.3f} vs transformer {t['val_loss']:.3f} nats/token "
+                        f"({'K-SSM behind by' if d > 0 else 'K-SSM ahead by'} {abs(d):.3f})")
+        if k:
+            bits.append(f"K-SSM {'below' if k['val_loss'] < big else 'above'} the bigram "
+                        f"({big:.3f}) by {abs(k['val_loss'] - big):.3f}")
+        if u:
+            bits.append(f"upstream-v3 (per-position) {u['val_loss']:.3f}, "
+                        f"{'above' if u['val_loss'] > big else 'below'} the bigram by "
+                        f"{abs(u['val_loss'] - big):.3f}")
+        if c and k:
+            bits.append(f"control-bolted {c['val_loss']:.3f}")
+        if bits:
+            L.append(f"- Quality, {label} ({r['budget']['tokens']:,} tokens each): "
+                     + "; ".join(bits) + ".")
+    for run in parts.get("torch", {}).get("runs", []):
+        r = run.get("result")
+        if not r:
+            continue
+        for preset, row in r["presets"].items():
+            ratios = ", ".join(f"{impl} {v['median']:.2f} [{v['min']:.2f}–{v['max']:.2f}]"
+                               for impl, v in row["ratio_mlx_over_torch"].items())
+            L.append(f"- Train step {preset} (batch {r['batch']} × {r['seq_len']}, vocab "
+                     f"{r['vocab']:,}): MLX tokens/s ÷ PyTorch tokens/s = {ratios} "
+                     f"(> 1: MLX faster); loss parity {row['parity']['max_abs_diff']:.1e}.")
+    for run in parts.get("generation", {}).get("runs", []):
+        r = run.get("result")
+        if not r:
+            continue
+        for preset, pr in r["presets"].items():
+            rows = pr["contexts"]
+            longest = list(rows)[-1]
+            ratio = rows[longest].get("ratio_stateful_over_recompute")
+            flat = next((v for k2, v in pr.items() if k2.startswith("stateful_tps_ratio")), None)
+            text = (f"- Generation {preset}: stateful "
+                    f"{rows[longest]['stateful_tokens_per_sec']['median']:.0f} tok/s at context "
+                    f"{longest}")
+            if ratio:
+                text += (f", {ratio['median']:.0f}× [{ratio['min']:.0f}–{ratio['max']:.0f}] the "
+                         f"recompute-the-context rate")
+            if flat is not None:
+                f0 = flat if isinstance(flat, dict) else {"median": flat, "min": flat, "max": flat}
+                text += (f"; stateful rate at {longest} ÷ at {list(rows)[0]} = {mmm(f0)} "
+                         f"(1.0 = flat)")
+            L.append(text + ".")
+    L.append("")
+    return L
+
+
+def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
+    parts = {}
+    for name in PARTS:
+        f = out_dir / f"{name}.json"
+        if f.is_file():
+            parts[name] = json.loads(f.read_text())
+    sys.path.insert(0, str(HERE))
+    import mlx_kssm  # noqa: F401
+    from _common import machine
+
+    m = machine()
+    versions = {"mlx_kssm": mlx_kssm.__version__, "mlx": m["mlx"], "python": m["python"]}
+    try:
+        import numpy
+        versions["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    if importlib.util.find_spec("torch"):
+        import torch
+        versions["torch"] = torch.__version__
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+    except OSError:
+        rev = "?"
+    L = ["# mlx-kssm benchmarks", "",
+         f"Regenerated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by "
+         f"`{invocation}` (parts rerun one at a time keep their own date below).", "",
+         f"- Machine: {m['platform']} ({m['machine']}), {os.cpu_count()} CPU cores, "
+         f"device {m['device']}, BLAS {m['blas']}; no GPU lent to this run.",
+         f"- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; git {rev} "
+         f"(+ uncommitted work).",
+         "- The CPU was shared with other jobs while these ran: absolute numbers are noisy. Each "
+         "figure is a median with [min–max]; ratios are taken pair by pair in the same run.", ""]
+    for name in PARTS:
+        if name in parts:
+            p = parts[name]
+            L.append(f"- `{name}`: {p.get('mode')} run, finished {p.get('finished', '?')}")
+    L.append("")
+    L += md_summary(parts)
+    if "quality" in parts:
+        L += md_quality(parts["quality"])
+    if "torch" in parts:
+        L += md_torch(parts["torch"])
+    if "generation" in parts:
+        L += md_generation(parts["generation"])
+    if "data" in parts:
+        L += md_json_part(parts["data"], "## 4. Data pipeline",
+                          "From scripts/bench/data.py (owned by the data issue), included verbatim.")
+    if "kernel" in parts:
+        L += md_json_part(parts["kernel"], "## 5. Scan kernel (CPU reference figures)",
+                          "From scripts/bench/kernel.py. No GPU in this run: these are the pure-MLX "
+                          "reference scan on the CPU (and the Metal source's CPU emulation as an "
+                          "agreement check, not a speed figure); no GPU figures.")
+    notes = out_dir / "NOTES.md"
+    if notes.is_file():
+        L += ["## Reading the numbers", "", notes.read_text().strip(), ""]
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text("\n".join(L) + "\n")
+    log(f"wrote {results_path}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=",".join(PARTS))
+    ap.add_argument("--out-dir", default="bench/out")
+    ap.add_argument("--results", default="bench/RESULTS.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild RESULTS.md from the JSON already in --out-dir")
+    args = ap.parse_args()
+    only = [p for p in args.only.split(",") if p]
+    bad = sorted(set(only) - set(PARTS))
+    if bad:
+        ap.error(f"unknown part(s) {bad}; choose from {', '.join(PARTS)}")
+    out_dir = (ROOT / args.out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    invocation = "python scripts/bench/run.py " + " ".join(sys.argv[1:])
+    t_all = time.perf_counter()
+    if not args.report_only:
+        jobs = plan(args.quick)
+        if "quality" in only:
+            prep = [ensure_data("bytes", BYTES, False)]
+            if not args.quick:
+                prep.append(ensure_data("cl100k_base", COMPACT, True))
+        for part in only:
+            t0 = time.perf_counter()
+            res = run_part(part, jobs[part], out_dir, args.quick)
+            if part == "quality":
+                res["data_preparation"] = prep
+            res["seconds"] = time.perf_counter() - t0
+            res["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            res["invocation"] = invocation
+            (out_dir / f"{part}.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_results(out_dir, ROOT / args.results, invocation)
+    log(f"total {time.perf_counter() - t_all:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
