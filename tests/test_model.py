@@ -207,6 +207,8 @@ def test_v3_bound_passes_gradient_and_reports_fraction_at_bound():
     soft = bound_u(u_raw, "soft")
     hard = bound_u(u_raw, "hard")
     assert (np.array(soft) >= 0.1 - 1e-6).all() and (np.array(soft) <= 10 + 1e-6).all()
+    assert np.allclose(np.array(hard), [0.1, 0.1, 1.0, 5.0, 10.0])
+    assert abs(soft[2].item() - 1.0) < 1e-3, "the soft bound is the identity well inside"
     g_soft = np.array(mx.grad(lambda u: bound_u(u, "soft").sum())(u_raw))
     g_hard = np.array(mx.grad(lambda u: bound_u(u, "hard").sum())(u_raw))
     assert (g_soft > 0).all(), "the soft bound must pass gradient everywhere"

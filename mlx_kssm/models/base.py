@@ -79,6 +79,43 @@ class MLP(nn.Module):
         return x + self.down(nn.gelu(self.up(self.norm(x))))
 
 
+class LanguageModel(nn.Module):
+    """What every architecture shares: token embedding, a stack of `block_cls(args)`, final
+    norm, tied or untied head, and the (logits[, r][, aux]) return convention."""
+
+    def __init__(self, args: ModelArgs, block_cls):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.d_model)
+        self.layers = [block_cls(args) for _ in range(args.n_layers)]
+        self.norm = nn.RMSNorm(args.d_model)
+        if not args.tie_embeddings:
+            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+
+    def head(self, x):
+        x = self.norm(x)
+        return self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
+
+    @staticmethod
+    def outputs(logits, r, aux, return_r: bool, return_aux: bool):
+        out = (logits,)
+        if return_r:
+            out += (r,)
+        if return_aux:
+            out += (aux,)
+        return out[0] if len(out) == 1 else out
+
+
+def merge_aux(auxes: list) -> dict:
+    """Per-layer aux dicts -> model aux: regularizers summed, u statistics averaged."""
+    auxes = [a for a in auxes if a]
+    if not auxes:
+        return {"reg": mx.array(0.0), "u": None, "u_at_bound": None}
+    return {"reg": sum(a["reg"] for a in auxes),
+            "u": mx.mean(mx.stack([a["u"] for a in auxes])),
+            "u_at_bound": mx.mean(mx.stack([a["u_at_bound"] for a in auxes]))}
+
+
 # SPEC 3.4: lower bounds of the zones the earlier project named.
 ZONES = (
     (0.00, "∅ Unformed"),

@@ -19,7 +19,7 @@ import mlx.nn as nn
 
 from ..kernels import oscillator_scan, oscillator_step
 from ..kernels.reference import coupling_field, readout
-from .base import MLP, ModelArgs, per_layer_force
+from .base import MLP, LanguageModel, ModelArgs, merge_aux, per_layer_force
 
 U_LO, U_HI = 0.1, 10.0  # bistable regime of u (v3)
 U_SHARPNESS = 10.0  # softplus sharpness of the soft bound: identity ~0.3 inside the bounds
@@ -156,15 +156,9 @@ class Block(nn.Module):
         return self.mlp(x), r, aux
 
 
-class Model(nn.Module):
+class Model(LanguageModel):
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.embed = nn.Embedding(args.vocab_size, args.d_model)
-        self.layers = [Block(args) for _ in range(args.n_layers)]
-        self.norm = nn.RMSNorm(args.d_model)
-        if not args.tie_embeddings:
-            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        super().__init__(args, Block)
 
     def make_cache(self):
         return [OscillatorCache() for _ in self.layers]
@@ -174,24 +168,13 @@ class Model(nn.Module):
         (reg loss, u statistics for v3)."""
         forces = per_layer_force(force_r, len(self.layers))
         x = self.embed(inputs)
-        rs, reg, us, at_bound = [], 0.0, [], []
+        rs, auxes = [], []
         for i, layer in enumerate(self.layers):
             x, r, aux = layer(x, None if cache is None else cache[i], forces[i])
             rs.append(r)
-            if aux:
-                reg = reg + aux["reg"]
-                us.append(aux["u"])
-                at_bound.append(aux["u_at_bound"])
-        x = self.norm(x)
-        logits = self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
-        out = (logits,)
-        if return_r:
-            out += (mx.stack(rs, axis=-1),)
-        if return_aux:
-            out += ({"reg": reg if us else mx.array(0.0),
-                     "u": mx.mean(mx.stack(us)) if us else None,
-                     "u_at_bound": mx.mean(mx.stack(at_bound)) if us else None},)
-        return out[0] if len(out) == 1 else out
+            auxes.append(aux)
+        return self.outputs(self.head(x), mx.stack(rs, axis=-1), merge_aux(auxes),
+                            return_r, return_aux)
 
 
 __all__ = ["Model", "OscillatorBank", "OscillatorCache", "coupling_field", "bound_u"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import MLP, ModelArgs, causal_mask
+from .base import MLP, LanguageModel, ModelArgs, causal_mask, merge_aux
 
 
 class KVCache:
@@ -59,15 +59,9 @@ class Block(nn.Module):
         return self.mlp(self.attn(x, cache))
 
 
-class Model(nn.Module):
+class Model(LanguageModel):
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.embed = nn.Embedding(args.vocab_size, args.d_model)
-        self.layers = [Block(args) for _ in range(args.n_layers)]
-        self.norm = nn.RMSNorm(args.d_model)
-        if not args.tie_embeddings:
-            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        super().__init__(args, Block)
 
     def make_cache(self):
         return [KVCache() for _ in self.layers]
@@ -78,11 +72,4 @@ class Model(nn.Module):
         x = self.embed(inputs)
         for i, layer in enumerate(self.layers):
             x = layer(x, None if cache is None else cache[i])
-        x = self.norm(x)
-        logits = self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
-        out = (logits,)
-        if return_r:
-            out += (None,)
-        if return_aux:
-            out += ({"reg": mx.array(0.0), "u": None, "u_at_bound": None},)
-        return out[0] if len(out) == 1 else out
+        return self.outputs(self.head(x), None, merge_aux([]), return_r, return_aux)

@@ -15,7 +15,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import MLP, ModelArgs, per_layer_force
+from .base import MLP, LanguageModel, ModelArgs, merge_aux, per_layer_force
 from .kssm import DELTA_EPS, bistable_u
 
 COUPLING_ITERS = 3
@@ -83,15 +83,9 @@ class Block(nn.Module):
         return self.mlp(x), r, aux
 
 
-class Model(nn.Module):
+class Model(LanguageModel):
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.embed = nn.Embedding(args.vocab_size, args.d_model)
-        self.layers = [Block(args) for _ in range(args.n_layers)]
-        self.norm = nn.RMSNorm(args.d_model)
-        if not args.tie_embeddings:
-            self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+        super().__init__(args, Block)
 
     def make_cache(self):
         return [PositionCache() for _ in self.layers]
@@ -108,13 +102,5 @@ class Model(nn.Module):
         if cache:
             for c in cache:
                 c.offset += inputs.shape[1]
-        x = self.norm(x)
-        logits = self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
-        out = (logits,)
-        if return_r:
-            out += (mx.stack(rs, axis=-1),)
-        if return_aux:
-            out += ({"reg": sum(a["reg"] for a in auxes),
-                     "u": mx.mean(mx.stack([a["u"] for a in auxes])),
-                     "u_at_bound": mx.mean(mx.stack([a["u_at_bound"] for a in auxes]))},)
-        return out[0] if len(out) == 1 else out
+        return self.outputs(self.head(x), mx.stack(rs, axis=-1), merge_aux(auxes),
+                            return_r, return_aux)

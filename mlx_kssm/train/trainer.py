@@ -34,7 +34,7 @@ from mlx.utils import tree_map
 from ..data.loader import BatchSampler, TokenDataset, check_vocab, eval_batches
 from ..data.tokenizer import portable_spec
 from ..evaluation import evaluate_loss
-from ..io import ModelLoadError, apply_weights, atomic_write_text, load_model
+from ..io import apply_weights, atomic_write_text, load_model
 from ..kernels import set_kernel
 from ..models import build_model, count_parameters, preset_train_defaults, r_zone
 from ..models.presets import PRESETS
@@ -484,12 +484,14 @@ class _Loop:
         from ..probe.quality import sample_quality
 
         out = []
-        for prompt in self.config.sample_prompts:
+        for i, prompt in enumerate(self.config.sample_prompts):
             ids = self.tokenizer.encode(prompt)
             if not ids:
                 continue
+            # a seed per prompt: with one shared noise stream, the contractive state lets
+            # two continuations fall into the same text once a few tokens coincide
             gen = generate_tokens(self.model, ids, max_tokens=self.config.sample_tokens,
-                                  temp=0.8, seed=self.config.seed)
+                                  temp=0.8, seed=self.config.seed + i)
             text = self.tokenizer.decode(gen.tokens)
             out.append({"prompt": prompt, "text": text, **sample_quality(gen.tokens, text)})
         return out
