@@ -142,7 +142,7 @@ def test_cli_missing_book_is_one_line_exit_1(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["data", "fetch", "--source", "gutenberg", "--ids", "99999999",
                                        "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")])
     assert result.exit_code == 1
-    assert "error: book 99999999: not found at https://www.gutenberg.org/cache/epub/99999999/pg99999999.txt" in result.output
+    assert "Error: book 99999999: not found at https://www.gutenberg.org/cache/epub/99999999/pg99999999.txt" in result.output
     assert "Traceback" not in result.output
 
 
@@ -166,7 +166,7 @@ def test_unreadable_or_missing_source_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["data", "fetch", "--source", str(tmp_path / "nope"),
                                        "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such file or directory"]
+    assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'nope'}: no such file or directory"]
 
 
 def _shakespeare_cache():

@@ -159,7 +159,7 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, setup, args, message):
     argv = ["data", "prepare", "--out", str(tmp_path / "out")] + [a.format(tmp=tmp_path) for a in args]
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 1, result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    lines = [l for l in result.output.splitlines() if l.startswith("Error:")]
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
 

@@ -18,7 +18,7 @@ def _one_line_errors(command):
         try:
             return command(*args, **kwargs)
         except DataError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
     return wrapper
 
@@ -69,7 +69,7 @@ def fetch(source, out_dir, ids, list_file, cache_dir, mirrors, retries):
                                           retries=retries)
         if errors:
             for line in errors:
-                click.echo(f"error: {line}", err=True)
+                click.echo(f"Error: {line}", err=True)
             click.echo(f"{len(works)} of {len(books)} books written to {out_dir}; "
                        f"{len(errors)} failed (rerun to retry; finished books are cached)", err=True)
             sys.exit(1)

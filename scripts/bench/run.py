@@ -24,7 +24,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -419,7 +418,7 @@ def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
          f"`{invocation}` (parts rerun one at a time keep their own date below).", "",
          f"- Machine: {m['platform']} ({m['machine']}), {os.cpu_count()} CPU cores, "
          f"device {m['device']}, BLAS {m['blas']}; no GPU lent to this run.",
-         f"- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; git {rev} "
+         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; git {rev} "
          f"(+ uncommitted work).",
          "- The CPU was shared with other jobs while these ran: absolute numbers are noisy. Each "
          "figure is a median with [min–max]; ratios are taken pair by pair in the same run.", ""]
