@@ -60,55 +60,30 @@ def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = No
 
 
 def bundle_tokenizer(spec, folder, root=None):
-    """Copy the files a tokenizer spec names (compaction map, .tiktoken file) into `folder`;
-    return the spec rewritten to point at the copies (names relative to `folder`). `root` is
-    where relative names in the spec live now (the prepared data folder or the source model
-    folder, or a list of folders tried in order). Without a root, a file that cannot be found
-    is left as the spec names it (a checkpoint can be written before its data folder is
-    known); with one, it is an error."""
+    """Copy the files a tokenizer spec names (compaction map, .tiktoken file) into `folder`
+    and return the spec rewritten to name the copies (relative to `folder`). `root` is where
+    the spec's relative names live now (the prepared data folder, or the source model folder);
+    a named file that is not there is an error, never a folder that points at nothing."""
     if not isinstance(spec, dict):
         return spec
     spec = copy.deepcopy(spec)
-    folder = Path(folder)
-    strict = root is not None
-    roots = [Path(r) for r in (root if isinstance(root, (list, tuple)) else [root or "."])]
-
-    def find(name):
-        name = Path(name)
-        if name.is_absolute():
-            return name
-        return next((r / name for r in roots if (r / name).is_file()), roots[0] / name)
-
-    compaction = spec.get("compaction") or {}
-    if compaction.get("map_file"):
-        name = _copy_into(find(compaction["map_file"]), folder / VOCAB_MAP,
-                          "vocabulary map", strict)
-        spec["compaction"]["map_file"] = name or compaction["map_file"]
+    root, folder = Path(root or "."), Path(folder)
+    if (spec.get("compaction") or {}).get("map_file"):
+        spec["compaction"]["map_file"] = _copy_into(root / spec["compaction"]["map_file"],
+                                                    folder / VOCAB_MAP, "vocabulary map")
     if spec.get("kind") == "tiktoken_file":
-        name = _copy_into(find(spec["path"]), folder / TIKTOKEN_FILE, "tokenizer file", strict)
-        spec["path"] = name or spec["path"]
+        spec["path"] = _copy_into(root / spec["path"], folder / TIKTOKEN_FILE, "tokenizer file")
     return spec
 
 
-def _copy_into(src: Path, dest: Path, what: str, strict: bool = True):
+def _copy_into(src: Path, dest: Path, what: str) -> str:
     if not src.is_file():
-        if strict:
-            raise ModelLoadError(f"the {what} {src} named by the tokenizer spec does not exist")
-        return None
+        raise ModelLoadError(f"the {what} {src} named by the tokenizer spec does not exist")
     if src.resolve() != dest.resolve():
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
     return dest.name
-
-
-def tokenizer_spec_in(spec, folder):
-    """A spec read from a model folder, with the folder-relative tiktoken file made absolute."""
-    if isinstance(spec, dict) and spec.get("kind") == "tiktoken_file":
-        path = Path(spec["path"])
-        if not path.is_absolute():
-            spec = {**spec, "path": str(Path(folder) / path)}
-    return spec
 
 
 def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
@@ -239,34 +214,14 @@ def load(path):
         from .data.errors import DataError
         from .data.tokenizer import load_tokenizer
         folder = resolve_model_dir(path)
-        spec = tokenizer_spec_in(config["tokenizer"], folder)
-        roots = _tokenizer_roots(folder)
-        for i, root in enumerate(roots):
-            try:
-                tokenizer = load_tokenizer(spec, root=root)
-                break
-            except DataError as e:
-                if i == len(roots) - 1:
-                    raise ModelLoadError(f"{folder / CONFIG}: tokenizer: {e}") from None
+        try:
+            tokenizer = load_tokenizer(config["tokenizer"], root=folder)
+        except DataError as e:
+            raise ModelLoadError(f"{folder / CONFIG}: tokenizer: {e}") from None
         if tokenizer.vocab_size > model.args.vocab_size:
             raise ModelLoadError(f"{folder / CONFIG}: the tokenizer has {tokenizer.vocab_size} "
                                  f"ids but the model's vocab_size is {model.args.vocab_size}")
     return model, tokenizer
-
-
-def _tokenizer_roots(folder: Path) -> list:
-    """Where a tokenizer's files may be: the model folder, then (for a checkpoint or best/
-    inside a training run) the run's data folder."""
-    roots = [folder]
-    for run_dir in (folder.parent, folder.parent.parent):
-        try:
-            data = json.loads((run_dir / CONFIG).read_text())["train"]["data"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if data:
-            roots.append(Path(data))
-            break
-    return roots
 
 
 def export_model(src, out, dtype: str | None = None,
@@ -286,4 +241,4 @@ def export_model(src, out, dtype: str | None = None,
     extra["dtype"] = dtype or "float32"
     return save_model(out, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
                       max_shard_bytes=max_shard_bytes, extra_config=extra,
-                      tokenizer_root=_tokenizer_roots(folder))
+                      tokenizer_root=folder)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mlx_kssm.data.errors import DataError
-from mlx_kssm.data.tokenizer import UNKNOWN_TEXT, compact_tokenizer, load_tokenizer, portable_spec
+from mlx_kssm.data.tokenizer import UNKNOWN_TEXT, compact_tokenizer, load_tokenizer
 
 TEXT = ("To be, or not to be, that is the question:\n\nWhether 'tis nobler in the mind — "
         "naïve café, 日本語, emoji 🎭, and a literal <|endoftext|> in the text.\n")
@@ -89,7 +89,6 @@ def test_compaction_is_invertible(tmp_path):
     spec = compact_tokenizer(base, used, map_file="vocab_map.npy").spec
     assert "base_ids" not in spec["compaction"]
     assert load_tokenizer(spec, root=tmp_path).decode(ids) == TEXT
-    assert load_tokenizer(portable_spec(load_tokenizer(spec, root=tmp_path))).decode(ids) == TEXT
 
 
 def test_compaction_map_missing_is_clear(tmp_path):

@@ -24,8 +24,8 @@ FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "gutenberg
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A training-run-shaped folder whose tokenizer is a compacted cl100k_base: the vocab map
-    lives only in the data folder, as the trainer's checkpoints leave it."""
+    """A training-run-shaped folder whose tokenizer is a compacted cl100k_base, its checkpoint
+    written as the trainer writes one (the vocab map copied in from the data folder)."""
     root = tmp_path_factory.mktemp("export")
     src = root / "texts"
     src.mkdir()
@@ -37,7 +37,8 @@ def run_dir(tmp_path_factory):
     assert meta["tokenizer"]["compaction"]["map_file"]
     run = root / "run"
     model = build_model("tiny", vocab_size=meta["vocab_size"], seed=1)
-    save_model(run / "checkpoints" / "step_10", model, tokenizer_spec=meta["tokenizer"])
+    save_model(run / "checkpoints" / "step_10", model, tokenizer_spec=meta["tokenizer"],
+               tokenizer_root=data)
     (run / "config.json").write_text(json.dumps({"train": {"data": str(data)}}))
     return run, data
 

@@ -6,12 +6,12 @@ from .fetch import fetch_gutenberg, fetch_local, fetch_shakespeare, read_catalog
 from .loader import (BatchSampler, TokenDataset, check_vocab, device_tokens, eval_batches,
                      read_meta)
 from .prepare import DATA_OFFSET, prepare, token_dtype, write_token_file
-from .tokenizer import load_tokenizer, portable_spec
+from .tokenizer import load_tokenizer
 
 __all__ = [
     "DataError", "FetchError",
     "fetch_gutenberg", "fetch_local", "fetch_shakespeare", "read_catalog", "strip_gutenberg",
     "prepare", "write_token_file", "token_dtype", "DATA_OFFSET",
-    "load_tokenizer", "portable_spec",
+    "load_tokenizer",
     "TokenDataset", "BatchSampler", "eval_batches", "check_vocab", "device_tokens", "read_meta",
 ]

@@ -152,14 +152,15 @@ def _decode_runs(ids: list[int], known, decode_run) -> str:
 def load_tokenizer(spec: str | dict | None = None, root: str | os.PathLike | None = None):
     """Build a tokenizer from a name ("cl100k_base" default, "gpt2", "o200k_base", "bytes"),
     a path to a `.tiktoken` file, or a spec dict as stored in meta.json. `root` is the folder
-    a compaction `map_file` is relative to (the prepared data folder or a model folder)."""
+    relative file names in the spec (compaction `map_file`, a `.tiktoken` path) are relative
+    to: the prepared data folder or a model folder."""
     if spec is None:
         spec = DEFAULT_TOKENIZER
     if isinstance(spec, str):
         return _from_name(spec)
     if not isinstance(spec, dict) or "kind" not in spec:
         raise DataError(f"tokenizer spec must be a name or a dict with 'kind', got {spec!r}")
-    base = _base_from_spec(spec)
+    base = _base_from_spec(spec, root)
     compaction = spec.get("compaction")
     if not compaction:
         return base
@@ -176,14 +177,15 @@ def _from_name(name: str):
     raise DataError(f"unknown tokenizer {name!r}: use bytes, {', '.join(TIKTOKEN_NAMES)} or a .tiktoken file")
 
 
-def _base_from_spec(spec: dict):
+def _base_from_spec(spec: dict, root=None):
     kind = spec["kind"]
     if kind == "bytes":
         return BytesTokenizer()
     if kind == "tiktoken":
         return _tiktoken_by_name(spec["name"])
     if kind == "tiktoken_file":
-        return _tiktoken_file(Path(spec["path"]), spec.get("sha256"), spec.get("pat_str"))
+        return _tiktoken_file(Path(root or ".") / spec["path"], spec.get("sha256"),
+                              spec.get("pat_str"))
     raise DataError(f"unknown tokenizer kind {kind!r}")
 
 
@@ -256,16 +258,6 @@ def _compaction_ids(compaction: dict, root) -> np.ndarray:
     if ids.size + 1 != compaction.get("size", ids.size + 1):
         raise DataError(f"vocabulary map {path} holds {ids.size} ids, meta says {compaction['size'] - 1}")
     return ids
-
-
-def portable_spec(tokenizer) -> dict:
-    """The tokenizer's spec with any compaction map inline (no side file): self-contained,
-    for a model's config.json. A few hundred KB of JSON for a 20k-id map."""
-    spec = dict(tokenizer.spec)
-    if isinstance(tokenizer, CompactTokenizer):
-        spec["compaction"] = {"size": tokenizer.vocab_size, "unknown_id": tokenizer.unk_id,
-                              "base_ids": tokenizer.base_ids.tolist()}
-    return spec
 
 
 def compact_tokenizer(base, used_base_ids: np.ndarray, map_file: str | None = None) -> CompactTokenizer:

@@ -65,10 +65,12 @@ def _remove_dir(path: Path) -> None:
 
 
 def _write_folder(tmp: Path, model, optimizer_arrays: dict | None, state: dict,
-                  tokenizer_spec: dict | None, metrics: dict | None = None) -> None:
+                  tokenizer_spec: dict | None, metrics: dict | None = None,
+                  tokenizer_root=None) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(tmp, model, tokenizer_spec=tokenizer_spec)
+    # the tokenizer's files (vocabulary map) are copied in: every folder is self-contained
+    save_model(tmp, model, tokenizer_spec=tokenizer_spec, tokenizer_root=tokenizer_root)
     if optimizer_arrays is not None:
         atomic_save_safetensors(tmp / OPTIMIZER, optimizer_arrays)
     if metrics is not None:
@@ -78,13 +80,15 @@ def _write_folder(tmp: Path, model, optimizer_arrays: dict | None, state: dict,
 
 
 def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: dict,
-                    tokenizer_spec: dict | None = None, keep_last: int = 3) -> Path:
+                    tokenizer_spec: dict | None = None, keep_last: int = 3,
+                    tokenizer_root=None) -> Path:
     """Write step_N atomically, point `latest` at it, keep the newest `keep_last`."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(run_dir, step)
     tmp = root / f".tmp.step_{step}.{os.getpid()}"
-    _write_folder(tmp, model, optimizer_arrays, state, tokenizer_spec)
+    _write_folder(tmp, model, optimizer_arrays, state, tokenizer_spec,
+                  tokenizer_root=tokenizer_root)
     if final.exists():  # the same step saved again (e.g. at exit right after a periodic save)
         _remove_dir(final)
     os.replace(tmp, final)
@@ -94,11 +98,12 @@ def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: di
     return final
 
 
-def save_best(run_dir, model, state: dict, metrics: dict, tokenizer_spec: dict | None) -> Path:
+def save_best(run_dir, model, state: dict, metrics: dict, tokenizer_spec: dict | None,
+              tokenizer_root=None) -> Path:
     """RUN/best/: a model folder plus the trainer state and eval metrics that made it best."""
     run_dir = Path(run_dir)
     best, tmp, old = run_dir / BEST, run_dir / f".tmp.best.{os.getpid()}", run_dir / ".best.old"
-    _write_folder(tmp, model, None, state, tokenizer_spec, metrics)
+    _write_folder(tmp, model, None, state, tokenizer_spec, metrics, tokenizer_root)
     if old.exists():
         shutil.rmtree(old)
     if best.exists():

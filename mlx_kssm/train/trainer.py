@@ -32,7 +32,6 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map
 
 from ..data.loader import BatchSampler, TokenDataset, check_vocab, eval_batches
-from ..data.tokenizer import portable_spec
 from ..evaluation import evaluate_loss
 from ..io import apply_weights, atomic_write_text, load_model
 from ..kernels import set_kernel
@@ -379,7 +378,7 @@ def _run(config, explicit, run_dir, rank, world, writer, signals, echo) -> Train
     val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
     step_fn, state = make_step(model, optimizer, grokfast, config, world)
     loop = _Loop(config, model, optimizer, grokfast, state, step_fn, sampler, val_set,
-                 tokenizer, portable_spec(tokenizer), schedule, log, run_dir, writer, world,
+                 tokenizer, train_ds.meta["tokenizer"], schedule, log, run_dir, writer, world,
                  signals, detector)
     loop.step, loop.best_val, loop.best_step, loop.stale_evals = (start_step, best_val,
                                                                   best_step, stale_evals)
@@ -473,7 +472,7 @@ class _Loop:
             self.log.line(f"  Sample {s['prompt']!r} -> {s['text']!r}{flag}")
         if e["is_best"] and self.writer:
             ckpt.save_best(self.run_dir, self.model, self.trainer_state(), metrics,
-                           self.tokenizer_spec)
+                           self.tokenizer_spec, tokenizer_root=self.config.data)
         self.log.event(e)
         if self.config.stage is not None and self.step < self.config.max_steps:
             self.verdict()  # the end of the run prints its own
@@ -531,7 +530,8 @@ class _Loop:
                         "path": str(ckpt.step_dir(self.run_dir, self.step))})
         state = self.trainer_state()
         path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, arrays, state,
-                                    self.tokenizer_spec, self.config.keep_last)
+                                    self.tokenizer_spec, self.config.keep_last,
+                                    tokenizer_root=self.config.data)
         self.last_saved = self.step
         self.log.line(f"Iter {self.step}: saved {path} ({reason}, "
                       f"{time.perf_counter() - t0:.2f}s)")
