@@ -27,6 +27,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._files import atomic_write_text  # stdlib only: safe before mlx is imported
+
 # What happened, for `mlx-kssm doctor` and the tests.
 STATUS: dict = {"active": False, "library": None, "reason": "not attempted"}
 
@@ -93,10 +95,7 @@ def _probe(path: str) -> str:
         verdict = f"probe could not run: {e}"
     known[key] = verdict or "probe printed nothing"
     try:  # atomic: a concurrent import never reads half a file
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps(known, indent=1))
     except OSError:
         pass
     return known[key]

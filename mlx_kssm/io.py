@@ -24,6 +24,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from ._files import atomic_open, atomic_write_text
 from .models import ModelArgs, build_model
 
 CONFIG = "config.json"
@@ -37,16 +38,6 @@ DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 class ModelLoadError(Exception):
     """A model folder that cannot be loaded; the message says what and where."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
@@ -80,9 +71,8 @@ def _copy_into(src: Path, dest: Path, what: str) -> str:
     if not src.is_file():
         raise ModelLoadError(f"the {what} {src} named by the tokenizer spec does not exist")
     if src.resolve() != dest.resolve():
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with open(src, "rb") as source, atomic_open(dest, "wb") as target:
+            shutil.copyfileobj(source, target)
     return dest.name
 
 

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ._files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
+from .._files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
 from .errors import DataError, FetchError
 
 # Where each book may be: Gutenberg's generated cache first (every book has it), then the

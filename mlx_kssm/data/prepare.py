@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ._files import atomic_open, atomic_write_json, sha256_file
+from .._files import atomic_open, atomic_write_json, sha256_file
 from .errors import DataError
 from .fetch import decode_text, list_text_files
 from .tokenizer import compact_tokenizer, load_tokenizer

@@ -14,6 +14,8 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 
 import click
 
+from .._files import atomic_write_text
+
 KERNELS = ("auto", "metal", "reference")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -125,10 +127,7 @@ def _check_force_supported(model, force) -> None:
 
 
 def _write_json(path, obj) -> None:
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(x):

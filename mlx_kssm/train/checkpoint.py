@@ -18,8 +18,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..io import (CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors, atomic_write_text,
-                  load_weights_dict, read_config, save_model)
+from .._files import atomic_write_text
+from ..io import (CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors, load_weights_dict,
+                  read_config, save_model)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

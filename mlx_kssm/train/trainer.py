@@ -33,7 +33,8 @@ from mlx.utils import tree_map
 
 from ..data.loader import BatchSampler, TokenDataset, check_vocab, eval_batches
 from ..evaluation import evaluate_loss
-from ..io import apply_weights, atomic_write_text, load_model
+from .._files import atomic_write_text
+from ..io import apply_weights, load_model
 from ..kernels import set_kernel
 from ..models import build_model, count_parameters, preset_train_defaults, r_zone
 from ..models.presets import PRESETS
