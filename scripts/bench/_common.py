@@ -10,8 +10,17 @@ import time
 from datetime import datetime, timezone
 
 
+def summarize(values) -> dict | None:
+    """median, min, max and count of the values that are not None (None if there are none)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": len(values)}
+
+
 def timed(fn, repeats: int = 3, warmup: int = 1) -> dict:
-    """Seconds per call of fn(): median, min, max over `repeats` after `warmup` calls."""
+    """Seconds per call of fn(): summarize() over `repeats` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -19,8 +28,7 @@ def timed(fn, repeats: int = 3, warmup: int = 1) -> dict:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times),
-            "runs": repeats}
+    return summarize(times)
 
 
 def machine() -> dict:

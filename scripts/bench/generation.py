@@ -31,14 +31,9 @@ import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import emit, machine  # noqa: E402
+from _common import emit, machine, summarize as summary  # noqa: E402
 from mlx_kssm import build_model  # noqa: E402
 from mlx_kssm.probe.generate import generate_tokens  # noqa: E402
-
-
-def summary(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "runs": len(values)}
 
 
 def stateful(model, prompt, n_new):

@@ -26,27 +26,22 @@ import numpy as np
 
 from mlx_kssm.kernels import metal, reference
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import timed  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _timed(fn, args, repeats: int) -> float:
-    """Median seconds of fn(*args) (evaluated), after one warm-up call (compilation)."""
-    mx.eval(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        mx.eval(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def _measure(scan, inputs, cots, repeats: int) -> dict:
     fwd = mx.compile(lambda *a: scan(*a))
     fwd_bwd = mx.compile(lambda *a: mx.vjp(lambda *p: scan(*p), list(a), cots))
     tokens = inputs[0].shape[0] * inputs[0].shape[1]
-    t_f, t_fb = _timed(fwd, inputs, repeats), _timed(fwd_bwd, inputs, repeats)
+    # one warm-up call each (compilation), then `repeats` timed calls
+    t_f = timed(lambda: mx.eval(fwd(*inputs)), repeats=repeats)
+    t_fb = timed(lambda: mx.eval(fwd_bwd(*inputs)), repeats=repeats)
     return {"forward_s": t_f, "forward_backward_s": t_fb,
-            "forward_tokens_per_s": tokens / t_f, "forward_backward_tokens_per_s": tokens / t_fb}
+            "forward_tokens_per_s": tokens / t_f["median"],
+            "forward_backward_tokens_per_s": tokens / t_fb["median"]}
 
 
 def _emulated_agreement(inputs, cots) -> dict:

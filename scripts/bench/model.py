@@ -20,8 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mlx_kssm  # noqa: E402,F401  (loads OpenBLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
+import numpy as np  # noqa: E402
 
-from _common import emit, machine, timed  # noqa: E402
+from _common import emit, machine, summarize, timed  # noqa: E402
+from generation import stateful_per_token  # noqa: E402
 from mlx_kssm import build_model, count_parameters  # noqa: E402
 from mlx_kssm.kernels import reference  # noqa: E402
 from mlx_kssm.models import preset_names  # noqa: E402
@@ -69,18 +71,12 @@ def scan_forms(B, T, G, n, repeats):
 
 
 def decode_speed(preset, vocab, context, n_tokens=64):
+    """Stateful decoding after a `context`-token prompt (generation.py's measurement)."""
     model = build_model(preset, vocab_size=vocab, seed=0)
-    prompt = mx.random.randint(0, vocab, (1, context), key=mx.random.key(3))
-    cache = model.make_cache()
-    mx.eval(model(prompt, cache=cache))
-    token = mx.array([[1]])
-
-    def run():
-        for _ in range(n_tokens):
-            mx.eval(model(token, cache=cache))
-
-    t = timed(run, repeats=3)
-    return {"context": context, "tokens_per_sec": n_tokens / t["median"], "seconds": t}
+    prompt = np.random.default_rng(3).integers(0, vocab, context).tolist()
+    runs = [stateful_per_token(model, prompt, n_tokens)[0] for _ in range(3)]
+    return {"context": context, "tokens_per_sec": summarize(runs)["median"],
+            "tokens_per_sec_runs": summarize(runs)}
 
 
 def main():

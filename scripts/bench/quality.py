@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, HERE)
 import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 import numpy as np  # noqa: E402
 
-from _common import emit, machine  # noqa: E402
+from _common import emit, machine, summarize as stats  # noqa: E402
 
 
 def read_history(run_dir: Path) -> list:
@@ -40,14 +39,6 @@ def read_history(run_dir: Path) -> list:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def stats(values: list) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
 
 
 def count_baselines(data_dir: str, val_batches: int, batch: int, seq: int) -> dict:
