@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
-import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
 
 from mlx_kssm import build_model
 from mlx_kssm.data.tokenizer import BytesTokenizer
 from mlx_kssm.probe.causality import causality_suite, format_causality, windows_from_batches
 from mlx_kssm.probe.generate import generate_tokens
+
+from _fit import fit
 
 # Public-domain prose: Dickens (1859), Austen (1813), Melville (1851) for training;
 # Carroll (1865) held out.
@@ -42,27 +41,15 @@ def train_tiny(steps=STEPS, seed=0):
     """A minimal training loop: Adam on byte-level next-token prediction."""
     data = np.array(TOK.encode(TRAIN_TEXT), dtype=np.int32)
     model = build_model("tiny", vocab_size=TOK.vocab_size, seed=seed)
-    opt = optim.Adam(learning_rate=3e-3)
-    loss_and_grad = nn.value_and_grad(
-        model, lambda m, x, y: nn.losses.cross_entropy(m(x), y).mean())
-    state = [model.state, opt.state]
-
-    def step(x, y):
-        loss, grads = loss_and_grad(model, x, y)
-        opt.update(model, grads)
-        return loss
-
-    step = mx.compile(step, inputs=state, outputs=state)
     rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(steps):
+
+    def batch(_):
         starts = rng.integers(0, len(data) - SEQ_LEN - 1, BATCH)
         x = np.stack([data[s:s + SEQ_LEN] for s in starts])
         y = np.stack([data[s + 1:s + SEQ_LEN + 1] for s in starts])
-        loss = step(mx.array(x), mx.array(y))
-        mx.eval(state)
-        losses.append(loss.item())
-    return model, losses
+        return x, y
+
+    return model, fit(model, batch, steps)
 
 
 @pytest.fixture(scope="module")

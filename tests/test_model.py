@@ -7,7 +7,6 @@ import mlx_kssm  # noqa: F401  (before mlx: loads OpenBLAS)
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
@@ -16,6 +15,8 @@ from mlx_kssm import ModelArgs, build_model
 from mlx_kssm.kernels import reference
 from mlx_kssm.models import preset_args, preset_names
 from mlx_kssm.models.kssm import bound_u
+
+from _fit import fit
 
 V = 50
 
@@ -246,29 +247,14 @@ def test_presets_and_matched_transformer():
 def _train_lag_task(preset, steps=200, lag=2, vocab=16):
     """Predict the token `lag` positions back: impossible from the current token alone."""
     model = build_model(preset, vocab_size=vocab, seed=0)
-    opt = optim.Adam(learning_rate=3e-3)
 
     def batch(key, B=32, T=16):
         x = mx.random.randint(0, vocab, (B, T), key=key)
         return x, x[:, :-lag]
 
-    def loss_fn(m, x, y):
-        return nn.losses.cross_entropy(m(x)[:, lag:], y).mean()
-
-    value_and_grad = nn.value_and_grad(model, loss_fn)
-    state = [model.state, opt.state]
-
-    def step(x, y):
-        loss, grads = value_and_grad(model, x, y)
-        opt.update(model, grads)
-        return loss
-
-    step = mx.compile(step, inputs=state, outputs=state)
-    key = mx.random.key(1)
-    for _ in range(steps):
-        key, sub = mx.random.split(key)
-        step(*batch(sub))
-        mx.eval(state)
+    keys = mx.random.split(mx.random.key(1), steps)
+    fit(model, lambda i: batch(keys[i]), steps,
+        loss_fn=lambda m, x, y: nn.losses.cross_entropy(m(x)[:, lag:], y).mean())
     x, y = batch(mx.random.key(999), B=256)
     return (mx.argmax(model(x)[:, lag:], -1) == y).mean().item()
 
