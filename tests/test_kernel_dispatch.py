@@ -19,7 +19,7 @@ def fresh_dispatch(monkeypatch):
 
 
 def _same_as_reference(force_r=None):
-    x = metal.random_inputs(2, 5, 3, 8)
+    x = reference.random_inputs(2, 5, 3, 8)
     got = dispatch.oscillator_scan(*x, force_r=force_r)
     want = reference.scan_sequential(*x, force_r=force_r)
     for a, b in zip(got, want):
@@ -46,7 +46,7 @@ def test_metal_is_a_clear_error_without_metal():
         dispatch.set_kernel("metal")
     assert metal._make_kernel("kssm_scan") is None
     with pytest.raises(RuntimeError, match="Metal"):
-        metal.scan(*metal.random_inputs(1, 2, 1, 4))
+        metal.scan(*reference.random_inputs(1, 2, 1, 4))
     ok, detail = metal.self_check()
     assert not ok and "Metal" in detail
 
@@ -95,7 +95,7 @@ def test_passing_self_check_routes_to_kernel(monkeypatch):
     seen = []
     monkeypatch.setattr(metal, "scan", lambda *a, force_r=None: seen.append(force_r) or a[:2])
     assert dispatch.active_impl() == "metal"
-    x = metal.random_inputs(1, 2, 1, 4)
+    x = reference.random_inputs(1, 2, 1, 4)
     dispatch.oscillator_scan(*x)
     dispatch.oscillator_scan(*x, force_r=0.3)
     assert seen == [None, 0.3]

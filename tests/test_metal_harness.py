@@ -43,7 +43,7 @@ def _assert_parity(res):
 def test_generated_source_is_mlxs_own(tmp_path):
     """Our signature generator reproduces, byte for byte, what MLX itself generates (MLX prints
     it when export-tracing a kernel call, which works without Metal)."""
-    x = metal.random_inputs(2, 3, 4, 5)
+    x = reference.random_inputs(2, 3, 4, 5)
     dr, di, k, cr, ci, z0r, z0i = x
     calls = [("kssm_scan", metal.scan_call(*x)),
              ("kssm_scan", metal.scan_call(*x, force_r=0.5)),
@@ -93,7 +93,7 @@ def test_long_sequence(emulated):
 def test_forced_r(emulated, n):
     res = metal.parity_check(B=2, T=12, G=4, n=n, force_r=0.37, seed=n)
     _assert_parity(res)
-    x = metal.random_inputs(2, 12, 4, n)
+    x = reference.random_inputs(2, 12, 4, n)
     free, forced = reference.scan_sequential(*x), metal.scan(*x, force_r=0.37)
     assert float(mx.max(mx.abs(free[0] - forced[0]))) > 1e-2  # forcing really acts
 
@@ -106,7 +106,7 @@ def test_barriers_under_adversarial_scheduling(monkeypatch):
 
 def test_fp16_inputs_and_broadcast_state(emulated):
     """Half inputs run in fp32; a broadcast z0 (as the model passes it) gets summed grads."""
-    dr, di, k, cr, ci, z0r, z0i = metal.random_inputs(2, 5, 4, 8)
+    dr, di, k, cr, ci, z0r, z0i = reference.random_inputs(2, 5, 4, 8)
     z0r, z0i = z0r[:1, :, :], z0i[:1, :, :]  # (1, G, n), broadcast over the batch
     half = [a.astype(mx.float16) for a in (dr, di, k, cr, ci)]
 
@@ -133,7 +133,7 @@ def test_dispatch_routes_to_kernel_when_it_passes_its_check(emulated, monkeypatc
     run = metal._run_kernel
     monkeypatch.setattr(metal, "_run_kernel", lambda name, **kw: calls.append(name) or run(name, **kw))
     assert dispatch.active_impl() == "metal"
-    x = metal.random_inputs(2, 6, 4, 16)
+    x = reference.random_inputs(2, 6, 4, 16)
     calls.clear()
     for force in (None, 0.5):
         got = dispatch.oscillator_scan(*x, force_r=force)

@@ -188,17 +188,9 @@ def test_transition_is_a_contraction_for_any_coupling_in_0_2():
 
 
 def test_associative_scan_matches_sequential():
-    rng = np.random.default_rng(1)
-    B, T, G, n = 2, 37, 2, 3
-    shape = (B, T, G, n)
-    lam = rng.uniform(0.3, 0.99, shape)
-    alpha = rng.uniform(-3, 3, shape)
-    ins = [mx.array(a.astype(np.float32)) for a in (
-        lam * np.cos(alpha), lam * np.sin(alpha), rng.uniform(0, 2, (B, T, G, 1)),
-        rng.normal(size=shape), rng.normal(size=shape))]
-    z0 = [mx.array(rng.normal(size=(B, G, n)).astype(np.float32)) for _ in range(2)]
-    seq = reference.scan_sequential(*ins, *z0)
-    par = reference.scan_associative(*ins, *z0)
+    ins = reference.random_inputs(2, 37, 2, 3, seed=1)
+    seq = reference.scan_sequential(*ins)
+    par = reference.scan_associative(*ins)
     for a, b in zip(seq, par):
         assert mx.abs(a - b).max().item() < 1e-4
 
@@ -274,16 +266,9 @@ def test_memory_that_learns_kssm_beats_chance_upstream_does_not():
 def test_hand_written_adjoint_matches_autodiff_of_the_sequential_scan():
     """reference.scan_free's VJP (used for training) vs MLX autodiff through scan_sequential,
     for every input including the initial state; random cotangents on both outputs."""
+    primals = list(reference.random_inputs(2, 23, 3, 5, seed=4))
     rng = np.random.default_rng(4)
-    B, T, G, n = 2, 23, 3, 5
-    shape = (B, T, G, n)
-    lam = rng.uniform(0.2, 0.99, shape)
-    alpha = rng.uniform(-3, 3, shape)
-    primals = [mx.array(a.astype(np.float32)) for a in (
-        lam * np.cos(alpha), lam * np.sin(alpha), rng.uniform(0, 2, (B, T, G, 1)),
-        rng.normal(size=shape), rng.normal(size=shape), rng.normal(size=(B, G, n)),
-        rng.normal(size=(B, G, n)))]
-    cot = [mx.array(rng.normal(size=shape).astype(np.float32)) for _ in range(2)]
+    cot = [mx.array(rng.normal(size=(2, 23, 3, 5)).astype(np.float32)) for _ in range(2)]
     out_a, grads_a = mx.vjp(reference.scan_free, primals, cot)
     out_b, grads_b = mx.vjp(reference.scan_sequential, primals, cot)
     for a, b in zip(out_a, out_b):

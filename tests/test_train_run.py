@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import mlx_kssm  # noqa: F401
 import mlx.core as mx
@@ -225,7 +224,7 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path
     final = cli(*[a if a != "100000" else str(last_step + 2) for a in args])
     stdout, stderr = final.communicate(timeout=120)
     assert final.returncode == 0, stderr
-    assert "taking over stale lock" in stdout and f"resumed from" in stdout
+    assert "taking over stale lock" in stdout and "resumed from" in stdout
     steps = [r["step"] for r in read_history(out) if r["event"] == "train"]
     assert steps == list(range(1, last_step + 3))  # no step lost or repeated
 

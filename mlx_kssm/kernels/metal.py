@@ -337,19 +337,6 @@ def step(zr, zi, dr, di, k, cr, ci, force_r=None):
     return zr_out, zi_out
 
 
-def random_inputs(B: int, T: int, G: int, n: int, seed: int = 0):
-    """Inputs in the model's range: |d| = lambda in (0.5, 0.99), K in [0, 2], c = (1-lambda) b."""
-    rng = np.random.default_rng(seed)
-    lam = rng.uniform(0.5, 0.99, (B, T, G, n))
-    alpha = rng.uniform(-np.pi, np.pi, (B, T, G, n))
-    k = rng.uniform(0.0, 2.0, (B, T, G, 1))
-    b = rng.normal(size=(2, B, T, G, n))
-    z0 = rng.normal(size=(2, B, G, n))
-    arrs = (lam * np.cos(alpha), lam * np.sin(alpha), k, (1 - lam) * b[0], (1 - lam) * b[1],
-            z0[0], z0[1])
-    return tuple(mx.array(a.astype(np.float32)) for a in arrs)
-
-
 GRAD_NAMES = ("dr", "di", "k", "cr", "ci", "z0r", "z0i")
 
 
@@ -363,7 +350,7 @@ def parity_check(B: int = 2, T: int = 9, G: int = 2, n: int = 5, force_r=None, s
     """Kernel vs reference on random inputs of shape (B, T, G, n): the states, every gradient
     (free runs; random cotangents through mx.vjp) and the decode step. Errors are max abs
     differences scaled by max(1, max |reference|). Returns {"ok", "errors", "max_error"}."""
-    inputs = random_inputs(B, T, G, n, seed)
+    inputs = reference.random_inputs(B, T, G, n, seed)
     rng = np.random.default_rng(seed + 1)
     cots = [mx.array(rng.normal(size=(B, T, G, n)).astype(np.float32)) for _ in range(2)]
     errors = {}

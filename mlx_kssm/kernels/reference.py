@@ -22,6 +22,7 @@ Shapes: d*, c*: (B, T, G, n); K: (B, T, G, 1); z0*: (B, G, n). Returns zr, zi: (
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 
 PHASE_EPS = 1e-6  # |z|^2 floor when normalizing to unit phasors
 
@@ -178,3 +179,16 @@ def readout(zr, zi, harmonics: int, force_r=None):
         feats += [re, im, mag]
     features = mx.stack(feats, axis=-1)  # (..., G, 3H): [re1, im1, mag1, re2, ...]
     return features, mx.mean(r_groups, axis=-1)
+
+
+def random_inputs(B: int, T: int, G: int, n: int, seed: int = 0):
+    """Inputs in the model's range: |d| = lambda in (0.5, 0.99), K in [0, 2], c = (1-lambda) b."""
+    rng = np.random.default_rng(seed)
+    lam = rng.uniform(0.5, 0.99, (B, T, G, n))
+    alpha = rng.uniform(-np.pi, np.pi, (B, T, G, n))
+    k = rng.uniform(0.0, 2.0, (B, T, G, 1))
+    b = rng.normal(size=(2, B, T, G, n))
+    z0 = rng.normal(size=(2, B, G, n))
+    arrs = (lam * np.cos(alpha), lam * np.sin(alpha), k, (1 - lam) * b[0], (1 - lam) * b[1],
+            z0[0], z0[1])
+    return tuple(mx.array(a.astype(np.float32)) for a in arrs)

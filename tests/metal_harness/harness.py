@@ -34,7 +34,7 @@ import mlx_kssm  # noqa: F401  (loads OpenBLAS before mlx)
 import mlx.core as mx
 import numpy as np
 
-from mlx_kssm.kernels import metal
+from mlx_kssm.kernels import metal, reference
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "metal_shim.h"
@@ -156,7 +156,7 @@ def to_cpp(text: str) -> str:
 
 
 def _driver(kernel_name, tdef, params, n_in, n_out, in_types, out_types) -> str:
-    lines = [f"int main(int argc, char** argv) {{",
+    lines = ["int main(int argc, char** argv) {",
              f"  kssm_shim::Io io(argc, argv, {n_in}, {n_out});"]
     for i, t in enumerate(in_types):
         lines.append(f"  auto in{i} = io.input<{t}>({i});")
@@ -266,7 +266,7 @@ def _mx_dtype(a: np.ndarray):
 
 def prebuild(emulator: Emulator, n: int = 5) -> None:
     """Compile every shipped kernel variant (the generated text does not depend on n, T, ...)."""
-    x = metal.random_inputs(2, 3, 4, n)
+    x = reference.random_inputs(2, 3, 4, n)
     dr, di, k, cr, ci, z0r, z0i = x
     calls = [("kssm_scan", metal.scan_call(*x)), ("kssm_scan", metal.scan_call(*x, force_r=0.5)),
              ("kssm_step", metal.step_call(z0r, z0i, dr[:, 0], di[:, 0], k[:, 0], cr[:, 0],
