@@ -103,24 +103,24 @@ def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
         size += value.nbytes
     shards.append(current)
     meta = {"format": "mlx"}
-    for stale in list(path.glob("model*.safetensors")) + [path / INDEX]:
-        if stale.exists():
-            stale.unlink()
-    if len(shards) == 1:
-        atomic_save_safetensors(path / WEIGHTS, shards[0], meta)
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            atomic_save_safetensors(path / name, shard, meta)
-            weight_map.update({k: name for k in shard})
+    names = [WEIGHTS] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        atomic_save_safetensors(path / name, shard, meta)
+    if len(shards) > 1:
         index = {"metadata": {"total_size": sum(v.nbytes for v in weights.values())},
-                 "weight_map": weight_map}
+                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
         atomic_write_text(path / INDEX, json.dumps(index, indent=2))
+    elif (path / INDEX).exists():  # an earlier sharded save: its index must not win
+        (path / INDEX).unlink()
     config = {**model.args.to_dict(), **(extra_config or {})}
     if tokenizer_spec is not None:
         config["tokenizer"] = tokenizer_spec
     atomic_write_text(path / CONFIG, json.dumps(config, indent=2))
+    # only now drop the shards an earlier save left that the new layout does not use
+    for stale in path.glob("model*.safetensors"):
+        if stale.name not in names:
+            stale.unlink()
     return path
 
 
