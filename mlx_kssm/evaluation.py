@@ -21,7 +21,7 @@ def _batch_stats(model, inputs, targets):
     stats = {"ce_sum": ce, "reg": aux["reg"]}
     if r is not None:
         r = r.astype(mx.float32)
-        stats.update(r_sum=mx.sum(r), r_sq_sum=mx.sum(r * r),
+        stats.update(r=r, r_sum=mx.sum(r), r_sq_sum=mx.sum(r * r),
                      r_layer_sum=mx.sum(r, axis=(0, 1)))
     if aux.get("u") is not None:
         stats.update(u=aux["u"], u_at_bound=aux["u_at_bound"])
@@ -44,21 +44,28 @@ def _compiled_stats(model):
     return entry[1]
 
 
-def evaluate_loss(model, batches) -> dict:
+def evaluate_loss(model, batches, keep_r: bool = False) -> dict:
     """Metrics over `batches` (a list of (inputs, targets) int arrays, numpy or mx).
 
     Returns val_loss (mean cross-entropy per token, nats; the regularizer is NOT included),
     val_ppl, val_reg (mean regularizer), n_tokens, and for oscillator models val_R (mean over
     tokens and layers), val_R_std, val_R_layers (per layer); for v3, val_u and val_u_at_bound.
+    With `keep_r`, also "R": R per position and layer, a numpy (N, T, L) array (None for a
+    model without R), from the same forward passes.
     """
     if not batches:
         raise ValueError("evaluate_loss needs at least one batch")
     totals: dict = {}
+    kept_r = []
     n_tokens = n_r = 0
     for inputs, targets in batches:
         inputs, targets = mx.array(inputs), mx.array(targets)
         stats = _compiled_stats(model)(inputs, targets)
         mx.eval(stats)
+        if "r" in stats:
+            r = stats.pop("r")
+            if keep_r:
+                kept_r.append(np.array(r))
         for k, v in stats.items():
             v = np.array(v, dtype=np.float64)
             totals[k] = totals.get(k, 0.0) + v
@@ -74,6 +81,8 @@ def evaluate_loss(model, batches) -> dict:
         out["val_R"] = mean
         out["val_R_std"] = math.sqrt(max(float(totals["r_sq_sum"]) / n_r - mean * mean, 0.0))
         out["val_R_layers"] = [float(x) / n_tokens for x in totals["r_layer_sum"]]
+    if keep_r:
+        out["R"] = np.concatenate(kept_r) if kept_r else None
     if "u" in totals:
         out["val_u"] = float(totals["u"]) / n_batches
         out["val_u_at_bound"] = float(totals["u_at_bound"]) / n_batches

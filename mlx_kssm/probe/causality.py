@@ -88,18 +88,6 @@ def _entropy(logp):
     return -mx.sum(mx.exp(logp) * logp, axis=-1)
 
 
-def collect_r(model, batches, max_sequences: int | None = None):
-    """R per position and layer (N, T, L) of the free run, or None for a model without R."""
-    windows = windows_from_batches(batches, max_sequences)
-    parts = []
-    for sl in _chunks(len(windows), windows.shape[1], model.args.vocab_size):
-        _, r = model(mx.array(windows[sl]), return_r=True)
-        if r is None:
-            return None
-        parts.append(np.array(r.astype(mx.float32)))
-    return np.concatenate(parts)
-
-
 def r_statistics(r) -> dict:
     """Summary of an (N, T, L) array of R: mean, std, per layer, zone occupancy (of the
     layer-mean R per position)."""

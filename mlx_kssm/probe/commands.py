@@ -378,7 +378,7 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
     from ..data.loader import TokenDataset, check_vocab, eval_batches
     from ..evaluation import evaluate_loss
     from ..models import r_zone
-    from .causality import causality_suite, collect_r, format_causality, r_statistics
+    from .causality import causality_suite, format_causality, r_statistics
     from .generate import generate_tokens
     from .quality import sample_quality
 
@@ -391,11 +391,11 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
     batches = eval_batches(ds, n_batches, batch_size, seq_len, seed=seed)
     out = {"model": str(folder), "data": str(data_dir), "split": split,
            "windows": n_batches * batch_size, "seq_len": seq_len, "seed": seed}
-    metrics = evaluate_loss(model, batches)
+    metrics = evaluate_loss(model, batches, keep_r=True)
+    r = metrics.pop("R")  # per position and layer, from the same forward passes
     out.update(metrics)
     click.echo(f"{folder}: {split} loss {metrics['val_loss']:.4f}  PPL {metrics['val_ppl']:.2f}  "
                f"({metrics['n_tokens']:,} tokens)")
-    r = collect_r(model, batches)
     if r is None:
         click.echo("R: not applicable (the model has no oscillators)")
         out["R"] = None
