@@ -72,19 +72,21 @@ def _chunks(n_rows: int, seq_len: int, vocab: int):
         yield slice(i, min(n_rows, i + step))
 
 
-def _forward(model, x, force_r=None):
+def log_probs(model, x, force_r=None):
+    """Next-token log-probabilities (float32) and R of a forward pass over token windows x."""
     logits, r = model(mx.array(x), force_r=force_r, return_r=True)
     logp = logits.astype(mx.float32)
     logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)
     return logp, r
 
 
-def _kl(logp_a, logp_b):
+def kl_divergence(logp_a, logp_b):
     """KL(a || b) per position (nats) from log-probabilities."""
     return mx.sum(mx.exp(logp_a) * (logp_a - logp_b), axis=-1)
 
 
-def _entropy(logp):
+def entropy(logp):
+    """Entropy per position (nats) from log-probabilities."""
     return -mx.sum(mx.exp(logp) * logp, axis=-1)
 
 
@@ -130,21 +132,21 @@ def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
     lo, hi = values[0], values[-1]
     for sl in _chunks(n_seq, seq_len, model.args.vocab_size):
         x = windows[sl]
-        logp_free, r = _forward(model, x)
+        logp_free, r = log_probs(model, x)
         if r is None:
             return _not_applicable(result, "the model has no oscillators (no R): "
                                    "the causality suite does not apply")
         r_all.append(np.array(r.astype(mx.float32)))
-        ent_all.append(np.array(_entropy(logp_free)))
+        ent_all.append(np.array(entropy(logp_free)))
         forced = {}
         for v in values:
-            logp_v, r_v = _forward(model, x, force_r=v)
+            logp_v, r_v = log_probs(model, x, force_r=v)
             achieved_err = max(achieved_err, float(mx.max(mx.abs(r_v - v)).item()))
             forced[v] = logp_v
-            kl_free[v].append(np.array(_kl(logp_v, logp_free).mean(axis=-1)))
+            kl_free[v].append(np.array(kl_divergence(logp_v, logp_free).mean(axis=-1)))
         for a, b in kl_pairs:
-            kl_pairs[(a, b)].append(np.array(_kl(forced[a], forced[b]).mean(axis=-1)))
-            kl_rev[(a, b)].append(np.array(_kl(forced[b], forced[a]).mean(axis=-1)))
+            kl_pairs[(a, b)].append(np.array(kl_divergence(forced[a], forced[b]).mean(axis=-1)))
+            kl_rev[(a, b)].append(np.array(kl_divergence(forced[b], forced[a]).mean(axis=-1)))
         changed = mx.argmax(forced[lo], axis=-1) != mx.argmax(forced[hi], axis=-1)
         top1_changed.append(np.array(changed.astype(mx.float32).mean(axis=-1)))
 

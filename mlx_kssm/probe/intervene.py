@@ -11,6 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from .causality import entropy, kl_divergence, log_probs
 from .generate import generate_tokens
 from .quality import sample_quality
 
@@ -30,12 +31,10 @@ def repetition_rate(tokens, n: int = 3) -> float:
 
 
 def _next_token(model, prompt_ids, force_r):
-    logits, r = model(mx.array([list(prompt_ids)]), force_r=force_r, return_r=True)
-    logp = logits[0, -1].astype(mx.float32)
-    logp = logp - mx.logsumexp(logp)
+    logp, r = log_probs(model, [list(prompt_ids)], force_r)
     r_last = None if r is None else np.array(r[0, -1].astype(mx.float32)).tolist()
     r_mean = None if r is None else float(mx.mean(r).item())
-    return logp, r_last, r_mean
+    return logp[0, -1], r_last, r_mean
 
 
 def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 40,
@@ -58,19 +57,19 @@ def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 
     out = {"values": values, "max_tokens": max_tokens, "seed": seed, "temp": temp,
            "top_p": top_p, "top_k": top_k, "prompts": []}
     for prompt in prompts:
-        logp_free = _next_token(model, prompt, None)[0]
-        runs, free_tokens = [], None
-        for v in [None] + values:
+        runs, free_tokens, logp_free = [], None, None
+        for v in [None] + values:  # the free run first: the others are compared with it
             logp, r_last, r_mean = _next_token(model, prompt, v)
-            kl = float(mx.sum(mx.exp(logp) * (logp - logp_free)).item())
-            entropy = float(-mx.sum(mx.exp(logp) * logp).item())
+            logp_free = logp if v is None else logp_free
+            kl = float(kl_divergence(logp, logp_free).item())
+            ent = float(entropy(logp).item())
             gen = generate_tokens(model, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
                                   top_k=top_k, seed=seed, force_r=v)
             text = decode(gen.tokens)
             quality = sample_quality(gen.tokens, text)
             if v is None:
                 free_tokens = gen.tokens
-            runs.append({"force_r": v, "kl_to_free": max(0.0, kl), "entropy": entropy,
+            runs.append({"force_r": v, "kl_to_free": max(0.0, kl), "entropy": ent,
                          "top_token": int(mx.argmax(logp).item()), "r_achieved": r_last,
                          "r_mean": r_mean,
                          "r_generation": (float(np.mean(gen.r_trace)) if gen.r_trace
