@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -380,23 +380,42 @@ def _run(config, explicit, run_dir, rank, world, writer, signals, echo) -> Train
     step_fn, state = make_step(model, optimizer, grokfast, config, world)
     loop = _Loop(config, model, optimizer, grokfast, state, step_fn, sampler, val_set,
                  tokenizer, train_ds.meta["tokenizer"], schedule, log, run_dir, writer, world,
-                 signals, detector)
-    loop.step, loop.best_val, loop.best_step, loop.stale_evals = (start_step, best_val,
-                                                                  best_step, stale_evals)
+                 signals, detector, step=start_step, best_val=best_val, best_step=best_step,
+                 stale_evals=stale_evals)
     return loop.run()
 
 
+@dataclass
 class _Loop:
-    def __init__(self, config, model, optimizer, grokfast, state, step_fn, sampler, val_set,
-                 tokenizer, tokenizer_spec, schedule, log, run_dir, writer, world, signals,
-                 detector):
-        self.__dict__.update(locals())
-        del self.__dict__["self"]
-        self.window = []  # per-step metrics since the last report
-        self.window_time, self.timed_steps = 0.0, 0  # compute time of the window's steps
-        self.first_step = True
-        self.recent_step_s = []  # for the ETA
-        self.last_saved = None
+    """Everything one training run carries between steps."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: optim.Optimizer
+    grokfast: Grokfast
+    state: list  # [model.state, optimizer.state, ...]: the compiled step's implicit state
+    step_fn: object
+    sampler: BatchSampler
+    val_set: list
+    tokenizer: object
+    tokenizer_spec: dict
+    schedule: Schedule
+    log: object
+    run_dir: Path
+    writer: bool  # rank 0: the only process that writes files
+    world: int
+    signals: object
+    detector: ExplosionDetector
+    step: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    stale_evals: int = 0  # evaluations without improvement (--patience)
+    window: list = field(default_factory=list)  # per-step metrics since the last report
+    window_time: float = 0.0  # compute time of the window's steps
+    timed_steps: int = 0
+    first_step: bool = True
+    recent_step_s: list = field(default_factory=list)  # for the ETA
+    last_saved: int | None = None
 
     # -- one optimizer step (grad_accum micro-batches)
     def train_step(self):
