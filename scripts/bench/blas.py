@@ -21,10 +21,8 @@ def child(steps: int) -> dict:
     sys.path.insert(0, HERE)
     import mlx_kssm  # noqa: F401  (honours MLX_KSSM_NO_BLAS)
     import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
 
-    from _common import machine, timed
+    from _common import machine, timed, trainer_step
     from mlx_kssm import _blas, build_model
 
     out = {"machine": machine(), "blas": dict(_blas.STATUS),
@@ -32,23 +30,10 @@ def child(steps: int) -> dict:
     for preset, vocab in (("tiny", 12000), ("v2", 20544)):
         B, T = 8, 256
         model = build_model(preset, vocab_size=vocab, seed=0)
-        opt = optim.AdamW(learning_rate=1e-3)
         x = mx.random.randint(0, vocab, (B, T), key=mx.random.key(0))
         y = mx.random.randint(0, vocab, (B, T), key=mx.random.key(1))
-
-        def loss_fn(m):
-            return nn.losses.cross_entropy(m(x), y).mean()
-
-        value_and_grad = nn.value_and_grad(model, loss_fn)
-        state = [model.state, opt.state]
-
-        def step():
-            loss, grads = value_and_grad(model)
-            opt.update(model, grads)
-            return loss
-
-        compiled = mx.compile(step, inputs=state, outputs=state)
-        t = timed(lambda: mx.eval(compiled(), state), repeats=steps, warmup=1)
+        step, _ = trainer_step(model, B, T)
+        t = timed(lambda: step(x, y), repeats=steps, warmup=1)
         out[f"{preset}_train_step"] = {"batch": B, "seq_len": T, "vocab": vocab,
                                        "seconds": t, "tokens_per_sec": B * T / t["median"]}
     return out

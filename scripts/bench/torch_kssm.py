@@ -262,9 +262,9 @@ def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: i
     y = rng.integers(0, vocab, (batch, seq)).astype(np.int32)
     import mlx.core as mx
     import mlx.nn as nn
-    import mlx.optimizers as optim
 
     from mlx_kssm import build_model, count_parameters
+    from _common import trainer_step
 
     model = build_model(preset, vocab_size=vocab, seed=0)
     info = {"n_parameters": count_parameters(model)}
@@ -275,20 +275,10 @@ def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: i
             return nn.losses.cross_entropy(m(X), Y).mean()
 
         info["loss"] = float(mlx_loss(model))
-        opt = optim.AdamW(learning_rate=1e-3, weight_decay=0.01)
-        vg = nn.value_and_grad(model, mlx_loss)
-        state = [model.state, opt.state]
-
-        def raw_step():
-            loss, grads = vg(model)
-            grads, _ = optim.clip_grad_norm(grads, 1.0)
-            opt.update(model, grads)
-            return loss
-
-        compiled = mx.compile(raw_step, inputs=state, outputs=state)
+        train_step, _ = trainer_step(model, batch, seq)  # the trainer's step: AdamW, clip 1.0
 
         def step():
-            mx.eval(compiled(), state)
+            train_step(X, Y)
     else:
         scan, _, nthreads = kind.partition("@")  # e.g. "eager@1": eager with 1 thread
         torch.set_num_threads(int(nthreads) if nthreads else threads)

@@ -12,9 +12,11 @@ every 500).
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -25,9 +27,10 @@ import numpy as np
 from mlx_kssm import build_model, count_parameters
 from mlx_kssm.evaluation import evaluate_loss
 from mlx_kssm.train import checkpoint as ckpt
-from mlx_kssm.train.config import TrainConfig
-from mlx_kssm.train.optim import Grokfast, build_optimizer, optimizer_arrays, set_learning_rate
-from mlx_kssm.train.trainer import make_step
+from mlx_kssm.train.optim import optimizer_arrays
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import trainer_step  # noqa: E402
 
 SHAPES = {"tiny": (16, 128), "v2": (8, 256)}
 VOCAB = 100277  # cl100k_base, what the BPE presets train on
@@ -36,11 +39,7 @@ VOCAB = 100277  # cl100k_base, what the BPE presets train on
 def bench(preset: str, steps: int, warmup: int, val_batches: int) -> dict:
     batch, seq = SHAPES.get(preset, (8, 256))
     model = build_model(preset, vocab_size=VOCAB, seed=0)
-    config = TrainConfig(preset=preset, data="-", batch_size=batch, seq_len=seq)
-    optimizer = build_optimizer("adamw", 1e-3, 0.01)
-    optimizer.init(model.trainable_parameters())
-    grokfast = Grokfast(model.trainable_parameters(), enabled=False)
-    step, state = make_step(model, optimizer, grokfast, config, world=1)
+    step, optimizer = trainer_step(model, batch, seq)
     rng = np.random.default_rng(0)
 
     def batch_arrays():
@@ -48,9 +47,7 @@ def bench(preset: str, steps: int, warmup: int, val_batches: int) -> dict:
         return mx.array(x[:, :-1]), mx.array(x[:, 1:])
 
     def one_step():
-        set_learning_rate(optimizer, 1e-3)
-        out = step(*batch_arrays(), None, True)
-        mx.eval(state, out[0])
+        step(*batch_arrays())
 
     t0 = time.perf_counter()
     one_step()
