@@ -226,14 +226,36 @@ def test_config_round_trip_gives_same_parameter_shapes(tmp_path):
 
 def test_presets_and_matched_transformer():
     from mlx_kssm import count_parameters
+    from mlx_kssm.models.presets import KSSM_PRESETS, comparison_presets
     names = preset_names()
-    for required in ("tiny", "v1-char", "v2", "v3", "transformer", "upstream-v3", "control-bolted"):
+    for required in ("tiny", "v1-char", "v2", "v3", "transformer", "upstream-v3", "control-bolted",
+                     "transformer-char"):
         assert required in names
-    kssm_tiny = count_parameters(build_model("tiny", vocab_size=1000))
-    trans_tiny = count_parameters(build_model("transformer-tiny", vocab_size=1000))
-    assert abs(kssm_tiny - trans_tiny) / kssm_tiny < 0.02
+    for base in KSSM_PRESETS:
+        comps = comparison_presets(base)
+        assert set(comps) == {"transformer", "control-bolted", "upstream-v3"}
+        assert all(c in names for c in comps.values())
+        kssm = count_parameters(build_model(base, vocab_size=1000))
+        trans = count_parameters(build_model(comps["transformer"], vocab_size=1000))
+        assert abs(kssm - trans) / kssm < 0.02, (base, kssm, trans)
+        assert build_model(comps["control-bolted"], vocab_size=10).args.readout == "bolted"
     with pytest.raises(ValueError, match="unknown preset"):
         build_model("v9")
+    with pytest.raises(ValueError, match="not a K-SSM preset"):
+        comparison_presets("transformer")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"bistable": True}, {"dynamics": "group"},
+                                       {"gate": True, "feature_norm": True},
+                                       {"model_type": "transformer"}])
+def test_mixer_parameter_formula_matches_a_built_layer(overrides):
+    """The matched presets size their FFN from mixer_params: it must count what is built."""
+    from mlx_kssm import count_parameters
+    from mlx_kssm.models.presets import mixer_params
+    args = preset_args("tiny", vocab_size=V, **overrides)
+    layer = build_model(args).layers[0]
+    mixer = layer.attn if args.model_type == "transformer" else layer.bank
+    assert mixer_params(args) == count_parameters(mixer)
 
 
 def _train_lag_task(preset, steps=200, lag=2, vocab=16):

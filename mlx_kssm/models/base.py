@@ -30,6 +30,11 @@ class ModelArgs:
     # "order_params": output sees only the order parameters (the K-SSM contract);
     # "bolted": output reads the raw state, R only rescales it before a norm (negative control)
     readout: str = "order_params"
+    # "oscillator": damping and rotation per oscillator (v1); "group": damping, rotation and
+    # coupling per group, drive per oscillator (mean and deviation decouple: a parallel scan)
+    dynamics: str = "oscillator"
+    gate: bool = False  # multiplicative output gate from the current layer input
+    feature_norm: bool = False  # RMSNorm on the order-parameter features
     # v3 bistable core
     bistable: bool = False
     u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp

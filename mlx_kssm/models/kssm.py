@@ -70,13 +70,26 @@ class OscillatorBank(nn.Module):
         self.lambda_delta, self.lambda_logu = args.lambda_delta, args.lambda_logu
         self.norm = nn.RMSNorm(args.d_model)
         coupling_dims = 10 if args.bistable else G
-        # Delta (freq. perturbation), damping logit, drive (re, im), coupling
-        self.in_proj = nn.Linear(args.d_model, 4 * N + coupling_dims)
-        # natural frequencies spread over (-pi, pi); damping spread so the bank has
-        # memories from a few tokens to a few hundred (like S4D/LRU initializations)
-        self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
-        lam = mx.linspace(0.6, 0.995, N).reshape(G, n)
+        self.dynamics = args.dynamics
+        if args.dynamics == "group":
+            # drive (re, im) per oscillator; Delta, damping logit per group; coupling
+            self.in_proj = nn.Linear(args.d_model, 2 * N + 2 * G + coupling_dims)
+            self.omega = mx.linspace(-math.pi, math.pi, G + 1)[:-1].reshape(G, 1)
+            lam = mx.linspace(0.6, 0.995, G).reshape(G, 1)
+        else:
+            # Delta (freq. perturbation), damping logit, drive (re, im), coupling
+            self.in_proj = nn.Linear(args.d_model, 4 * N + coupling_dims)
+            # natural frequencies spread over (-pi, pi); damping spread so the bank has
+            # memories from a few tokens to a few hundred (like S4D/LRU initializations)
+            self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
+            lam = mx.linspace(0.6, 0.995, N).reshape(G, n)
         self.lambda_bias = mx.log(lam / (1 - lam))
+        if args.gate:
+            self.gate_proj = nn.Linear(args.d_model, args.d_model)
+        self.use_gate = args.gate
+        if args.feature_norm:
+            self.feature_norm = nn.RMSNorm(3 * args.harmonics * G)
+        self.use_feature_norm = args.feature_norm
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
         self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
@@ -94,21 +107,31 @@ class OscillatorBank(nn.Module):
         G, n = self.G, self.n
         N = G * n
         p = self.in_proj(self.norm(x))
-        delta = p[..., :N].reshape(B, T, G, n)
-        lam = mx.sigmoid(p[..., N:2 * N].reshape(B, T, G, n) + self.lambda_bias)
-        br = mx.tanh(p[..., 2 * N:3 * N]).reshape(B, T, G, n)
-        bi = mx.tanh(p[..., 3 * N:4 * N]).reshape(B, T, G, n)
+        if self.dynamics == "group":
+            br = mx.tanh(p[..., :N]).reshape(B, T, G, n)
+            bi = mx.tanh(p[..., N:2 * N]).reshape(B, T, G, n)
+            delta = p[..., 2 * N:2 * N + G].reshape(B, T, G, 1)
+            lam = mx.sigmoid(p[..., 2 * N + G:2 * N + 2 * G].reshape(B, T, G, 1) + self.lambda_bias)
+            rest = p[..., 2 * N + 2 * G:]
+        else:
+            delta = p[..., :N].reshape(B, T, G, n)
+            lam = mx.sigmoid(p[..., N:2 * N].reshape(B, T, G, n) + self.lambda_bias)
+            br = mx.tanh(p[..., 2 * N:3 * N]).reshape(B, T, G, n)
+            bi = mx.tanh(p[..., 3 * N:4 * N]).reshape(B, T, G, n)
+            rest = p[..., 4 * N:]
         alpha = nn.softplus(self.dt_raw) * (self.omega + delta)
         aux = {}
         if self.bistable:
-            u, big_delta, at_bound = bistable_u(p[..., 4 * N:], self.u_bound)
+            u, big_delta, at_bound = bistable_u(rest, self.u_bound)
             k = mx.broadcast_to((2 * mx.sigmoid(u))[..., None, None], (B, T, G, 1))
             aux = {"u": mx.mean(u), "u_at_bound": at_bound,
                    "reg": self.lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
                    + self.lambda_logu * mx.mean(-mx.log(u))}
         else:
-            k = mx.sigmoid(p[..., 4 * N:])[..., None]
+            k = mx.sigmoid(rest)[..., None]
         dr, di = lam * mx.cos(alpha), lam * mx.sin(alpha)
+        if self.dynamics == "group":
+            dr, di = mx.broadcast_to(dr, (B, T, G, n)), mx.broadcast_to(di, (B, T, G, n))
         return (dr, di, k, (1 - lam) * br, (1 - lam) * bi), aux
 
     def _initial_state(self, B):
@@ -141,7 +164,13 @@ class OscillatorBank(nn.Module):
             state = mx.concatenate([zr, zi], axis=-1).reshape(B, T, -1)
             y = x + self.out_proj(self.state_norm(state * r[..., None]))
         else:
-            y = x + self.out_proj(features.reshape(B, T, -1))
+            features = features.reshape(B, T, -1)
+            if self.use_feature_norm:
+                features = self.feature_norm(features)
+            out = self.out_proj(features)
+            if self.use_gate:
+                out = out * nn.silu(self.gate_proj(self.norm(x)))
+            y = x + out
         return y, r, aux
 
 

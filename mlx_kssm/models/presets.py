@@ -1,4 +1,15 @@
-"""Named model presets (SPEC 3.3) with the training defaults that go with them."""
+"""Named model presets with the training defaults that go with them.
+
+Four K-SSM presets (`tiny`, `v1-char`, `v2`, `v3`); each has three comparison presets built
+from its own sizes, so a comparison is always like for like:
+
+    transformer-*     a causal transformer with the same width and depth, its FFN widened or
+                      narrowed so the parameter count matches the K-SSM's
+    control-bolted-*  the same K-SSM with the raw-state readout (R bypassed: negative control)
+    upstream-v3-*     the earlier per-position design at the same sizes
+
+`comparison_presets(name)` names them; `mlx-kssm train --list-presets` prints them all.
+"""
 
 from __future__ import annotations
 
@@ -7,54 +18,72 @@ import dataclasses
 from .base import ModelArgs
 
 _TINY = dict(d_model=64, n_layers=2, ffn_hidden=256, n_groups=8, osc_per_group=8, harmonics=3)
+_CHAR = dict(d_model=128, n_layers=2, ffn_hidden=512, n_groups=8, osc_per_group=16, harmonics=4,
+             vocab_size=257)
 _V2 = dict(d_model=256, n_layers=4, ffn_hidden=1024, n_groups=8, osc_per_group=16, harmonics=4,
            vocab_size=100277)
+_BPE_TINY = dict(tokenizer="cl100k_base", seq_len=128, batch_size=16, learning_rate=3e-3)
+_CHAR_TRAIN = dict(tokenizer="bytes", seq_len=256, batch_size=16, learning_rate=2e-3)
+_BPE = dict(tokenizer="cl100k_base", seq_len=256, batch_size=8, learning_rate=1e-3)
 
-# name -> (what it is, ModelArgs overrides, training defaults)
-PRESETS: dict = {
+# K-SSM presets: name -> (what it is, ModelArgs overrides, training defaults)
+KSSM_PRESETS: dict = {
     "tiny": ("K-SSM for tests and smoke runs: seconds per step on a laptop CPU",
-             dict(_TINY), dict(tokenizer="cl100k_base", seq_len=128, batch_size=16,
-                               learning_rate=3e-3)),
-    "v1-char": ("character-level K-SSM (the seeds' TinyShakespeare proof of concept)",
-                dict(d_model=128, n_layers=2, ffn_hidden=512, n_groups=8, osc_per_group=16,
-                     harmonics=4, vocab_size=257),
-                dict(tokenizer="bytes", seq_len=256, batch_size=16, learning_rate=2e-3)),
-    "v2": ("4 layers, hidden 256, 128 oscillators per layer, BPE (~28M parameters)",
-           dict(_V2), dict(tokenizer="cl100k_base", seq_len=256, batch_size=8,
-                           learning_rate=1e-3)),
+             _TINY, _BPE_TINY),
+    "v1-char": ("character-level K-SSM (the TinyShakespeare proof of concept)", _CHAR, _CHAR_TRAIN),
+    "v2": ("4 layers, hidden 256, 128 oscillators per layer, BPE", _V2, _BPE),
     "v3": ("v2 plus the bistable core (u in [0.1, 10], K = 2 sigma(u), regularizer)",
-           dict(_V2, bistable=True), dict(tokenizer="cl100k_base", seq_len=256, batch_size=8,
-                                           learning_rate=1e-3)),
-    "transformer": ("causal transformer parameter-matched to v2 (comparison)",
-                    dict(_V2, model_type="transformer", n_heads=4),
-                    dict(tokenizer="cl100k_base", seq_len=256, batch_size=8, learning_rate=1e-3)),
-    "transformer-tiny": ("causal transformer parameter-matched to tiny (comparison)",
-                         dict(_TINY, model_type="transformer", n_heads=4),
-                         dict(tokenizer="cl100k_base", seq_len=128, batch_size=16,
-                              learning_rate=3e-3)),
-    "upstream-v3": ("the earlier per-position v3 design, v2 sizes (comparison)",
-                    dict(_V2, model_type="upstream_v3", bistable=True),
-                    dict(tokenizer="cl100k_base", seq_len=256, batch_size=8, learning_rate=1e-3)),
-    "upstream-v3-tiny": ("the earlier per-position v3 design, tiny sizes (comparison)",
-                         dict(_TINY, model_type="upstream_v3", bistable=True),
-                         dict(tokenizer="cl100k_base", seq_len=128, batch_size=16,
-                              learning_rate=3e-3)),
-    "control-bolted": ("negative control, v2 sizes: R computed but bypassed by the output",
-                       dict(_V2, readout="bolted"),
-                       dict(tokenizer="cl100k_base", seq_len=256, batch_size=8,
-                            learning_rate=1e-3)),
-    "control-bolted-tiny": ("negative control, tiny sizes: R computed but bypassed",
-                            dict(_TINY, readout="bolted"),
-                            dict(tokenizer="cl100k_base", seq_len=128, batch_size=16,
-                                 learning_rate=3e-3)),
+           dict(_V2, bistable=True), _BPE),
 }
 
-# transformer presets get their FFN width from the K-SSM they are matched to
-_MATCHED = {"transformer": "v2", "transformer-tiny": "tiny"}
+# comparison kind -> {K-SSM preset: comparison preset name}; the v2 names are the historical ones
+_COMPARISON_NAMES = {
+    "transformer": {"tiny": "transformer-tiny", "v1-char": "transformer-char", "v2": "transformer",
+                    "v3": "transformer-v3"},
+    "control-bolted": {"tiny": "control-bolted-tiny", "v1-char": "control-bolted-char",
+                       "v2": "control-bolted", "v3": "control-bolted-v3"},
+    "upstream-v3": {"tiny": "upstream-v3-tiny", "v1-char": "upstream-v3-char",
+                    "v2": "upstream-v3", "v3": "upstream-v3"},
+}
+_COMPARISON_ARGS = {
+    "transformer": dict(model_type="transformer", n_heads=4, bistable=False),
+    "control-bolted": dict(readout="bolted"),
+    "upstream-v3": dict(model_type="upstream_v3", bistable=True),
+}
+_DESCRIPTIONS = {
+    "transformer": "causal transformer parameter-matched to {base} (comparison)",
+    "control-bolted": "negative control, {base} sizes: R computed but bypassed by the output",
+    "upstream-v3": "the earlier per-position v3 design, {base} sizes (comparison)",
+}
+
+
+def _comparison_table() -> dict:
+    """name -> (description, base K-SSM preset, comparison kind) for every comparison preset."""
+    table = {}
+    for kind, names in _COMPARISON_NAMES.items():
+        for base, name in names.items():
+            if name not in table:  # upstream-v3 serves v2 and v3 alike
+                table[name] = (_DESCRIPTIONS[kind].format(base=base), base, kind)
+    return table
+
+
+_COMPARISONS = _comparison_table()
+PRESETS: dict = {
+    **KSSM_PRESETS,
+    **{name: (desc, {**KSSM_PRESETS[base][1], **_COMPARISON_ARGS[kind]}, KSSM_PRESETS[base][2])
+       for name, (desc, base, kind) in _COMPARISONS.items()},
+}
 
 
 def preset_names() -> list:
     return list(PRESETS)
+
+
+def comparison_presets(name: str) -> dict:
+    """{"transformer": ..., "control-bolted": ..., "upstream-v3": ...} for K-SSM preset `name`."""
+    if name not in KSSM_PRESETS:
+        raise ValueError(f"{name!r} is not a K-SSM preset; choose from: {', '.join(KSSM_PRESETS)}")
+    return {kind: names[name] for kind, names in _COMPARISON_NAMES.items()}
 
 
 def preset_train_defaults(name: str) -> dict:
@@ -67,22 +96,36 @@ def _lookup(name: str):
     return PRESETS[name]
 
 
-def _mixer_params(args: ModelArgs) -> int:
-    """Parameters of one layer's token mixer (oscillator bank or attention)."""
+def mixer_params(args: ModelArgs) -> int:
+    """Parameters of one layer's token mixer (oscillator bank or attention), by formula;
+    tests check it against a built layer for every preset."""
     D, N, G = args.d_model, args.n_oscillators, args.n_groups
     if args.model_type == "transformer":
         return D + 4 * D * D
     coupling = 10 if args.bistable else G
-    return D + (D + 1) * (4 * N + coupling) + 4 * N + 1 + (3 * args.harmonics * G + 1) * D
+    if args.dynamics == "group":
+        projected = 2 * N + 2 * G + coupling
+        per_osc = G + G + 2 * N + 1  # omega, lambda_bias per group; z0; dt
+    else:
+        projected = 4 * N + coupling
+        per_osc = N + N + 2 * N + 1
+    features = 3 * args.harmonics * G
+    total = D + (D + 1) * projected + per_osc + (features + 1) * D
+    if args.gate:
+        total += (D + 1) * D
+    if args.feature_norm:
+        total += features
+    return total
 
 
 def preset_args(name: str, **overrides) -> ModelArgs:
     _, model, _ = _lookup(name)
     args = ModelArgs.from_dict({**model, "preset": name, **overrides})
-    if name in _MATCHED and "ffn_hidden" not in overrides:
-        base = ModelArgs.from_dict({**_lookup(_MATCHED[name])[1], **overrides,
+    comparison = _COMPARISONS.get(name)
+    if comparison and comparison[2] == "transformer" and "ffn_hidden" not in overrides:
+        base = ModelArgs.from_dict({**KSSM_PRESETS[comparison[1]][1], **overrides,
                                     "model_type": "kssm"})
-        extra = _mixer_params(base) - _mixer_params(args)
+        extra = mixer_params(base) - mixer_params(args)
         args = dataclasses.replace(args, ffn_hidden=max(1, base.ffn_hidden
                                                         + round(extra / (2 * args.d_model + 1))))
     return args.validate()

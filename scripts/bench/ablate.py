@@ -1,0 +1,127 @@
+"""Ablations for the quality issue: named model variants, each trained on the same data, the
+same batches (same seeds) and the same budget through the real trainer; prints a table of
+val loss mean ± std over seeds and writes JSON.
+
+    python scripts/bench/ablate.py --data data/prepared/chars --variants base,l4 --seeds 0,1,2
+
+Every run is a normal run folder under --out-dir/<variant>/seed<k>; a finished run is reused,
+an unfinished one resumed, so the command can be stopped and run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
+
+from _common import machine  # noqa: E402
+
+# name -> (preset, ModelArgs overrides, TrainConfig overrides)
+VARIANTS: dict = {
+    "base": ("v1-char", {}, {}),
+    "l4": ("v1-char", {"n_layers": 4}, {}),
+    "grp": ("v1-char", {"dynamics": "group"}, {}),
+    "gate": ("v1-char", {"gate": True}, {}),
+    "grp_gate": ("v1-char", {"dynamics": "group", "gate": True}, {}),
+    "fnorm": ("v1-char", {"feature_norm": True}, {}),
+    "lr3": ("v1-char", {}, {"learning_rate": 3e-3}),
+    "lr5": ("v1-char", {}, {"learning_rate": 5e-3}),
+    "tf4": ("transformer", {"vocab_size": 257, "d_model": 128, "n_layers": 4, "n_heads": 4,
+                            "ffn_hidden": 512}, {"learning_rate": 1e-3}),
+}
+
+
+def read_history(run_dir: Path) -> list:
+    from mlx_kssm.train.trainer import read_history as rh
+    return rh(run_dir)
+
+
+def run_one(name: str, seed: int, args) -> dict:
+    from mlx_kssm import build_model, save_model
+    from mlx_kssm.models import count_parameters
+    from mlx_kssm.train import TrainConfig, train
+
+    preset, model_over, train_over = VARIANTS[name]
+    run_dir = Path(args.out_dir) / name / f"seed{seed}"
+    hist = read_history(run_dir)
+    ends = [e for e in hist if e.get("event") == "end" and e.get("status") == "completed"]
+    t0 = time.perf_counter()
+    if not ends:
+        init_dir = Path(args.out_dir) / name / f"init{seed}"
+        if not (init_dir / "config.json").exists():
+            model = build_model(preset, seed=seed, **model_over)
+            save_model(init_dir, model)
+        resume = (run_dir / "checkpoints").exists()
+        config = TrainConfig(
+            model=None if resume else str(init_dir), data=args.data, output_dir=str(run_dir),
+            max_steps=args.steps, batch_size=args.batch, seq_len=args.seq,
+            learning_rate=train_over.get("learning_rate", args.lr),
+            warmup_steps=train_over.get("warmup_steps", args.warmup),
+            weight_decay=train_over.get("weight_decay", 0.01),
+            steps_per_report=50, steps_per_eval=args.steps // 2, val_batches=args.val_batches,
+            save_every=500, keep_last=1, seed=seed, resume=resume,
+            sample_prompts=["ROMEO:"], sample_tokens=60)
+        result = train(config, echo=lambda s: None)
+        if result.status != "completed":
+            raise RuntimeError(f"{name} seed {seed}: {result.status} {result.message}")
+        hist = read_history(run_dir)
+    evals = [e for e in hist if e.get("event") == "eval"]
+    trains = [e for e in hist if e.get("event") == "train"]
+    start = next(e for e in hist if e.get("event") == "start")
+    final = evals[-1]
+    tps = [e["tokens_per_sec"] for e in trains[1:]]
+    return {"variant": name, "seed": seed, "val_loss": final["val_loss"],
+            "val_loss_mid": evals[0]["val_loss"] if len(evals) > 1 else None,
+            "val_R": final.get("val_R"), "val_R_layers": final.get("val_R_layers"),
+            "n_parameters": start["n_parameters"],
+            "tokens_per_sec": statistics.median(tps) if tps else None,
+            "sample": (final.get("samples") or [{}])[0].get("text"),
+            "wall_s": time.perf_counter() - t0}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", default="data/prepared/chars")
+    ap.add_argument("--variants", required=True)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--val-batches", type=int, default=100)
+    ap.add_argument("--out-dir", default="bench/out/ablate")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            sys.exit(f"Error: unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        for seed in seeds:
+            row = run_one(name, seed, args)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(Path(args.out_dir) / "rows.jsonl", "a") as f:
+                f.write(json.dumps({**row, "machine": machine()}) + "\n")
+    print("\n| variant | params | val loss mean ± std | seeds | tok/s |")
+    print("|---|---:|---|---|---:|")
+    for name in args.variants.split(","):
+        rs = [r for r in rows if r["variant"] == name]
+        vals = [r["val_loss"] for r in rs]
+        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
+        print(f"| {name} | {rs[0]['n_parameters']:,} | {statistics.mean(vals):.4f} ± {sd:.4f} | "
+              f"{' '.join(f'{v:.4f}' for v in vals)} | "
+              f"{statistics.median(r['tokens_per_sec'] for r in rs):,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
