@@ -3,7 +3,8 @@
     auto       the fused Metal kernel on a Metal GPU (after a one-time parity check against
                the reference), the reference everywhere else
     metal      the fused Metal kernel; an error where Metal is absent
-    reference  the pure-MLX scan (compiled sequential step; see reference.py)
+    reference  the pure-MLX scan: kernels/cpu.py for training (hand-written adjoint), the
+               sequential oracle in reference.py for forced runs and decoding
 
 Forced-R runs (inference) use the kernel's forced variant under `metal`/`auto` on Metal, the
 sequential reference step elsewhere.
@@ -15,7 +16,7 @@ import warnings
 
 import mlx.core as mx
 
-from . import reference
+from . import cpu, reference
 
 KERNEL_MODES = ("auto", "metal", "reference")
 
@@ -66,8 +67,8 @@ def oscillator_scan(dr, di, k, cr, ci, z0r, z0i, force_r=None):
     if active_impl() == "metal":
         from . import metal
         return metal.scan(dr, di, k, cr, ci, z0r, z0i, force_r=force_r)
-    if force_r is None:  # free run: the hand-written adjoint makes training O(T)
-        return reference.scan_free(dr, di, k, cr, ci, z0r, z0i)
+    if force_r is None:  # free run: complex scan with a hand-written adjoint (training)
+        return cpu.scan_free(dr, di, k, cr, ci, z0r, z0i)
     return reference.scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r)
 
 

@@ -48,8 +48,8 @@ def scan_step(zr, zi, dr, di, k, cr, ci, force_r=None):
 
 
 def scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r=None):
-    """T applications of scan_step. Under mx.compile (the trainer compiles its step) the loop
-    is traced once per shape, so no Python runs per token after the first call."""
+    """T applications of scan_step: the oracle every implementation is checked against, and
+    the forced-R scan (inference). Training uses kernels/cpu.py or a fused GPU kernel."""
     zr, zi = z0r, z0i
     outs_r, outs_i = [], []
     for t in range(dr.shape[1]):
@@ -57,99 +57,6 @@ def scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r=None):
         outs_r.append(zr)
         outs_i.append(zi)
     return mx.stack(outs_r, axis=1), mx.stack(outs_i, axis=1)
-
-
-def _adjoint(dr, di, k, zr, zi, z0r, z0i, gzr, gzi):
-    """Gradients of the free scan from the states it produced (the VJP of scan_free).
-
-    With a_t = dL/dz_t and gw_t = conj(d_t) a_t (the gradient reaching w_t), the adjoint runs
-    backwards as a_{t-1} = g_{t-1} + (1 - k_t) gw_t + (k_t / n) sum_j gw_t; only that recursion
-    is sequential: w_t, the mean fields and every parameter gradient are computed for all t at
-    once from the stored states (storing them costs nothing extra: they are the output).
-    """
-    T = dr.shape[1]
-    prev_r = mx.concatenate([z0r[:, None], zr[:, :-1]], axis=1)
-    prev_i = mx.concatenate([z0i[:, None], zi[:, :-1]], axis=1)
-    mr = mx.mean(prev_r, axis=-1, keepdims=True)
-    mi = mx.mean(prev_i, axis=-1, keepdims=True)
-    n = dr.shape[-1]
-    ar, ai = gzr[:, T - 1], gzi[:, T - 1]
-    gws_r, gws_i = [None] * T, [None] * T
-    for t in range(T - 1, -1, -1):
-        gwr = dr[:, t] * ar + di[:, t] * ai
-        gwi = dr[:, t] * ai - di[:, t] * ar
-        gws_r[t], gws_i[t] = gwr, gwi
-        kt = k[:, t]
-        ar = (1 - kt) * gwr + (kt / n) * mx.sum(gwr, axis=-1, keepdims=True)
-        ai = (1 - kt) * gwi + (kt / n) * mx.sum(gwi, axis=-1, keepdims=True)
-        if t > 0:
-            ar, ai = ar + gzr[:, t - 1], ai + gzi[:, t - 1]
-    gwr, gwi = mx.stack(gws_r, axis=1), mx.stack(gws_i, axis=1)
-    wr = prev_r + k * (mr - prev_r)
-    wi = prev_i + k * (mi - prev_i)
-    # a_t = g_t + what step t+1 passed back (zero after the last step)
-    a_r = gzr + mx.concatenate([_carry(gwr, k, n)[:, 1:], mx.zeros_like(gzr[:, :1])], axis=1)
-    a_i = gzi + mx.concatenate([_carry(gwi, k, n)[:, 1:], mx.zeros_like(gzi[:, :1])], axis=1)
-    g_dr = a_r * wr + a_i * wi
-    g_di = a_i * wr - a_r * wi
-    g_k = mx.sum(gwr * (mr - prev_r) + gwi * (mi - prev_i), axis=-1, keepdims=True)
-    return g_dr, g_di, g_k, a_r, a_i, ar, ai
-
-
-def _carry(gw, k, n):
-    """What step t passes back to z_{t-1}: (1 - k_t) gw_t + (k_t / n) sum_j gw_t."""
-    return (1 - k) * gw + (k / n) * mx.sum(gw, axis=-1, keepdims=True)
-
-
-@mx.custom_function
-def scan_free(dr, di, k, cr, ci, z0r, z0i):
-    """The free-running scan with a hand-written VJP (_adjoint). Autodiff through
-    scan_sequential differentiates T input slices, each of whose VJPs writes a full-size
-    zero array: O(T^2) work, ~10x slower than this at T = 256."""
-    return scan_sequential(dr, di, k, cr, ci, z0r, z0i)
-
-
-@scan_free.vjp
-def _scan_free_vjp(primals, cotangents, outputs):
-    dr, di, k, cr, ci, z0r, z0i = primals
-    gzr, gzi = cotangents
-    zr, zi = outputs
-    g_dr, g_di, g_k, g_cr, g_ci, g_z0r, g_z0i = _adjoint(dr, di, k, zr, zi, z0r, z0i, gzr, gzi)
-    return g_dr, g_di, g_k, g_cr, g_ci, g_z0r, g_z0i
-
-
-def _transition_matrices(dr, di, k):
-    """Real 2n x 2n form of M_t = D_t C_t, shape (B, T, G, 2n, 2n)."""
-    n = dr.shape[-1]
-    eye = mx.eye(n)
-    c = (1.0 - k)[..., None] * eye + (k / n)[..., None] * mx.ones((n, n))  # (B,T,G,n,n)
-    top = mx.concatenate([dr[..., None] * c, -di[..., None] * c], axis=-1)
-    bottom = mx.concatenate([di[..., None] * c, dr[..., None] * c], axis=-1)
-    return mx.concatenate([top, bottom], axis=-2)
-
-
-def scan_associative(dr, di, k, cr, ci, z0r, z0i):
-    """Same states as scan_sequential (free run) from a log-depth scan over (M_t, u_t) pairs:
-    (M2, u2) o (M1, u1) = (M2 M1, M2 u1 + u2). Hillis-Steele form: ceil(log2 T) levels of
-    batched (2n x 2n) matmuls, no per-token Python loop."""
-    n = dr.shape[-1]
-    T = dr.shape[1]
-    a = _transition_matrices(dr, di, k)
-    u = mx.concatenate([cr, ci], axis=-1)  # (B,T,G,2n)
-    z0 = mx.concatenate([z0r, z0i], axis=-1)  # (B,G,2n)
-    # fold the initial state into the first drive: u_0 += M_0 z0
-    first = (a[:, 0] @ z0[..., None])[..., 0] + u[:, 0]
-    u = mx.concatenate([first[:, None], u[:, 1:]], axis=1)
-    s = 1
-    while s < T:
-        a_prev, u_prev = a[:, :-s], u[:, :-s]
-        a_cur, u_cur = a[:, s:], u[:, s:]
-        u_new = (a_cur @ u_prev[..., None])[..., 0] + u_cur
-        u = mx.concatenate([u[:, :s], u_new], axis=1)
-        if 2 * s < T:  # the last level needs no matrix products
-            a = mx.concatenate([a[:, :s], a_cur @ a_prev], axis=1)
-        s *= 2
-    return u[..., :n], u[..., n:]
 
 
 def readout(zr, zi, harmonics: int, force_r=None):
