@@ -49,26 +49,18 @@ def test_auto_uses_reference_without_a_gpu():
     _same_as_reference(force_r=0.4)
 
 
-@pytest.mark.skipif(mx.metal.is_available(), reason="checks the no-Metal path")
-def test_metal_is_a_clear_error_without_metal():
-    with pytest.raises(RuntimeError, match="Metal"):
-        dispatch.set_kernel("metal")
-    assert metal._make_kernel("kssm_scan") is None
-    with pytest.raises(RuntimeError, match="Metal"):
-        metal.scan(*reference.random_inputs(1, 2, 1, 4))
-    ok, detail = metal.self_check()
-    assert not ok and "Metal" in detail
-
-
-@pytest.mark.skipif(cuda.is_available(), reason="checks the no-CUDA path")
-def test_cuda_is_a_clear_error_without_cuda():
-    with pytest.raises(RuntimeError, match="CUDA"):
-        dispatch.set_kernel("cuda")
-    assert cuda._make_kernel("kssm_scan") is None
-    with pytest.raises(RuntimeError, match="CUDA"):
-        cuda.scan(*reference.random_inputs(1, 2, 1, 4))
-    ok, detail = cuda.self_check()
-    assert not ok and "CUDA" in detail
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+def test_fused_mode_is_a_clear_error_without_its_gpu(backend):
+    if dispatch.gpu_backend() == backend:
+        pytest.skip(f"checks the no-{backend} path")
+    module, label = BACKENDS[backend], dispatch.BACKEND_LABELS[backend]
+    with pytest.raises(RuntimeError, match=label):
+        dispatch.set_kernel(backend)
+    assert module._make_kernel("kssm_scan") is None
+    with pytest.raises(RuntimeError, match=label):
+        module.scan(*reference.random_inputs(1, 2, 1, 4))
+    ok, detail = module.self_check()
+    assert not ok and label in detail
 
 
 def test_each_gpu_backend_rejects_the_other_mode(monkeypatch):

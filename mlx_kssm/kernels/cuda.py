@@ -233,13 +233,10 @@ STEP_SOURCE = """
 
 
 def kernel_spec(name: str) -> dict:
-    """Arguments of mx.fast.cuda_kernel for kernel `name` (read at call time, so a test that
-    plants a bug in a source string sees it)."""
+    """Arguments of mx.fast.cuda_kernel for kernel `name`."""
     sources = {"kssm_scan": SCAN_SOURCE, "kssm_scan_vjp": SCAN_VJP_SOURCE,
                "kssm_step": STEP_SOURCE}
-    input_names, output_names = fused.KERNEL_ARGS[name]
-    return dict(name=name, input_names=input_names, output_names=output_names,
-                source=sources[name], header=HEADER, ensure_row_contiguous=True, shared_memory=0)
+    return fused.kernel_spec(name, HEADER, sources, shared_memory=0)
 
 
 def is_available() -> bool:

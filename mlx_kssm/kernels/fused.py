@@ -40,6 +40,14 @@ MAX_BLOCKS = 65535  # CUDA's limit on gridDim.y and gridDim.z (G and B); Metal a
 TOLERANCE = 2e-4    # parity: max abs difference / max(1, max |reference|)
 
 
+def kernel_spec(name: str, header: str, sources: dict, **backend_args) -> dict:
+    """Arguments of mx.fast.metal_kernel / cuda_kernel for kernel `name`, given the backend's
+    header and {kernel name: body} (read at call time, so a planted bug in a string shows)."""
+    input_names, output_names = KERNEL_ARGS[name]
+    return dict(name=name, input_names=input_names, output_names=output_names,
+                source=sources[name], header=header, ensure_row_contiguous=True, **backend_args)
+
+
 def _force_arg(force_r):
     if force_r is None:
         return mx.zeros((1,), mx.float32), 0
