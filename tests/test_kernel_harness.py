@@ -158,7 +158,7 @@ PLANTED = {
         "pr = (t > 0) ? zr[idx] : z0r[s0];", dict(B=2, T=9, G=4, n=16, **NO_STEP)),
     ("cuda", "butterfly skips the widest shuffle"): (
         "HEADER", "for (int offset = 16; offset > 0; offset >>= 1)",
-        "for (int offset = 8; offset > 0; offset >>= 1)", dict(B=1, T=6, G=2, n=40, **NO_STEP)),
+        "for (int offset = 8; offset > 0; offset >>= 1)", dict(FORWARD_ONLY, T=6, G=2)),
 }
 
 
