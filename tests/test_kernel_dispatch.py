@@ -1,5 +1,6 @@
-"""`--kernel auto|metal|reference`: the reference where Metal is absent, a clear error for
-`metal` there, and a failed first-use check falls back to the reference with one warning."""
+"""`--kernel auto|metal|cuda|reference`: the reference where no GPU backend is present, a clear
+error for `metal` / `cuda` where theirs is absent, auto picks the backend present, and a failed
+first-use check falls back to the reference with one warning."""
 
 import warnings
 
@@ -9,13 +10,21 @@ import mlx_kssm  # noqa: F401
 import mlx.core as mx
 import numpy as np
 
-from mlx_kssm.kernels import dispatch, metal, reference
+from mlx_kssm.kernels import cuda, dispatch, metal, reference
+
+BACKENDS = {"metal": metal, "cuda": cuda}
 
 
 @pytest.fixture(autouse=True)
 def fresh_dispatch(monkeypatch):
     monkeypatch.setattr(dispatch, "_mode", "auto")
-    monkeypatch.setattr(dispatch, "_kernel_ok", None)
+    monkeypatch.setattr(dispatch, "_kernel_ok", {})
+
+
+def pretend_gpu(monkeypatch, backend):
+    """This machine has `backend`'s GPU, and only that one."""
+    monkeypatch.setattr(mx.metal, "is_available", lambda: backend == "metal")
+    monkeypatch.setattr(cuda, "is_available", lambda: backend == "cuda")
 
 
 def _same_as_reference(force_r=None):
@@ -31,8 +40,8 @@ def _same_as_reference(force_r=None):
         assert np.array_equal(np.array(a), np.array(b))
 
 
-@pytest.mark.skipif(mx.metal.is_available(), reason="checks the no-Metal path")
-def test_auto_uses_reference_without_metal():
+@pytest.mark.skipif(dispatch.gpu_backend() is not None, reason="checks the no-GPU path")
+def test_auto_uses_reference_without_a_gpu():
     dispatch.set_kernel("auto")
     assert dispatch.get_kernel() == "auto"
     assert dispatch.active_impl() == "reference"
@@ -40,15 +49,27 @@ def test_auto_uses_reference_without_metal():
     _same_as_reference(force_r=0.4)
 
 
-@pytest.mark.skipif(mx.metal.is_available(), reason="checks the no-Metal path")
-def test_metal_is_a_clear_error_without_metal():
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+def test_fused_mode_is_a_clear_error_without_its_gpu(backend):
+    if dispatch.gpu_backend() == backend:
+        pytest.skip(f"checks the no-{backend} path")
+    module, label = BACKENDS[backend], dispatch.BACKEND_LABELS[backend]
+    with pytest.raises(RuntimeError, match=label):
+        dispatch.set_kernel(backend)
+    assert module._make_kernel("kssm_scan") is None
+    with pytest.raises(RuntimeError, match=label):
+        module.scan(*reference.random_inputs(1, 2, 1, 4))
+    ok, detail = module.self_check()
+    assert not ok and label in detail
+
+
+def test_each_gpu_backend_rejects_the_other_mode(monkeypatch):
+    pretend_gpu(monkeypatch, "cuda")
     with pytest.raises(RuntimeError, match="Metal"):
         dispatch.set_kernel("metal")
-    assert metal._make_kernel("kssm_scan") is None
-    with pytest.raises(RuntimeError, match="Metal"):
-        metal.scan(*reference.random_inputs(1, 2, 1, 4))
-    ok, detail = metal.self_check()
-    assert not ok and "Metal" in detail
+    pretend_gpu(monkeypatch, "metal")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        dispatch.set_kernel("cuda")
 
 
 def test_reference_mode_and_bad_mode():
@@ -60,9 +81,11 @@ def test_reference_mode_and_bad_mode():
 
 
 @pytest.mark.parametrize("failure", ["mismatch", "compile error"])
-@pytest.mark.parametrize("mode", ["auto", "metal"])
-def test_failed_self_check_warns_once_and_falls_back(monkeypatch, failure, mode):
-    monkeypatch.setattr(mx.metal, "is_available", lambda: True)  # pretend a Metal GPU
+@pytest.mark.parametrize("backend,mode", [("metal", "auto"), ("metal", "metal"),
+                                          ("cuda", "auto"), ("cuda", "cuda")])
+def test_failed_self_check_warns_once_and_falls_back(monkeypatch, failure, backend, mode):
+    pretend_gpu(monkeypatch, backend)
+    module = BACKENDS[backend]
     dispatch.set_kernel(mode)
     checks = []
 
@@ -75,10 +98,11 @@ def test_failed_self_check_warns_once_and_falls_back(monkeypatch, failure, mode)
     def never(*a, **k):
         raise AssertionError("the kernel ran after failing its check")
 
-    monkeypatch.setattr(metal, "self_check", self_check)
-    monkeypatch.setattr(metal, "scan", never)
-    monkeypatch.setattr(metal, "step", never)
-    with pytest.warns(UserWarning, match="self-check") as record:
+    monkeypatch.setattr(module, "self_check", self_check)
+    monkeypatch.setattr(module, "scan", never)
+    monkeypatch.setattr(module, "step", never)
+    with pytest.warns(UserWarning, match=f"{dispatch.BACKEND_LABELS[backend]} .*self-check") \
+            as record:
         assert dispatch.active_impl() == "reference"
     assert len(record) == 1
     with warnings.catch_warnings():
@@ -89,12 +113,14 @@ def test_failed_self_check_warns_once_and_falls_back(monkeypatch, failure, mode)
     assert len(checks) == 1  # checked once per process
 
 
-def test_passing_self_check_routes_to_kernel(monkeypatch):
-    monkeypatch.setattr(mx.metal, "is_available", lambda: True)
-    monkeypatch.setattr(metal, "self_check", lambda: (True, "ok"))
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+def test_passing_self_check_routes_auto_to_the_backend_present(monkeypatch, backend):
+    pretend_gpu(monkeypatch, backend)
+    module = BACKENDS[backend]
+    monkeypatch.setattr(module, "self_check", lambda: (True, "ok"))
     seen = []
-    monkeypatch.setattr(metal, "scan", lambda *a, force_r=None: seen.append(force_r) or a[:2])
-    assert dispatch.active_impl() == "metal"
+    monkeypatch.setattr(module, "scan", lambda *a, force_r=None: seen.append(force_r) or a[:2])
+    assert dispatch.active_impl() == backend
     x = reference.random_inputs(1, 2, 1, 4)
     dispatch.oscillator_scan(*x)
     dispatch.oscillator_scan(*x, force_r=0.3)

@@ -1,4 +1,4 @@
-"""Phase-coupling scan: pure-MLX reference, fused Metal kernel, and the switch between them."""
+"""Phase-coupling scan: pure-MLX reference, fused Metal and CUDA kernels, and the switch."""
 
 from .dispatch import KERNEL_MODES, active_impl, get_kernel, oscillator_scan, oscillator_step, set_kernel
 

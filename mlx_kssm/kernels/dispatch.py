@@ -1,13 +1,16 @@
-"""Pick the implementation of the phase-coupling scan: fused kernel or pure-MLX reference.
+"""Pick the implementation of the phase-coupling scan: a fused kernel or the pure-MLX reference.
 
-    auto       the fused Metal kernel on a Metal GPU (after a one-time parity check against
-               the reference), the reference everywhere else
+    auto       the fused kernel of the GPU backend that is present -- Metal on Apple Silicon,
+               CUDA under MLX's CUDA build -- after a one-time parity check against the
+               reference; the reference everywhere else
     metal      the fused Metal kernel; an error where Metal is absent
+    cuda       the fused CUDA kernel; an error where MLX has no CUDA GPU
     reference  the pure-MLX scan: kernels/cpu.py for training (hand-written adjoint), the
                sequential oracle in reference.py for forced runs and decoding
 
-Forced-R runs (inference) use the kernel's forced variant under `metal`/`auto` on Metal, the
-sequential reference step elsewhere.
+A fused kernel that fails its first-use check (compile error or mismatch) is not used: one
+warning, then the reference. Forced-R runs (inference) use the kernel's forced variant where a
+kernel is in use, the sequential reference step elsewhere.
 """
 
 from __future__ import annotations
@@ -18,10 +21,33 @@ import mlx.core as mx
 
 from . import cpu, reference
 
-KERNEL_MODES = ("auto", "metal", "reference")
+KERNEL_MODES = ("auto", "metal", "cuda", "reference")
+BACKEND_LABELS = {"metal": "Metal", "cuda": "CUDA"}
+_NEEDS = {
+    "metal": "--kernel metal needs a Metal GPU (Apple Silicon macOS)",
+    "cuda": "--kernel cuda needs an NVIDIA GPU and MLX's CUDA build (pip install \"mlx[cuda13]\" "
+            "or \"mlx[cuda12]\")",
+}
 
 _mode = "auto"
-_kernel_ok: bool | None = None  # None: not checked yet in this process
+_kernel_ok: dict[str, bool] = {}  # backend -> result of its self-check in this process
+
+
+def backend_module(backend: str):
+    """The kernels module of a fused backend: metal.py or cuda.py."""
+    if backend == "metal":
+        from . import metal
+        return metal
+    from . import cuda
+    return cuda
+
+
+def gpu_backend() -> str | None:
+    """The fused backend this machine can run: 'metal', 'cuda' or None."""
+    if mx.metal.is_available():
+        return "metal"
+    from . import cuda
+    return "cuda" if cuda.is_available() else None
 
 
 def set_kernel(mode: str) -> None:
@@ -29,9 +55,8 @@ def set_kernel(mode: str) -> None:
     global _mode
     if mode not in KERNEL_MODES:
         raise ValueError(f"kernel must be one of {KERNEL_MODES}, got {mode!r}")
-    if mode == "metal" and not mx.metal.is_available():
-        raise RuntimeError("--kernel metal needs a Metal GPU (Apple Silicon macOS); "
-                           "use --kernel auto or reference here")
+    if mode in _NEEDS and gpu_backend() != mode:
+        raise RuntimeError(f"{_NEEDS[mode]}; use --kernel auto or reference here")
     _mode = mode
 
 
@@ -39,34 +64,35 @@ def get_kernel() -> str:
     return _mode
 
 
-def _metal_usable() -> bool:
-    """Build and parity-check the kernel once per process; warn and fall back on failure."""
-    global _kernel_ok
-    if _kernel_ok is None:
+def kernel_usable(backend: str) -> bool:
+    """Build and parity-check `backend`'s kernels once per process; warn and fall back on
+    failure."""
+    if backend not in _kernel_ok:
         try:
-            from . import metal
-            ok, detail = metal.self_check()
+            ok, detail = backend_module(backend).self_check()
         except Exception as e:  # compile errors surface here
             ok, detail = False, f"{type(e).__name__}: {e}"
         if not ok:
-            warnings.warn(f"mlx_kssm: fused Metal scan kernel failed its self-check ({detail}); "
-                          "using the pure-MLX reference instead.", stacklevel=3)
-        _kernel_ok = ok
-    return _kernel_ok
+            warnings.warn(f"mlx_kssm: fused {BACKEND_LABELS[backend]} scan kernel failed its "
+                          f"self-check ({detail}); using the pure-MLX reference instead.",
+                          stacklevel=3)
+        _kernel_ok[backend] = ok
+    return _kernel_ok[backend]
 
 
 def active_impl() -> str:
-    """What a free-running scan uses now: 'metal' or 'reference'."""
-    if _mode == "reference" or not mx.metal.is_available():
+    """What a free-running scan uses now: 'metal', 'cuda' or 'reference'."""
+    backend = gpu_backend()
+    if backend is None or _mode not in ("auto", backend):
         return "reference"
-    return "metal" if _metal_usable() else "reference"
+    return backend if kernel_usable(backend) else "reference"
 
 
 def oscillator_scan(dr, di, k, cr, ci, z0r, z0i, force_r=None):
     """States (zr, zi), each (B, T, G, n), of the recurrence in reference.py."""
-    if active_impl() == "metal":
-        from . import metal
-        return metal.scan(dr, di, k, cr, ci, z0r, z0i, force_r=force_r)
+    impl = active_impl()
+    if impl != "reference":
+        return backend_module(impl).scan(dr, di, k, cr, ci, z0r, z0i, force_r=force_r)
     if force_r is None:  # free run: complex scan with a hand-written adjoint (training)
         return cpu.scan_free(dr, di, k, cr, ci, z0r, z0i)
     return reference.scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r)
@@ -74,7 +100,7 @@ def oscillator_scan(dr, di, k, cr, ci, z0r, z0i, force_r=None):
 
 def oscillator_step(zr, zi, dr, di, k, cr, ci, force_r=None):
     """One decoding step on a (B, G, n) state."""
-    if active_impl() == "metal":
-        from . import metal
-        return metal.step(zr, zi, dr, di, k, cr, ci, force_r=force_r)
+    impl = active_impl()
+    if impl != "reference":
+        return backend_module(impl).step(zr, zi, dr, di, k, cr, ci, force_r=force_r)
     return reference.scan_step(zr, zi, dr, di, k, cr, ci, force_r)

@@ -18,9 +18,11 @@ Nothing beyond the outputs is kept between the two kernels.
 Forcing R (reference.coupling_field) is a template switch of the forward and step kernels;
 forced runs are inference-only and have no VJP.
 
-The source strings below are exactly what MLX compiles; tests/metal_harness compiles the very
-same strings as C++ on the CPU (these machines have no Metal) and checks them against the
-reference, forward and backward. `_run_kernel` is the one place a kernel is launched.
+Launch, call arguments, the custom VJP, the step and the parity check are shared with the CUDA
+twin (fused.py); this file holds the Metal source and `_run_kernel`, the one place a kernel is
+launched. The source strings below are exactly what MLX compiles; tests/kernel_harness compiles
+the very same strings as C++ on the CPU (these machines have no Metal) and checks them against
+the reference, forward and backward.
 Status: verified through that harness (including that its generated signature is byte for byte
 the one MLX generates) -- not yet run on a real Apple GPU; dispatch's first-use self_check
 guards the first run on one.
@@ -31,11 +33,10 @@ from __future__ import annotations
 import functools
 
 import mlx.core as mx
-import numpy as np
 
-from . import reference
+from . import fused, reference
+from .fused import MAX_THREADS
 
-MAX_THREADS = 1024  # Apple GPUs: at most 1024 threads per threadgroup (one per oscillator)
 SIMD_WIDTH = 32
 
 HEADER = f"""
@@ -207,22 +208,10 @@ STEP_SOURCE = """
 
 
 def kernel_spec(name: str) -> dict:
-    """Arguments of mx.fast.metal_kernel for kernel `name` (read at call time, so a test that
-    plants a bug in a source string sees it)."""
-    specs = {
-        "kssm_scan": (["dr", "di", "k", "cr", "ci", "z0r", "z0i", "force_r"], ["zr", "zi"],
-                      SCAN_SOURCE),
-        "kssm_scan_vjp": (["dr", "di", "k", "z0r", "z0i", "zr", "zi", "gzr", "gzi"],
-                          ["gdr", "gdi", "gk", "gcr", "gci", "gz0r", "gz0i"], SCAN_VJP_SOURCE),
-        "kssm_step": (["zr", "zi", "dr", "di", "k", "cr", "ci", "force_r"], ["zr_out", "zi_out"],
-                      STEP_SOURCE),
-    }
-    input_names, output_names, source = specs[name]
-    return dict(name=name, input_names=input_names, output_names=output_names, source=source,
-                header=HEADER, ensure_row_contiguous=True, atomic_outputs=False)
-
-
-KERNEL_NAMES = ("kssm_scan", "kssm_scan_vjp", "kssm_step")
+    """Arguments of mx.fast.metal_kernel for kernel `name`."""
+    sources = {"kssm_scan": SCAN_SOURCE, "kssm_scan_vjp": SCAN_VJP_SOURCE,
+               "kssm_step": STEP_SOURCE}
+    return fused.kernel_spec(name, HEADER, sources, atomic_outputs=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -231,18 +220,6 @@ def _make_kernel(name: str):
     if not mx.metal.is_available():
         return None
     return mx.fast.metal_kernel(**kernel_spec(name))
-
-
-def _make_scan_kernel():
-    return _make_kernel("kssm_scan")
-
-
-def _make_scan_vjp_kernel():
-    return _make_kernel("kssm_scan_vjp")
-
-
-def _make_step_kernel():
-    return _make_kernel("kssm_step")
 
 
 def _run_kernel(name: str, **call):
@@ -254,135 +231,12 @@ def _run_kernel(name: str, **call):
     return kernel(**call)
 
 
-def _launch(B: int, G: int, n: int):
-    if not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"the fused scan runs one thread per oscillator: n must be in "
-                         f"[1, {MAX_THREADS}], got {n}")
-    return dict(grid=(n, G, B), threadgroup=(n, 1, 1))
-
-
-def _force_arg(force_r):
-    if force_r is None:
-        return mx.zeros((1,), mx.float32), 0
-    return mx.reshape(mx.array(force_r, dtype=mx.float32), (1,)), 1
-
-
-def scan_call(dr, di, k, cr, ci, z0r, z0i, force_r=None) -> dict:
-    """Call arguments of the forward scan kernel (all arrays fp32 and full-shape)."""
-    B, T, G, n = dr.shape
-    fr, forced = _force_arg(force_r)
-    return dict(inputs=[dr, di, k, cr, ci, z0r, z0i, fr], template=[("FORCED", forced)],
-                output_shapes=[(B, T, G, n)] * 2, output_dtypes=[mx.float32] * 2,
-                **_launch(B, G, n))
-
-
-def scan_vjp_call(dr, di, k, z0r, z0i, zr, zi, gzr, gzi) -> dict:
-    B, T, G, n = dr.shape
-    full, kshape, zshape = (B, T, G, n), (B, T, G, 1), (B, G, n)
-    return dict(inputs=[dr, di, k, z0r, z0i, zr, zi, gzr, gzi],
-                output_shapes=[full, full, kshape, full, full, zshape, zshape],
-                output_dtypes=[mx.float32] * 7, **_launch(B, G, n))
-
-
-def step_call(zr, zi, dr, di, k, cr, ci, force_r=None) -> dict:
-    B, G, n = dr.shape
-    fr, forced = _force_arg(force_r)
-    return dict(inputs=[zr, zi, dr, di, k, cr, ci, fr], template=[("FORCED", forced)],
-                output_shapes=[(B, G, n)] * 2, output_dtypes=[mx.float32] * 2,
-                **_launch(B, G, n))
-
-
-def _prepare(dr, di, k, cr, ci, z0r, z0i):
-    """fp32, full shapes (broadcast and cast are ordinary ops, so autodiff undoes them)."""
-    B, T, G, n = np.broadcast_shapes(dr.shape, di.shape, cr.shape, ci.shape)
-    f32 = lambda x, s: mx.broadcast_to(x.astype(mx.float32), s)  # noqa: E731
-    full = (B, T, G, n)
-    return (f32(dr, full), f32(di, full), f32(k, (B, T, G, 1)), f32(cr, full), f32(ci, full),
-            f32(z0r, (B, G, n)), f32(z0i, (B, G, n)))
-
-
-@mx.custom_function
-def _scan_free(dr, di, k, cr, ci, z0r, z0i):
-    zr, zi = _run_kernel("kssm_scan", **scan_call(dr, di, k, cr, ci, z0r, z0i))
-    return zr, zi
-
-
-@_scan_free.vjp
-def _scan_free_vjp(primals, cotangents, outputs):
-    dr, di, k, cr, ci, z0r, z0i = primals
-    zr, zi = outputs
-    gzr, gzi = (mx.zeros_like(o) if c is None else c.astype(mx.float32)
-                for c, o in zip(cotangents, outputs))
-    gdr, gdi, gk, gcr, gci, gz0r, gz0i = _run_kernel(
-        "kssm_scan_vjp", **scan_vjp_call(dr, di, k, z0r, z0i, zr, zi, gzr, gzi))
-    return gdr, gdi, gk, gcr, gci, gz0r, gz0i
-
-
-def scan(dr, di, k, cr, ci, z0r, z0i, force_r=None):
-    """States (zr, zi), each (B, T, G, n) fp32, as reference.scan_sequential. Differentiable
-    w.r.t. all seven inputs when free-running; forced runs (inference) have no gradient."""
-    args = _prepare(dr, di, k, cr, ci, z0r, z0i)
-    if force_r is not None:
-        zr, zi = _run_kernel("kssm_scan", **scan_call(*args, force_r=force_r))
-        return zr, zi
-    return _scan_free(*args)
-
-
-def step(zr, zi, dr, di, k, cr, ci, force_r=None):
-    """One decoding token on a (B, G, n) state, as reference.scan_step (no gradient)."""
-    B, G, n = np.broadcast_shapes(dr.shape, di.shape, cr.shape, ci.shape, zr.shape)
-    f = lambda x, s=(B, G, n): mx.broadcast_to(x.astype(mx.float32), s)  # noqa: E731
-    zr_out, zi_out = _run_kernel("kssm_step", **step_call(
-        f(zr), f(zi), f(dr), f(di), f(k, (B, G, 1)), f(cr), f(ci), force_r=force_r))
-    return zr_out, zi_out
-
-
-GRAD_NAMES = ("dr", "di", "k", "cr", "ci", "z0r", "z0i")
-
-
-def _rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-
-
-def parity_check(B: int = 2, T: int = 9, G: int = 2, n: int = 5, force_r=None, seed: int = 0,
-                 tol: float = 2e-4, grads: bool = True, step_check: bool = True) -> dict:
-    """Kernel vs reference on random inputs of shape (B, T, G, n): the states, every gradient
-    (free runs; random cotangents through mx.vjp) and the decode step. Errors are max abs
-    differences scaled by max(1, max |reference|). Returns {"ok", "errors", "max_error"}."""
-    inputs = reference.random_inputs(B, T, G, n, seed)
-    rng = np.random.default_rng(seed + 1)
-    cots = [mx.array(rng.normal(size=(B, T, G, n)).astype(np.float32)) for _ in range(2)]
-    errors = {}
-    if force_r is None and grads:
-        ref_out, ref_g = mx.vjp(lambda *a: reference.scan_sequential(*a), list(inputs), cots)
-        ker_out, ker_g = mx.vjp(lambda *a: scan(*a), list(inputs), cots)
-        for name, a, b in zip(GRAD_NAMES, ker_g, ref_g):
-            errors[f"grad_{name}"] = _rel_err(a, b)
-    else:
-        ref_out = reference.scan_sequential(*inputs, force_r=force_r)
-        ker_out = scan(*inputs, force_r=force_r)
-    errors["zr"], errors["zi"] = (_rel_err(a, b) for a, b in zip(ker_out, ref_out))
-    if step_check:
-        dr, di, k, cr, ci, z0r, z0i = inputs
-        t_in = [x[:, 0] for x in (dr, di, k, cr, ci)]
-        ref_s = reference.scan_step(z0r, z0i, *t_in, force_r=force_r)
-        ker_s = step(z0r, z0i, *t_in, force_r=force_r)
-        errors["step_zr"], errors["step_zi"] = (_rel_err(a, b) for a, b in zip(ker_s, ref_s))
-    worst = max(errors.values())
-    return {"ok": bool(np.isfinite(worst) and worst <= tol), "errors": errors, "max_error": worst}
-
-
-def self_check() -> tuple[bool, str]:
-    """The first-use check dispatch runs: build the kernels and compare them with the
-    reference on small inputs (n = 5 and n = 40 for the multi-simdgroup path; forward,
-    gradients, decode step, forced R). Returns (ok, detail)."""
-    if not mx.metal.is_available():
-        return False, "Metal is not available"
-    for kw in (dict(B=2, T=7, G=4, n=5), dict(B=1, T=5, G=8, n=40),
-               dict(B=2, T=6, G=4, n=16, force_r=0.6)):
-        res = parity_check(**kw)
-        if not res["ok"]:
-            bad = {k: f"{v:.2e}" for k, v in res["errors"].items() if not v <= 2e-4}
-            return False, f"mismatch vs reference at {kw}: {bad}"
-    return True, "ok"
+# Looked up at call time (not bound here), so a harness that replaces _run_kernel or a test
+# that pretends Metal is available reaches every operation below.
+_ops = fused.FusedScan("Metal", lambda name, **call: _run_kernel(name, **call),
+                       lambda: mx.metal.is_available())
+scan, step = _ops.scan, _ops.step
+scan_call, scan_vjp_call, step_call = _ops.scan_call, _ops.scan_vjp_call, _ops.step_call
+parity_check, self_check = _ops.parity_check, _ops.self_check
+example_calls = _ops.example_calls
+KERNEL_NAMES, GRAD_NAMES = fused.KERNEL_NAMES, fused.GRAD_NAMES

@@ -15,8 +15,8 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 import click
 
 from .._files import atomic_write_text
+from ..kernels import KERNEL_MODES
 
-KERNELS = ("auto", "metal", "reference")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -136,10 +136,10 @@ def _json_default(x):
     return str(x)
 
 
-kernel_option = click.option("--kernel", type=click.Choice(KERNELS), default="auto",
+kernel_option = click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto",
                              show_default=True,
-                             help="scan implementation: fused Metal kernel, pure-MLX reference, "
-                                  "or auto (kernel where Metal is available)")
+                             help="scan implementation: fused Metal or CUDA kernel, pure-MLX "
+                                  "reference, or auto (the fused kernel of the GPU present)")
 
 
 # ---------------------------------------------------------------- generate

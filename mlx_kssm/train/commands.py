@@ -82,7 +82,9 @@ def _list_presets() -> None:
               "0 = never  [default: 0]")
 @click.option("--seed", type=int, help="init and data seed  [default: 0]")
 @click.option("--resume", is_flag=True, default=None, help="continue the run in --output-dir")
-@click.option("--kernel", type=click.Choice(KERNEL_MODES), help="scan implementation")
+@click.option("--kernel", type=click.Choice(KERNEL_MODES),
+              help="scan implementation: auto = the fused Metal or CUDA kernel of the GPU "
+                   "present (checked against the reference on first use)  [default: auto]")
 @click.option("--optimizer", type=click.Choice(["adamw", "muon"]), help="[default: adamw]")
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
 @click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (seed 001)")

@@ -4,11 +4,11 @@
 
 - reference: the pure-MLX sequential scan (compiled with mx.compile, as the trainer runs it)
   on the default device, tokens/s (batch * seq / seconds) for forward and forward+backward
-- kernel: only where a Metal GPU is present: the fused kernel, same measurements, and the
-  kernel / reference speed ratio
-- emulation: where there is no Metal, the shipped Metal source run by the C++ harness
-  (tests/metal_harness) on the CPU at the same shape: its max abs error against the reference
-  for the states and every gradient. This is an agreement check, NOT a speed measurement.
+- kernel: only where a GPU backend is present (Metal, or CUDA under MLX's CUDA build): its
+  fused kernel after its self-check, same measurements, and the kernel / reference speed ratio
+- emulation: where there is no GPU, the shipped Metal and CUDA sources run by the C++ harness
+  (tests/kernel_harness) on the CPU at the same shape: their max abs error against the
+  reference for the states and every gradient. An agreement check, NOT a speed measurement.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import mlx_kssm  # noqa: F401  (loads OpenBLAS before mlx)
 import mlx.core as mx
 import numpy as np
 
-from mlx_kssm.kernels import cpu, metal, reference
+from mlx_kssm.kernels import cpu, dispatch, fused, reference
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import timed  # noqa: E402
@@ -44,27 +44,26 @@ def _measure(scan, inputs, cots, repeats: int) -> dict:
             "forward_backward_tokens_per_s": tokens / t_fb["median"]}
 
 
-def _emulated_agreement(inputs, cots) -> dict:
-    sys.path.insert(0, os.path.join(ROOT, "tests", "metal_harness"))
+def _emulated_agreement(backend: str, inputs, cots) -> dict:
+    sys.path.insert(0, os.path.join(ROOT, "tests", "kernel_harness"))
     import harness  # noqa: E402
 
-    emu = harness.Emulator()
-    saved = metal._run_kernel
-    metal._run_kernel = emu.run_kernel
+    module = dispatch.backend_module(backend)
+    saved = module._run_kernel
+    module._run_kernel = harness.Emulator(backend).run_kernel
     try:
         t0 = time.perf_counter()
-        ker_out, ker_g = mx.vjp(lambda *a: metal.scan(*a), list(inputs), cots)
+        ker_out, ker_g = mx.vjp(lambda *a: module.scan(*a), list(inputs), cots)
         seconds = time.perf_counter() - t0
     finally:
-        metal._run_kernel = saved
+        module._run_kernel = saved
     ref_out, ref_g = mx.vjp(lambda *a: reference.scan_sequential(*a), list(inputs), cots)
+    names = ("zr", "zi", *(f"grad_{g}" for g in fused.GRAD_NAMES))
     err = {name: float(mx.max(mx.abs(a - b))) for name, a, b in
-           zip(("zr", "zi", *(f"grad_{g}" for g in metal.GRAD_NAMES)), (*ker_out, *ker_g),
-               (*ref_out, *ref_g))}
-    scale = {name: float(mx.max(mx.abs(b))) for name, b in
-             zip(("zr", "zi", *(f"grad_{g}" for g in metal.GRAD_NAMES)), (*ref_out, *ref_g))}
-    return {"what": "shipped Metal source compiled as C++ (tests/metal_harness) and run on the "
-                    "CPU; agreement with the reference only, NOT a speed measurement",
+           zip(names, (*ker_out, *ker_g), (*ref_out, *ref_g))}
+    scale = {name: float(mx.max(mx.abs(b))) for name, b in zip(names, (*ref_out, *ref_g))}
+    return {"what": f"shipped {backend} source compiled as C++ (tests/kernel_harness) and run "
+                    "on the CPU; agreement with the reference only, NOT a speed measurement",
             "max_abs_error": err, "max_abs_reference": scale,
             "max_abs_error_overall": max(err.values()),
             "emulation_wall_s_not_a_benchmark": seconds}
@@ -85,29 +84,31 @@ def main(argv=None) -> dict:
     inputs = reference.random_inputs(B, T, G, n, seed=0)
     rng = np.random.default_rng(1)
     cots = [mx.array(rng.normal(size=(B, T, G, n)).astype(np.float32)) for _ in range(2)]
-    has_metal = mx.metal.is_available()
+    backend = dispatch.gpu_backend()
     result = {
         "shape": {"batch": B, "seq": T, "groups": G, "oscillators": n},
-        "device": str(mx.default_device()), "metal": has_metal, "mlx": mx.__version__,
+        "device": str(mx.default_device()), "gpu_backend": backend, "mlx": mx.__version__,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cpus",
         # cpu.scan_free: what the model trains with off-GPU (hand-written adjoint)
         "reference": {"impl": "kernels.cpu.scan_free under mx.compile",
                       **_measure(cpu.scan_free, inputs, cots, args.repeats)},
     }
-    if has_metal:
-        ok, detail = metal.self_check()
+    if backend is not None:
+        module = dispatch.backend_module(backend)
+        ok, detail = module.self_check()
         result["kernel_self_check"] = detail
         if ok:
-            k = _measure(metal.scan, inputs, cots, args.repeats)
-            result["kernel"] = {"impl": "fused Metal scan + adjoint kernel", **k}
+            k = _measure(module.scan, inputs, cots, args.repeats)
+            result["kernel"] = {"impl": f"fused {backend} scan + adjoint kernel", **k}
             ref = result["reference"]
             result["kernel_vs_reference_speedup"] = {
                 "forward": ref["forward_s"] / k["forward_s"],
                 "forward_backward": ref["forward_backward_s"] / k["forward_backward_s"]}
     else:
-        result["kernel"] = "not measured: no Metal GPU on this machine"
+        result["kernel"] = "not measured: no Metal or CUDA GPU on this machine"
         if not args.no_emulation:
-            result["emulation"] = _emulated_agreement(inputs, cots)
+            result["emulation"] = {b: _emulated_agreement(b, inputs, cots)
+                                   for b in ("metal", "cuda")}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
