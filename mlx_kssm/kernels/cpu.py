@@ -29,13 +29,20 @@ def _complex(re, im):
     return re + 1j * im
 
 
+def _steps(x):
+    """x (B, T, ...) as T arrays (B, 1, ...): one split node for the whole loop, where
+    slicing would add two graph nodes per step (their scheduling costs more than the math)."""
+    return mx.split(x, x.shape[1], axis=1)
+
+
 def _forward(d, k, c, z0):
-    z, states = z0, []
-    for t in range(d.shape[1]):
+    ds, ks, cs = _steps(d), _steps(k), _steps(c)
+    z, states = z0[:, None], []
+    for t in range(len(ds)):
         m = mx.mean(z, axis=-1, keepdims=True)
-        z = d[:, t] * (z + k[:, t] * (m - z)) + c[:, t]
+        z = ds[t] * (z + ks[t] * (m - z)) + cs[t]
         states.append(z)
-    return mx.stack(states, axis=1)
+    return mx.concatenate(states, axis=1)
 
 
 @mx.custom_function
@@ -51,27 +58,32 @@ def _scan_free_vjp(primals, cotangents, outputs):
     dr, di, k, cr, ci, z0r, z0i = primals
     gz = _complex(*(mx.zeros_like(o) if g is None else g for g, o in zip(cotangents, outputs)))
     z, z0 = _complex(*outputs), _complex(z0r, z0i)
-    d_conj = mx.conj(_complex(dr, di))
-    a_all, a_first = _adjoint(d_conj, k, gz)
-    gw = d_conj * a_all
+    gw, carry = _adjoint(mx.conj(_complex(dr, di)), k, gz)
+    a = gz + mx.concatenate([carry[:, 1:], mx.zeros_like(carry[:, :1])], axis=1)  # dL/dz_t
     prev = mx.concatenate([z0[:, None], z[:, :-1]], axis=1)  # z_{t-1}
     field = mx.mean(prev, axis=-1, keepdims=True) - prev  # m_{t-1} - z_{t-1}
-    g_d = a_all * mx.conj(prev + k * field)
+    g_d = a * mx.conj(prev + k * field)
     g_k = mx.sum(mx.real(mx.conj(gw) * field), axis=-1, keepdims=True)
-    return (mx.real(g_d), mx.imag(g_d), g_k.astype(k.dtype), mx.real(a_all), mx.imag(a_all),
-            mx.real(a_first), mx.imag(a_first))
+    g_z0 = carry[:, 0]
+    return (mx.real(g_d), mx.imag(g_d), g_k.astype(k.dtype), mx.real(a), mx.imag(a),
+            mx.real(g_z0), mx.imag(g_z0))
 
 
 def _adjoint(d_conj, k, gz):
-    """The reverse recursion: (a_t for every t, dL/dz_0)."""
-    T, n = d_conj.shape[1], d_conj.shape[-1]
-    k_mean = k / n
-    a = gz[:, T - 1]
-    a_steps = [None] * T
-    for t in range(T - 1, -1, -1):
-        a_steps[t] = a
-        gw = d_conj[:, t] * a
-        a = (1 - k[:, t]) * gw + k_mean[:, t] * mx.sum(gw, axis=-1, keepdims=True)
-        if t > 0:
-            a = a + gz[:, t - 1]
-    return mx.stack(a_steps, axis=1), a
+    """The reverse recursion, written on gw_t = conj(d_t) a_t so that each step is one
+    elementwise kernel and one group sum. Returns gw_t and the carry
+    (1 - k_t) gw_t + (k_t / n) sum_j gw_t that step t passes back to z_{t-1}, for every t."""
+    k_mean = k / d_conj.shape[-1]
+    one_minus = 1 - k
+    ds, gzs, oms, kms = _steps(d_conj), _steps(gz), _steps(one_minus), _steps(k_mean)
+    T = len(ds)
+    gw = ds[T - 1] * gzs[T - 1]
+    s = mx.sum(gw, axis=-1, keepdims=True)
+    gws, sums = [gw], [s]
+    for t in range(T - 2, -1, -1):
+        gw = ds[t] * (gzs[t] + oms[t + 1] * gw + kms[t + 1] * s)
+        s = mx.sum(gw, axis=-1, keepdims=True)
+        gws.append(gw)
+        sums.append(s)
+    gw = mx.concatenate(gws[::-1], axis=1)
+    return gw, one_minus * gw + k_mean * mx.concatenate(sums[::-1], axis=1)
