@@ -34,6 +34,12 @@ class ModelArgs:
     # coupling per group, drive per oscillator (mean and deviation decouple: a parallel scan)
     dynamics: str = "oscillator"
     gate: bool = False  # multiplicative output gate from the current layer input
+    gate_act: str = "silu"  # "silu" or "algebraic" (v * squash(v), squash without exp)
+    rotation: str = "input"  # "input": angle dt(omega + Delta(x)); "fixed": dt omega; "cayley"
+    drive: str = "tanh"  # bound of the complex drive b: "tanh", "softsign" or "algebraic"
+    damping: str = "sigmoid"  # lambda = squash(logit): "sigmoid" or "algebraic"
+    damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda or "log" in 1-lambda
+    coupling_bias: float = 0.0  # initial coupling logit (K = sigmoid(.)); -2 starts at K ~ 0.12
     feature_norm: bool = False  # RMSNorm on the order-parameter features
     # v3 bistable core
     bistable: bool = False

@@ -58,6 +58,13 @@ def bistable_u(p, mode: str):
     return bound_u(u_raw, mode), b * g - c * f, at_bound
 
 
+def _damping_spread(count: int, mode: str):
+    """Initial damping lambda from 0.6 to 0.995: memories of ~2.5 to ~200 tokens."""
+    if mode == "log":
+        return 1 - mx.exp(mx.linspace(math.log(0.4), math.log(0.005), count))
+    return mx.linspace(0.6, 0.995, count)
+
+
 class OscillatorBank(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -77,16 +84,28 @@ class OscillatorBank(nn.Module):
             self.omega = mx.linspace(-math.pi, math.pi, G + 1)[:-1].reshape(G, 1)
             lam = mx.linspace(0.6, 0.995, G).reshape(G, 1)
         else:
-            # Delta (freq. perturbation), damping logit, drive (re, im), coupling
-            self.in_proj = nn.Linear(args.d_model, 4 * N + coupling_dims)
+            # Delta (freq. perturbation; none for a fixed rotation), damping logit, drive
+            # (re, im), coupling
+            self.n_delta = 0 if args.rotation == "fixed" else N
+            self.in_proj = nn.Linear(args.d_model, self.n_delta + 3 * N + coupling_dims)
             # natural frequencies spread over (-pi, pi); damping spread so the bank has
             # memories from a few tokens to a few hundred (like S4D/LRU initializations)
             self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
-            lam = mx.linspace(0.6, 0.995, N).reshape(G, n)
-        self.lambda_bias = mx.log(lam / (1 - lam))
+            if args.rotation == "cayley":  # angle 2 atan(beta): omega = 2 atan(beta0)
+                self.omega = mx.tan(0.5 * mx.linspace(-3.0, 3.0, N).reshape(G, n))
+            lam = _damping_spread(N, args.damping_init).reshape(G, n)
+        if args.damping == "algebraic":  # the logit whose algebraic squash is lam
+            u = 2 * lam - 1
+            self.lambda_bias = u * mx.rsqrt(1 - u * u)
+        else:
+            self.lambda_bias = mx.log(lam / (1 - lam))
+        if args.coupling_bias and not args.bistable:
+            bias = self.in_proj.bias
+            self.in_proj.bias = mx.concatenate([bias[:-G], mx.full((G,), args.coupling_bias)])
         if args.gate:
             self.gate_proj = nn.Linear(args.d_model, args.d_model)
-        self.use_gate = args.gate
+        self.use_gate, self.gate_act = args.gate, args.gate_act
+        self.rotation, self.drive, self.damping = args.rotation, args.drive, args.damping
         if args.feature_norm:
             self.feature_norm = nn.RMSNorm(3 * args.harmonics * G)
         self.use_feature_norm = args.feature_norm
@@ -114,12 +133,19 @@ class OscillatorBank(nn.Module):
             lam = mx.sigmoid(p[..., 2 * N + G:2 * N + 2 * G].reshape(B, T, G, 1) + self.lambda_bias)
             rest = p[..., 2 * N + 2 * G:]
         else:
-            delta = p[..., :N].reshape(B, T, G, n)
-            lam = mx.sigmoid(p[..., N:2 * N].reshape(B, T, G, n) + self.lambda_bias)
-            br = mx.tanh(p[..., 2 * N:3 * N]).reshape(B, T, G, n)
-            bi = mx.tanh(p[..., 3 * N:4 * N]).reshape(B, T, G, n)
-            rest = p[..., 4 * N:]
-        alpha = nn.softplus(self.dt_raw) * (self.omega + delta)
+            nd = self.n_delta
+            delta = p[..., :nd].reshape(B, T, G, n) if nd else None
+            lam = self._squash(p[..., nd:nd + N].reshape(B, T, G, n) + self.lambda_bias)
+            br = self._bound(p[..., nd + N:nd + 2 * N]).reshape(B, T, G, n)
+            bi = self._bound(p[..., nd + 2 * N:nd + 3 * N]).reshape(B, T, G, n)
+            rest = p[..., nd + 3 * N:]
+        if self.rotation == "cayley":
+            beta = self.omega + delta
+            inv = 1 / (1 + beta * beta)
+            rot_r, rot_i = (1 - beta * beta) * inv, 2 * beta * inv
+        else:
+            alpha = nn.softplus(self.dt_raw) * (self.omega if delta is None else self.omega + delta)
+            rot_r, rot_i = mx.cos(alpha), mx.sin(alpha)
         aux = {}
         if self.bistable:
             u, big_delta, at_bound = bistable_u(rest, self.u_bound)
@@ -129,10 +155,20 @@ class OscillatorBank(nn.Module):
                    + self.lambda_logu * mx.mean(-mx.log(u))}
         else:
             k = mx.sigmoid(rest)[..., None]
-        dr, di = lam * mx.cos(alpha), lam * mx.sin(alpha)
+        dr, di = lam * rot_r, lam * rot_i
         if self.dynamics == "group":
             dr, di = mx.broadcast_to(dr, (B, T, G, n)), mx.broadcast_to(di, (B, T, G, n))
         return (dr, di, k, (1 - lam) * br, (1 - lam) * bi), aux
+
+    def _bound(self, v):
+        if self.drive == "algebraic":
+            return v * mx.rsqrt(1 + v * v)
+        return v / (1 + mx.abs(v)) if self.drive == "softsign" else mx.tanh(v)
+
+    def _squash(self, v):
+        if self.damping == "algebraic":  # 0.5 + 0.5 v / sqrt(1 + v^2): no exp
+            return 0.5 + 0.5 * v * mx.rsqrt(1 + v * v)
+        return mx.sigmoid(v)
 
     def _initial_state(self, B):
         z0 = mx.broadcast_to(self.z0[:, None], (2, B, self.G, self.n))
@@ -169,7 +205,11 @@ class OscillatorBank(nn.Module):
                 features = self.feature_norm(features)
             out = self.out_proj(features)
             if self.use_gate:
-                out = out * nn.silu(self.gate_proj(self.norm(x)))
+                g = self.gate_proj(self.norm(x))
+                if self.gate_act == "algebraic":
+                    out = out * g * (0.5 + 0.5 * g * mx.rsqrt(1 + g * g))
+                else:
+                    out = out * nn.silu(g)
             y = x + out
         return y, r, aux
 

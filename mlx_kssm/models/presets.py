@@ -107,7 +107,7 @@ def mixer_params(args: ModelArgs) -> int:
         projected = 2 * N + 2 * G + coupling
         per_osc = G + G + 2 * N + 1  # omega, lambda_bias per group; z0; dt
     else:
-        projected = 4 * N + coupling
+        projected = (3 if args.rotation == "fixed" else 4) * N + coupling
         per_osc = N + N + 2 * N + 1
     features = 3 * args.harmonics * G
     total = D + (D + 1) * projected + per_osc + (features + 1) * D
