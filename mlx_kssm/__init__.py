@@ -8,7 +8,7 @@ from . import _blas
 
 _blas.setup()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .models import ModelArgs, build_model, count_parameters  # noqa: E402
 

@@ -189,7 +189,7 @@ def load_model(path):
     folder = resolve_model_dir(path)
     config = read_config(folder)
     try:
-        model = build_model(ModelArgs.from_dict(config))
+        model = build_model(ModelArgs.from_config(config))
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{folder / CONFIG}: {e}") from None
     apply_weights(model, load_weights_dict(folder), source=str(folder))

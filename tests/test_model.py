@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten
 from mlx_kssm import ModelArgs, build_model
 from mlx_kssm.kernels import reference
 from mlx_kssm.models import preset_args, preset_names
-from mlx_kssm.models.kssm import bound_u
+from mlx_kssm.models.bistable import bound_u
 
 from _fit import fit
 
@@ -34,6 +34,15 @@ def kssm():
     return build_model("tiny", vocab_size=V, seed=0)
 
 
+DESIGN_1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
+
+
+@pytest.fixture(scope="module", params=[2, 1], ids=["design2", "design1"])
+def kssm_any(request):
+    """The tiny K-SSM in the current design and in design 1 (mlx-kssm 0.1's)."""
+    return build_model("tiny", vocab_size=V, seed=0, **({} if request.param == 2 else DESIGN_1))
+
+
 def test_recurrence_carries_token0_forward_kssm_but_not_upstream(kssm):
     x = tokens(1)
     x2 = with_first_token_changed(x)
@@ -43,7 +52,11 @@ def test_recurrence_carries_token0_forward_kssm_but_not_upstream(kssm):
     assert mx.abs(upstream(x) - upstream(x2))[:, 1:].max().item() == 0.0
 
 
-def test_order_parameters_are_the_only_context_path(kssm):
+def test_order_parameters_are_the_only_context_path(kssm_any):
+    """Zeroing the order-parameter features makes every prediction a function of the current
+    token alone. In design 2 this also covers the output gate: it is computed from the current
+    layer input only, so with the features zeroed, earlier tokens still change nothing."""
+    kssm = kssm_any
     x = tokens(2)
     x2 = with_first_token_changed(x)
     try:
@@ -57,13 +70,55 @@ def test_order_parameters_are_the_only_context_path(kssm):
     assert mx.abs(kssm(x) - kssm(x2))[:, 1:].max().item() > 1e-3  # and the switch is off again
 
 
-@pytest.mark.parametrize("preset", ["tiny", "v3", "transformer-tiny", "upstream-v3-tiny",
-                                    "control-bolted-tiny"])
+def test_gate_depends_on_the_current_input_only():
+    """The gate of design 2, on its own: changing earlier tokens leaves the gate at t alone."""
+    bank = build_model("tiny", vocab_size=V, seed=0).layers[0].bank
+    x = mx.random.normal((2, 9, bank.args.d_model), key=mx.random.key(3))
+    x2 = mx.concatenate([x[:, :1] + 1.0, x[:, 1:]], axis=1)
+    _, gate, _ = bank._inputs(x)
+    _, gate2, _ = bank._inputs(x2)
+    assert mx.abs(gate - gate2)[:, 1:].max().item() == 0.0
+    assert mx.abs(gate - gate2)[:, 0].max().item() > 0.0
+
+
+@pytest.mark.parametrize("name", ["kssm", "v3"])
+def test_folder_saved_by_v010_loads_as_design_1_with_the_same_outputs(name):
+    """A model folder written by mlx-kssm 0.1.0 (no "design" in config.json) still loads, as
+    design 1, and gives the logits, R and forced logits 0.1.0 computed for it."""
+    import os
+    from mlx_kssm import load
+    folder = os.path.join(os.path.dirname(__file__), "fixtures", "model_v010", name)
+    expected = json.load(open(os.path.join(folder, "expected.json")))
+    model, _ = load(folder)
+    assert model.args.design == 1 and model.args.rotation == "input" and not model.args.gate
+    x = mx.array(expected["inputs"])
+    logits, r = model(x, return_r=True)
+    assert np.abs(np.array(logits) - np.array(expected["logits"])).max() < 1e-5
+    assert np.abs(np.array(r) - np.array(expected["r"])).max() < 1e-5
+    forced = model(x, force_r=0.4)
+    assert np.abs(np.array(forced) - np.array(expected["logits_forced_0.4"])).max() < 1e-5
+
+
+def test_unknown_design_is_one_clear_error(tmp_path):
+    from mlx_kssm import load, save_model
+    from mlx_kssm.io import ModelLoadError
+    save_model(tmp_path / "m", build_model("tiny", vocab_size=V, seed=0))
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["design"] == 2
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, "design": 99}))
+    with pytest.raises(ModelLoadError, match="design 99 is unknown.*upgrade"):
+        load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-design1", "v3", "transformer-tiny",
+                                    "upstream-v3-tiny", "control-bolted-tiny"])
 @pytest.mark.parametrize("force_r", [None, 0.3])
 def test_decode_with_cache_equals_full_forward(preset, force_r):
     if preset == "transformer-tiny" and force_r is not None:
         pytest.skip("the transformer has no R to force")
     overrides = {"d_model": 64, "n_layers": 2, "osc_per_group": 4} if preset == "v3" else {}
+    if preset == "tiny-design1":
+        preset, overrides = "tiny", DESIGN_1
     model = build_model(preset, vocab_size=V, seed=3, **overrides)
     x = tokens(3, (2, 10))
     full = model(x, force_r=force_r)
@@ -237,8 +292,9 @@ def test_presets_and_matched_transformer():
         comparison_presets("transformer")
 
 
-@pytest.mark.parametrize("overrides", [{}, {"bistable": True}, {"dynamics": "group"},
-                                       {"gate": True, "feature_norm": True},
+@pytest.mark.parametrize("overrides", [{}, {"bistable": True}, {"readout": "bolted"},
+                                       {"design": 1, "rotation": "input", "gate": False,
+                                        "squash": "exp"},
                                        {"model_type": "transformer"}])
 def test_mixer_parameter_formula_matches_a_built_layer(overrides):
     """The matched presets size their FFN from mixer_params: it must count what is built."""

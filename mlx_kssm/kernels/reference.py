@@ -59,35 +59,6 @@ def scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r=None):
     return mx.stack(outs_r, axis=1), mx.stack(outs_i, axis=1)
 
 
-def readout(zr, zi, harmonics: int, force_r=None):
-    """Order parameters of the unit phasors, per group and harmonic.
-
-    Returns (features, r): features (..., G, 3H) = [Re Z_h, Im Z_h, |Z_h|] for h = 1..H,
-    r (...,) = mean over groups of |Z_1| (the layer's R). Forcing sets |Z_1| = force_r in
-    every group, keeping its phase, so the reported R equals force_r exactly.
-    """
-    amp = mx.sqrt(zr * zr + zi * zi + PHASE_EPS)
-    pr, pi = zr / amp, zi / amp
-    hr, hi = pr, pi
-    feats = []
-    r_groups = None
-    for h in range(1, harmonics + 1):
-        if h > 1:  # p^h = p^(h-1) * p
-            hr, hi = hr * pr - hi * pi, hr * pi + hi * pr
-        re = mx.mean(hr, axis=-1)
-        im = mx.mean(hi, axis=-1)
-        mag = mx.sqrt(re * re + im * im + 1e-12)
-        if h == 1:
-            if force_r is not None:
-                scale = force_r / mag
-                re, im = re * scale, im * scale
-                mag = mx.full(mag.shape, force_r, dtype=mag.dtype)
-            r_groups = mag
-        feats += [re, im, mag]
-    features = mx.stack(feats, axis=-1)  # (..., G, 3H): [re1, im1, mag1, re2, ...]
-    return features, mx.mean(r_groups, axis=-1)
-
-
 def random_inputs(B: int, T: int, G: int, n: int, seed: int = 0):
     """Inputs in the model's range: |d| = lambda in (0.5, 0.99), K in [0, 2], c = (1-lambda) b."""
     rng = np.random.default_rng(seed)

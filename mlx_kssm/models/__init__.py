@@ -14,11 +14,12 @@ _ARCHITECTURES = {"kssm": kssm.Model, "transformer": transformer.Model,
 
 
 def build_model(preset_or_args, vocab_size: int | None = None, seed: int | None = None, **overrides):
-    """A model from a preset name, a ModelArgs, or a config dict. `seed` fixes the init."""
+    """A model from a preset name, a ModelArgs, or a saved config dict (config.json: one
+    without a "design" is mlx-kssm 0.1's design 1). `seed` fixes the init."""
     if isinstance(preset_or_args, str):
         args = preset_args(preset_or_args, **overrides)
     elif isinstance(preset_or_args, dict):
-        args = ModelArgs.from_dict({**preset_or_args, **overrides})
+        args = ModelArgs.from_config({**preset_or_args, **overrides})
     else:
         args = ModelArgs.from_dict({**preset_or_args.to_dict(), **overrides})
     if vocab_size is not None:

@@ -11,6 +11,16 @@ import mlx.core as mx
 import mlx.nn as nn
 
 MODEL_TYPES = ("kssm", "transformer", "upstream_v3")
+# design number -> the options that define it (docs/model.md, "Designs")
+DESIGNS = {
+    1: dict(design=1, rotation="input", gate=False, squash="exp"),
+    2: dict(design=2, rotation="fixed", gate=True, squash="algebraic"),
+}
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
 
 
 @dataclass
@@ -30,11 +40,18 @@ class ModelArgs:
     # "order_params": output sees only the order parameters (the K-SSM contract);
     # "bolted": output reads the raw state, R only rescales it before a norm (negative control)
     readout: str = "order_params"
-    # "oscillator": damping and rotation per oscillator (v1); "group": damping, rotation and
-    # coupling per group, drive per oscillator (mean and deviation decouple: a parallel scan)
-    dynamics: str = "oscillator"
-    gate: bool = False  # multiplicative output gate from the current layer input
-    feature_norm: bool = False  # RMSNorm on the order-parameter features
+    # K-SSM design (docs/model.md). Design 2: a fixed rotation per oscillator, an output gate
+    # from the current layer input, algebraic squashes (no exp: see `squash`). Design 1 (folders
+    # saved by mlx-kssm 0.1): an input-dependent rotation, no gate, sigmoid/tanh.
+    design: int = 2
+    rotation: str = "fixed"  # "fixed": angle dt * omega; "input": dt * (omega + Delta(x_t))
+    gate: bool = True  # y = x + out_proj(features) * act(gate(x_t)), from the current input only
+    # "algebraic": lambda = (1 + v / sqrt(1 + v^2)) / 2, drive v / sqrt(1 + v^2), gate
+    # v * lambda(v); "exp": sigmoid, tanh, silu. Same shapes; the algebraic forms avoid the
+    # transcendental functions that dominate a step on CPUs
+    squash: str = "algebraic"
+    damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
+    coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
     bistable: bool = False
     u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp
@@ -47,8 +64,19 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, params: dict) -> "ModelArgs":
+        """Build from a dict of fields; unknown keys are ignored, missing ones take defaults."""
         names = inspect.signature(cls).parameters
         return cls(**{k: v for k, v in params.items() if k in names})
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelArgs":
+        """Build from a saved config.json. A K-SSM config without "design" was written by
+        mlx-kssm 0.1, before designs were recorded: it is design 1."""
+        if not isinstance(config, dict):
+            raise ValueError(f"a model config must be a JSON object, got {type(config).__name__}")
+        if "design" not in config and config.get("model_type", "kssm") == "kssm":
+            config = {**DESIGNS[1], **config}
+        return cls.from_dict(config)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,6 +86,14 @@ class ModelArgs:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if self.readout not in ("order_params", "bolted"):
             raise ValueError(f"readout must be 'order_params' or 'bolted', got {self.readout!r}")
+        if self.design not in DESIGNS:
+            raise ValueError(f"K-SSM design {self.design} is unknown to mlx-kssm "
+                             f"{_version()} (it knows designs {', '.join(map(str, DESIGNS))}): "
+                             "upgrade mlx-kssm to load this model")
+        for name, allowed in (("rotation", ("fixed", "input")), ("squash", ("algebraic", "exp")),
+                              ("damping_init", ("linear", "log"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.u_bound not in ("soft", "hard"):
             raise ValueError(f"u_bound must be 'soft' or 'hard', got {self.u_bound!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_groups", "osc_per_group",

@@ -1,10 +1,17 @@
-"""K-SSM: Kuramoto state-space language model (SPEC 3).
+"""K-SSM: Kuramoto state-space language model. The math, its bound and the designs are in
+docs/model.md; the recurrence's oracle is kernels/reference.py.
 
-Each layer carries a bank of Stuart-Landau oscillators (complex amplitude and phase, G groups
-of n) over the token sequence; see kernels/reference.py for the recurrence and why it is
-stable. The layer output is x_t + W f(order parameters of z_t), and the order parameters are
-computed from the unit phasors only: the amplitude and everything else of the state never
-reach the output, so context flows through the phases' synchronization, R, alone.
+Each layer carries a bank of oscillators (complex amplitude and phase, G groups of n) over the
+token sequence. Per token and oscillator, from the current layer input x_t only:
+
+    lambda_t  damping in (0, 1)            d_t = lambda_t e^{i alpha}   (alpha = dt * omega)
+    b_t       bounded complex drive        c_t = (1 - lambda_t) b_t
+    K_t       coupling to the group's mean field, per group
+    g_t       the output gate (design 2)
+
+The scan gives z_t; the layer output is x_t + out_proj(order parameters of z_t / |z_t|) * g_t.
+Amplitudes and everything else of the state never reach the output, so context flows through
+the phases' synchronization, R, alone.
 
 The `bolted` readout is a negative control (the Phase-Mamba / v2 failure): the output reads
 the raw state, and R only rescales it just before a norm that undoes the scale.
@@ -18,13 +25,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..kernels import oscillator_scan, oscillator_step
-from ..kernels.reference import coupling_field, readout
 from .base import MLP, LanguageModel, ModelArgs, merge_aux, per_layer_force
-
-U_LO, U_HI = 0.1, 10.0  # bistable regime of u (v3)
-U_SHARPNESS = 10.0  # softplus sharpness of the soft bound: identity ~0.3 inside the bounds
-U_LEAK = 0.01  # gradient that always passes the bound (value unchanged)
-DELTA_EPS = 1e-2
+from .bistable import N_PROJECTIONS, bistable_core, init_core_projection
+from .order_params import order_parameters, unit_phasors
 
 
 class OscillatorCache:
@@ -32,64 +35,52 @@ class OscillatorCache:
 
     def __init__(self):
         self.state = None
-        self.offset = 0
 
 
-def bound_u(u_raw, mode: str):
-    """Keep u in [0.1, 10]. 'soft' is smooth with a gradient everywhere; 'hard' is v3's clamp
-    (zero gradient outside, which froze u at the floor in the earlier project)."""
-    if mode == "hard":
-        return mx.clip(u_raw, U_LO, U_HI)
-    b = U_SHARPNESS
-    u = U_LO + nn.softplus(b * (u_raw - U_LO)) / b
-    u = U_HI - nn.softplus(b * (U_HI - u)) / b
-    return u + U_LEAK * (u_raw - mx.stop_gradient(u_raw))
+def algebraic_unit(v):
+    """v / sqrt(1 + v^2): a bounded odd squash like tanh, from a square root (no exp)."""
+    return v * mx.rsqrt(1 + v * v)
 
 
-def bistable_u(p, mode: str):
-    """The earlier v3 core from its 10 projections a..j: u = (dg - ch)/(ag - ce),
-    Delta = bg - cf. Returns (u bounded, Delta, fraction of positions at the bound)."""
-    a, b, c, d, e, f, g, h = (p[..., i] for i in range(8))  # i, j: unused, as in v3
-    num = d * g - c * h
-    den = a * g - c * e
-    den = mx.where(mx.abs(den) < 1e-3, mx.where(den < 0, -1e-3, 1e-3), den)
-    u_raw = num / den
-    at_bound = mx.mean(((u_raw < U_LO) | (u_raw > U_HI)).astype(mx.float32))
-    return bound_u(u_raw, mode), b * g - c * f, at_bound
+def projection_sizes(args: ModelArgs) -> tuple:
+    """Widths of in_proj's outputs, in order: [Delta (rotation "input")], damping logit, drive
+    re, drive im, coupling (G logits, or the 10 bistable projections), [gate (args.gate)]."""
+    N = args.n_oscillators
+    coupling = N_PROJECTIONS if args.bistable else args.n_groups
+    return ((N,) if args.rotation == "input" else ()) + (N, N, N, coupling) + (
+        (args.d_model,) if args.gate else ())
+
+
+def damping_spread(count: int, mode: str):
+    """Initial damping lambda from 0.6 to 0.995: memories of ~2.5 to ~200 tokens."""
+    if mode == "log":
+        return 1 - mx.exp(mx.linspace(math.log(0.4), math.log(0.005), count))
+    return mx.linspace(0.6, 0.995, count)
 
 
 class OscillatorBank(nn.Module):
+    """One layer's token mixer: per-token inputs, the oscillator scan, the readout."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         G, n = args.n_groups, args.osc_per_group
         N = G * n
         self.G, self.n, self.H = G, n, args.harmonics
-        self.bistable = args.bistable
-        self.u_bound = args.u_bound
-        self.readout_mode = args.readout
-        self.lambda_delta, self.lambda_logu = args.lambda_delta, args.lambda_logu
+        self.args = args
         self.norm = nn.RMSNorm(args.d_model)
-        coupling_dims = 10 if args.bistable else G
-        self.dynamics = args.dynamics
-        if args.dynamics == "group":
-            # drive (re, im) per oscillator; Delta, damping logit per group; coupling
-            self.in_proj = nn.Linear(args.d_model, 2 * N + 2 * G + coupling_dims)
-            self.omega = mx.linspace(-math.pi, math.pi, G + 1)[:-1].reshape(G, 1)
-            lam = mx.linspace(0.6, 0.995, G).reshape(G, 1)
-        else:
-            # Delta (freq. perturbation), damping logit, drive (re, im), coupling
-            self.in_proj = nn.Linear(args.d_model, 4 * N + coupling_dims)
-            # natural frequencies spread over (-pi, pi); damping spread so the bank has
-            # memories from a few tokens to a few hundred (like S4D/LRU initializations)
-            self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
-            lam = mx.linspace(0.6, 0.995, N).reshape(G, n)
-        self.lambda_bias = mx.log(lam / (1 - lam))
-        if args.gate:
-            self.gate_proj = nn.Linear(args.d_model, args.d_model)
-        self.use_gate = args.gate
-        if args.feature_norm:
-            self.feature_norm = nn.RMSNorm(3 * args.harmonics * G)
-        self.use_feature_norm = args.feature_norm
+        sizes = projection_sizes(args)
+        self.in_proj = nn.Linear(args.d_model, sum(sizes))
+        coupling_start = sum(sizes[:-2 if args.gate else -1])
+        if args.bistable:
+            init_core_projection(self.in_proj, coupling_start)
+        elif args.coupling_bias:
+            b = self.in_proj.bias
+            self.in_proj.bias = mx.concatenate([b[:coupling_start], mx.full((G,), args.coupling_bias),
+                                                b[coupling_start + G:]])
+        # natural frequencies spread over (-pi, pi); damping spread so the bank has memories
+        # from a few tokens to a few hundred (like S4D/LRU initializations)
+        self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
+        self.lambda_bias = self._logit(damping_spread(N, args.damping_init)).reshape(G, n)
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
         self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
@@ -98,41 +89,52 @@ class OscillatorBank(nn.Module):
             self.state_norm = nn.RMSNorm(2 * N)
         else:
             self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
-        # Ablation switch: zero the order-parameter features (SPEC 3.1 property 2 test).
+        # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
 
+    # -- the squashes: algebraic (square roots) or exp-based, as args.squash says
+    def _unit(self, v):
+        return algebraic_unit(v) if self.args.squash == "algebraic" else mx.tanh(v)
+
+    def _prob(self, v):
+        return 0.5 + 0.5 * algebraic_unit(v) if self.args.squash == "algebraic" else mx.sigmoid(v)
+
+    def _logit(self, p):
+        """The inverse of _prob."""
+        if self.args.squash == "algebraic":
+            u = 2 * p - 1
+            return u * mx.rsqrt(1 - u * u)
+        return mx.log(p / (1 - p))
+
     def _inputs(self, x):
-        """Per-token scan inputs from the layer input (all positions at once)."""
+        """Scan inputs (dr, di, k, cr, ci), each (B, T, G, n) or (B, T, G, 1) for k, the gate
+        (B, T, D) or None, and aux (v3's u statistics and regularizer), for all positions."""
         B, T, _ = x.shape
-        G, n = self.G, self.n
-        N = G * n
-        p = self.in_proj(self.norm(x))
-        if self.dynamics == "group":
-            br = mx.tanh(p[..., :N]).reshape(B, T, G, n)
-            bi = mx.tanh(p[..., N:2 * N]).reshape(B, T, G, n)
-            delta = p[..., 2 * N:2 * N + G].reshape(B, T, G, 1)
-            lam = mx.sigmoid(p[..., 2 * N + G:2 * N + 2 * G].reshape(B, T, G, 1) + self.lambda_bias)
-            rest = p[..., 2 * N + 2 * G:]
+        shape = (B, T, self.G, self.n)
+        sizes = projection_sizes(self.args)
+        parts = mx.split(self.in_proj(self.norm(x)),
+                         [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)], axis=-1)
+        if self.args.rotation == "input":
+            delta, parts = parts[0].reshape(shape), parts[1:]
+            alpha = nn.softplus(self.dt_raw) * (self.omega + delta)
         else:
-            delta = p[..., :N].reshape(B, T, G, n)
-            lam = mx.sigmoid(p[..., N:2 * N].reshape(B, T, G, n) + self.lambda_bias)
-            br = mx.tanh(p[..., 2 * N:3 * N]).reshape(B, T, G, n)
-            bi = mx.tanh(p[..., 3 * N:4 * N]).reshape(B, T, G, n)
-            rest = p[..., 4 * N:]
-        alpha = nn.softplus(self.dt_raw) * (self.omega + delta)
+            alpha = nn.softplus(self.dt_raw) * self.omega
+        lam = self._prob(parts[0].reshape(shape) + self.lambda_bias)
+        br, bi = self._unit(parts[1]).reshape(shape), self._unit(parts[2]).reshape(shape)
         aux = {}
-        if self.bistable:
-            u, big_delta, at_bound = bistable_u(rest, self.u_bound)
-            k = mx.broadcast_to((2 * mx.sigmoid(u))[..., None, None], (B, T, G, 1))
-            aux = {"u": mx.mean(u), "u_at_bound": at_bound,
-                   "reg": self.lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
-                   + self.lambda_logu * mx.mean(-mx.log(u))}
+        if self.args.bistable:
+            u, aux = bistable_core(parts[3], self.args.u_bound, self.args.lambda_delta,
+                                   self.args.lambda_logu)
+            k = mx.broadcast_to((2 * mx.sigmoid(u))[..., None, None], (B, T, self.G, 1))
         else:
-            k = mx.sigmoid(rest)[..., None]
-        dr, di = lam * mx.cos(alpha), lam * mx.sin(alpha)
-        if self.dynamics == "group":
-            dr, di = mx.broadcast_to(dr, (B, T, G, n)), mx.broadcast_to(di, (B, T, G, n))
-        return (dr, di, k, (1 - lam) * br, (1 - lam) * bi), aux
+            k = mx.sigmoid(parts[3])[..., None]
+        gate = None
+        if self.args.gate:
+            g = parts[4]
+            gate = g * self._prob(g)  # silu for "exp"
+        drive = 1 - lam
+        scan_in = (lam * mx.cos(alpha), lam * mx.sin(alpha), k, drive * br, drive * bi)
+        return scan_in, gate, aux
 
     def _initial_state(self, B):
         z0 = mx.broadcast_to(self.z0[:, None], (2, B, self.G, self.n))
@@ -141,13 +143,13 @@ class OscillatorBank(nn.Module):
     def __call__(self, x, cache: OscillatorCache | None = None, force_r=None):
         """x (B, T, D) -> (y, R (B, T), aux). With a cache, continues from its state."""
         B, T, _ = x.shape
-        scan_in, aux = self._inputs(x)
+        scan_in, gate, aux = self._inputs(x)
         if cache is not None and cache.state is not None:
             z0r, z0i = cache.state
         else:
             z0r, z0i = self._initial_state(B)
         # Bolted control: R never feeds the dynamics (forcing it must change nothing).
-        dyn_force = None if self.readout_mode == "bolted" else force_r
+        dyn_force = None if self.args.readout == "bolted" else force_r
         if cache is not None and T == 1:
             zr, zi = oscillator_step(z0r, z0i, *(a[:, 0] for a in scan_in), force_r=dyn_force)
             zr, zi = zr[:, None], zi[:, None]
@@ -155,23 +157,18 @@ class OscillatorBank(nn.Module):
             zr, zi = oscillator_scan(*scan_in, z0r, z0i, force_r=dyn_force)
         if cache is not None:
             cache.state = (zr[:, -1], zi[:, -1])
-            cache.offset += T
-        features, r = readout(zr, zi, self.H, force_r)
+        features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)
         if self.ablate_readout:
             features = mx.zeros_like(features)
-        if self.readout_mode == "bolted":
+        if self.args.readout == "bolted":
             # The v2 failure: R scales the state just before a norm, which undoes the scale.
             state = mx.concatenate([zr, zi], axis=-1).reshape(B, T, -1)
-            y = x + self.out_proj(self.state_norm(state * r[..., None]))
+            out = self.out_proj(self.state_norm(state * r[..., None]))
         else:
-            features = features.reshape(B, T, -1)
-            if self.use_feature_norm:
-                features = self.feature_norm(features)
-            out = self.out_proj(features)
-            if self.use_gate:
-                out = out * nn.silu(self.gate_proj(self.norm(x)))
-            y = x + out
-        return y, r, aux
+            out = self.out_proj(features.reshape(B, T, -1))
+        if gate is not None:
+            out = out * gate
+        return x + out, r, aux
 
 
 class Block(nn.Module):
@@ -206,4 +203,4 @@ class Model(LanguageModel):
                             return_r, return_aux)
 
 
-__all__ = ["Model", "OscillatorBank", "OscillatorCache", "coupling_field", "bound_u"]
+__all__ = ["Model", "OscillatorBank", "OscillatorCache"]

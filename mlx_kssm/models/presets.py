@@ -98,28 +98,24 @@ def _lookup(name: str):
 
 def mixer_params(args: ModelArgs) -> int:
     """Parameters of one layer's token mixer (oscillator bank or attention), by formula;
-    tests check it against a built layer for every preset."""
+    tests check it against a built layer for every preset and design."""
     D, N, G = args.d_model, args.n_oscillators, args.n_groups
     if args.model_type == "transformer":
         return D + 4 * D * D
-    coupling = 10 if args.bistable else G
-    if args.dynamics == "group":
-        projected = 2 * N + 2 * G + coupling
-        per_osc = G + G + 2 * N + 1  # omega, lambda_bias per group; z0; dt
-    else:
-        projected = 4 * N + coupling
-        per_osc = N + N + 2 * N + 1
-    features = 3 * args.harmonics * G
-    total = D + (D + 1) * projected + per_osc + (features + 1) * D
-    if args.gate:
-        total += (D + 1) * D
-    if args.feature_norm:
-        total += features
-    return total
+    projected = (4 if args.rotation == "input" else 3) * N + (10 if args.bistable else G)
+    projected += D if args.gate else 0
+    readout = 2 * N if args.readout == "bolted" else 3 * args.harmonics * G
+    state_norm = 2 * N if args.readout == "bolted" else 0
+    # norm, in_proj, omega + lambda_bias + z0 (2N) + dt, out_proj
+    return D + (D + 1) * projected + 4 * N + 1 + (readout + 1) * D + state_norm
 
 
 def preset_args(name: str, **overrides) -> ModelArgs:
+    """The ModelArgs of preset `name`, with `overrides` (ModelArgs field names) applied."""
     _, model, _ = _lookup(name)
+    unknown = sorted(set(overrides) - set(ModelArgs.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown model option(s): {', '.join(unknown)}")
     args = ModelArgs.from_dict({**model, "preset": name, **overrides})
     comparison = _COMPARISONS.get(name)
     if comparison and comparison[2] == "transformer" and "ffn_hidden" not in overrides:

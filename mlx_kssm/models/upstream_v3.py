@@ -16,7 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .base import MLP, LanguageModel, ModelArgs, merge_aux, per_layer_force
-from .kssm import DELTA_EPS, bistable_u
+from .bistable import N_PROJECTIONS, bistable_core
+from .order_params import order_parameters
 
 COUPLING_ITERS = 3
 
@@ -35,7 +36,7 @@ class PhaseLayer(nn.Module):
         self.lambda_delta, self.lambda_logu = args.lambda_delta, args.lambda_logu
         self.norm = nn.RMSNorm(args.d_model)
         self.to_scalar = nn.Linear(args.d_model, 1)  # the token as one scalar
-        self.to_core = nn.Linear(args.d_model, 10)  # a..j of the bistable core
+        self.to_core = nn.Linear(args.d_model, N_PROJECTIONS)  # a..j of the bistable core
         self.omega = mx.linspace(0.01, 1.0, N)
         self.phi = mx.random.uniform(-math.pi, math.pi, (N,))
         self.dt = mx.array(0.1)
@@ -46,7 +47,8 @@ class PhaseLayer(nn.Module):
         h = self.norm(x)
         pos = mx.arange(offset, offset + T).astype(mx.float32)[None, :, None]
         theta = self.omega * pos + self.phi + self.to_scalar(h)  # (B, T, N)
-        u, big_delta, at_bound = bistable_u(self.to_core(h), self.u_bound)
+        u, aux = bistable_core(self.to_core(h), self.u_bound, self.lambda_delta,
+                               self.lambda_logu)
         k = (2 * mx.sigmoid(u))[..., None]
         for _ in range(COUPLING_ITERS):
             zr, zi = mx.mean(mx.cos(theta), -1, keepdims=True), mx.mean(mx.sin(theta), -1, keepdims=True)
@@ -54,21 +56,10 @@ class PhaseLayer(nn.Module):
             if force_r is not None:
                 r = mx.full(r.shape, force_r)
             theta = theta + self.dt * k * r * mx.sin(psi - theta)
-        feats, r_out = [], None
-        for harmonic in range(1, self.H + 1):
-            re = mx.mean(mx.cos(harmonic * theta), -1)
-            im = mx.mean(mx.sin(harmonic * theta), -1)
-            mag = mx.sqrt(re * re + im * im + 1e-12)
-            if harmonic == 1:
-                if force_r is not None:
-                    re, im = re * force_r / mag, im * force_r / mag
-                    mag = mx.full(mag.shape, force_r)
-                r_out = mag
-            feats += [re, im, mag]
-        y = x + self.out_proj(mx.stack(feats, -1))
-        aux = {"u": mx.mean(u), "u_at_bound": at_bound,
-               "reg": self.lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
-               + self.lambda_logu * mx.mean(-mx.log(u))}
+        # the whole bank is one group: (B, T, 1, N) unit phasors
+        feats, r_out = order_parameters(mx.cos(theta)[..., None, :], mx.sin(theta)[..., None, :],
+                                        self.H, force_r)
+        y = x + self.out_proj(feats[..., 0, :])
         return y, r_out, aux
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..models import r_zone
-from ..models.kssm import U_HI, U_LO
+from ..models.bistable import U_HI, U_LO
 
 HEALTHY, WARNING, FAILURE, NA = "healthy", "warning", "failure", "n/a"
 _RANK = {NA: 0, HEALTHY: 1, WARNING: 2, FAILURE: 3}

@@ -25,18 +25,23 @@ import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 
 from _common import machine  # noqa: E402
 
-# name -> (preset, ModelArgs overrides, TrainConfig overrides)
+# name -> (preset, ModelArgs overrides, TrainConfig overrides). Rows of bench/RESULTS.md's
+# ablation table; the screening-only options (group dynamics, Cayley rotation, softsign drive,
+# feature norm) live at commit 45f9fa4 (branch ablation-snapshot), which ran those rows.
+DESIGN_1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
+EXP = {"squash": "exp"}
 VARIANTS: dict = {
-    "base": ("v1-char", {}, {}),
-    "l4": ("v1-char", {"n_layers": 4}, {}),
-    "grp": ("v1-char", {"dynamics": "group"}, {}),
-    "gate": ("v1-char", {"gate": True}, {}),
-    "grp_gate": ("v1-char", {"dynamics": "group", "gate": True}, {}),
-    "fnorm": ("v1-char", {"feature_norm": True}, {}),
-    "lr3": ("v1-char", {}, {"learning_rate": 3e-3}),
-    "lr5": ("v1-char", {}, {"learning_rate": 5e-3}),
-    "tf4": ("transformer", {"vocab_size": 257, "d_model": 128, "n_layers": 4, "n_heads": 4,
-                            "ffn_hidden": 512}, {"learning_rate": 1e-3}),
+    "d1": ("v1-char", DESIGN_1, {}),
+    "d1_gate": ("v1-char", {**DESIGN_1, "gate": True}, {}),
+    "fixrot": ("v1-char", {"rotation": "fixed", "gate": False, **EXP}, {}),
+    "fixrot_gate": ("v1-char", {"rotation": "fixed", "gate": True, **EXP}, {}),
+    "d2": ("v1-char", {}, {}),
+    "d2_kinit": ("v1-char", {"coupling_bias": -2.0}, {}),
+    "d2_loglam": ("v1-char", {"damping_init": "log"}, {}),
+    "d2_h2": ("v1-char", {"harmonics": 2}, {}),
+    "d2_l4": ("v1-char", {"n_layers": 4}, {}),
+    "tf_l2": ("transformer-char", {}, {"learning_rate": 1e-3}),
+    "tf_l4": ("transformer-char", {"n_layers": 4}, {"learning_rate": 1e-3}),
 }
 
 

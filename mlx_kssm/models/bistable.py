@@ -1,0 +1,64 @@
+"""The bistable core of v3 (and of upstream-v3): u from ten per-token projections a..j.
+
+    u = (d g - c h) / (a g - c e),  kept in the bistable regime [0.1, 10]
+    Delta = b g - c f
+    regularizer  lambda_delta / (|Delta| + eps)  +  lambda_logu * (-log u)
+
+K-SSM v3 couples its oscillators with K = 2 sigma(u), so K lies in [1.05, 2) inside the regime.
+The bound on u passes gradient everywhere ("soft"); the earlier project's hard clamp, which
+froze u at the floor, stays available as u_bound="hard" for comparison.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+U_LO, U_HI = 0.1, 10.0  # the bistable regime of u
+U_SHARPNESS = 10.0  # softplus sharpness of the soft bound: identity ~0.3 inside the bounds
+U_LEAK = 0.01  # gradient that always passes the bound (value unchanged)
+DELTA_EPS = 1e-2
+N_PROJECTIONS = 10  # a..j (i and j are unused, as in the earlier v3)
+# Initial biases of a..j: u = (1*1 - 0)/(1*1 - 0) = 1 and Delta = 1*1 at init, so every position
+# starts inside the regime and the 1/(|Delta| + eps) term starts small (with zero biases u is a
+# ratio of two near-zero products: Cauchy-like, about half the positions beyond the bounds, and
+# the regularizer's gradient reaches 1/eps^2).
+INIT_BIAS = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+INIT_WEIGHT_SCALE = 0.1
+
+
+def bound_u(u_raw, mode: str):
+    """Keep u in [0.1, 10]. 'soft' is smooth with a gradient everywhere; 'hard' is v3's clamp
+    (zero gradient outside, which froze u at the floor in the earlier project)."""
+    if mode == "hard":
+        return mx.clip(u_raw, U_LO, U_HI)
+    b = U_SHARPNESS
+    u = U_LO + nn.softplus(b * (u_raw - U_LO)) / b
+    u = U_HI - nn.softplus(b * (U_HI - u)) / b
+    return u + U_LEAK * (u_raw - mx.stop_gradient(u_raw))
+
+
+def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float):
+    """From the projections p (..., 10): (u bounded, aux) with aux = {"u": mean u,
+    "u_at_bound": fraction of positions whose raw u lies outside the regime, "reg": the
+    regularizer}."""
+    a, b, c, d, e, f, g, h = (p[..., i] for i in range(8))
+    num = d * g - c * h
+    den = a * g - c * e
+    den = mx.where(mx.abs(den) < 1e-3, mx.where(den < 0, -1e-3, 1e-3), den)
+    u_raw = num / den
+    u = bound_u(u_raw, mode)
+    big_delta = b * g - c * f
+    reg = (lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
+           + lambda_logu * mx.mean(-mx.log(u)))
+    at_bound = mx.mean(((u_raw < U_LO) | (u_raw > U_HI)).astype(mx.float32))
+    return u, {"u": mx.mean(u), "u_at_bound": at_bound, "reg": reg}
+
+
+def init_core_projection(linear: nn.Linear, start: int) -> None:
+    """Set the ten core outputs [start, start + 10) of `linear` to the in-regime init."""
+    stop = start + N_PROJECTIONS
+    weight, bias = linear.weight, linear.bias
+    linear.weight = mx.concatenate(
+        [weight[:start], INIT_WEIGHT_SCALE * weight[start:stop], weight[stop:]])
+    linear.bias = mx.concatenate([bias[:start], mx.array(INIT_BIAS), bias[stop:]])
