@@ -172,6 +172,16 @@ def test_evaluate_bad_data(models, tmp_path):
     assert "meta.json" in line
 
 
+def test_evaluate_and_intervene_name_both_tokenizers(models, data_dir, tmp_path):
+    """Data compacted from the same base tokenizer: the message says what differs."""
+    compacted = tmp_path / "compacted"
+    prepare(data_dir.parent / "texts", compacted, tokenizer="bytes", compact=True,
+            val_fraction=0.34, log=lambda s: None)
+    for command in ("evaluate", "intervene"):
+        line = one_line_error(run(command, "--model", models["tiny"], "--data", compacted))
+        assert "another tokenizer" in line and "(bytes vs bytes compacted to" in line, line
+
+
 def test_help_has_examples():
     for cmd in ("generate", "intervene", "evaluate", "export", "plot"):
         res = run(cmd, "--help")

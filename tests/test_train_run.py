@@ -200,6 +200,18 @@ def _wait_for_step(out, step, timeout=60):
     raise AssertionError(f"no step {step} in {out} within {timeout}s")
 
 
+def _wait_for_lock(out, pid, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if json.loads((out / "training.lock").read_text())["pid"] == pid:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} did not take {out}/training.lock within {timeout}s")
+
+
 def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
     rng = random.Random(1)
@@ -210,6 +222,7 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path
     last_step = 0
     for attempt in range(3):
         p = cli(*args)
+        _wait_for_lock(out, p.pid)  # the history may still show the killed attempt's steps
         _wait_for_step(out, last_step + 1)
         time.sleep(rng.uniform(0.0, 0.6))
         p.kill()  # SIGKILL
@@ -258,3 +271,118 @@ def test_muon_optimizer_trains_and_resumes(data_dir, tmp_path):
     assert all(l == l for l in losses) and losses[-1] < losses[0]
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "m"))
     assert any(k.startswith("states.0.") for k in state.optimizer)  # Muon's momentum saved
+
+
+def _snapshot(folder):
+    """Every file under `folder` with its bytes (what a refused command must leave alone)."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_data_of_another_tokenizer(data_dir, tmp_path):
+    """A compacted byte vocabulary fits the model's 257 ids but means other text: refused."""
+    other = tmp_path / "other"
+    prepare(data_dir.parent / "src", other, tokenizer="bytes", compact=True, val_fraction=0.2,
+            log=lambda m: None)
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)
+    before = _snapshot(out)
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out), "--data",
+                                  str(other), "--max-steps", "6"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+    assert "another tokenizer" in lines[0] and "bytes vs bytes compacted to" in lines[0]
+    assert _snapshot(out) == before  # checkpoints, config, history and log untouched
+
+
+class _Crash(Exception):
+    """Stands for a trainer dying (power cut, OOM kill) at a chosen step."""
+
+
+def _crash_at(monkeypatch, step):
+    original = trainer_mod._Loop.train_step
+
+    def train_step(self):
+        record = original(self)
+        if self.step == step:
+            raise _Crash(f"died at step {step}")
+        return record
+
+    monkeypatch.setattr(trainer_mod._Loop, "train_step", train_step)
+
+
+def test_early_crash_then_rerun_keeps_history_exact(data_dir, tmp_path, monkeypatch):
+    """An attempt that dies before its first checkpoint, the same command again (interrupted
+    after its first checkpoint), then --resume: every step once, equal to a straight run."""
+    train(tiny_config(data_dir, tmp_path / "straight"), echo=lambda m: None)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _crash_at(m, 3)  # just before the first checkpoint (save_every 3)
+        with pytest.raises(_Crash):
+            train(tiny_config(data_dir, out), echo=lambda m: None)
+    assert ckpt.latest_checkpoint(out) is None and sorted(train_losses(out)) == [1, 2]
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod._Loop, "stop_requested",
+                  lambda self: signal.SIGINT if self.step == 4 else None)
+        assert train(tiny_config(data_dir, out), echo=lambda m: None).step == 4
+    train(tiny_config(data_dir, out, resume=True), echo=lambda m: None)
+    steps = [r["step"] for r in read_history(out) if r["event"] == "train"]
+    assert steps == list(range(1, 7))
+    assert train_losses(out) == train_losses(tmp_path / "straight")
+
+
+def test_plain_resume_after_crash_before_first_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _crash_at(m, 2)
+        with pytest.raises(_Crash):
+            train(tiny_config(data_dir, out), echo=lambda m: None)
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"no checkpoint in {out}: starting a new run" in r.output
+    assert [r["step"] for r in read_history(out) if r["event"] == "train"] == list(range(1, 7))
+
+
+def test_resuming_a_finished_run_repeats_nothing(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=4, save_every=4, steps_per_eval=4),
+          echo=lambda m: None)
+    saved = (ckpt.latest_checkpoint(out) / "model.safetensors").stat().st_mtime_ns
+    res = train(tiny_config(data_dir, out, max_steps=4, resume=True), echo=lambda m: None)
+    assert (res.status, res.step, res.exit_code) == ("completed", 4, 0)
+    events = [(r["event"], r["step"]) for r in read_history(out)]
+    for event in ("eval", "checkpoint", "end"):
+        assert events.count((event, 4)) == 1, events
+    assert (ckpt.latest_checkpoint(out) / "model.safetensors").stat().st_mtime_ns == saved
+
+
+def test_refused_start_leaves_no_run_folder(data_dir, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out), "--seq-len", "100000"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.startswith("Error:") and "too few for windows" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_output_dir_that_is_a_file(data_dir, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert r.output.startswith(f"Error: --output-dir {out} exists and is not a folder")
+    assert out.read_text() == "keep me"
+
+
+def test_run_records_absolute_data_path(data_dir, tmp_path, monkeypatch):
+    """A relative --data works from any working directory later (and from a copied run)."""
+    monkeypatch.chdir(data_dir.parent)
+    train(tiny_config(data_dir.name, tmp_path / "run", max_steps=2), echo=lambda m: None)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["data"]
+    assert saved == str(data_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    res = train(TrainConfig(output_dir=str(tmp_path / "run"), max_steps=3, resume=True),
+                echo=lambda m: None)
+    assert res.step == 3

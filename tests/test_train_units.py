@@ -249,3 +249,17 @@ def test_evaluate_loss_deterministic_and_shaped():
     assert m["val_u"] is not None and m["val_reg"] > 0
     tr = build_model("transformer-tiny", vocab_size=64, seed=0)
     assert evaluate_loss(tr, batches[:1])["val_R"] is None
+
+
+def test_history_cut_follows_the_checkpoint_event(tmp_path):
+    """A history an aborted attempt appended to: the count a checkpoint recorded is off, the
+    cut still lands right after that checkpoint's own event."""
+    from mlx_kssm.train.trainer import RunLog, read_history
+
+    events = ([{"event": "train", "step": s} for s in (1, 2)]  # the aborted attempt
+              + [{"event": "train", "step": s} for s in (1, 2, 3)]
+              + [{"event": "checkpoint", "step": 3}, {"event": "train", "step": 4}])
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    log = RunLog(tmp_path, writer=True, echo=lambda m: None)
+    kept = log.truncate_history(4, step=3)  # the checkpoint counted only its own process's 4
+    assert kept == events[:6] and read_history(tmp_path) == events[:6] and log.n_events == 6

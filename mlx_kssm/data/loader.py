@@ -16,10 +16,10 @@ import numpy as np
 
 from .errors import DataError
 from .prepare import DATA_OFFSET, FORMAT_VERSION, SPLITS, token_dtype
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, tokenizer_mismatch
 
 __all__ = ["DataError", "TokenDataset", "BatchSampler", "eval_batches", "check_vocab",
-           "device_tokens", "read_meta", "open_token_file"]
+           "check_tokenizer", "device_tokens", "read_meta", "open_token_file"]
 
 # np.load refuses headers above 10,000 bytes unless told; ours is padded to 16 KiB.
 MAX_HEADER_SIZE = 2 * DATA_OFFSET
@@ -128,6 +128,18 @@ def check_vocab(dataset: TokenDataset, vocab_size: int) -> None:
     if dataset.max_id >= vocab_size:
         raise DataError(f"{dataset.path}: token id {dataset.max_id} is beyond the model's vocab "
                         f"size {vocab_size} (the data's vocab is {dataset.vocab_size})")
+
+
+def check_tokenizer(dataset: TokenDataset, spec, root, source) -> None:
+    """Refuse data prepared with another tokenizer than the model `source` uses (`spec`, its
+    files under `root`): the same id would stand for other text. No spec: nothing to check."""
+    data_spec = dataset.meta.get("tokenizer")
+    if not isinstance(spec, dict) or not isinstance(data_spec, dict):
+        return
+    differs = tokenizer_mismatch(spec, root, data_spec, dataset.data_dir)
+    if differs:
+        raise DataError(f"{source} uses another tokenizer than {dataset.data_dir} was prepared "
+                        f"with ({differs}): the ids would not match")
 
 
 def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

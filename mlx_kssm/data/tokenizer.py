@@ -260,6 +260,36 @@ def _compaction_ids(compaction: dict, root) -> np.ndarray:
     return ids
 
 
+def describe_tokenizer(spec) -> str:
+    """A tokenizer spec in words: "cl100k_base", "bytes", "tiktoken file 3f2a..." and, with
+    compaction, "... compacted to N ids"."""
+    if not isinstance(spec, dict):
+        return repr(spec)
+    kind = spec.get("kind")
+    name = {"bytes": "bytes", "tiktoken": spec.get("name"),
+            "tiktoken_file": f"tiktoken file {str(spec.get('sha256'))[:12]}"}.get(kind, kind)
+    size = (spec.get("compaction") or {}).get("size")
+    return f"{name} compacted to {size} ids" if size else str(name)
+
+
+def tokenizer_mismatch(spec, root, other, other_root) -> str | None:
+    """None when two tokenizer specs give every id the same text (same base encoding, same
+    compaction map; where their files live does not matter), else what differs, in words."""
+    base = lambda s: {k: v for k, v in s.items() if k not in ("compaction", "path")}  # noqa: E731
+    if base(spec) != base(other):
+        return f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
+    ids = [_compaction_ids(s["compaction"], r) if s.get("compaction") else None
+           for s, r in ((spec, root), (other, other_root))]
+    if (ids[0] is None) != (ids[1] is None):
+        return f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
+    if ids[0] is not None and not np.array_equal(ids[0], ids[1]):
+        if ids[0].size == ids[1].size:  # the same description: say what differs
+            return (f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)} with a "
+                    f"different vocabulary map (another corpus's ids)")
+        return f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
+    return None
+
+
 def compact_tokenizer(base, used_base_ids: np.ndarray, map_file: str | None = None) -> CompactTokenizer:
     """A compaction of `base` keeping the ids in `used_base_ids` (plus the separator)."""
     ids = np.union1d(np.asarray(used_base_ids, dtype=np.int64), [base.sep_id])

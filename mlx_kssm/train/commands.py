@@ -102,7 +102,7 @@ def train(config_file, list_presets, **flags):
         explicit = set(file_options) | {k for k, v in flags.items() if v is not None}
         result = run_training(config, explicit=explicit, echo=click.echo)
     except _ERRORS as e:
-        click.echo(f"mlx-kssm train: {e}", err=True)
+        click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     if result.exit_code:
         sys.exit(result.exit_code)
@@ -124,7 +124,7 @@ def status(run_dir, as_json):
     try:
         s = run_status(run_dir)
     except _ERRORS as e:
-        click.echo(f"mlx-kssm status: {e}", err=True)
+        click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     click.echo(json.dumps(s, indent=2, default=str) if as_json else format_status(s))
     sys.exit(0 if s["alive"] else 1)
@@ -153,7 +153,7 @@ def monitor(run_dir, interval, once, recent):
             click.echo(frame)
             time.sleep(interval)
     except _ERRORS as e:
-        click.echo(f"mlx-kssm monitor: {e}", err=True)
+        click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         pass
