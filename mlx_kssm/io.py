@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -41,13 +40,10 @@ class ModelLoadError(Exception):
 
 
 def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
-    path = Path(path)
-    # mx.save_safetensors appends ".safetensors" to names without it: keep the suffix
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # through a Python file: a failed write raises the OS's error (ENOSPC: "No space left on
+    # device", naming the file), where MLX's own writer only says "Unable to write N bytes"
+    with atomic_open(path, "wb") as f:
+        mx.save_safetensors(f, arrays, metadata=metadata or {})
 
 
 def bundle_tokenizer(spec, folder, root=None):

@@ -1,6 +1,7 @@
 """End-to-end trainer tests on the tiny preset (seq 32, batch 4): exact resume, signals,
 SIGKILL survival, NaN guard, lock refusal, stages, status/monitor, CLI errors."""
 
+import errno
 import json
 import os
 import random
@@ -386,3 +387,55 @@ def test_run_records_absolute_data_path(data_dir, tmp_path, monkeypatch):
     res = train(TrainConfig(output_dir=str(tmp_path / "run"), max_steps=3, resume=True),
                 echo=lambda m: None)
     assert res.step == 3
+
+
+def _disk_full_at(monkeypatch, marker):
+    """mx.save_safetensors into a file whose temp path contains `marker` writes part of it and
+    then fails as a full disk does (the OS's ENOSPC from the write)."""
+    original = mx.save_safetensors
+
+    def save(file, arrays, metadata=None):
+        if marker in (file if isinstance(file, str) else file.name):
+            if not isinstance(file, str):
+                file.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(file, arrays, metadata=metadata)
+
+    monkeypatch.setattr(mx, "save_safetensors", save)
+
+
+def test_disk_full_while_writing_a_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+            "--seq-len", "32", "--batch-size", "4", "--max-steps", "6", "--save-every", "3",
+            "--steps-per-eval", "100", "--steps-per-report", "1"]
+    with monkeypatch.context() as m:
+        _disk_full_at(m, "step_6")
+        r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    line = r.stderr.strip()
+    assert line.startswith(f"Error: checkpoint {out / 'checkpoints' / 'step_6'} not saved: "
+                           "No space left on device (writing model.safetensors)"), line
+    assert "step_3 is kept" in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_3"]
+    assert "ERROR: checkpoint" in (out / "training.log").read_text()
+    assert read_history(out)[-1]["status"] == "error"
+    assert not (out / "training.lock").exists()
+    load_model(ckpt.latest_checkpoint(out))
+    resumed = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["step"] for r in read_history(out) if r["event"] == "train"] == list(range(1, 7))
+
+
+def test_disk_full_while_writing_best(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)  # best/ at step 3
+    best = _snapshot(out / "best")
+    with monkeypatch.context() as m:
+        _disk_full_at(m, ".tmp.best.")
+        with pytest.raises(OSError, match=r"best \(step 6\) not saved: No space left on device"):
+            train(tiny_config(data_dir, out, max_steps=6, resume=True), echo=lambda m: None)
+    assert _snapshot(out / "best") == best
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp.best")]
+    assert "ERROR:" in (out / "training.log").read_text()

@@ -68,16 +68,22 @@ def _remove_dir(path: Path) -> None:
 def _write_folder(tmp: Path, model, optimizer_arrays: dict | None, state: dict,
                   tokenizer_spec: dict | None, metrics: dict | None = None,
                   tokenizer_root=None) -> None:
+    """Write a checkpoint under the temporary name `tmp`; on any failure (a full disk) the
+    partial folder is removed at once, so it does not hold the space until the next start."""
     if tmp.exists():
         shutil.rmtree(tmp)
-    # the tokenizer's files (vocabulary map) are copied in: every folder is self-contained
-    save_model(tmp, model, tokenizer_spec=tokenizer_spec, tokenizer_root=tokenizer_root)
-    if optimizer_arrays is not None:
-        atomic_save_safetensors(tmp / OPTIMIZER, optimizer_arrays)
-    if metrics is not None:
-        atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2))
-    atomic_write_text(tmp / STATE, json.dumps(state, indent=2))  # last: marks it complete
-    _fsync_dir(tmp)
+    try:
+        # the tokenizer's files (vocabulary map) are copied in: every folder is self-contained
+        save_model(tmp, model, tokenizer_spec=tokenizer_spec, tokenizer_root=tokenizer_root)
+        if optimizer_arrays is not None:
+            atomic_save_safetensors(tmp / OPTIMIZER, optimizer_arrays)
+        if metrics is not None:
+            atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2))
+        atomic_write_text(tmp / STATE, json.dumps(state, indent=2))  # last: marks it complete
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: dict,

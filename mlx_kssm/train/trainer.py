@@ -14,6 +14,7 @@ Exit status (TrainResult.exit_code): 0 finished or early-stopped; 130 stopped by
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from mlx.utils import tree_map
 
 from ..data.loader import BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
 from ..evaluation import evaluate_loss
-from .._files import atomic_write_text
+from .._files import atomic_write_text, naming
 from ..io import apply_weights, load_model, resolve_model_dir
 from ..kernels import set_kernel
 from ..models import build_model, count_parameters, preset_train_defaults, r_zone
@@ -83,17 +84,29 @@ class RunLog:
             return
         self.clear_bar()
         self.echo(text)
-        with open(self.run_dir / LOG, "a") as f:
+        with naming(self.run_dir / LOG), open(self.run_dir / LOG, "a") as f:
             f.write(text + "\n")
 
     def event(self, record: dict) -> None:
         if not self.writer:
             return
         record = {"time": round(time.time(), 3), **record}
-        with open(self.run_dir / HISTORY, "a") as f:
+        with naming(self.run_dir / HISTORY), open(self.run_dir / HISTORY, "a") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
         self.n_events += 1
+
+    def failure(self, step: int, message: str) -> None:
+        """Record why the run stopped, in training.log and as the history's end event (not
+        echoed: the caller raises it). Best effort: on a full disk these writes may fail too."""
+        if not self.writer:
+            return
+        try:
+            with open(self.run_dir / LOG, "a") as f:
+                f.write(f"ERROR: {message}\n")
+            self.event({"event": "end", "step": step, "status": "error", "message": message})
+        except OSError:
+            pass
 
     def restart_history(self) -> None:
         """A new run starts with an empty history.jsonl. Events of an earlier attempt that
@@ -587,8 +600,12 @@ class _Loop:
             flag = f"  [collapsed: {s['reason']}]" if s["collapsed"] else ""
             self.log.line(f"  Sample {s['prompt']!r} -> {s['text']!r}{flag}")
         if e["is_best"] and self.writer:
-            ckpt.save_best(self.run_dir, self.model, self.trainer_state(), metrics,
-                           self.tokenizer_spec, tokenizer_root=self.config.data)
+            try:
+                ckpt.save_best(self.run_dir, self.model, self.trainer_state(), metrics,
+                               self.tokenizer_spec, tokenizer_root=self.config.data)
+            except OSError as error:
+                raise self.write_failed(f"{self.run_dir / ckpt.BEST} (step {self.step})",
+                                        error) from None
         self.log.event(e)
         if self.config.stage is not None and self.step < self.config.max_steps:
             self.verdict()  # the end of the run prints its own
@@ -645,12 +662,31 @@ class _Loop:
         self.log.event({"event": "checkpoint", "step": self.step, "reason": reason,
                         "path": str(ckpt.step_dir(self.run_dir, self.step))})
         state = self.trainer_state()
-        path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, arrays, state,
-                                    self.tokenizer_spec, self.config.keep_last,
-                                    tokenizer_root=self.config.data)
+        try:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, arrays, state,
+                                        self.tokenizer_spec, self.config.keep_last,
+                                        tokenizer_root=self.config.data)
+        except OSError as error:
+            raise self.write_failed(f"checkpoint {ckpt.step_dir(self.run_dir, self.step)}",
+                                    error) from None
         self.last_saved = self.step
         self.log.line(f"Iter {self.step}: saved {path} ({reason}, "
                       f"{time.perf_counter() - t0:.2f}s)")
+
+    def write_failed(self, what: str, error: OSError) -> OSError:
+        """The error a failed checkpoint or best/ write stops the run with (a full disk:
+        training on could never be saved), recorded in training.log and history.jsonl."""
+        last = ckpt.latest_checkpoint(self.run_dir)
+        where = f" (writing {Path(error.filename).name})" if error.filename else ""
+        kept = (f"the last good checkpoint {last} is kept" if last
+                else "no checkpoint was saved before")
+        fix = "free some space" if error.errno == errno.ENOSPC else "fix that"
+        message = (f"{what} not saved: {error.strerror or error}{where}; {kept}; {fix}, then "
+                   "continue with --resume")
+        self.log.failure(self.step, message)
+        failure = OSError(message)
+        failure.errno = error.errno
+        return failure
 
     # -- the loop
     def stop_requested(self) -> int | None:
