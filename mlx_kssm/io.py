@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ._files import atomic_open, atomic_write_text
+from ._files import (atomic_open, atomic_write_text, describe_os_error, foreign_entries,
+                     replacing_folder, with_message)
 from .models import ModelArgs, build_model
 
 CONFIG = "config.json"
@@ -210,21 +212,43 @@ def load(path):
     return model, tokenizer
 
 
+def is_model_file(name: str) -> bool:
+    """A file `save_model` writes (what an exported folder may hold)."""
+    return (name in (CONFIG, WEIGHTS, INDEX, VOCAB_MAP, TIKTOKEN_FILE)
+            or re.fullmatch(r"model-\d+-of-\d+\.safetensors", name) is not None)
+
+
 def export_model(src, out, dtype: str | None = None,
                  max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write the model in `src` (any folder `resolve_model_dir` accepts) as a self-contained
     folder `out`: config.json (model args, preset, tokenizer spec), model.safetensors (sharded
-    with an index above `max_shard_bytes`), and the tokenizer's files."""
+    with an index above `max_shard_bytes`), and the tokenizer's files.
+
+    `out` is new, empty, or an earlier export, which is replaced whole once the new folder is
+    written and loads; a failure (a full disk) leaves it as it was. A folder holding anything
+    else (a run folder, a checkpoint, data) is refused, never overwritten."""
     folder = resolve_model_dir(src)
     out = Path(out)
     if out.exists() and out.resolve() == folder.resolve():
         raise ModelLoadError(f"--out {out} is the source folder itself: choose another folder")
     if out.exists() and not out.is_dir():
         raise ModelLoadError(f"--out {out} exists and is not a folder")
+    foreign = foreign_entries(out, is_model_file)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ModelLoadError(f"--out {out} holds files an export does not write ({shown}): "
+                             "choose a new or empty folder, or an earlier export to replace")
     model, config = load_model(folder)
     extra = {k: v for k, v in config.items()
              if k not in model.args.to_dict() and k != "tokenizer"}
     extra["dtype"] = dtype or "float32"
-    return save_model(out, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
-                      max_shard_bytes=max_shard_bytes, extra_config=extra,
-                      tokenizer_root=folder)
+    try:
+        with replacing_folder(out) as tmp:
+            save_model(tmp, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
+                       max_shard_bytes=max_shard_bytes, extra_config=extra,
+                       tokenizer_root=folder)
+            load(tmp)  # the new folder must load on its own before it replaces anything
+    except OSError as e:
+        raise with_message(e, f"export to {out} failed: {describe_os_error(e)}; {out} is left "
+                              "as it was") from None
+    return out

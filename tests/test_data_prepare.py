@@ -170,3 +170,63 @@ def test_cli_prints_token_counts(tmp_path):
                                        "--out", str(tmp_path / "out"), "--tokenizer", "bytes"])
     assert result.exit_code == 0, result.output
     assert "train: " in result.output and "val: " in result.output and "tokens/s" in result.output
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _prepared(tmp_path):
+    make_corpus(tmp_path / "src", 4)
+    prepare(tmp_path / "src", tmp_path / "data" / "out", "bytes", False, 0.25, 0, **QUIET)
+    return tmp_path / "data" / "out"
+
+
+def test_failed_prepare_keeps_the_earlier_data(tmp_path):
+    """Bad input found halfway (a single document too short to split): the folder prepared
+    before is untouched and loads; nothing temporary is left."""
+    out = _prepared(tmp_path)
+    before = _snapshot(out)
+    (tmp_path / "short.txt").write_text("ab")
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "short.txt"),
+                                       "--out", str(out), "--tokenizer", "bytes"])
+    assert result.exit_code == 1 and "at least 4 tokens" in result.output
+    assert _snapshot(out) == before and [p.name for p in out.parent.iterdir()] == ["out"]
+    from mlx_kssm.data import TokenDataset
+    TokenDataset(out, "train")
+
+
+def test_disk_full_during_prepare(tmp_path, monkeypatch):
+    import errno
+    import importlib
+    import os
+    from mlx_kssm._files import atomic_open
+    prepare_mod = importlib.import_module("mlx_kssm.data.prepare")  # the package's name is the function
+
+    out = _prepared(tmp_path)
+    before = _snapshot(out)
+
+    def disk_full(path, chunks, length, dtype):
+        with atomic_open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(prepare_mod, "write_token_file", disk_full)
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "src"),
+                                       "--out", str(out), "--tokenizer", "bytes"])
+    lines = [l for l in result.output.splitlines() if l.startswith("Error:")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0] == (f"Error: prepare into {out} failed: No space left on device (writing "
+                        f"tokens_train.npy); {out} is left as it was")
+    assert _snapshot(out) == before and [p.name for p in out.parent.iterdir()] == ["out"]
+
+
+def test_prepare_refuses_an_out_folder_holding_other_files(tmp_path):
+    make_corpus(tmp_path / "src", 3)
+    before = _snapshot(tmp_path / "src")
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "src"),
+                                       "--out", str(tmp_path / "src"), "--tokenizer", "bytes"])
+    assert result.exit_code == 1
+    assert "holds files `data prepare` does not write (doc00.txt, doc01.txt, doc02.txt)" in \
+        result.output
+    assert _snapshot(tmp_path / "src") == before

@@ -201,6 +201,16 @@ def _wait_for_step(out, step, timeout=60):
     raise AssertionError(f"no step {step} in {out} within {timeout}s")
 
 
+def _wait_for_checkpoint(out, step, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        newest = ckpt.latest_checkpoint(out)
+        if newest is not None and int(newest.name[5:]) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of step {step} in {out} within {timeout}s")
+
+
 def _wait_for_lock(out, pid, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -224,7 +234,7 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path
     for attempt in range(3):
         p = cli(*args)
         _wait_for_lock(out, p.pid)  # the history may still show the killed attempt's steps
-        _wait_for_step(out, last_step + 1)
+        _wait_for_checkpoint(out, last_step + 1)  # this attempt saved one: kill it anywhere
         time.sleep(rng.uniform(0.0, 0.6))
         p.kill()  # SIGKILL
         p.wait()
@@ -433,9 +443,40 @@ def test_disk_full_while_writing_best(data_dir, tmp_path, monkeypatch):
     train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)  # best/ at step 3
     best = _snapshot(out / "best")
     with monkeypatch.context() as m:
-        _disk_full_at(m, ".tmp.best.")
+        _disk_full_at(m, f"{os.sep}.best.pid")
         with pytest.raises(OSError, match=r"best \(step 6\) not saved: No space left on device"):
             train(tiny_config(data_dir, out, max_steps=6, resume=True), echo=lambda m: None)
     assert _snapshot(out / "best") == best
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp.best")]
     assert "ERROR:" in (out / "training.log").read_text()
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_start_removes_stale_temp_files(data_dir, tmp_path):
+    """What killed writers leave (this version's names with a dead pid, and an earlier
+    version's names) goes at the next start; a live writer's temp file stays."""
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)
+    dead = _dead_pid()
+    stale_files = [out / ".history.jsonl.k2j4h5g6.tmp", out / ".config.json.x8d7f6s5.tmp",
+                   out / "checkpoints" / ".latest.a1b2c3d4.tmp", out / ".training.lock.stale.4242",
+                   out / f".config.json.pid{dead}.q8w7e6r5.tmp"]
+    stale_dirs = [out / "checkpoints" / f".step_4.pid{dead}.tmp", out / f".best.pid{dead}.tmp",
+                  out / "checkpoints" / f".step_1.pid{dead}.trash"]
+    for path in stale_files:
+        path.write_text("{}")
+    for path in stale_dirs:
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"\0" * 1000)
+    stale = stale_files + stale_dirs
+    live = out / f".intervene.json.pid{os.getpid()}.z.tmp"  # another command writing now
+    live.write_text("{}")
+    logs = []
+    train(tiny_config(data_dir, out, max_steps=4, resume=True), echo=logs.append)
+    assert not [p for p in stale if p.exists()] and live.exists()
+    assert sum(m.startswith("removed leftover") for m in logs) == len(stale)

@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import mlx_kssm  # noqa: F401
 import mlx.core as mx
@@ -263,3 +265,28 @@ def test_history_cut_follows_the_checkpoint_event(tmp_path):
     log = RunLog(tmp_path, writer=True, echo=lambda m: None)
     kept = log.truncate_history(4, step=3)  # the checkpoint counted only its own process's 4
     assert kept == events[:6] and read_history(tmp_path) == events[:6] and log.n_events == 6
+
+
+def test_zombie_trainer_does_not_hold_the_lock(tmp_path):
+    """A trainer killed but not yet reaped by its parent (a zombie) is gone: its lock is
+    taken over."""
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        zombie.kill()
+        deadline = time.time() + 10
+        while _state(zombie.pid) != "Z" and time.time() < deadline:
+            time.sleep(0.05)
+        assert _state(zombie.pid) == "Z"  # killed, not reaped: os.kill(pid, 0) still works
+        (tmp_path / "training.lock").write_text(json.dumps(
+            {"pid": zombie.pid, "host": socket.gethostname(), "start_time": "t",
+             "start_tick": lock.process_start_tick(zombie.pid), "command": "mlx-kssm train"}))
+        notes = []
+        lock.acquire(tmp_path, log=notes.append)
+        assert any("taking over stale lock" in n for n in notes)
+        lock.release(tmp_path)
+    finally:
+        zombie.wait()
+
+
+def _state(pid):
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

