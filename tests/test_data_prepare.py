@@ -230,3 +230,37 @@ def test_prepare_refuses_an_out_folder_holding_other_files(tmp_path):
     assert "holds files `data prepare` does not write (doc00.txt, doc01.txt, doc02.txt)" in \
         result.output
     assert _snapshot(tmp_path / "src") == before
+
+
+@pytest.mark.parametrize("entry", ["../private.txt", "{tmp}/private.txt"])
+def test_manifest_entry_leaving_the_source_is_refused(tmp_path, entry):
+    src = tmp_path / "src"
+    make_corpus(src, 2)
+    (tmp_path / "private.txt").write_text("a file outside the corpus")
+    name = entry.format(tmp=tmp_path)
+    (src / "manifest.json").write_text(json.dumps({"files": [{"file": "doc00.txt"},
+                                                             {"file": name}]}))
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(src), "--out",
+                                       str(tmp_path / "out"), "--tokenizer", "bytes"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert f"entry {name!r} is not a file inside {src}: refused" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiktoken_file_travels_with_the_data(tmp_path):
+    """The ranks file is copied into the data folder; meta.json names no path outside it."""
+    import base64
+    from mlx_kssm.data import TokenDataset
+
+    ranks = tmp_path / "mine.tiktoken"
+    ranks.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+    make_corpus(tmp_path / "src", 3)
+    meta = prepare(tmp_path / "src", tmp_path / "out", str(ranks), False, 0.34, 0, **QUIET).meta
+    assert meta["tokenizer"]["path"] == "tokenizer.tiktoken"
+    ranks.unlink()
+    tok = TokenDataset(tmp_path / "out", "train").tokenizer()
+    assert tok.decode(tok.encode("Document 1")) == "Document 1"
+    meta["tokenizer"]["path"] = str(tmp_path / "src" / "doc00.txt")  # a path out of the folder
+    (tmp_path / "out" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="lies outside .*: refused"):
+        TokenDataset(tmp_path / "out", "train").tokenizer()

@@ -202,3 +202,24 @@ def _dead_pid():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_model_folder_paths_never_leave_the_folder(run_dir, tmp_path):
+    """config.json's map_file, or a shard index, naming a file outside the model folder."""
+    run, data = run_dir
+    model_dir = export_model(run, tmp_path / "exp")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["tokenizer"]["compaction"]["map_file"] = str(data / "vocab_map.npy")  # absolute
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    res = CliRunner().invoke(main, ["export", "--model", str(model_dir), "--out",
+                                    str(tmp_path / "copy")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "lies outside" in res.output and "refused" in res.output
+    assert not (tmp_path / "copy").exists()
+    sharded = export_model(run, tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = "../exp/model.safetensors"
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"names shards outside .*'\.\./exp/model"):
+        load_model(sharded)

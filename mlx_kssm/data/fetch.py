@@ -25,8 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps,
-                      sha256_bytes, sha256_file, temp_tag)
+from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text, inside,
+                      remove_stale_temps, sha256_bytes, sha256_file, temp_tag)
 from .errors import DataError, FetchError
 
 # Where each book may be: Gutenberg's generated cache first (every book has it), then the
@@ -372,6 +372,10 @@ def list_text_files(path) -> list[Path]:
         raise DataError(f"{path}: cannot list: {exc.strerror or exc}") from None
     if not files:
         raise DataError(f"{path}: no .txt or .jsonl files")
+    for file in files:
+        if inside(path, file.relative_to(path)) is None:
+            raise DataError(f"{file}: a symbolic link to {file.resolve()}, outside {path}: "
+                            "refused (copy the file into the folder instead)")
     return files
 
 

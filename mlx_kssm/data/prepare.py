@@ -23,6 +23,7 @@ Every document is followed by the separator token (sep_id), so both files end wi
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -33,17 +34,17 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign_entries,
-                      naming, replacing_folder, sha256_file)
+                      inside, naming, replacing_folder, sha256_file)
 from .errors import DataError
 from .fetch import decode_text, list_text_files
-from .tokenizer import compact_tokenizer, load_tokenizer
+from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 DATA_OFFSET = 16384  # token data starts here in every .npy we write (16 KiB page)
 SPLITS = ("train", "val")
 CHUNK_TOKENS = 1 << 20
 MAP_FILE = "vocab_map.npy"
-OUTPUT_FILES = ("tokens_train.npy", "tokens_val.npy", "meta.json", MAP_FILE)
+OUTPUT_FILES = ("tokens_train.npy", "tokens_val.npy", "meta.json", MAP_FILE, TIKTOKEN_FILE)
 
 Log = Callable[[str], None]
 
@@ -116,9 +117,10 @@ def find_sources(source) -> list[Source]:
     if manifest and manifest.exists():
         try:
             entries = json.loads(manifest.read_text("utf-8"))["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            names = [(e["file"], e.get("title", "")) for e in entries]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{manifest}: unreadable manifest ({exc})") from None
-        sources = [Source(source / e["file"], e["file"], e.get("title", "")) for e in entries]
+        sources = [Source(_listed(source, name, manifest), name, title) for name, title in names]
         for s in sources:
             if not s.path.is_file():
                 raise DataError(f"{s.path}: listed in {manifest} but missing")
@@ -127,6 +129,14 @@ def find_sources(source) -> list[Source]:
         return sources
     root = source if source.is_dir() else source.parent
     return [Source(p, str(p.relative_to(root))) for p in list_text_files(source)]
+
+
+def _listed(source: Path, name, manifest: Path) -> Path:
+    """The file a manifest entry names, which must lie inside the source folder."""
+    path = inside(source, name) if isinstance(name, str) else None
+    if path is None:
+        raise DataError(f"{manifest}: entry {name!r} is not a file inside {source}: refused")
+    return path
 
 
 def iter_documents(src: Source) -> Iterator[str]:
@@ -219,6 +229,7 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
         raise DataError(f"{source}: no non-empty documents")
     try:
         with replacing_folder(out_dir) as folder:
+            _bundle_ranks_file(base, folder)
             tok, dtype, stats = _write_tokens(folder, sources, base, n_docs, compact,
                                               val_fraction, seed, log)
             meta = _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact,
@@ -228,6 +239,14 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
         raise DataError(f"prepare into {out_dir} failed: {describe_os_error(e)}; {out_dir} is "
                         "left as it was") from None
     return PrepareResult(out_dir, meta, time.perf_counter() - started, stats)
+
+
+def _bundle_ranks_file(tok, folder: Path) -> None:
+    """A .tiktoken tokenizer's ranks file travels with the data: copied in, and the spec in
+    meta.json names the copy (paths in meta.json stay inside the folder)."""
+    if tok.spec.get("kind") == "tiktoken_file":
+        shutil.copyfile(tok.spec["path"], folder / TIKTOKEN_FILE)
+        tok.spec = {**tok.spec, "path": TIKTOKEN_FILE}
 
 
 def _check_out_dir(out_dir: Path) -> None:

@@ -19,9 +19,11 @@ from typing import Iterable
 
 import numpy as np
 
+from .._files import inside
 from .errors import DataError
 
 DEFAULT_TOKENIZER = "cl100k_base"
+TIKTOKEN_FILE = "tokenizer.tiktoken"  # a .tiktoken ranks file, copied into data and model folders
 TIKTOKEN_NAMES = ("cl100k_base", "gpt2", "r50k_base", "p50k_base", "o200k_base")
 SEPARATOR_TEXT = "<|endoftext|>"
 UNKNOWN_TEXT = "<|unk|>"  # what a compacted tokenizer's unknown id decodes to: visible, never silent
@@ -184,9 +186,23 @@ def _base_from_spec(spec: dict, root=None):
     if kind == "tiktoken":
         return _tiktoken_by_name(spec["name"])
     if kind == "tiktoken_file":
-        return _tiktoken_file(Path(root or ".") / spec["path"], spec.get("sha256"),
-                              spec.get("pat_str"))
+        return _tiktoken_file(_spec_path(root, spec.get("path"), "tokenizer file"),
+                              spec.get("sha256"), spec.get("pat_str"))
     raise DataError(f"unknown tokenizer kind {kind!r}")
+
+
+def _spec_path(root, name, what: str) -> Path:
+    """A file a spec names. Read from a folder's meta.json or config.json (`root` given), it
+    must lie inside that folder: a spec never makes us read (or copy) a file elsewhere."""
+    if not isinstance(name, str):
+        raise DataError(f"the tokenizer spec names its {what} as {name!r}, not a file name")
+    if root is None:
+        return Path(name)
+    path = inside(root, name)
+    if path is None:
+        raise DataError(f"the {what} {name!r} named by the tokenizer spec lies outside {root}: "
+                        "refused")
+    return path
 
 
 def _tiktoken_by_name(name: str) -> TiktokenTokenizer:
@@ -250,7 +266,7 @@ def _compaction_ids(compaction: dict, root) -> np.ndarray:
         return np.asarray(compaction["base_ids"], dtype=np.int64)
     if "map_file" not in compaction:
         raise DataError("tokenizer compaction needs 'map_file' or 'base_ids'")
-    path = Path(root or ".") / compaction["map_file"]
+    path = _spec_path(root, compaction["map_file"], "vocabulary map")
     try:
         ids = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
