@@ -175,6 +175,10 @@ def apply_weights(model, weights: dict, source: str = "weights") -> None:
     extra = sorted(set(weights) - set(expected))
     bad = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
            for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    # float16/bfloat16 <-> float32 is a cast; integer (or bool) weights are not weights at all
+    floating = lambda a: mx.issubdtype(a.dtype, mx.floating)  # noqa: E731
+    bad += [f"{k}: file dtype {weights[k].dtype} vs model {v.dtype}"
+            for k, v in expected.items() if k in weights and floating(weights[k]) != floating(v)]
     problems = ([f"missing {k}" for k in missing] + [f"unexpected {k}" for k in extra] + bad)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")

@@ -264,3 +264,19 @@ def test_tiktoken_file_travels_with_the_data(tmp_path):
     (tmp_path / "out" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(Exception, match="lies outside .*: refused"):
         TokenDataset(tmp_path / "out", "train").tokenizer()
+
+
+@pytest.mark.parametrize("content", ["elf", "random"])
+def test_binary_files_are_refused(tmp_path, content):
+    """An executable or random bytes named .txt: refused by prepare and by fetch."""
+    make_corpus(tmp_path / "src", 2)
+    rng = np.random.default_rng(0)
+    data = (b"\x7fELF\x02\x01\x01" + bytes(9) + rng.bytes(2000) if content == "elf"
+            else bytes(rng.integers(1, 256, 3000, dtype=np.uint8)))  # no NUL at all
+    (tmp_path / "src" / "prog.txt").write_bytes(data)
+    for argv in (["data", "prepare", "--tokenizer", "bytes"], ["data", "fetch"]):
+        result = CliRunner().invoke(main, argv + ["--source", str(tmp_path / "src"), "--out",
+                                                  str(tmp_path / "out")])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+        assert result.output.startswith(f"Error: {tmp_path / 'src' / 'prog.txt'}: binary data")
+        assert not (tmp_path / "out").exists()

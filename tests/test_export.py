@@ -223,3 +223,14 @@ def test_model_folder_paths_never_leave_the_folder(run_dir, tmp_path):
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ModelLoadError, match=r"names shards outside .*'\.\./exp/model"):
         load_model(sharded)
+
+
+def test_integer_weights_are_refused_not_cast(run_dir, tmp_path):
+    run, _ = run_dir
+    out = export_model(run, tmp_path / "exp")
+    weights = dict(mx.load(str(out / "model.safetensors")))
+    weights["norm.weight"] = weights["norm.weight"].astype(mx.int32)
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    res = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "Hi"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "norm.weight: file dtype mlx.core.int32 vs model mlx.core.float32" in res.output

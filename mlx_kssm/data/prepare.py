@@ -36,7 +36,7 @@ import numpy as np
 from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign_entries,
                       inside, naming, replacing_folder, sha256_file)
 from .errors import DataError
-from .fetch import decode_text, list_text_files
+from .fetch import check_text, decode_text, list_text_files
 from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
@@ -146,7 +146,9 @@ def iter_documents(src: Source) -> Iterator[str]:
         if src.path.suffix == ".jsonl":
             yield from _jsonl_documents(src.path)
         else:
-            text = decode_text(src.path.read_bytes()).replace("\r\n", "\n")
+            raw = src.path.read_bytes()
+            check_text(raw, src.path)
+            text = decode_text(raw).replace("\r\n", "\n")
             if text.strip():
                 yield text
     except OSError as exc:
