@@ -133,9 +133,13 @@ def read_config(path) -> dict:
     if not cfg.exists():
         raise ModelLoadError(f"{cfg} not found: not a model folder")
     try:
-        return json.loads(cfg.read_text())
+        config = json.loads(cfg.read_text())
     except ValueError as e:
         raise ModelLoadError(f"{cfg} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{cfg} holds a JSON {type(config).__name__}, not an object of "
+                             "model settings: not a model config")
+    return config
 
 
 def load_weights_dict(path) -> dict:

@@ -480,3 +480,24 @@ def test_next_start_removes_stale_temp_files(data_dir, tmp_path):
     train(tiny_config(data_dir, out, max_steps=4, resume=True), echo=logs.append)
     assert not [p for p in stale if p.exists()] and live.exists()
     assert sum(m.startswith("removed leftover") for m in logs) == len(stale)
+
+
+def test_status_of_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a run")
+    for args in (["status", str(tmp_path)], ["monitor", str(tmp_path), "--once"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"Error: {tmp_path} is not a training run folder")
+
+
+def test_config_json_that_is_a_list(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=2), echo=lambda m: None)
+    for folder in (out, out / "checkpoints" / "step_2", out / "best"):
+        (folder / "config.json").write_text("[1, 2]")
+    r = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "a"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "config.json holds a JSON list, not an object" in r.output
+    assert "unexpected" not in r.output
+    s = CliRunner().invoke(main, ["status", str(out)])
+    assert "NOT RUNNING" in s.output and "Traceback" not in s.output

@@ -159,4 +159,6 @@ def load_checkpoint(folder) -> Checkpoint:
         optimizer = mx.load(str(folder / OPTIMIZER))
     except Exception as e:  # corrupt JSON or safetensors
         raise ModelLoadError(f"{folder}: checkpoint unreadable: {e}") from None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{folder / STATE} is not a JSON object: checkpoint unreadable")
     return Checkpoint(folder, read_config(folder), load_weights_dict(folder), optimizer, state)
