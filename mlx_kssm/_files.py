@@ -192,6 +192,7 @@ def replacing_folder(final):
         fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        recover_swap(final)  # failed between the two renames: the old version goes back
         raise
     shutil.rmtree(old, ignore_errors=True)
 

@@ -191,36 +191,36 @@ def test_sigint_and_sigterm_save_and_exit(data_dir, tmp_path):
         assert not (out / "training.lock").exists()
 
 
-def _wait_for_step(out, step, timeout=60):
+def _wait_until(condition, what, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout}s")
+
+
+def _wait_for_step(out, step):
+    def reached():
         trains = [r for r in read_history(out) if r.get("event") == "train"]
-        if trains and trains[-1]["step"] >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} in {out} within {timeout}s")
+        return trains and trains[-1]["step"] >= step
+    _wait_until(reached, f"step {step} in {out}")
 
 
-def _wait_for_checkpoint(out, step, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def _wait_for_checkpoint(out, step):
+    def saved():
         newest = ckpt.latest_checkpoint(out)
-        if newest is not None and int(newest.name[5:]) >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint of step {step} in {out} within {timeout}s")
+        return newest is not None and int(newest.name[5:]) >= step
+    _wait_until(saved, f"checkpoint of step {step} in {out}")
 
 
-def _wait_for_lock(out, pid, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def _wait_for_lock(out, pid):
+    def taken():
         try:
-            if json.loads((out / "training.lock").read_text())["pid"] == pid:
-                return
+            return json.loads((out / "training.lock").read_text())["pid"] == pid
         except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"pid {pid} did not take {out}/training.lock within {timeout}s")
+            return False
+    _wait_until(taken, f"lock of pid {pid} on {out}")
 
 
 def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path):

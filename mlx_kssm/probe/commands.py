@@ -462,7 +462,9 @@ def _check_same_tokenizer(folder, model_dir, ds) -> None:
 @click.command(context_settings=CONTEXT)
 @click.option("--model", "model_dir", required=True, metavar="DIR",
               help="run folder (its best/, else its newest checkpoint), checkpoint or export")
-@click.option("--out", "out_dir", required=True, metavar="DIR", help="folder to write")
+@click.option("--out", "out_dir", required=True, metavar="DIR",
+              help="folder to write: new, empty, or an earlier export (replaced whole only once "
+                   "the new one is written and loads; any other folder is refused)")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="cast the weights (default: keep float32)")
 @click.option("--max-shard-size", default="2GB", show_default=True,

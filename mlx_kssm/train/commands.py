@@ -45,7 +45,11 @@ Stages: {", ".join(f"{k}={v}" for k, v in STAGE_STEPS.items())} steps.
 \b
 Exit status: 0 finished or early-stopped; 130 Ctrl-C / 143 SIGTERM (a checkpoint is saved
 first; continue with --resume); 3 NaN/inf loss (stopped, last good checkpoint kept);
-1 bad input or the folder is locked by another trainer.
+1 bad input, the folder is locked by another trainer, or a checkpoint could not be written
+(disk full: the error and training.log name it; the last good checkpoint is kept).
+\b
+A run that died before its first checkpoint: run the same command again (its history starts
+afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json).
 """
 
 
