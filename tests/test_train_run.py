@@ -501,3 +501,17 @@ def test_config_json_that_is_a_list(data_dir, tmp_path):
     assert "unexpected" not in r.output
     s = CliRunner().invoke(main, ["status", str(out)])
     assert "NOT RUNNING" in s.output and "Traceback" not in s.output
+
+
+def test_output_dir_that_is_a_model_folder_is_refused(data_dir, tmp_path):
+    """A new run would overwrite an exported model's config.json: refused."""
+    from mlx_kssm import build_model, save_model
+
+    folder = save_model(tmp_path / "export", build_model("tiny", vocab_size=257, seed=0),
+                        tokenizer_spec={"kind": "bytes"})
+    before = _snapshot(folder)
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(folder)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "is not a training run's config (a model folder?)" in r.output
+    assert _snapshot(folder) == before

@@ -217,17 +217,18 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
 
 def _saved_train_config(run_dir: Path) -> dict | None:
     """The "train" options of RUN/config.json (written when a run starts), or None. A run that
-    died before its first checkpoint is resumed from these."""
+    died before its first checkpoint is resumed from these. A config.json of anything else
+    (an exported model's) is refused: a new run would overwrite it."""
     path = run_dir / RUN_CONFIG
     if not path.exists():
         return None
     try:
         saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is unreadable ({e}): pass every option again, without "
-                         "--resume, to start the run afresh") from None
+    except (OSError, ValueError):
+        saved = None
     if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
-        raise ValueError(f"{path} is not a run config (no \"train\" options)")
+        raise ValueError(f"{path} is not a training run's config (a model folder?): choose "
+                         "another --output-dir")
     return saved["train"]
 
 
@@ -388,9 +389,11 @@ def _setup(config, explicit, run_dir, rank, world, writer) -> _Setup:
         raise ValueError(f"{run_dir} already holds a run (last checkpoint {existing.name}); "
                          "pass --resume to continue it, or choose another --output-dir")
     resume_from = ckpt.load_checkpoint(existing) if (config.resume and existing) else None
+    # without a checkpoint: the options of a run that died before its first one; this also
+    # refuses a folder whose config.json is not a run's (a new run would overwrite it)
     saved = (resume_from.state["config"] if resume_from is not None
-             else _saved_train_config(run_dir) if config.resume else None)
-    if saved is not None:
+             else _saved_train_config(run_dir))
+    if config.resume and saved is not None:
         config, changed = _resume_config(saved, config, explicit)
         if changed:
             notes.append(f"WARNING: resume changes {', '.join(changed)}: from here the run "
