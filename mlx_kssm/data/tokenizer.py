@@ -292,17 +292,17 @@ def tokenizer_mismatch(spec, root, other, other_root) -> str | None:
     """None when two tokenizer specs give every id the same text (same base encoding, same
     compaction map; where their files live does not matter), else what differs, in words."""
     base = lambda s: {k: v for k, v in s.items() if k not in ("compaction", "path")}  # noqa: E731
+    differs = f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
     if base(spec) != base(other):
-        return f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
+        return differs
     ids = [_compaction_ids(s["compaction"], r) if s.get("compaction") else None
            for s, r in ((spec, root), (other, other_root))]
     if (ids[0] is None) != (ids[1] is None):
-        return f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
+        return differs
     if ids[0] is not None and not np.array_equal(ids[0], ids[1]):
-        if ids[0].size == ids[1].size:  # the same description: say what differs
-            return (f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)} with a "
-                    f"different vocabulary map (another corpus's ids)")
-        return f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
+        same_size = ids[0].size == ids[1].size  # then the descriptions read the same
+        return differs + (" with a different vocabulary map (another corpus's ids)"
+                          if same_size else "")
     return None
 
 

@@ -51,7 +51,7 @@ def prefill(model, prompt_ids, cache, force_r=None, chunk: int = PREFILL_CHUNK):
         logits, r = model(ids[:, start:start + chunk], cache=cache, force_r=force_r,
                           return_r=True)
         last, r_last = logits[0, -1], None if r is None else r[0, -1]
-        mx.eval(last, r_last, [vars(layer) for layer in cache])
+        mx.eval(last, r_last, [getattr(layer, "__dict__", layer) for layer in cache])
     return last, r_last
 
 

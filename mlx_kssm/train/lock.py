@@ -3,8 +3,9 @@
 The lock is created with O_CREAT|O_EXCL (atomic: of two trainers racing, one wins) and holds
 JSON: pid, host, start time, the command line and the process's kernel start tick (Linux), so
 a pid reused by an unrelated process is not mistaken for the trainer. A lock whose process
-is gone (same host; a zombie, killed but not yet reaped, counts as gone) is stale and is taken over with a message; a live holder, or a holder on
-another host (which cannot be checked from here), refuses the second trainer.
+is gone (same host; a zombie, killed but not yet reaped, counts as gone) is stale and is
+taken over with a message; a live holder, or a holder on another host (which cannot be
+checked from here), refuses the second trainer.
 """
 
 from __future__ import annotations
