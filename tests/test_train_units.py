@@ -267,6 +267,7 @@ def test_history_cut_follows_the_checkpoint_event(tmp_path):
     assert kept == events[:6] and read_history(tmp_path) == events[:6] and log.n_events == 6
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states in /proc")
 def test_zombie_trainer_does_not_hold_the_lock(tmp_path):
     """A trainer killed but not yet reaped by its parent (a zombie) is gone: its lock is
     taken over."""
