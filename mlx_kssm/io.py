@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import re
 import shutil
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ._files import atomic_open, atomic_write_text
+from ._files import (atomic_open, atomic_write_text, describe_os_error, foreign_entries,
+                     inside, replacing_folder, with_message)
+from .data.tokenizer import TIKTOKEN_FILE  # a custom BPE ranks file copied into a model folder
 from .models import ModelArgs, build_model
 
 CONFIG = "config.json"
@@ -32,7 +34,6 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 << 30
 VOCAB_MAP = "vocab_map.npy"  # compaction map copied into a model folder
-TIKTOKEN_FILE = "tokenizer.tiktoken"  # a custom BPE ranks file copied into a model folder
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
@@ -41,13 +42,10 @@ class ModelLoadError(Exception):
 
 
 def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
-    path = Path(path)
-    # mx.save_safetensors appends ".safetensors" to names without it: keep the suffix
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), arrays, metadata=metadata or {})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # through a Python file: a failed write raises the OS's error (ENOSPC: "No space left on
+    # device", naming the file), where MLX's own writer only says "Unable to write N bytes"
+    with atomic_open(path, "wb") as f:
+        mx.save_safetensors(f, arrays, metadata=metadata or {})
 
 
 def bundle_tokenizer(spec, folder, root=None):
@@ -58,16 +56,22 @@ def bundle_tokenizer(spec, folder, root=None):
     if not isinstance(spec, dict):
         return spec
     spec = copy.deepcopy(spec)
-    root, folder = Path(root or "."), Path(folder)
+    folder = Path(folder)
     if (spec.get("compaction") or {}).get("map_file"):
-        spec["compaction"]["map_file"] = _copy_into(root / spec["compaction"]["map_file"],
+        spec["compaction"]["map_file"] = _copy_into(root, spec["compaction"]["map_file"],
                                                     folder / VOCAB_MAP, "vocabulary map")
     if spec.get("kind") == "tiktoken_file":
-        spec["path"] = _copy_into(root / spec["path"], folder / TIKTOKEN_FILE, "tokenizer file")
+        spec["path"] = _copy_into(root, spec["path"], folder / TIKTOKEN_FILE, "tokenizer file")
     return spec
 
 
-def _copy_into(src: Path, dest: Path, what: str) -> str:
+def _copy_into(root, name, dest: Path, what: str) -> str:
+    """Copy the file `name` (relative to `root`; a spec read from a folder may not name a file
+    outside it) to `dest`; returns the name the spec gives the copy."""
+    src = Path(name) if root is None else inside(root, name)
+    if src is None:
+        raise ModelLoadError(f"the {what} {name!r} named by the tokenizer spec lies outside "
+                             f"{root}: refused")
     if not src.is_file():
         raise ModelLoadError(f"the {what} {src} named by the tokenizer spec does not exist")
     if src.resolve() != dest.resolve():
@@ -129,16 +133,19 @@ def read_config(path) -> dict:
     if not cfg.exists():
         raise ModelLoadError(f"{cfg} not found: not a model folder")
     try:
-        return json.loads(cfg.read_text())
+        config = json.loads(cfg.read_text())
     except ValueError as e:
         raise ModelLoadError(f"{cfg} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{cfg} holds a JSON {type(config).__name__}, not an object of "
+                             "model settings: not a model config")
+    return config
 
 
 def load_weights_dict(path) -> dict:
     path = Path(path)
     if (path / INDEX).exists():
-        index = json.loads((path / INDEX).read_text())
-        files = sorted(set(index["weight_map"].values()))
+        files = _shard_files(path)
     elif (path / WEIGHTS).exists():
         files = [WEIGHTS]
     else:
@@ -152,6 +159,19 @@ def load_weights_dict(path) -> dict:
     return weights
 
 
+def _shard_files(path: Path) -> list:
+    """The shard files the index names, each a file inside the model folder."""
+    try:
+        names = set(json.loads((path / INDEX).read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{path / INDEX} is not a shard index: {e}") from None
+    outside = sorted(repr(n) for n in names if not isinstance(n, str) or inside(path, n) is None)
+    if outside:
+        raise ModelLoadError(f"{path / INDEX} names shards outside {path}: "
+                             f"{', '.join(outside[:3])}: refused")
+    return sorted(names)
+
+
 def apply_weights(model, weights: dict, source: str = "weights") -> None:
     """Load `weights` into `model`, naming every tensor that is missing, extra or misshapen."""
     expected = dict(tree_flatten(model.parameters()))
@@ -159,6 +179,10 @@ def apply_weights(model, weights: dict, source: str = "weights") -> None:
     extra = sorted(set(weights) - set(expected))
     bad = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
            for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    # float16/bfloat16 <-> float32 is a cast; integer (or bool) weights are not weights at all
+    floating = lambda a: mx.issubdtype(a.dtype, mx.floating)  # noqa: E731
+    bad += [f"{k}: file dtype {weights[k].dtype} vs model {v.dtype}"
+            for k, v in expected.items() if k in weights and floating(weights[k]) != floating(v)]
     problems = ([f"missing {k}" for k in missing] + [f"unexpected {k}" for k in extra] + bad)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
@@ -214,21 +238,43 @@ def load(path):
     return model, tokenizer
 
 
+def is_model_file(name: str) -> bool:
+    """A file `save_model` writes (what an exported folder may hold)."""
+    return (name in (CONFIG, WEIGHTS, INDEX, VOCAB_MAP, TIKTOKEN_FILE)
+            or re.fullmatch(r"model-\d+-of-\d+\.safetensors", name) is not None)
+
+
 def export_model(src, out, dtype: str | None = None,
                  max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write the model in `src` (any folder `resolve_model_dir` accepts) as a self-contained
     folder `out`: config.json (model args, preset, tokenizer spec), model.safetensors (sharded
-    with an index above `max_shard_bytes`), and the tokenizer's files."""
+    with an index above `max_shard_bytes`), and the tokenizer's files.
+
+    `out` is new, empty, or an earlier export, which is replaced whole once the new folder is
+    written and loads; a failure (a full disk) leaves it as it was. A folder holding anything
+    else (a run folder, a checkpoint, data) is refused, never overwritten."""
     folder = resolve_model_dir(src)
     out = Path(out)
     if out.exists() and out.resolve() == folder.resolve():
         raise ModelLoadError(f"--out {out} is the source folder itself: choose another folder")
     if out.exists() and not out.is_dir():
         raise ModelLoadError(f"--out {out} exists and is not a folder")
+    foreign = foreign_entries(out, is_model_file)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ModelLoadError(f"--out {out} holds files an export does not write ({shown}): "
+                             "choose a new or empty folder, or an earlier export to replace")
     model, config = load_model(folder)
     extra = {k: v for k, v in config.items()
              if k not in model.args.to_dict() and k != "tokenizer"}
     extra["dtype"] = dtype or "float32"
-    return save_model(out, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
-                      max_shard_bytes=max_shard_bytes, extra_config=extra,
-                      tokenizer_root=folder)
+    try:
+        with replacing_folder(out) as tmp:
+            save_model(tmp, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
+                       max_shard_bytes=max_shard_bytes, extra_config=extra,
+                       tokenizer_root=folder)
+            load(tmp)  # the new folder must load on its own before it replaces anything
+    except OSError as e:
+        raise with_message(e, f"export to {out} failed: {describe_os_error(e)}; {out} is left "
+                              "as it was") from None
+    return out

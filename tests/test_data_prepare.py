@@ -170,3 +170,113 @@ def test_cli_prints_token_counts(tmp_path):
                                        "--out", str(tmp_path / "out"), "--tokenizer", "bytes"])
     assert result.exit_code == 0, result.output
     assert "train: " in result.output and "val: " in result.output and "tokens/s" in result.output
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _prepared(tmp_path):
+    make_corpus(tmp_path / "src", 4)
+    prepare(tmp_path / "src", tmp_path / "data" / "out", "bytes", False, 0.25, 0, **QUIET)
+    return tmp_path / "data" / "out"
+
+
+def test_failed_prepare_keeps_the_earlier_data(tmp_path):
+    """Bad input found halfway (a single document too short to split): the folder prepared
+    before is untouched and loads; nothing temporary is left."""
+    out = _prepared(tmp_path)
+    before = _snapshot(out)
+    (tmp_path / "short.txt").write_text("ab")
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "short.txt"),
+                                       "--out", str(out), "--tokenizer", "bytes"])
+    assert result.exit_code == 1 and "at least 4 tokens" in result.output
+    assert _snapshot(out) == before and [p.name for p in out.parent.iterdir()] == ["out"]
+    from mlx_kssm.data import TokenDataset
+    TokenDataset(out, "train")
+
+
+def test_disk_full_during_prepare(tmp_path, monkeypatch):
+    import errno
+    import importlib
+    import os
+    from mlx_kssm._files import atomic_open
+    prepare_mod = importlib.import_module("mlx_kssm.data.prepare")  # the package's name is the function
+
+    out = _prepared(tmp_path)
+    before = _snapshot(out)
+
+    def disk_full(path, chunks, length, dtype):
+        with atomic_open(path, "wb") as f:
+            f.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(prepare_mod, "write_token_file", disk_full)
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "src"),
+                                       "--out", str(out), "--tokenizer", "bytes"])
+    lines = [l for l in result.output.splitlines() if l.startswith("Error:")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0] == (f"Error: prepare into {out} failed: No space left on device (writing "
+                        f"tokens_train.npy); {out} is left as it was")
+    assert _snapshot(out) == before and [p.name for p in out.parent.iterdir()] == ["out"]
+
+
+def test_prepare_refuses_an_out_folder_holding_other_files(tmp_path):
+    make_corpus(tmp_path / "src", 3)
+    before = _snapshot(tmp_path / "src")
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "src"),
+                                       "--out", str(tmp_path / "src"), "--tokenizer", "bytes"])
+    assert result.exit_code == 1
+    assert "holds files `data prepare` does not write (doc00.txt, doc01.txt, doc02.txt)" in \
+        result.output
+    assert _snapshot(tmp_path / "src") == before
+
+
+@pytest.mark.parametrize("entry", ["../private.txt", "{tmp}/private.txt"])
+def test_manifest_entry_leaving_the_source_is_refused(tmp_path, entry):
+    src = tmp_path / "src"
+    make_corpus(src, 2)
+    (tmp_path / "private.txt").write_text("a file outside the corpus")
+    name = entry.format(tmp=tmp_path)
+    (src / "manifest.json").write_text(json.dumps({"files": [{"file": "doc00.txt"},
+                                                             {"file": name}]}))
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(src), "--out",
+                                       str(tmp_path / "out"), "--tokenizer", "bytes"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert f"entry {name!r} is not a file inside {src}: refused" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiktoken_file_travels_with_the_data(tmp_path):
+    """The ranks file is copied into the data folder; meta.json names no path outside it."""
+    import base64
+    from mlx_kssm.data import TokenDataset
+
+    ranks = tmp_path / "mine.tiktoken"
+    ranks.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+    make_corpus(tmp_path / "src", 3)
+    meta = prepare(tmp_path / "src", tmp_path / "out", str(ranks), False, 0.34, 0, **QUIET).meta
+    assert meta["tokenizer"]["path"] == "tokenizer.tiktoken"
+    ranks.unlink()
+    tok = TokenDataset(tmp_path / "out", "train").tokenizer()
+    assert tok.decode(tok.encode("Document 1")) == "Document 1"
+    meta["tokenizer"]["path"] = str(tmp_path / "src" / "doc00.txt")  # a path out of the folder
+    (tmp_path / "out" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="lies outside .*: refused"):
+        TokenDataset(tmp_path / "out", "train").tokenizer()
+
+
+@pytest.mark.parametrize("content", ["elf", "random"])
+def test_binary_files_are_refused(tmp_path, content):
+    """An executable or random bytes named .txt: refused by prepare and by fetch."""
+    make_corpus(tmp_path / "src", 2)
+    rng = np.random.default_rng(0)
+    data = (b"\x7fELF\x02\x01\x01" + bytes(9) + rng.bytes(2000) if content == "elf"
+            else bytes(rng.integers(1, 256, 3000, dtype=np.uint8)))  # no NUL at all
+    (tmp_path / "src" / "prog.txt").write_bytes(data)
+    for argv in (["data", "prepare", "--tokenizer", "bytes"], ["data", "fetch"]):
+        result = CliRunner().invoke(main, argv + ["--source", str(tmp_path / "src"), "--out",
+                                                  str(tmp_path / "out")])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+        assert result.output.startswith(f"Error: {tmp_path / 'src' / 'prog.txt'}: binary data")
+        assert not (tmp_path / "out").exists()

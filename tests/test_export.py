@@ -1,7 +1,11 @@
 """Export: a self-contained folder that loads anywhere and generates the same tokens."""
 
+import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -130,3 +134,103 @@ def test_export_cli_errors(run_dir, tmp_path):
     res = CliRunner().invoke(main, ["export", "--model", str(run), "--out", str(tmp_path / "e"),
                                     "--max-shard-size", "lots"])
     assert res.exit_code == 1 and "max-shard-size" in res.output
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _other_model(root):
+    """A model whose compaction map (another corpus, byte level) differs from run_dir's."""
+    (root / "texts").mkdir(parents=True)
+    (root / "texts" / "a.txt").write_text("a different corpus, " * 50)
+    prepare(root / "texts", root / "data", tokenizer="bytes", compact=True, val_fraction=0.3,
+            log=lambda s: None)
+    meta = json.loads((root / "data" / "meta.json").read_text())
+    return save_model(root / "model", build_model("tiny", vocab_size=meta["vocab_size"], seed=2),
+                      tokenizer_spec=meta["tokenizer"], tokenizer_root=root / "data")
+
+
+def test_failed_export_leaves_the_earlier_export_loadable(run_dir, tmp_path, monkeypatch):
+    """Disk full halfway through replacing an export: the old one is untouched, no temp left."""
+    run, _ = run_dir
+    out = export_model(run, tmp_path / "exports" / "exp")
+    before, tokens = _snapshot(out), _tokens(out)
+    other = _other_model(tmp_path / "other")
+
+    def disk_full(file, arrays, metadata=None):
+        if not isinstance(file, str):
+            file.write(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(mx, "save_safetensors", disk_full)
+    res = CliRunner().invoke(main, ["export", "--model", str(other), "--out", str(out)])
+    monkeypatch.undo()
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert res.output.startswith(f"Error: export to {out} failed: No space left on device "
+                                 "(writing model.safetensors)"), res.output
+    assert _snapshot(out) == before and _tokens(out) == tokens
+    assert [p.name for p in out.parent.iterdir()] == ["exp"]  # no temp folder or file left
+
+
+def test_export_refuses_a_folder_holding_other_files(run_dir):
+    """--out a run folder: refused, the run's config.json untouched (--model RUN still works)."""
+    run, _ = run_dir
+    before = _snapshot(run)
+    res = CliRunner().invoke(main, ["export", "--model", str(run / "checkpoints" / "step_10"),
+                                    "--out", str(run)])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert res.output.startswith(f"Error: --out {run} holds files an export does not write "
+                                 "(checkpoints)")
+    assert _snapshot(run) == before
+    load_model(run)
+
+
+def test_export_removes_a_killed_exports_leftovers(run_dir, tmp_path):
+    run, _ = run_dir
+    out = export_model(run, tmp_path / "exp")
+    dead = _dead_pid()
+    (tmp_path / f".exp.pid{dead}.tmp").mkdir()  # killed while writing
+    (tmp_path / f".exp.pid{dead}.tmp" / "model.safetensors").write_bytes(b"\0" * 1000)
+    (tmp_path / ".exp.old").mkdir()  # killed after the swap, before deleting the old one
+    export_model(run, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_model_folder_paths_never_leave_the_folder(run_dir, tmp_path):
+    """config.json's map_file, or a shard index, naming a file outside the model folder."""
+    run, data = run_dir
+    model_dir = export_model(run, tmp_path / "exp")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["tokenizer"]["compaction"]["map_file"] = str(data / "vocab_map.npy")  # absolute
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    res = CliRunner().invoke(main, ["export", "--model", str(model_dir), "--out",
+                                    str(tmp_path / "copy")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "lies outside" in res.output and "refused" in res.output
+    assert not (tmp_path / "copy").exists()
+    sharded = export_model(run, tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = "../exp/model.safetensors"
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"names shards outside .*'\.\./exp/model"):
+        load_model(sharded)
+
+
+def test_integer_weights_are_refused_not_cast(run_dir, tmp_path):
+    run, _ = run_dir
+    out = export_model(run, tmp_path / "exp")
+    weights = dict(mx.load(str(out / "model.safetensors")))
+    weights["norm.weight"] = weights["norm.weight"].astype(mx.int32)
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    res = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "Hi"])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "norm.weight: file dtype mlx.core.int32 vs model mlx.core.float32" in res.output

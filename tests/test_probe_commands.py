@@ -4,6 +4,7 @@ clear line with a non-zero exit for every bad input."""
 import json
 import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -170,6 +171,44 @@ def test_evaluate_transformer_not_applicable(models, data_dir):
 def test_evaluate_bad_data(models, tmp_path):
     line = one_line_error(run("evaluate", "--model", models["tiny"], "--data", tmp_path / "none"))
     assert "meta.json" in line
+
+
+def test_evaluate_and_intervene_name_both_tokenizers(models, data_dir, tmp_path):
+    """Data compacted from the same base tokenizer: the message says what differs."""
+    compacted = tmp_path / "compacted"
+    prepare(data_dir.parent / "texts", compacted, tokenizer="bytes", compact=True,
+            val_fraction=0.34, log=lambda s: None)
+    for command in ("evaluate", "intervene"):
+        line = one_line_error(run(command, "--model", models["tiny"], "--data", compacted))
+        assert "another tokenizer" in line and "(bytes vs bytes compacted to" in line, line
+
+
+def test_ids_beyond_the_vocabulary_are_refused(models, tmp_path):
+    """meta.json claims the byte vocabulary but the file holds id 300: one line, no crash
+    (evaluate used to segfault, intervene to print garbage). Run as processes: a crash must
+    fail the test, not end the test session."""
+    import numpy as np
+    from mlx_kssm.data.prepare import DATA_OFFSET, write_token_file
+
+    folder = tmp_path / "stale"
+    folder.mkdir()
+    splits = {}
+    for split in ("train", "val"):
+        tokens = np.tile(np.array([65, 66, 300], dtype=np.uint16), 200)
+        write_token_file(folder / f"tokens_{split}.npy", iter([tokens]), tokens.size, "uint16")
+        splits[split] = {"file": f"tokens_{split}.npy", "tokens": tokens.size, "max_id": 66}
+    (folder / "meta.json").write_text(json.dumps({
+        "format_version": 1, "tokenizer": {"kind": "bytes"}, "vocab_size": 257,
+        "dtype": "uint16", "data_offset": DATA_OFFSET, "splits": splits}))
+    for args in (["evaluate", "--batches", "1", "--samples", "0", "--model", models["tiny"]],
+                 ["intervene", "--n-prompts", "1", "--max-tokens", "2", "--model", models["tiny"]],
+                 ["train", "--preset", "tiny", "--output-dir", tmp_path / "run"]):
+        res = subprocess.run([sys.executable, "-m", "mlx_kssm.cli", *map(str, args), "--data",
+                              str(folder)], capture_output=True, text=True)
+        assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
+        assert res.stderr.startswith("Error:") and "token id 300" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_help_has_examples():

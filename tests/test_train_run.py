@@ -1,6 +1,7 @@
 """End-to-end trainer tests on the tiny preset (seq 32, batch 4): exact resume, signals,
 SIGKILL survival, NaN guard, lock refusal, stages, status/monitor, CLI errors."""
 
+import errno
 import json
 import os
 import random
@@ -190,14 +191,36 @@ def test_sigint_and_sigterm_save_and_exit(data_dir, tmp_path):
         assert not (out / "training.lock").exists()
 
 
-def _wait_for_step(out, step, timeout=60):
+def _wait_until(condition, what, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        trains = [r for r in read_history(out) if r.get("event") == "train"]
-        if trains and trains[-1]["step"] >= step:
+        if condition():
             return
         time.sleep(0.05)
-    raise AssertionError(f"no step {step} in {out} within {timeout}s")
+    raise AssertionError(f"no {what} within {timeout}s")
+
+
+def _wait_for_step(out, step):
+    def reached():
+        trains = [r for r in read_history(out) if r.get("event") == "train"]
+        return trains and trains[-1]["step"] >= step
+    _wait_until(reached, f"step {step} in {out}")
+
+
+def _wait_for_checkpoint(out, step):
+    def saved():
+        newest = ckpt.latest_checkpoint(out)
+        return newest is not None and int(newest.name[5:]) >= step
+    _wait_until(saved, f"checkpoint of step {step} in {out}")
+
+
+def _wait_for_lock(out, pid):
+    def taken():
+        try:
+            return json.loads((out / "training.lock").read_text())["pid"] == pid
+        except (OSError, ValueError, KeyError):
+            return False
+    _wait_until(taken, f"lock of pid {pid} on {out}")
 
 
 def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path):
@@ -210,7 +233,8 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path
     last_step = 0
     for attempt in range(3):
         p = cli(*args)
-        _wait_for_step(out, last_step + 1)
+        _wait_for_lock(out, p.pid)  # the history may still show the killed attempt's steps
+        _wait_for_checkpoint(out, last_step + 1)  # this attempt saved one: kill it anywhere
         time.sleep(rng.uniform(0.0, 0.6))
         p.kill()  # SIGKILL
         p.wait()
@@ -258,3 +282,236 @@ def test_muon_optimizer_trains_and_resumes(data_dir, tmp_path):
     assert all(l == l for l in losses) and losses[-1] < losses[0]
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "m"))
     assert any(k.startswith("states.0.") for k in state.optimizer)  # Muon's momentum saved
+
+
+def _snapshot(folder):
+    """Every file under `folder` with its bytes (what a refused command must leave alone)."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_data_of_another_tokenizer(data_dir, tmp_path):
+    """A compacted byte vocabulary fits the model's 257 ids but means other text: refused."""
+    other = tmp_path / "other"
+    prepare(data_dir.parent / "src", other, tokenizer="bytes", compact=True, val_fraction=0.2,
+            log=lambda m: None)
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)
+    before = _snapshot(out)
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out), "--data",
+                                  str(other), "--max-steps", "6"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+    assert "another tokenizer" in lines[0] and "bytes vs bytes compacted to" in lines[0]
+    assert _snapshot(out) == before  # checkpoints, config, history and log untouched
+
+
+class _Crash(Exception):
+    """Stands for a trainer dying (power cut, OOM kill) at a chosen step."""
+
+
+def _crash_at(monkeypatch, step):
+    original = trainer_mod._Loop.train_step
+
+    def train_step(self):
+        record = original(self)
+        if self.step == step:
+            raise _Crash(f"died at step {step}")
+        return record
+
+    monkeypatch.setattr(trainer_mod._Loop, "train_step", train_step)
+
+
+def test_early_crash_then_rerun_keeps_history_exact(data_dir, tmp_path, monkeypatch):
+    """An attempt that dies before its first checkpoint, the same command again (interrupted
+    after its first checkpoint), then --resume: every step once, equal to a straight run."""
+    train(tiny_config(data_dir, tmp_path / "straight"), echo=lambda m: None)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _crash_at(m, 3)  # just before the first checkpoint (save_every 3)
+        with pytest.raises(_Crash):
+            train(tiny_config(data_dir, out), echo=lambda m: None)
+    assert ckpt.latest_checkpoint(out) is None and sorted(train_losses(out)) == [1, 2]
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod._Loop, "stop_requested",
+                  lambda self: signal.SIGINT if self.step == 4 else None)
+        assert train(tiny_config(data_dir, out), echo=lambda m: None).step == 4
+    train(tiny_config(data_dir, out, resume=True), echo=lambda m: None)
+    steps = [r["step"] for r in read_history(out) if r["event"] == "train"]
+    assert steps == list(range(1, 7))
+    assert train_losses(out) == train_losses(tmp_path / "straight")
+
+
+def test_plain_resume_after_crash_before_first_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _crash_at(m, 2)
+        with pytest.raises(_Crash):
+            train(tiny_config(data_dir, out), echo=lambda m: None)
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"no checkpoint in {out}: starting a new run" in r.output
+    assert [r["step"] for r in read_history(out) if r["event"] == "train"] == list(range(1, 7))
+
+
+def test_resuming_a_finished_run_repeats_nothing(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=4, save_every=4, steps_per_eval=4),
+          echo=lambda m: None)
+    saved = (ckpt.latest_checkpoint(out) / "model.safetensors").stat().st_mtime_ns
+    res = train(tiny_config(data_dir, out, max_steps=4, resume=True), echo=lambda m: None)
+    assert (res.status, res.step, res.exit_code) == ("completed", 4, 0)
+    events = [(r["event"], r["step"]) for r in read_history(out)]
+    for event in ("eval", "checkpoint", "end"):
+        assert events.count((event, 4)) == 1, events
+    assert (ckpt.latest_checkpoint(out) / "model.safetensors").stat().st_mtime_ns == saved
+
+
+def test_refused_start_leaves_no_run_folder(data_dir, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out), "--seq-len", "100000"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.startswith("Error:") and "too few for windows" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_output_dir_that_is_a_file(data_dir, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert r.output.startswith(f"Error: --output-dir {out} exists and is not a folder")
+    assert out.read_text() == "keep me"
+
+
+def test_run_records_absolute_data_path(data_dir, tmp_path, monkeypatch):
+    """A relative --data works from any working directory later (and from a copied run)."""
+    monkeypatch.chdir(data_dir.parent)
+    train(tiny_config(data_dir.name, tmp_path / "run", max_steps=2), echo=lambda m: None)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["data"]
+    assert saved == str(data_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    res = train(TrainConfig(output_dir=str(tmp_path / "run"), max_steps=3, resume=True),
+                echo=lambda m: None)
+    assert res.step == 3
+
+
+def _disk_full_at(monkeypatch, marker):
+    """mx.save_safetensors into a file whose temp path contains `marker` writes part of it and
+    then fails as a full disk does (the OS's ENOSPC from the write)."""
+    original = mx.save_safetensors
+
+    def save(file, arrays, metadata=None):
+        if marker in (file if isinstance(file, str) else file.name):
+            if not isinstance(file, str):
+                file.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(file, arrays, metadata=metadata)
+
+    monkeypatch.setattr(mx, "save_safetensors", save)
+
+
+def test_disk_full_while_writing_a_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+            "--seq-len", "32", "--batch-size", "4", "--max-steps", "6", "--save-every", "3",
+            "--steps-per-eval", "100", "--steps-per-report", "1"]
+    with monkeypatch.context() as m:
+        _disk_full_at(m, "step_6")
+        r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    line = r.stderr.strip()
+    assert line.startswith(f"Error: checkpoint {out / 'checkpoints' / 'step_6'} not saved: "
+                           "No space left on device (writing model.safetensors)"), line
+    assert "step_3 is kept" in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_3"]
+    assert "ERROR: checkpoint" in (out / "training.log").read_text()
+    assert read_history(out)[-1]["status"] == "error"
+    assert not (out / "training.lock").exists()
+    load_model(ckpt.latest_checkpoint(out))
+    resumed = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["step"] for r in read_history(out) if r["event"] == "train"] == list(range(1, 7))
+
+
+def test_disk_full_while_writing_best(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)  # best/ at step 3
+    best = _snapshot(out / "best")
+    with monkeypatch.context() as m:
+        _disk_full_at(m, f"{os.sep}.best.pid")
+        with pytest.raises(OSError, match=r"best \(step 6\) not saved: No space left on device"):
+            train(tiny_config(data_dir, out, max_steps=6, resume=True), echo=lambda m: None)
+    assert _snapshot(out / "best") == best
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp.best")]
+    assert "ERROR:" in (out / "training.log").read_text()
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_start_removes_stale_temp_files(data_dir, tmp_path):
+    """What killed writers leave (this version's names with a dead pid, and an earlier
+    version's names) goes at the next start; a live writer's temp file stays."""
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)
+    dead = _dead_pid()
+    stale_files = [out / ".history.jsonl.k2j4h5g6.tmp", out / ".config.json.x8d7f6s5.tmp",
+                   out / "checkpoints" / ".latest.a1b2c3d4.tmp", out / ".training.lock.stale.4242",
+                   out / f".config.json.pid{dead}.q8w7e6r5.tmp"]
+    stale_dirs = [out / "checkpoints" / f".step_4.pid{dead}.tmp", out / f".best.pid{dead}.tmp",
+                  out / "checkpoints" / f".step_1.pid{dead}.trash"]
+    for path in stale_files:
+        path.write_text("{}")
+    for path in stale_dirs:
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"\0" * 1000)
+    stale = stale_files + stale_dirs
+    live = out / f".intervene.json.pid{os.getpid()}.z.tmp"  # another command writing now
+    live.write_text("{}")
+    logs = []
+    train(tiny_config(data_dir, out, max_steps=4, resume=True), echo=logs.append)
+    assert not [p for p in stale if p.exists()] and live.exists()
+    assert sum(m.startswith("removed leftover") for m in logs) == len(stale)
+
+
+def test_status_of_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a run")
+    for args in (["status", str(tmp_path)], ["monitor", str(tmp_path), "--once"]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith(f"Error: {tmp_path} is not a training run folder")
+
+
+def test_config_json_that_is_a_list(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=2), echo=lambda m: None)
+    for folder in (out, out / "checkpoints" / "step_2", out / "best"):
+        (folder / "config.json").write_text("[1, 2]")
+    r = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "a"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "config.json holds a JSON list, not an object" in r.output
+    assert "unexpected" not in r.output
+    s = CliRunner().invoke(main, ["status", str(out)])
+    assert "NOT RUNNING" in s.output and "Traceback" not in s.output
+
+
+def test_output_dir_that_is_a_model_folder_is_refused(data_dir, tmp_path):
+    """A new run would overwrite an exported model's config.json: refused."""
+    from mlx_kssm import build_model, save_model
+
+    folder = save_model(tmp_path / "export", build_model("tiny", vocab_size=257, seed=0),
+                        tokenizer_spec={"kind": "bytes"})
+    before = _snapshot(folder)
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(folder)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "is not a training run's config (a model folder?)" in r.output
+    assert _snapshot(folder) == before

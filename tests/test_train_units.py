@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import mlx_kssm  # noqa: F401
 import mlx.core as mx
@@ -249,3 +251,43 @@ def test_evaluate_loss_deterministic_and_shaped():
     assert m["val_u"] is not None and m["val_reg"] > 0
     tr = build_model("transformer-tiny", vocab_size=64, seed=0)
     assert evaluate_loss(tr, batches[:1])["val_R"] is None
+
+
+def test_history_cut_follows_the_checkpoint_event(tmp_path):
+    """A history an aborted attempt appended to: the count a checkpoint recorded is off, the
+    cut still lands right after that checkpoint's own event."""
+    from mlx_kssm.train.trainer import RunLog, read_history
+
+    events = ([{"event": "train", "step": s} for s in (1, 2)]  # the aborted attempt
+              + [{"event": "train", "step": s} for s in (1, 2, 3)]
+              + [{"event": "checkpoint", "step": 3}, {"event": "train", "step": 4}])
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    log = RunLog(tmp_path, writer=True, echo=lambda m: None)
+    kept = log.truncate_history(4, step=3)  # the checkpoint counted only its own process's 4
+    assert kept == events[:6] and read_history(tmp_path) == events[:6] and log.n_events == 6
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states in /proc")
+def test_zombie_trainer_does_not_hold_the_lock(tmp_path):
+    """A trainer killed but not yet reaped by its parent (a zombie) is gone: its lock is
+    taken over."""
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        zombie.kill()
+        deadline = time.time() + 10
+        while _state(zombie.pid) != "Z" and time.time() < deadline:
+            time.sleep(0.05)
+        assert _state(zombie.pid) == "Z"  # killed, not reaped: os.kill(pid, 0) still works
+        (tmp_path / "training.lock").write_text(json.dumps(
+            {"pid": zombie.pid, "host": socket.gethostname(), "start_time": "t",
+             "start_tick": lock.process_start_tick(zombie.pid), "command": "mlx-kssm train"}))
+        notes = []
+        lock.acquire(tmp_path, log=notes.append)
+        assert any("taking over stale lock" in n for n in notes)
+        lock.release(tmp_path)
+    finally:
+        zombie.wait()
+
+
+def _state(pid):
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -3,8 +3,8 @@ files, and sample training windows from them deterministically."""
 
 from .errors import DataError, FetchError
 from .fetch import fetch_gutenberg, fetch_local, fetch_shakespeare, read_catalog, strip_gutenberg
-from .loader import (BatchSampler, TokenDataset, check_vocab, device_tokens, eval_batches,
-                     read_meta)
+from .loader import (BatchSampler, TokenDataset, check_tokenizer, check_vocab, device_tokens,
+                     eval_batches, read_meta)
 from .prepare import DATA_OFFSET, prepare, token_dtype, write_token_file
 from .tokenizer import load_tokenizer
 
@@ -13,5 +13,6 @@ __all__ = [
     "fetch_gutenberg", "fetch_local", "fetch_shakespeare", "read_catalog", "strip_gutenberg",
     "prepare", "write_token_file", "token_dtype", "DATA_OFFSET",
     "load_tokenizer",
-    "TokenDataset", "BatchSampler", "eval_batches", "check_vocab", "device_tokens", "read_meta",
+    "TokenDataset", "BatchSampler", "eval_batches", "check_vocab", "check_tokenizer",
+    "device_tokens", "read_meta",
 ]

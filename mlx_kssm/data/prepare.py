@@ -23,6 +23,7 @@ Every document is followed by the separator token (sep_id), so both files end wi
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -32,16 +33,18 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .._files import atomic_open, atomic_write_json, sha256_file
+from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign_entries,
+                      inside, naming, replacing_folder, sha256_file)
 from .errors import DataError
-from .fetch import decode_text, list_text_files
-from .tokenizer import compact_tokenizer, load_tokenizer
+from .fetch import check_text, decode_text, list_text_files
+from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 DATA_OFFSET = 16384  # token data starts here in every .npy we write (16 KiB page)
 SPLITS = ("train", "val")
 CHUNK_TOKENS = 1 << 20
 MAP_FILE = "vocab_map.npy"
+OUTPUT_FILES = ("tokens_train.npy", "tokens_val.npy", "meta.json", MAP_FILE, TIKTOKEN_FILE)
 
 Log = Callable[[str], None]
 
@@ -114,9 +117,10 @@ def find_sources(source) -> list[Source]:
     if manifest and manifest.exists():
         try:
             entries = json.loads(manifest.read_text("utf-8"))["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            names = [(e["file"], e.get("title", "")) for e in entries]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{manifest}: unreadable manifest ({exc})") from None
-        sources = [Source(source / e["file"], e["file"], e.get("title", "")) for e in entries]
+        sources = [Source(_listed(source, name, manifest), name, title) for name, title in names]
         for s in sources:
             if not s.path.is_file():
                 raise DataError(f"{s.path}: listed in {manifest} but missing")
@@ -127,6 +131,14 @@ def find_sources(source) -> list[Source]:
     return [Source(p, str(p.relative_to(root))) for p in list_text_files(source)]
 
 
+def _listed(source: Path, name, manifest: Path) -> Path:
+    """The file a manifest entry names, which must lie inside the source folder."""
+    path = inside(source, name) if isinstance(name, str) else None
+    if path is None:
+        raise DataError(f"{manifest}: entry {name!r} is not a file inside {source}: refused")
+    return path
+
+
 def iter_documents(src: Source) -> Iterator[str]:
     """A .txt file is one document; a .jsonl file one document per line ("text" field).
     Blank documents are skipped."""
@@ -134,7 +146,9 @@ def iter_documents(src: Source) -> Iterator[str]:
         if src.path.suffix == ".jsonl":
             yield from _jsonl_documents(src.path)
         else:
-            text = decode_text(src.path.read_bytes()).replace("\r\n", "\n")
+            raw = src.path.read_bytes()
+            check_text(raw, src.path)
+            text = decode_text(raw).replace("\r\n", "\n")
             if text.strip():
                 yield text
     except OSError as exc:
@@ -189,30 +203,69 @@ class _RawSplit:
         self.file = open(path, "wb")
 
     def append(self, ids: np.ndarray, sep_id: int) -> None:
-        self.file.write(np.ascontiguousarray(ids, dtype=np.uint32).tobytes())
-        self.file.write(np.uint32(sep_id).tobytes())
+        with naming(self.path):
+            self.file.write(np.ascontiguousarray(ids, dtype=np.uint32).tobytes())
+            self.file.write(np.uint32(sep_id).tobytes())
         self.stats.tokens += ids.size + 1
         self.stats.docs += 1
 
 
 def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = False,
             val_fraction: float = 0.05, seed: int = 0, log: Log = _stderr) -> PrepareResult:
-    """Tokenize `source` into `out_dir` (see the module docstring). Returns the meta dict."""
+    """Tokenize `source` into `out_dir` (see the module docstring). Returns the meta dict.
+
+    `out_dir` is new, empty or an earlier prepared folder; the new files are written to a
+    temporary folder beside it that replaces it whole at the end, so a failure (bad input
+    found halfway, a full disk, a kill) leaves the earlier data intact and usable."""
     import time
 
     started = time.perf_counter()
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
     base = load_tokenizer(tokenizer)
     sources = find_sources(source)
     n_docs = _count_documents(sources)
     if n_docs == 0:
         raise DataError(f"{source}: no non-empty documents")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "meta.json").unlink(missing_ok=True)  # a crash below leaves no stale meta behind
+    try:
+        with replacing_folder(out_dir) as folder:
+            _bundle_ranks_file(base, folder)
+            tok, dtype, stats = _write_tokens(folder, sources, base, n_docs, compact,
+                                              val_fraction, seed, log)
+            meta = _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact,
+                         val_fraction, seed)
+            atomic_write_json(folder / "meta.json", meta)
+    except OSError as e:
+        raise DataError(f"prepare into {out_dir} failed: {describe_os_error(e)}; {out_dir} is "
+                        "left as it was") from None
+    return PrepareResult(out_dir, meta, time.perf_counter() - started, stats)
 
-    raw = {s: _RawSplit(out_dir / f".tokens_{s}.raw.tmp") for s in SPLITS}
+
+def _bundle_ranks_file(tok, folder: Path) -> None:
+    """A .tiktoken tokenizer's ranks file travels with the data: copied in, and the spec in
+    meta.json names the copy (paths in meta.json stay inside the folder)."""
+    if tok.spec.get("kind") == "tiktoken_file":
+        shutil.copyfile(tok.spec["path"], folder / TIKTOKEN_FILE)
+        tok.spec = {**tok.spec, "path": TIKTOKEN_FILE}
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """--out is new, empty or an earlier prepared folder: anything else is never replaced."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} exists and is not a folder")
+    foreign = foreign_entries(out_dir, lambda name: name in OUTPUT_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise DataError(f"--out {out_dir} holds files `data prepare` does not write ({shown}): "
+                        "choose a new or empty folder, or an earlier prepared folder to replace")
+
+
+def _write_tokens(folder: Path, sources, base, n_docs, compact, val_fraction, seed, log):
+    """Tokenize into raw temp files per split, then write the .npy files (and the vocabulary
+    map when compacting) into `folder`. Returns (tokenizer, dtype, SplitStats per split)."""
+    raw = {s: _RawSplit(folder / f".tokens_{s}.raw.tmp") for s in SPLITS}
     try:
         used = _tokenize_all(sources, base, raw, n_docs, val_fraction, seed, log)
         for r in raw.values():
@@ -220,22 +273,18 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
         tok = base
         if compact:
             tok = compact_tokenizer(base, np.flatnonzero(used), map_file=MAP_FILE)
-            with atomic_open(out_dir / MAP_FILE, "wb") as f:
+            with atomic_open(folder / MAP_FILE, "wb") as f:
                 np.save(f, tok.base_ids.astype(np.uint32), allow_pickle=False)
         dtype = token_dtype(tok.vocab_size)
         remap = tok.to_compact if compact else None
         for split, r in raw.items():
-            r.stats.max_id = write_token_file(out_dir / f"tokens_{split}.npy",
+            r.stats.max_id = write_token_file(folder / f"tokens_{split}.npy",
                                               _raw_chunks(r.path, remap), r.stats.tokens, dtype)
     finally:
         for r in raw.values():
             r.file.close()
             r.path.unlink(missing_ok=True)
-
-    meta = _meta(tok, dtype, raw, sources, n_docs, source, tokenizer, compact, val_fraction, seed)
-    atomic_write_json(out_dir / "meta.json", meta)
-    return PrepareResult(out_dir, meta, time.perf_counter() - started,
-                         {s: r.stats for s, r in raw.items()})
+    return tok, dtype, {s: r.stats for s, r in raw.items()}
 
 
 def _count_documents(sources: list[Source]) -> int:
@@ -280,7 +329,8 @@ def _cut_single_document(ids: np.ndarray, raw, sep_id: int, val_fraction: float)
     raw["val"].append(ids[cut:], sep_id)  # each split counts the one document once
 
 
-def _meta(tok, dtype, raw, sources, n_docs, source, tokenizer, compact, val_fraction, seed) -> dict:
+def _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact, val_fraction,
+          seed) -> dict:
     from .. import __version__
 
     return {
@@ -292,8 +342,8 @@ def _meta(tok, dtype, raw, sources, n_docs, source, tokenizer, compact, val_frac
         "dtype": np.dtype(dtype).name,
         "data_offset": DATA_OFFSET,
         "split": "documents" if n_docs >= 2 else "cut",
-        "splits": {s: {"file": f"tokens_{s}.npy", "tokens": r.stats.tokens, "docs": r.stats.docs,
-                       "max_id": r.stats.max_id} for s, r in raw.items()},
+        "splits": {s: {"file": f"tokens_{s}.npy", "tokens": st.tokens, "docs": st.docs,
+                       "max_id": st.max_id} for s, st in stats.items()},
         "documents": n_docs,
         "sources": [{"file": s.name, "title": s.title, "sha256": s.sha256, "docs": s.docs}
                     for s in sources],

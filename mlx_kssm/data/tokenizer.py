@@ -19,9 +19,11 @@ from typing import Iterable
 
 import numpy as np
 
+from .._files import inside
 from .errors import DataError
 
 DEFAULT_TOKENIZER = "cl100k_base"
+TIKTOKEN_FILE = "tokenizer.tiktoken"  # a .tiktoken ranks file, copied into data and model folders
 TIKTOKEN_NAMES = ("cl100k_base", "gpt2", "r50k_base", "p50k_base", "o200k_base")
 SEPARATOR_TEXT = "<|endoftext|>"
 UNKNOWN_TEXT = "<|unk|>"  # what a compacted tokenizer's unknown id decodes to: visible, never silent
@@ -184,9 +186,23 @@ def _base_from_spec(spec: dict, root=None):
     if kind == "tiktoken":
         return _tiktoken_by_name(spec["name"])
     if kind == "tiktoken_file":
-        return _tiktoken_file(Path(root or ".") / spec["path"], spec.get("sha256"),
-                              spec.get("pat_str"))
+        return _tiktoken_file(_spec_path(root, spec.get("path"), "tokenizer file"),
+                              spec.get("sha256"), spec.get("pat_str"))
     raise DataError(f"unknown tokenizer kind {kind!r}")
+
+
+def _spec_path(root, name, what: str) -> Path:
+    """A file a spec names. Read from a folder's meta.json or config.json (`root` given), it
+    must lie inside that folder: a spec never makes us read (or copy) a file elsewhere."""
+    if not isinstance(name, str):
+        raise DataError(f"the tokenizer spec names its {what} as {name!r}, not a file name")
+    if root is None:
+        return Path(name)
+    path = inside(root, name)
+    if path is None:
+        raise DataError(f"the {what} {name!r} named by the tokenizer spec lies outside {root}: "
+                        "refused")
+    return path
 
 
 def _tiktoken_by_name(name: str) -> TiktokenTokenizer:
@@ -250,7 +266,7 @@ def _compaction_ids(compaction: dict, root) -> np.ndarray:
         return np.asarray(compaction["base_ids"], dtype=np.int64)
     if "map_file" not in compaction:
         raise DataError("tokenizer compaction needs 'map_file' or 'base_ids'")
-    path = Path(root or ".") / compaction["map_file"]
+    path = _spec_path(root, compaction["map_file"], "vocabulary map")
     try:
         ids = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -258,6 +274,36 @@ def _compaction_ids(compaction: dict, root) -> np.ndarray:
     if ids.size + 1 != compaction.get("size", ids.size + 1):
         raise DataError(f"vocabulary map {path} holds {ids.size} ids, meta says {compaction['size'] - 1}")
     return ids
+
+
+def describe_tokenizer(spec) -> str:
+    """A tokenizer spec in words: "cl100k_base", "bytes", "tiktoken file 3f2a..." and, with
+    compaction, "... compacted to N ids"."""
+    if not isinstance(spec, dict):
+        return repr(spec)
+    kind = spec.get("kind")
+    name = {"bytes": "bytes", "tiktoken": spec.get("name"),
+            "tiktoken_file": f"tiktoken file {str(spec.get('sha256'))[:12]}"}.get(kind, kind)
+    size = (spec.get("compaction") or {}).get("size")
+    return f"{name} compacted to {size} ids" if size else str(name)
+
+
+def tokenizer_mismatch(spec, root, other, other_root) -> str | None:
+    """None when two tokenizer specs give every id the same text (same base encoding, same
+    compaction map; where their files live does not matter), else what differs, in words."""
+    base = lambda s: {k: v for k, v in s.items() if k not in ("compaction", "path")}  # noqa: E731
+    differs = f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
+    if base(spec) != base(other):
+        return differs
+    ids = [_compaction_ids(s["compaction"], r) if s.get("compaction") else None
+           for s, r in ((spec, root), (other, other_root))]
+    if (ids[0] is None) != (ids[1] is None):
+        return differs
+    if ids[0] is not None and not np.array_equal(ids[0], ids[1]):
+        same_size = ids[0].size == ids[1].size  # then the descriptions read the same
+        return differs + (" with a different vocabulary map (another corpus's ids)"
+                          if same_size else "")
+    return None
 
 
 def compact_tokenizer(base, used_base_ids: np.ndarray, map_file: str | None = None) -> CompactTokenizer:

@@ -304,7 +304,8 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
         raise UsageProblem("this model is a transformer: it has no R to force")
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     if data_dir is not None:
-        prompt_ids += _heldout_prompts(data_dir, split, model, n_prompts, prompt_len, seed)
+        prompt_ids += _heldout_prompts(data_dir, split, model, folder, n_prompts, prompt_len,
+                                      seed)
     if not prompt_ids:
         prompt_ids = [tokenizer.encode(p) for p in DEFAULT_PROMPTS]
     if any(len(p) == 0 for p in prompt_ids):
@@ -327,10 +328,11 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
         click.echo(f"wrote {json_out}")
 
 
-def _heldout_prompts(data_dir, split, model, n, prompt_len, seed) -> list:
+def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> list:
     from ..data.loader import TokenDataset, check_vocab, eval_batches
     ds = TokenDataset(data_dir, split)
     check_vocab(ds, model.args.vocab_size)
+    _check_same_tokenizer(folder, folder, ds)
     (inputs, _), = eval_batches(ds, 1, n, prompt_len, seed=seed + 1234)
     return [row.tolist() for row in inputs]
 
@@ -450,19 +452,9 @@ def _spread_windows(ds, n: int, seq_len: int):
 
 
 def _check_same_tokenizer(folder, model_dir, ds) -> None:
+    from ..data.loader import check_tokenizer
     from ..io import read_config
-    spec = read_config(folder).get("tokenizer")
-    data_spec = ds.meta.get("tokenizer")
-    if not isinstance(spec, dict) or not isinstance(data_spec, dict):
-        return
-
-    def key(s):
-        c = s.get("compaction") or {}
-        return (s.get("kind"), s.get("name"), s.get("sha256"), c.get("size"))
-
-    if key(spec) != key(data_spec):
-        raise UsageProblem(f"{model_dir} uses tokenizer {key(spec)[:2]} but {ds.data_dir} was "
-                           f"prepared with {key(data_spec)[:2]}: the ids would not match")
+    check_tokenizer(ds, read_config(folder).get("tokenizer"), folder, model_dir)
 
 
 # ---------------------------------------------------------------- export
@@ -470,7 +462,9 @@ def _check_same_tokenizer(folder, model_dir, ds) -> None:
 @click.command(context_settings=CONTEXT)
 @click.option("--model", "model_dir", required=True, metavar="DIR",
               help="run folder (its best/, else its newest checkpoint), checkpoint or export")
-@click.option("--out", "out_dir", required=True, metavar="DIR", help="folder to write")
+@click.option("--out", "out_dir", required=True, metavar="DIR",
+              help="folder to write: new, empty, or an earlier export (replaced whole only once "
+                   "the new one is written and loads; any other folder is refused)")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="cast the weights (default: keep float32)")
 @click.option("--max-shard-size", default="2GB", show_default=True,

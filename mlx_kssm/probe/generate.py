@@ -1,5 +1,6 @@
-"""Stateful sampling: the prompt runs once through the model, then one token at a time with
-the per-layer cache (O(1) work per token for K-SSM). Same prompt + seed = same tokens."""
+"""Stateful sampling: the prompt runs through the model in chunks carrying the per-layer cache
+(so its peak memory does not grow with its length), then one token at a time with that cache
+(O(1) work per token for K-SSM). Same prompt + seed = same tokens."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
+
+PREFILL_CHUNK = 512  # prompt tokens per forward pass
 
 
 @dataclass
@@ -37,9 +40,24 @@ def sample_next(logits, temp: float, top_p: float, top_k: int, key):
     return mx.random.categorical(logits, key=key)
 
 
+def prefill(model, prompt_ids, cache, force_r=None, chunk: int = PREFILL_CHUNK):
+    """Run the prompt through `model` `chunk` tokens at a time, carrying `cache`. Returns
+    (logits of the last position (V,), R per layer after it or None). One pass over a long
+    prompt holds activations and logits for every position at once (a 100k-token prompt:
+    gigabytes); chunks bound that by the chunk, and each chunk's cache is evaluated before the
+    next so the lazy graph never spans the prompt."""
+    ids = mx.array([list(prompt_ids)])
+    for start in range(0, ids.shape[1], chunk):
+        logits, r = model(ids[:, start:start + chunk], cache=cache, force_r=force_r,
+                          return_r=True)
+        last, r_last = logits[0, -1], None if r is None else r[0, -1]
+        mx.eval(last, r_last, [getattr(layer, "__dict__", layer) for layer in cache])
+    return last, r_last
+
+
 def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
                     top_p: float = 1.0, top_k: int = 0, seed: int = 0, force_r=None,
-                    stop_ids=(), on_token=None) -> Generation:
+                    stop_ids=(), on_token=None, prefill_chunk: int = PREFILL_CHUNK) -> Generation:
     """Generate up to `max_tokens` ids after `prompt_ids`. `on_token(id, r_layers)` streams."""
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give at least one token")
@@ -47,12 +65,10 @@ def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
     cache = model.make_cache()
     mx.reset_peak_memory()
     t0 = time.perf_counter()
-    logits, r = model(mx.array([list(prompt_ids)]), cache=cache, force_r=force_r, return_r=True)
-    mx.eval(logits)
+    last, r_last = prefill(model, prompt_ids, cache, force_r, prefill_chunk)
     prompt_time = time.perf_counter() - t0
-    out = Generation(tokens=[], prompt_r=[] if r is None else np.array(r[0, -1]).tolist())
+    out = Generation(tokens=[], prompt_r=[] if r_last is None else np.array(r_last).tolist())
     t1 = time.perf_counter()
-    last = logits[0, -1]
     for _ in range(max_tokens):
         key, sub = mx.random.split(key)
         token = sample_next(last, temp, top_p, top_k, sub)

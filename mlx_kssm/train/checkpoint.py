@@ -18,7 +18,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .._files import atomic_write_text
+from .._files import (atomic_write_text, fsync_dir, recover_swap, remove_stale_temps,
+                      replacing_folder, temp_tag)
 from ..io import (CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors, load_weights_dict,
                   read_config, save_model)
 
@@ -43,24 +44,11 @@ def step_dir(run_dir, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step}"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _remove_dir(path: Path) -> None:
     """Rename out of sight first, so a half-deleted folder never looks like a checkpoint."""
     if not path.exists():
         return
-    trash = path.with_name(f".trash.{path.name}.{os.getpid()}")
+    trash = path.with_name(f".{path.name}.{temp_tag()}.trash")
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -68,16 +56,22 @@ def _remove_dir(path: Path) -> None:
 def _write_folder(tmp: Path, model, optimizer_arrays: dict | None, state: dict,
                   tokenizer_spec: dict | None, metrics: dict | None = None,
                   tokenizer_root=None) -> None:
+    """Write a checkpoint under the temporary name `tmp`; on any failure (a full disk) the
+    partial folder is removed at once, so it does not hold the space until the next start."""
     if tmp.exists():
         shutil.rmtree(tmp)
-    # the tokenizer's files (vocabulary map) are copied in: every folder is self-contained
-    save_model(tmp, model, tokenizer_spec=tokenizer_spec, tokenizer_root=tokenizer_root)
-    if optimizer_arrays is not None:
-        atomic_save_safetensors(tmp / OPTIMIZER, optimizer_arrays)
-    if metrics is not None:
-        atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2))
-    atomic_write_text(tmp / STATE, json.dumps(state, indent=2))  # last: marks it complete
-    _fsync_dir(tmp)
+    try:
+        # the tokenizer's files (vocabulary map) are copied in: every folder is self-contained
+        save_model(tmp, model, tokenizer_spec=tokenizer_spec, tokenizer_root=tokenizer_root)
+        if optimizer_arrays is not None:
+            atomic_save_safetensors(tmp / OPTIMIZER, optimizer_arrays)
+        if metrics is not None:
+            atomic_write_text(tmp / METRICS, json.dumps(metrics, indent=2))
+        atomic_write_text(tmp / STATE, json.dumps(state, indent=2))  # last: marks it complete
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: dict,
@@ -87,13 +81,13 @@ def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: di
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = step_dir(run_dir, step)
-    tmp = root / f".tmp.step_{step}.{os.getpid()}"
+    tmp = root / f".step_{step}.{temp_tag()}.tmp"
     _write_folder(tmp, model, optimizer_arrays, state, tokenizer_spec,
                   tokenizer_root=tokenizer_root)
     if final.exists():  # the same step saved again (e.g. at exit right after a periodic save)
         _remove_dir(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / LATEST, final.name + "\n")
     rotate(run_dir, keep_last)
     return final
@@ -101,17 +95,11 @@ def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: di
 
 def save_best(run_dir, model, state: dict, metrics: dict, tokenizer_spec: dict | None,
               tokenizer_root=None) -> Path:
-    """RUN/best/: a model folder plus the trainer state and eval metrics that made it best."""
-    run_dir = Path(run_dir)
-    best, tmp, old = run_dir / BEST, run_dir / f".tmp.best.{os.getpid()}", run_dir / ".best.old"
-    _write_folder(tmp, model, None, state, tokenizer_spec, metrics, tokenizer_root)
-    if old.exists():
-        shutil.rmtree(old)
-    if best.exists():
-        os.replace(best, old)
-    os.replace(tmp, best)  # a kill between the two renames is repaired by recover()
-    _fsync_dir(run_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    """RUN/best/: a model folder plus the trainer state and eval metrics that made it best,
+    replaced whole (the previous best/ stays until the new one is complete)."""
+    best = Path(run_dir) / BEST
+    with replacing_folder(best) as tmp:
+        _write_folder(tmp, model, None, state, tokenizer_spec, metrics, tokenizer_root)
     return best
 
 
@@ -148,20 +136,16 @@ def rotate(run_dir, keep_last: int) -> None:
 
 
 def recover(run_dir) -> list:
-    """Tidy what a killed trainer left: temp folders, trash, a best/ caught mid-swap.
-    Returns messages describing what was done."""
+    """Tidy what a killed trainer left: temp files and folders (checkpoints, best/, history,
+    config, `latest`, trash), a best/ caught mid-swap. Returns messages saying what was done."""
     run_dir = Path(run_dir)
     notes = []
-    best, old = run_dir / BEST, run_dir / ".best.old"
-    if old.exists():
-        if best.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, best)
-            notes.append("restored best/ from an interrupted update")
-    for leftover in list((run_dir / CHECKPOINTS).glob(".t*")) + list(run_dir.glob(".tmp.best.*")):
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
-        notes.append(f"removed leftover {leftover.name}")
+    had_best = (run_dir / BEST).exists()
+    recover_swap(run_dir / BEST)
+    if not had_best and (run_dir / BEST).exists():
+        notes.append("restored best/ from an interrupted update")
+    for folder in (run_dir, run_dir / CHECKPOINTS):
+        notes += [f"removed leftover {name}" for name in remove_stale_temps(folder)]
     return notes
 
 
@@ -175,4 +159,6 @@ def load_checkpoint(folder) -> Checkpoint:
         optimizer = mx.load(str(folder / OPTIMIZER))
     except Exception as e:  # corrupt JSON or safetensors
         raise ModelLoadError(f"{folder}: checkpoint unreadable: {e}") from None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{folder / STATE} is not a JSON object: checkpoint unreadable")
     return Checkpoint(folder, read_config(folder), load_weights_dict(folder), optimizer, state)

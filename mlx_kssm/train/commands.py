@@ -45,7 +45,11 @@ Stages: {", ".join(f"{k}={v}" for k, v in STAGE_STEPS.items())} steps.
 \b
 Exit status: 0 finished or early-stopped; 130 Ctrl-C / 143 SIGTERM (a checkpoint is saved
 first; continue with --resume); 3 NaN/inf loss (stopped, last good checkpoint kept);
-1 bad input or the folder is locked by another trainer.
+1 bad input, the folder is locked by another trainer, or a checkpoint could not be written
+(disk full: the error and training.log name it; the last good checkpoint is kept).
+\b
+A run that died before its first checkpoint: run the same command again (its history starts
+afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json).
 """
 
 
@@ -104,7 +108,7 @@ def train(config_file, list_presets, **flags):
         explicit = set(file_options) | {k for k, v in flags.items() if v is not None}
         result = run_training(config, explicit=explicit, echo=click.echo)
     except _ERRORS as e:
-        click.echo(f"mlx-kssm train: {e}", err=True)
+        click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     if result.exit_code:
         sys.exit(result.exit_code)
@@ -126,7 +130,7 @@ def status(run_dir, as_json):
     try:
         s = run_status(run_dir)
     except _ERRORS as e:
-        click.echo(f"mlx-kssm status: {e}", err=True)
+        click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     click.echo(json.dumps(s, indent=2, default=str) if as_json else format_status(s))
     sys.exit(0 if s["alive"] else 1)
@@ -155,7 +159,7 @@ def monitor(run_dir, interval, once, recent):
             click.echo(frame)
             time.sleep(interval)
     except _ERRORS as e:
-        click.echo(f"mlx-kssm monitor: {e}", err=True)
+        click.echo(f"Error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         pass

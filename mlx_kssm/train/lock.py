@@ -3,8 +3,9 @@
 The lock is created with O_CREAT|O_EXCL (atomic: of two trainers racing, one wins) and holds
 JSON: pid, host, start time, the command line and the process's kernel start tick (Linux), so
 a pid reused by an unrelated process is not mistaken for the trainer. A lock whose process
-is gone (same host) is stale and is taken over with a message; a live holder, or a holder on
-another host (which cannot be checked from here), refuses the second trainer.
+is gone (same host; a zombie, killed but not yet reaped, counts as gone) is stale and is
+taken over with a message; a live holder, or a holder on another host (which cannot be
+checked from here), refuses the second trainer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .._files import pid_alive, temp_tag
 
 LOCK_NAME = "training.lock"
 UNREADABLE_GRACE_S = 10.0  # an empty/corrupt lock younger than this may still be being written
@@ -32,16 +35,6 @@ def process_start_tick(pid: int) -> int | None:
         return int(stat.rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def read_lock(run_dir) -> dict | None:
@@ -122,7 +115,7 @@ def _clear_if_stale(path: Path, log) -> None:
         log(f"taking over stale lock {path}: its trainer (pid {holder.get('pid')}) is gone")
     # rename first, so two trainers taking over the same stale lock cannot both delete a
     # fresh lock: only the O_EXCL create decides who holds it
-    moved = path.with_name(f".{LOCK_NAME}.stale.{os.getpid()}")
+    moved = path.with_name(f".{LOCK_NAME}.{temp_tag()}.stale")
     try:
         os.replace(path, moved)
     except FileNotFoundError:

@@ -12,8 +12,8 @@ from pathlib import Path
 from ..models import r_zone
 from . import checkpoint as ckpt
 from .health import zones_visited
-from .lock import describe, holder_alive, read_lock
-from .trainer import RUN_CONFIG, format_duration, read_history
+from .lock import LOCK_NAME, describe, holder_alive, read_lock
+from .trainer import HISTORY, RUN_CONFIG, format_duration, read_history
 
 RECENT_REPORTS = 5  # reports averaged for the ETA
 
@@ -53,20 +53,27 @@ def trainer_processes(run_dir) -> list:
 
 def _run_config(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / RUN_CONFIG).read_text())
+        config = json.loads((run_dir / RUN_CONFIG).read_text())
     except (OSError, ValueError):
         return {}
+    return config if isinstance(config, dict) else {}
+
+
+RUN_MARKS = (RUN_CONFIG, HISTORY, LOCK_NAME, ckpt.CHECKPOINTS)  # what a trainer writes first
 
 
 def run_status(run_dir) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir}: no such run folder")
+    if not any((run_dir / name).exists() for name in RUN_MARKS):
+        raise ValueError(f"{run_dir} is not a training run folder (it holds none of "
+                         f"{', '.join(RUN_MARKS)})")
     holder = read_lock(run_dir)
     alive = holder_alive(holder) if holder else False
     history = read_history(run_dir)
     config = _run_config(run_dir)
-    train_cfg = config.get("train", {})
+    train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
     trains = [r for r in history if r.get("event") == "train"]
     evals = [r for r in history if r.get("event") == "eval"]
     verdicts = [r for r in history if r.get("event") == "verdict"]
@@ -103,7 +110,8 @@ def run_status(run_dir) -> dict:
             "last_verdict": verdicts[-1] if verdicts else None, "eta_s": eta if alive else None,
             "last_checkpoint": str(last_ckpt) if last_ckpt else None,
             "last_checkpoint_age_s": time.time() - last_ckpt.stat().st_mtime if last_ckpt else None,
-            "processes": procs, "warnings": warnings, "preset": config.get("model", {}).get("preset")}
+            "processes": procs, "warnings": warnings, "preset": (config.get("model") or {}).get("preset")
+            if isinstance(config.get("model"), (dict, type(None))) else None}
 
 
 def format_status(s: dict) -> str:

@@ -14,9 +14,11 @@ Exit status (TrainResult.exit_code): 0 finished or early-stopped; 130 stopped by
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -31,10 +33,10 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from ..data.loader import BatchSampler, TokenDataset, check_vocab, eval_batches
+from ..data.loader import BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
 from ..evaluation import evaluate_loss
-from .._files import atomic_write_text
-from ..io import apply_weights, load_model
+from .._files import atomic_write_text, naming
+from ..io import apply_weights, load_model, resolve_model_dir
 from ..kernels import set_kernel
 from ..models import build_model, count_parameters, preset_train_defaults, r_zone
 from ..models.presets import PRESETS
@@ -82,25 +84,58 @@ class RunLog:
             return
         self.clear_bar()
         self.echo(text)
-        with open(self.run_dir / LOG, "a") as f:
+        with naming(self.run_dir / LOG), open(self.run_dir / LOG, "a") as f:
             f.write(text + "\n")
 
     def event(self, record: dict) -> None:
         if not self.writer:
             return
         record = {"time": round(time.time(), 3), **record}
-        with open(self.run_dir / HISTORY, "a") as f:
+        with naming(self.run_dir / HISTORY), open(self.run_dir / HISTORY, "a") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
         self.n_events += 1
 
-    def truncate_history(self, n_events: int) -> None:
-        """Drop events logged after the checkpoint we resume from (they will be redone)."""
+    def failure(self, step: int, message: str) -> None:
+        """Record why the run stopped, in training.log and as the history's end event (not
+        echoed: the caller raises it). Best effort: on a full disk these writes may fail too."""
+        if not self.writer:
+            return
+        try:
+            with open(self.run_dir / LOG, "a") as f:
+                f.write(f"ERROR: {message}\n")
+            self.event({"event": "end", "step": step, "status": "error", "message": message})
+        except OSError:
+            pass
+
+    def restart_history(self) -> None:
+        """A new run starts with an empty history.jsonl. Events of an earlier attempt that
+        died before its first checkpoint would otherwise count twice and shift the line
+        offsets checkpoints record; training.log (append-only) keeps that attempt's record."""
+        path = self.run_dir / HISTORY
+        if self.writer and path.exists() and path.stat().st_size:
+            dropped = len(path.read_text().splitlines())
+            atomic_write_text(path, "")
+            self.line(f"new run: {HISTORY} restarted; its {dropped} event(s) came from an "
+                      "earlier attempt that saved no checkpoint (training.log keeps them)")
+        self.n_events = 0
+
+    def truncate_history(self, n_events: int, step: int) -> list:
+        """Cut history.jsonl back to the checkpoint of `step` (events logged after it will be
+        redone) and return the kept records. The checkpoint recorded `n_events`, its own event
+        being the last; where that line is not its event (a history an earlier version let an
+        aborted attempt append to), the cut follows the checkpoint's event instead."""
         path = self.run_dir / HISTORY
         lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-        if self.writer and len(lines) != n_events:
-            atomic_write_text(path, "".join(lines[:n_events]))
-        self.n_events = min(n_events, len(lines))
+        records = [_parse(line) for line in lines]
+        keep = min(n_events, len(lines))
+        if not _is_checkpoint_event(records[keep - 1] if keep else None, step):
+            found = [i for i, r in enumerate(records) if _is_checkpoint_event(r, step)]
+            keep = found[-1] + 1 if found else keep
+        if self.writer and len(lines) != keep:
+            atomic_write_text(path, "".join(lines[:keep]))
+        self.n_events = keep
+        return [r for r in records[:keep] if r is not None]
 
     def bar(self, step: int, max_steps: int, eta_s: float) -> None:
         """A progress bar with ETA, on a terminal only (never in logs or pipes)."""
@@ -160,15 +195,41 @@ def _load_data(config: TrainConfig):
     return train_ds, val_ds, train_ds.tokenizer()
 
 
-def _resume_config(saved: dict, config: TrainConfig, explicit: set, log) -> TrainConfig:
-    """The saved run config with the options the user set explicitly this time."""
+def _resume_config(saved: dict, config: TrainConfig, explicit: set) -> tuple:
+    """(the saved run config with the options the user set explicitly this time, the
+    trajectory options that changed)."""
+    saved = {**saved, "data": _absolute(saved.get("data")), "model": _absolute(saved.get("model"))}
     merged = TrainConfig.from_dict({**saved, **{k: getattr(config, k) for k in explicit}})
     merged = merged.replace(resume=True, output_dir=config.output_dir)
     changed = [k for k in TRAJECTORY_FIELDS if k in explicit and saved.get(k) != getattr(merged, k)]
-    if changed:
-        log(f"WARNING: resume changes {', '.join(changed)}: from here the run leaves the "
-            "trajectory an uninterrupted run would have followed")
-    return merged
+    return merged, changed
+
+
+def _absolute(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """--data and --model as absolute paths: a run copied elsewhere, or resumed from another
+    working directory, still finds them."""
+    return config.replace(data=_absolute(config.data), model=_absolute(config.model))
+
+
+def _saved_train_config(run_dir: Path) -> dict | None:
+    """The "train" options of RUN/config.json (written when a run starts), or None. A run that
+    died before its first checkpoint is resumed from these. A config.json of anything else
+    (an exported model's) is refused: a new run would overwrite it."""
+    path = run_dir / RUN_CONFIG
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+        raise ValueError(f"{path} is not a training run's config (a model folder?): choose "
+                         "another --output-dir")
+    return saved["train"]
 
 
 def _defaults_for(model_args) -> dict:
@@ -176,19 +237,20 @@ def _defaults_for(model_args) -> dict:
     return preset_train_defaults(name) if name in PRESETS else dict(FALLBACK_DEFAULTS)
 
 
-def _build(config: TrainConfig, resume_from, train_ds, log):
+def _build(config: TrainConfig, resume_from, train_ds):
     """(model, config with preset defaults filled). Seeds the global RNG exactly as a fresh
     run does, so the key after model construction is the same on resume."""
     if resume_from is not None:
+        # --data may name another folder on resume: its ids must mean what the model learned
+        check_tokenizer(train_ds, resume_from.config.get("tokenizer"), resume_from.path,
+                        f"the checkpoint {resume_from.path}")
         model = build_model(resume_from.config, seed=config.seed)
         apply_weights(model, resume_from.weights, source=str(resume_from.path))
     elif config.model is not None:
         mx.random.seed(config.seed)
         model, model_config = load_model(config.model)
-        spec = model_config.get("tokenizer")
-        if spec is not None and spec != train_ds.meta["tokenizer"]:
-            raise ValueError(f"{config.model} was trained with tokenizer {spec}, but {config.data} "
-                             f"holds {train_ds.meta['tokenizer']}")
+        check_tokenizer(train_ds, model_config.get("tokenizer"), resolve_model_dir(config.model),
+                        config.model)
     else:
         model = build_model(config.preset, vocab_size=train_ds.vocab_size, seed=config.seed)
     return model, fill_preset_defaults(config, _defaults_for(model.args))
@@ -284,38 +346,81 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     group = mx.distributed.init()
     rank, world = group.rank(), group.size()
     run_dir = Path(config.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--output-dir {run_dir} exists and is not a folder")
     writer = rank == 0
+    created = writer and not run_dir.exists()
+    started = False
     if writer:
         lock.acquire(run_dir, log=echo)
     try:
         with _Signals() as signals:
-            return _run(config, explicit, run_dir, rank, world, writer, signals, echo)
+            setup = _setup(config, explicit, run_dir, rank, world, writer)
+            started = True
+            return _run(setup, run_dir, world, writer, signals, echo)
     finally:
         if writer:
             lock.release(run_dir)
+        if created and not started:  # refused before writing: leave no empty run folder
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run(config, explicit, run_dir, rank, world, writer, signals, echo) -> TrainResult:
-    log = RunLog(run_dir, writer, echo)
-    if writer:
-        for note in ckpt.recover(run_dir):
-            log.line(note)
+@dataclass
+class _Setup:
+    """What `_setup` checked and built before anything in the run folder is written."""
+
+    config: TrainConfig
+    resume_from: object  # ckpt.Checkpoint or None
+    train_ds: TokenDataset
+    tokenizer: object
+    model: nn.Module
+    sampler: BatchSampler
+    val_set: list
+    notes: list  # lines for training.log, written once the run starts
+
+
+def _setup(config, explicit, run_dir, rank, world, writer) -> _Setup:
+    """Read and check everything a run needs (checkpoint, options, data, model, windows);
+    raises on bad input having written nothing but the cleanup of a killed trainer's leftovers."""
+    notes = ckpt.recover(run_dir) if writer else []
+    config = _absolute_paths(config)
     existing = ckpt.latest_checkpoint(run_dir)
     if existing is not None and not config.resume:
         raise ValueError(f"{run_dir} already holds a run (last checkpoint {existing.name}); "
                          "pass --resume to continue it, or choose another --output-dir")
     resume_from = ckpt.load_checkpoint(existing) if (config.resume and existing) else None
-    if resume_from is not None:
-        config = _resume_config(resume_from.state["config"], config, explicit, log.line)
-    elif config.resume:
-        log.line(f"no checkpoint in {run_dir}: starting a new run")
+    # without a checkpoint: the options of a run that died before its first one; this also
+    # refuses a folder whose config.json is not a run's (a new run would overwrite it)
+    saved = (resume_from.state["config"] if resume_from is not None
+             else _saved_train_config(run_dir))
+    if config.resume and saved is not None:
+        config, changed = _resume_config(saved, config, explicit)
+        if changed:
+            notes.append(f"WARNING: resume changes {', '.join(changed)}: from here the run "
+                         "leaves the trajectory an uninterrupted run would have followed")
+    if config.resume and resume_from is None:
+        notes.append(f"no checkpoint in {run_dir}: starting a new run")
     config.validate()
+    start_step = resume_from.state["step"] if resume_from is not None else 0
+    if config.max_steps < start_step:
+        raise ValueError(f"--max-steps {config.max_steps} is below the checkpoint's step "
+                         f"{start_step}")
     set_kernel(config.kernel)
-
     train_ds, val_ds, tokenizer = _load_data(config)
-    model, config = _build(config, resume_from, train_ds, log.line)
+    model, config = _build(config, resume_from, train_ds)
     check_vocab(train_ds, model.args.vocab_size)
     check_vocab(val_ds, model.args.vocab_size)
+    sampler = BatchSampler(train_ds, config.batch_size, config.seq_len, config.seed, rank, world)
+    # the global batch size: the same validation windows however the run is split
+    val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
+    return _Setup(config, resume_from, train_ds, tokenizer, model, sampler, val_set, notes)
+
+
+def _run(setup: _Setup, run_dir, world, writer, signals, echo) -> TrainResult:
+    config, resume_from, model = setup.config, setup.resume_from, setup.model
+    log = RunLog(run_dir, writer, echo)
+    for note in setup.notes:
+        log.line(note)
     if config.patience and config.steps_per_eval > config.max_steps:
         log.line("note: --patience has no effect: no evaluation before --max-steps")
 
@@ -326,41 +431,22 @@ def _run(config, explicit, run_dir, rank, world, writer, signals, echo) -> Train
                         config.grokfast_lambda, enabled=config.grokfast)
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.horizon,
                         config.min_lr_ratio)
-    start_step, best_val, best_step, stale_evals = 0, None, None, 0
     detector = ExplosionDetector(config.explode_factor)
+    # state and step_fn come last: the compiled step must capture the restored optimizer state
+    loop = _Loop(config, model, optimizer, grokfast, state=[], step_fn=None,
+                 sampler=setup.sampler, val_set=setup.val_set, tokenizer=setup.tokenizer,
+                 tokenizer_spec=setup.train_ds.meta["tokenizer"], schedule=schedule, log=log,
+                 run_dir=run_dir, writer=writer, world=world, signals=signals, detector=detector)
     if resume_from is not None:
-        st = resume_from.state
-        arrays = resume_from.optimizer
-        load_optimizer_arrays(optimizer, {k: v for k, v in arrays.items()
-                                          if not k.startswith(GROKFAST_PREFIX)})
-        optimizer.init(model.trainable_parameters())
-        grokfast.load_arrays({k[len(GROKFAST_PREFIX):]: v for k, v in arrays.items()
-                              if k.startswith(GROKFAST_PREFIX)})
-        start_step, best_val, best_step = st["step"], st["best_val_loss"], st["best_step"]
-        stale_evals = st["evals_without_improvement"]
-        detector.minimum = st.get("explosion_min") or math.inf
-        hi, lo = st["rng_key"]
-        mx.random.seed((hi << 32) | lo)
-        schedule = Schedule.from_dict(st["schedule"])
-        if config.max_steps < start_step:
-            raise ValueError(f"--max-steps {config.max_steps} is below the checkpoint's step "
-                             f"{start_step}")
-        if config.horizon != schedule.total_steps:
-            old = schedule.total_steps
-            schedule = schedule.with_horizon(config.horizon, start_step)
-            log.line(f"LR schedule horizon {old} -> {config.horizon} steps: the LR of steps "
-                     f"1..{start_step} is kept; from step {start_step} (LR "
-                     f"{schedule.lr(start_step):.3e}) the cosine decays over the new horizon to "
-                     f"{schedule.min_lr:.3e} at step {config.horizon}")
-        log.truncate_history(st["history_len"])
-        log.line(f"resumed from {resume_from.path} at step {start_step}")
-        log.event({"event": "resume", "step": start_step, "checkpoint": str(resume_from.path),
-                   "max_steps": config.max_steps})
+        _restore(loop, resume_from)
+    else:
+        log.restart_history()
+    loop.step_fn, loop.state = make_step(model, optimizer, grokfast, config, world)
 
     n_params = count_parameters(model)
     if writer:
         run_config = {"train": config.to_dict(), "model": model.args.to_dict(),
-                      "tokenizer": train_ds.meta["tokenizer"], "world_size": world,
+                      "tokenizer": setup.train_ds.meta["tokenizer"], "world_size": world,
                       "n_parameters": n_params, "host": socket.gethostname(),
                       "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write_text(run_dir / RUN_CONFIG, json.dumps(run_config, indent=2))
@@ -373,16 +459,41 @@ def _run(config, explicit, run_dir, rank, world, writer, signals, echo) -> Train
              f"{config.seq_len} x accum {config.grad_accum} x {world} process(es), "
              f"{config.optimizer}{' + grokfast' if config.grokfast else ''}, "
              f"lr {config.learning_rate:g}")
-
-    sampler = BatchSampler(train_ds, config.batch_size, config.seq_len, config.seed, rank, world)
-    # the global batch size: the same validation windows however the run is split
-    val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
-    step_fn, state = make_step(model, optimizer, grokfast, config, world)
-    loop = _Loop(config, model, optimizer, grokfast, state, step_fn, sampler, val_set,
-                 tokenizer, train_ds.meta["tokenizer"], schedule, log, run_dir, writer, world,
-                 signals, detector, step=start_step, best_val=best_val, best_step=best_step,
-                 stale_evals=stale_evals)
     return loop.run()
+
+
+def _restore(loop: "_Loop", resume_from) -> None:
+    """Put the loop where the checkpoint left it: optimizer and Grokfast state, step, best
+    val, RNG key, LR schedule, and history.jsonl cut back to the checkpoint's own event."""
+    st, arrays, config = resume_from.state, resume_from.optimizer, loop.config
+    load_optimizer_arrays(loop.optimizer, {k: v for k, v in arrays.items()
+                                           if not k.startswith(GROKFAST_PREFIX)})
+    loop.optimizer.init(loop.model.trainable_parameters())
+    loop.grokfast.load_arrays({k[len(GROKFAST_PREFIX):]: v for k, v in arrays.items()
+                               if k.startswith(GROKFAST_PREFIX)})
+    loop.step, loop.best_val, loop.best_step = st["step"], st["best_val_loss"], st["best_step"]
+    loop.stale_evals = st["evals_without_improvement"]
+    loop.detector.minimum = st.get("explosion_min") or math.inf
+    hi, lo = st["rng_key"]
+    mx.random.seed((hi << 32) | lo)
+    schedule = Schedule.from_dict(st["schedule"])
+    if config.horizon != schedule.total_steps:
+        old = schedule.total_steps
+        schedule = schedule.with_horizon(config.horizon, loop.step)
+        loop.log.line(f"LR schedule horizon {old} -> {config.horizon} steps: the LR of steps "
+                      f"1..{loop.step} is kept; from step {loop.step} (LR "
+                      f"{schedule.lr(loop.step):.3e}) the cosine decays over the new horizon "
+                      f"to {schedule.min_lr:.3e} at step {config.horizon}")
+    loop.schedule = schedule
+    kept = loop.log.truncate_history(st["history_len"], loop.step)
+    # the checkpoint is on disk and its evaluation (if one was due) in the kept history: a
+    # finished run resumed again must not repeat them
+    loop.last_saved = loop.step
+    loop.last_eval_step = loop.step if any(
+        r.get("event") == "eval" and r.get("step") == loop.step for r in kept) else None
+    loop.log.line(f"resumed from {resume_from.path} at step {loop.step}")
+    loop.log.event({"event": "resume", "step": loop.step, "checkpoint": str(resume_from.path),
+                    "max_steps": config.max_steps})
 
 
 @dataclass
@@ -416,6 +527,7 @@ class _Loop:
     first_step: bool = True
     recent_step_s: list = field(default_factory=list)  # for the ETA
     last_saved: int | None = None
+    last_eval_step: int | None = None
 
     # -- one optimizer step (grad_accum micro-batches)
     def train_step(self):
@@ -491,8 +603,12 @@ class _Loop:
             flag = f"  [collapsed: {s['reason']}]" if s["collapsed"] else ""
             self.log.line(f"  Sample {s['prompt']!r} -> {s['text']!r}{flag}")
         if e["is_best"] and self.writer:
-            ckpt.save_best(self.run_dir, self.model, self.trainer_state(), metrics,
-                           self.tokenizer_spec, tokenizer_root=self.config.data)
+            try:
+                ckpt.save_best(self.run_dir, self.model, self.trainer_state(), metrics,
+                               self.tokenizer_spec, tokenizer_root=self.config.data)
+            except OSError as error:
+                raise self.write_failed(f"{self.run_dir / ckpt.BEST} (step {self.step})",
+                                        error) from None
         self.log.event(e)
         if self.config.stage is not None and self.step < self.config.max_steps:
             self.verdict()  # the end of the run prints its own
@@ -549,12 +665,31 @@ class _Loop:
         self.log.event({"event": "checkpoint", "step": self.step, "reason": reason,
                         "path": str(ckpt.step_dir(self.run_dir, self.step))})
         state = self.trainer_state()
-        path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, arrays, state,
-                                    self.tokenizer_spec, self.config.keep_last,
-                                    tokenizer_root=self.config.data)
+        try:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, arrays, state,
+                                        self.tokenizer_spec, self.config.keep_last,
+                                        tokenizer_root=self.config.data)
+        except OSError as error:
+            raise self.write_failed(f"checkpoint {ckpt.step_dir(self.run_dir, self.step)}",
+                                    error) from None
         self.last_saved = self.step
         self.log.line(f"Iter {self.step}: saved {path} ({reason}, "
                       f"{time.perf_counter() - t0:.2f}s)")
+
+    def write_failed(self, what: str, error: OSError) -> OSError:
+        """The error a failed checkpoint or best/ write stops the run with (a full disk:
+        training on could never be saved), recorded in training.log and history.jsonl."""
+        last = ckpt.latest_checkpoint(self.run_dir)
+        where = f" (writing {Path(error.filename).name})" if error.filename else ""
+        kept = (f"the last good checkpoint {last} is kept" if last
+                else "no checkpoint was saved before")
+        fix = "free some space" if error.errno == errno.ENOSPC else "fix that"
+        message = (f"{what} not saved: {error.strerror or error}{where}; {kept}; {fix}, then "
+                   "continue with --resume")
+        self.log.failure(self.step, message)
+        failure = OSError(message)
+        failure.errno = error.errno
+        return failure
 
     # -- the loop
     def stop_requested(self) -> int | None:
@@ -566,7 +701,6 @@ class _Loop:
     def run(self) -> TrainResult:
         c = self.config
         status, exit_code, message = "completed", 0, ""
-        last_eval_step = None
         while self.step < c.max_steps:
             t0 = time.perf_counter()
             record = self.train_step()
@@ -588,7 +722,7 @@ class _Loop:
             self.log.bar(self.step, c.max_steps, eta)
             if self.step % c.steps_per_eval == 0 or self.step == c.max_steps:
                 self.evaluate()
-                last_eval_step = self.step
+                self.last_eval_step = self.step
                 if c.patience and self.stale_evals >= c.patience:
                     status = "early_stopped"
                     message = (f"early stop at step {self.step}: no val improvement in "
@@ -605,7 +739,7 @@ class _Loop:
                 break
         if self.window:
             self.report()
-        if status == "completed" and last_eval_step != self.step:
+        if status == "completed" and self.last_eval_step != self.step:
             self.evaluate()
         self.save("exit" if status != "completed" else "final")
         if c.stage is not None and status != "interrupted":
@@ -637,12 +771,18 @@ class _Loop:
 def read_history(run_dir) -> list:
     """history.jsonl as a list of dicts (a torn last line from a kill is skipped)."""
     path = Path(run_dir) / HISTORY
-    records = []
     if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+        return []
+    return [r for r in map(_parse, path.read_text().splitlines()) if r is not None]
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_checkpoint_event(record, step: int) -> bool:
+    return bool(record) and record.get("event") == "checkpoint" and record.get("step") == step
