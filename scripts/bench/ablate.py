@@ -40,6 +40,9 @@ VARIANTS: dict = {
     "d2_loglam": ("v1-char", {"damping_init": "log"}, {}),
     "d2_h2": ("v1-char", {"harmonics": 2}, {}),
     "d2_l4": ("v1-char", {"n_layers": 4}, {}),
+    "d2_g32n4h2": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 2}, {}),
+    "d2_g64n2h2": ("v1-char", {"n_groups": 64, "osc_per_group": 2, "harmonics": 2}, {}),
+    "d2_g16n8h3": ("v1-char", {"n_groups": 16, "osc_per_group": 8, "harmonics": 3}, {}),
     "tf_l2": ("transformer-char", {}, {"learning_rate": 1e-3}),
     "tf_l4": ("transformer-char", {"n_layers": 4}, {"learning_rate": 1e-3}),
 }
