@@ -29,10 +29,12 @@ import torch_kssm  # noqa: E402
 V, B, T = 97, 2, 24
 
 
-@pytest.fixture(scope="module")
-def pair():
+@pytest.fixture(scope="module", params=["design2", "design1"])
+def pair(request):
     torch.set_num_threads(1)
-    model = build_model("tiny", vocab_size=V, seed=3)
+    design1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
+    model = build_model("tiny", vocab_size=V, seed=3,
+                        **(design1 if request.param == "design1" else {}))
     # move every weight off its init so a mix-up of two same-shaped tensors cannot hide
     rng = np.random.default_rng(7)
     model.update(mlx_kssm_tree(model, rng))

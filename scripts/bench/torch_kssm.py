@@ -90,8 +90,8 @@ SCANS = {"eager": scan_eager, "script": scan_script, "compile": scan_compiled}
 
 def readout(zr, zi, harmonics: int):
     """[Re Z_h, Im Z_h, |Z_h|] of the unit phasors per group and harmonic; r = mean_g |Z_1|."""
-    amp = torch.sqrt(zr * zr + zi * zi + PHASE_EPS)
-    pr, pi = zr / amp, zi / amp
+    inv = torch.rsqrt(zr * zr + zi * zi + PHASE_EPS)
+    pr, pi = zr * inv, zi * inv
     hr, hi = pr, pi
     feats, r_groups = [], None
     for h in range(1, harmonics + 1):
@@ -127,39 +127,60 @@ class MLP(tnn.Module):
         return x + self.down(F.gelu(self.up(self.norm(x))))  # exact (erf) GELU, as mlx nn.gelu
 
 
+def algebraic_unit(v):
+    return v * torch.rsqrt(1 + v * v)
+
+
 class OscillatorBank(tnn.Module):
+    """mlx_kssm.models.kssm.OscillatorBank in PyTorch, designs 1 and 2 (same in_proj layout:
+    [Delta (rotation "input")], damping, drive re, drive im, coupling, [gate])."""
+
     def __init__(self, a: dict):
         super().__init__()
         G, n, D, H = a["n_groups"], a["osc_per_group"], a["d_model"], a["harmonics"]
         N = G * n
         self.G, self.n, self.H = G, n, H
+        self.input_rotation = a.get("rotation", "input") == "input"
+        self.gate = bool(a.get("gate", False))
+        self.algebraic = a.get("squash", "exp") == "algebraic"
+        self.sizes = ([N] if self.input_rotation else []) + [N, N, N, G] + ([D] if self.gate else [])
         self.norm = RMSNorm(D)
-        self.in_proj = tnn.Linear(D, 4 * N + G)
+        self.in_proj = tnn.Linear(D, sum(self.sizes))
         self.omega = tnn.Parameter(torch.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n))
-        lam = torch.linspace(0.6, 0.995, N).reshape(G, n)
-        self.lambda_bias = tnn.Parameter(torch.log(lam / (1 - lam)))
+        self.lambda_bias = tnn.Parameter(torch.zeros(G, n))  # loaded from the MLX weights
         self.dt_raw = tnn.Parameter(torch.tensor(0.5413))
         self.z0 = tnn.Parameter(torch.zeros(2, G, n))
         self.out_proj = tnn.Linear(3 * H * G, D)
         self.scan = "eager"
 
+    def _prob(self, v):
+        return 0.5 + 0.5 * algebraic_unit(v) if self.algebraic else torch.sigmoid(v)
+
+    def _unit(self, v):
+        return algebraic_unit(v) if self.algebraic else torch.tanh(v)
+
     def forward(self, x):
         B, T, _ = x.shape
         G, n = self.G, self.n
-        N = G * n
-        p = self.in_proj(self.norm(x))
-        delta = p[..., :N].reshape(B, T, G, n)
-        lam = torch.sigmoid(p[..., N:2 * N].reshape(B, T, G, n) + self.lambda_bias)
-        br = torch.tanh(p[..., 2 * N:3 * N]).reshape(B, T, G, n)
-        bi = torch.tanh(p[..., 3 * N:4 * N]).reshape(B, T, G, n)
-        alpha = F.softplus(self.dt_raw) * (self.omega + delta)
-        k = torch.sigmoid(p[..., 4 * N:])[..., None]
+        shape = (B, T, G, n)
+        parts = list(torch.split(self.in_proj(self.norm(x)), self.sizes, dim=-1))
+        if self.input_rotation:
+            alpha = F.softplus(self.dt_raw) * (self.omega + parts.pop(0).reshape(shape))
+        else:
+            alpha = F.softplus(self.dt_raw) * self.omega
+        lam = self._prob(parts[0].reshape(shape) + self.lambda_bias)
+        br, bi = self._unit(parts[1]).reshape(shape), self._unit(parts[2]).reshape(shape)
+        k = torch.sigmoid(parts[3])[..., None]
         dr, di = lam * torch.cos(alpha), lam * torch.sin(alpha)
         z0r = self.z0[0].expand(B, G, n)
         z0i = self.z0[1].expand(B, G, n)
         zr, zi = SCANS[self.scan](dr, di, k, (1 - lam) * br, (1 - lam) * bi, z0r, z0i)
         features, r = readout(zr, zi, self.H)
-        return x + self.out_proj(features.reshape(B, T, -1)), r
+        out = self.out_proj(features.reshape(B, T, -1))
+        if self.gate:
+            g = parts[4]
+            out = out * (g * self._prob(g))
+        return x + out, r
 
 
 class Block(tnn.Module):
@@ -180,7 +201,7 @@ class KSSM(tnn.Module):
         super().__init__()
         if a.get("model_type", "kssm") != "kssm" or a.get("readout", "order_params") != "order_params" \
                 or a.get("bistable") or not a.get("tie_embeddings", True):
-            raise ValueError("the PyTorch twin covers the plain K-SSM (tiny, v2 presets) only")
+            raise ValueError("the PyTorch twin covers the plain K-SSM (tiny, v1-char, v2) only")
         self.embed = tnn.Embedding(a["vocab_size"], a["d_model"])
         self.layers = tnn.ModuleList([Block(a) for _ in range(a["n_layers"])])
         self.norm = RMSNorm(a["d_model"])
