@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_write_text
-from ..data.tokenizer import CompactTokenizer
+from ..data.tokenizer import CompactTokenizer, describe_tokenizer
 from ..io import MAX_SHARD_BYTES, export_model, load, resolve_model_dir
 from ..models.base import per_layer_force
 from .hf_tokenizer import PROBE_TEXT, ConversionError, base_tokenizer, tokenizer_files
@@ -54,16 +54,20 @@ def require_mlx_lm():
 
 
 def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: dict | None = None,
-                  evaluation: dict | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+                  evaluation: dict | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+                  log=None) -> Path:
     """Export the K-SSM model in `src` (any folder `resolve_model_dir` accepts) to `out` for
     mlx-lm. `force_r`: None, a number or one value per layer (None = free), written to
     config.json; `data_meta` (a prepared folder's meta.json) and `evaluation` (what
-    `mlx-kssm evaluate --json` wrote) describe the model in its card."""
+    `mlx-kssm evaluate --json` wrote) describe the model in its card. `log(line)` hears of
+    the slow steps (seconds each for cl100k_base)."""
+    log = log or (lambda line: None)
     require_mlx_lm()
     folder = resolve_model_dir(src)
     model, tokenizer = load(folder)
     _check_exportable(model, tokenizer, folder)
     per_layer_force(force_r, model.args.n_layers)  # bad values fail before anything is written
+    log(f"tokenizer: {describe_tokenizer(base_tokenizer(tokenizer).spec)} -> tokenizer.json")
     try:
         files = tokenizer_files(tokenizer)
     except ConversionError as e:
@@ -79,6 +83,7 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
         return config
 
     def check(tmp: Path) -> None:
+        log("checking: mlx-lm loads the new folder, its logits against mlx_kssm's")
         check_logits(tmp, model, tokenizer, force_r, dtype or "float32")
 
     return export_model(src, out, dtype=dtype, max_shard_bytes=max_shard_bytes,

@@ -559,7 +559,8 @@ def _export_mlx_lm(model_dir, out_dir, dtype, shard_bytes, force_r, force_r_laye
                                    "by `mlx-kssm evaluate --json`")
         meta = read_meta(data_dir) if data_dir is not None else None
         return export_mlx_lm(model_dir, out_dir, dtype=dtype, force_r=force, data_meta=meta,
-                             evaluation=evaluation, max_shard_bytes=shard_bytes)
+                             evaluation=evaluation, max_shard_bytes=shard_bytes,
+                             log=lambda line: click.echo(line, err=True))
     except ExportError as e:
         raise UsageProblem(str(e)) from None
 
