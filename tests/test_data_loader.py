@@ -1,14 +1,13 @@
 """Loader: memmap checks against meta.json, deterministic windows, bounds, bad files."""
 
 import json
-import mmap
 
 import numpy as np
 import pytest
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
-from mlx_kssm.data import (DATA_OFFSET, BatchSampler, DataError, TokenDataset, check_vocab,
-                           device_tokens, eval_batches, write_token_file)
+from mlx_kssm.data import (BatchSampler, DataError, TokenDataset, check_vocab, eval_batches,
+                           npy_header, write_token_file)
 from mlx_kssm.data.loader import gather_windows
 
 
@@ -21,7 +20,7 @@ def write_dataset(folder, train, val, vocab_size=1000, dtype="uint16", meta_chan
         max_id = write_token_file(folder / f"tokens_{split}.npy", iter([tokens]), tokens.size, dtype)
         splits[split] = {"file": f"tokens_{split}.npy", "tokens": int(tokens.size), "docs": 1, "max_id": max_id}
     meta = {"format_version": 1, "tokenizer": {"kind": "bytes"}, "vocab_size": vocab_size,
-            "dtype": dtype, "data_offset": DATA_OFFSET, "splits": splits}
+            "dtype": dtype, "data_offset": len(npy_header(dtype, len(train))), "splits": splits}
     meta.update(meta_changes or {})
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
@@ -32,13 +31,37 @@ def data_dir(tmp_path):
     return write_dataset(tmp_path / "data", np.arange(1000) % 997, np.arange(300) % 250)
 
 
-def test_dataset_opens_memmap_at_16k(data_dir):
+def test_dataset_opens_memmap(data_dir):
     ds = TokenDataset(data_dir, "train")
-    assert isinstance(ds.tokens, np.memmap) and ds.tokens.offset == DATA_OFFSET
+    assert isinstance(ds.tokens, np.memmap) and ds.tokens.offset == 128  # numpy's own header
     assert len(ds) == 1000 and ds.vocab_size == 1000 and ds.max_id == 996
-    assert ds.tokens.ctypes.data % mmap.PAGESIZE == 0  # the map starts the data on a page
     assert not ds.tokens.flags.writeable
+    assert np.array_equal(np.load(data_dir / "tokens_train.npy", mmap_mode="r"), ds.tokens)
     ds.verify()
+
+
+def _write_legacy_npy(path, tokens, dtype="<u2"):
+    """A token file as mlx-kssm 0.2.0 wrote it: the header space-padded to 16 KiB."""
+    text = repr({"descr": dtype, "fortran_order": False, "shape": (len(tokens),)})
+    header = (text.ljust(16384 - 11) + "\n").encode("latin1")
+    path.write_bytes(b"\x93NUMPY\x01\x00" + (16384 - 10).to_bytes(2, "little") + header
+                     + np.asarray(tokens, dtype=dtype).tobytes())
+
+
+def test_data_prepared_by_0_2_still_loads(tmp_path):
+    """Folders prepared before the header went back to numpy's size (16 KiB headers, which
+    np.load refuses by default) still train: same tokens, same batches."""
+    train, val = np.arange(1000) % 997, np.arange(300) % 250
+    new = write_dataset(tmp_path / "new", train, val)
+    old = write_dataset(tmp_path / "old", train, val, meta_changes={"data_offset": 16384})
+    for split, tokens in (("train", train), ("val", val)):
+        _write_legacy_npy(old / f"tokens_{split}.npy", tokens)
+    with pytest.raises(ValueError, match="Header info length"):
+        np.load(old / "tokens_train.npy", mmap_mode="r")
+    ds_old, ds_new = TokenDataset(old, "train"), TokenDataset(new, "train")
+    assert ds_old.tokens.offset == 16384 and np.array_equal(ds_old.tokens, train)
+    assert np.array_equal(BatchSampler(ds_old, 4, 32).batch(3)[0],
+                          BatchSampler(ds_new, 4, 32).batch(3)[0])
 
 
 def test_batches_are_pure_function_of_seed_step_rank(data_dir):
@@ -119,14 +142,6 @@ def test_verify_catches_ids_beyond_vocab(tmp_path):
         ds.verify()
 
 
-def test_device_tokens_is_none_on_cpu(data_dir):
-    import mlx.core as mx
-
-    if mx.metal.is_available():
-        pytest.skip("Metal present: adoption path")
-    assert device_tokens(TokenDataset(data_dir, "train")) is None
-
-
 def _corrupt(folder, how):
     path = folder / "tokens_train.npy"
     meta_path = folder / "meta.json"
@@ -146,9 +161,9 @@ def _corrupt(folder, how):
     elif how == "meta_dtype":
         meta["dtype"] = "uint32"
     elif how == "meta_offset":
-        meta["data_offset"] = 128
-    elif how == "unpadded_npy":  # an ordinary np.save file: header is not 16 KiB
-        np.save(path, np.load(path, max_header_size=2 * DATA_OFFSET), allow_pickle=False)
+        meta["data_offset"] = 64
+    elif how == "legacy_npy":  # a 16 KiB header (mlx-kssm 0.2.0) where meta.json says 128
+        _write_legacy_npy(path, np.load(path))
     elif how == "missing_meta":
         meta_path.unlink()
     elif how == "bad_meta":
@@ -172,8 +187,8 @@ def _corrupt(folder, how):
     ("trailing_bytes", "bytes, expected"),
     ("meta_length", "meta.json says 1001"),
     ("meta_dtype", "dtype uint16, meta.json says uint32"),
-    ("meta_offset", "token data at byte 16384, meta.json says 128"),
-    ("unpadded_npy", "token data at byte 128, meta.json says 16384"),
+    ("meta_offset", "token data at byte 128, meta.json says 64"),
+    ("legacy_npy", "token data at byte 16384, meta.json says 128"),
     ("missing_meta", "meta.json: missing"),
     ("bad_meta", "meta.json: unreadable"),
     ("old_format", "format version 0"),

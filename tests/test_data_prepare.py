@@ -1,5 +1,6 @@
-"""prepare: split by document, separators, padded .npy files, meta.json, bad input."""
+"""prepare: split by document, separators, standard .npy files, meta.json, bad input."""
 
+import io
 import json
 import tracemalloc
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_kssm.cli import main
-from mlx_kssm.data.prepare import DATA_OFFSET, npy_header, prepare, token_dtype
+from mlx_kssm.data.loader import TokenDataset
+from mlx_kssm.data.prepare import npy_header, prepare, token_dtype
 
 QUIET = dict(log=lambda line: None)
 
@@ -71,23 +73,26 @@ def test_single_document_is_cut(tmp_path):
     meta = prepare(tmp_path / "input.txt", tmp_path / "out", "bytes", False, 0.1, 0, **QUIET).meta
     assert meta["split"] == "cut"
     assert meta["splits"]["val"]["tokens"] - 1 == round(0.1 * len(text))
-    train = np.load(tmp_path / "out" / "tokens_train.npy", max_header_size=2 * DATA_OFFSET)
-    val = np.load(tmp_path / "out" / "tokens_val.npy", max_header_size=2 * DATA_OFFSET)
+    train = np.load(tmp_path / "out" / "tokens_train.npy")
+    val = np.load(tmp_path / "out" / "tokens_val.npy")
     assert bytes(train[:-1].astype(np.uint8)) + bytes(val[:-1].astype(np.uint8)) == text.encode()
 
 
-def test_npy_is_real_and_data_starts_at_16k(tmp_path):
+def test_token_files_open_with_numpy_defaults(tmp_path):
+    """What researchers type: np.load(path, mmap_mode="r") with no other argument gives the
+    tokens the loader trains on, and the file is byte for byte what np.save writes."""
     make_corpus(tmp_path / "src", n_docs=4)
     prepare(tmp_path / "src", tmp_path / "out", "bytes", False, 0.25, 0, **QUIET)
-    path = tmp_path / "out" / "tokens_train.npy"
-    raw = path.read_bytes()
-    tokens = np.load(path, allow_pickle=False, max_header_size=2 * DATA_OFFSET)
-    assert tokens.dtype == np.uint16 and tokens.ndim == 1  # bytes vocab 257 needs 16 bits
-    assert raw[:6] == b"\x93NUMPY" and raw[DATA_OFFSET - 1:DATA_OFFSET] == b"\n"
-    assert raw[DATA_OFFSET:] == tokens.astype("<u2").tobytes()
-    with pytest.raises(ValueError):  # numpy's default limit refuses our 16 KiB header
-        np.load(path, allow_pickle=False)
-    assert len(npy_header("<u4", 10**12)) == DATA_OFFSET
+    for split in ("train", "val"):
+        path = tmp_path / "out" / f"tokens_{split}.npy"
+        tokens = np.load(path, mmap_mode="r")
+        loaded = TokenDataset(tmp_path / "out", split).tokens
+        assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16  # vocab 257: 16 bits
+        assert np.array_equal(tokens, loaded) and tokens.offset == loaded.offset
+        saved = io.BytesIO()
+        np.save(saved, np.asarray(tokens), allow_pickle=False)
+        assert path.read_bytes() == saved.getvalue()
+    assert len(npy_header("<u4", 10**12)) == 128
 
 
 def test_smallest_dtype():

@@ -188,7 +188,7 @@ def test_ids_beyond_the_vocabulary_are_refused(models, tmp_path):
     (evaluate used to segfault, intervene to print garbage). Run as processes: a crash must
     fail the test, not end the test session."""
     import numpy as np
-    from mlx_kssm.data.prepare import DATA_OFFSET, write_token_file
+    from mlx_kssm.data.prepare import npy_header, write_token_file
 
     folder = tmp_path / "stale"
     folder.mkdir()
@@ -199,7 +199,7 @@ def test_ids_beyond_the_vocabulary_are_refused(models, tmp_path):
         splits[split] = {"file": f"tokens_{split}.npy", "tokens": tokens.size, "max_id": 66}
     (folder / "meta.json").write_text(json.dumps({
         "format_version": 1, "tokenizer": {"kind": "bytes"}, "vocab_size": 257,
-        "dtype": "uint16", "data_offset": DATA_OFFSET, "splits": splits}))
+        "dtype": "uint16", "data_offset": len(npy_header("uint16", 600)), "splits": splits}))
     for args in (["evaluate", "--batches", "1", "--samples", "0", "--model", models["tiny"]],
                  ["intervene", "--n-prompts", "1", "--max-tokens", "2", "--model", models["tiny"]],
                  ["train", "--preset", "tiny", "--output-dir", tmp_path / "run"]):

@@ -3,16 +3,16 @@ files, and sample training windows from them deterministically."""
 
 from .errors import DataError, FetchError
 from .fetch import fetch_gutenberg, fetch_local, fetch_shakespeare, read_catalog, strip_gutenberg
-from .loader import (BatchSampler, TokenDataset, check_tokenizer, check_vocab, device_tokens,
-                     eval_batches, read_meta)
-from .prepare import DATA_OFFSET, prepare, token_dtype, write_token_file
+from .loader import (BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches,
+                     read_meta)
+from .prepare import npy_header, prepare, token_dtype, write_token_file
 from .tokenizer import load_tokenizer
 
 __all__ = [
     "DataError", "FetchError",
     "fetch_gutenberg", "fetch_local", "fetch_shakespeare", "read_catalog", "strip_gutenberg",
-    "prepare", "write_token_file", "token_dtype", "DATA_OFFSET",
+    "prepare", "write_token_file", "token_dtype", "npy_header",
     "load_tokenizer",
     "TokenDataset", "BatchSampler", "eval_batches", "check_vocab", "check_tokenizer",
-    "device_tokens", "read_meta",
+    "read_meta",
 ]

@@ -112,10 +112,25 @@ def _books(ids, list_file, f) -> list[dict]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/val document split.")
 @_one_line_errors
 def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
-    """Tokenize into memory-mappable .npy token files (data at a 16 KiB offset, smallest
-    unsigned dtype), a separator token after every document, a deterministic split by
-    document, and meta.json (tokenizer, counts, dtype, source SHA-256s, parameters).
-    Streams one document at a time."""
+    """Tokenize into standard .npy token files (smallest unsigned dtype), a separator token
+    after every document, a deterministic split by document, and meta.json (tokenizer,
+    counts, dtype, source SHA-256s, parameters). Streams one document at a time.
+
+    Plain NumPy opens the token files with its defaults, as a memory map:
+
+    \b
+      python -c "import numpy as np; t = np.load('OUT/tokens_train.npy', mmap_mode='r'); print(t[:20])"
+
+    Training copies each batch's windows out of that map (a few KB per step). Folders
+    prepared by mlx-kssm 0.2.0 still train; np.load opens those only with max_header_size=32768
+    (their header is padded to 16 KiB), so prepare them again to inspect them with defaults.
+
+    \b
+    Examples:
+      mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
+      mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/char --tokenizer bytes
+      mlx-kssm data prepare --source my_texts/ --out data/prepared/mine --compact
+    """
     from .prepare import prepare as run_prepare
 
     result = run_prepare(source, out_dir, tokenizer, compact, val_fraction, seed)

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import json
 import mmap
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
-from .prepare import DATA_OFFSET, FORMAT_VERSION, SPLITS, token_dtype
+from .prepare import FORMAT_VERSION, SPLITS, token_dtype
 from .tokenizer import load_tokenizer, tokenizer_mismatch
 
 __all__ = ["DataError", "TokenDataset", "BatchSampler", "eval_batches", "check_vocab",
-           "check_tokenizer", "device_tokens", "read_meta", "open_token_file"]
+           "check_tokenizer", "read_meta", "open_token_file"]
 
-# np.load refuses headers above 10,000 bytes unless told; ours is padded to 16 KiB.
-MAX_HEADER_SIZE = 2 * DATA_OFFSET
+# np.load refuses headers above 10,000 bytes unless told. `prepare` writes numpy's own
+# 128-byte header now; folders prepared by mlx-kssm 0.2.0 and earlier have 16 KiB headers
+# (padding for a zero-copy adoption on Metal that no code used), and still load.
+MAX_HEADER_SIZE = 32768
 _REQUIRED_META = ("format_version", "tokenizer", "vocab_size", "dtype", "data_offset", "splits")
 
 
@@ -48,7 +49,7 @@ def read_meta(data_dir) -> dict:
     return meta
 
 
-def open_token_file(path, dtype: str, length: int, offset: int = DATA_OFFSET) -> np.memmap:
+def open_token_file(path, dtype: str, length: int, offset: int) -> np.memmap:
     """Memory-map a token .npy and check it is what meta.json says: dtype, length, data
     offset and file size. Any disagreement is a DataError (never a reinterpretation)."""
     path = Path(path)
@@ -244,25 +245,3 @@ def eval_batches(dataset: TokenDataset, n_batches: int, batch_size: int, seq_len
     starts = _window_starts(np.random.default_rng(seed), len(dataset), seq_len, n_batches * batch_size)
     return [gather_windows(dataset.tokens, starts[i * batch_size:(i + 1) * batch_size], seq_len)
             for i in range(n_batches)]
-
-
-def device_tokens(dataset: TokenDataset):
-    """The whole token map as an MLX array without a copy, or None.
-
-    On Apple Silicon (Metal), mlx >= 0.32.1 can adopt a page-aligned host buffer via
-    `mx.asarray(..., copy=False)`; the token data starts at a 16 KiB file offset so the map
-    is page-aligned, and batches could then be gathered on the GPU. UNVERIFIED: these Linux
-    machines have no Metal, so this path has never run here. Without Metal (CPU builds) this
-    returns None and callers copy only each batch (`BatchSampler.batch`). If adoption fails
-    on Metal it warns and returns None (the batch path still works)."""
-    import mlx_kssm  # noqa: F401  (BLAS before mlx)
-    import mlx.core as mx
-
-    if not mx.metal.is_available():
-        return None
-    try:
-        return mx.asarray(dataset.tokens, copy=False)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        warnings.warn(f"could not adopt {dataset.path} without a copy ({exc}); "
-                      f"using per-batch copies")
-        return None

@@ -1,10 +1,9 @@
 """Tokenize a corpus into memmappable token files.
 
 Output folder:
-  tokens_train.npy, tokens_val.npy   real .npy files, 1-D, smallest unsigned dtype that
-                                     holds the vocabulary; the header is padded so the token
-                                     data starts at byte 16384 (a 16 KiB page on Apple
-                                     Silicon, so MLX can adopt the mapping without a copy)
+  tokens_train.npy, tokens_val.npy   standard .npy files (numpy's own header, 128 bytes), 1-D,
+                                     smallest unsigned dtype that holds the vocabulary:
+                                     np.load(path, mmap_mode="r") opens them with defaults
   vocab_map.npy                      with compaction: compact id k -> base tokenizer id
   meta.json                          tokenizer spec, vocab size, dtype, counts, sources...
 
@@ -22,9 +21,9 @@ Every document is followed by the separator token (sep_id), so both files end wi
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
-import struct
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,7 +39,6 @@ from .fetch import check_text, decode_text, list_text_files
 from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
-DATA_OFFSET = 16384  # token data starts here in every .npy we write (16 KiB page)
 SPLITS = ("train", "val")
 CHUNK_TOKENS = 1 << 20
 MAP_FILE = "vocab_map.npy"
@@ -64,17 +62,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def npy_header(dtype, length: int) -> bytes:
-    """A version-1.0 .npy header for a 1-D array, space-padded to exactly DATA_OFFSET bytes."""
-    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
-    text = repr({"descr": descr, "fortran_order": False, "shape": (int(length),)})
-    header_len = DATA_OFFSET - 10  # magic (6) + version (2) + length field (2)
-    if len(text) + 1 > header_len:
-        raise DataError("npy header does not fit")
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", header_len) + (text.ljust(header_len - 1) + "\n").encode("latin1")
+    """The header np.save writes for a 1-D array of `length` items (numpy's own writer: 128
+    bytes for any realistic length), so np.load opens the file with its default arguments.
+    (mlx-kssm 0.2.0 padded it to 16 KiB, which np.load refuses by default; the loader still
+    reads those files: see loader.MAX_HEADER_SIZE.)"""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+        "shape": (int(length),)})
+    return header.getvalue()
 
 
 def write_token_file(path, chunks: Iterator[np.ndarray], length: int, dtype) -> int:
-    """Write `length` tokens (given as chunks) as a padded .npy, atomically. Returns the max id
+    """Write `length` tokens (given as chunks) as a .npy, atomically. Returns the max id
     (-1 if empty). A chunk count that disagrees with `length` is an error, not a short file."""
     dtype, written, max_id = np.dtype(dtype), 0, -1
     with atomic_open(path, "wb") as f:
@@ -340,7 +340,8 @@ def _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact, val_fr
         "vocab_size": tok.vocab_size,
         "sep_id": tok.sep_id,
         "dtype": np.dtype(dtype).name,
-        "data_offset": DATA_OFFSET,
+        # where the token data starts in both files (numpy's header: the same size for both)
+        "data_offset": len(npy_header(dtype, stats["train"].tokens)),
         "split": "documents" if n_docs >= 2 else "cut",
         "splits": {s: {"file": f"tokens_{s}.npy", "tokens": st.tokens, "docs": st.docs,
                        "max_id": st.max_id} for s, st in stats.items()},

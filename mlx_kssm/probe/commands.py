@@ -465,12 +465,26 @@ def _check_same_tokenizer(folder, model_dir, ds) -> None:
 @click.option("--out", "out_dir", required=True, metavar="DIR",
               help="folder to write: new, empty, or an earlier export (replaced whole only once "
                    "the new one is written and loads; any other folder is refused)")
+@click.option("--format", "fmt", type=click.Choice(["mlx-kssm", "mlx-lm"]), default="mlx-kssm",
+              show_default=True,
+              help="mlx-kssm: for mlx_kssm.load and every mlx-kssm command; mlx-lm: also loads "
+                   "in mlx-lm (K-SSM models; needs the mlx-lm extra)")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="cast the weights (default: keep float32)")
 @click.option("--max-shard-size", default="2GB", show_default=True,
               help="split model.safetensors into shards with an index above this size")
+@click.option("--force-r", default=None, metavar="R",
+              help="mlx-lm: clamp R to this value in [0, 1] in every layer of the exported model")
+@click.option("--force-r-layer", multiple=True, metavar="L=R",
+              help="mlx-lm: clamp R in layer L only (repeatable; overrides --force-r there)")
+@click.option("--data", "data_dir", default=None, metavar="DIR",
+              help="mlx-lm: the prepared data folder it was trained on, described in the card")
+@click.option("--evaluation", "evaluation_json", default=None, metavar="FILE",
+              help="mlx-lm: an `mlx-kssm evaluate --json` file (with --causality for the "
+                   "verdicts) whose val loss and causality verdicts go into the card")
 @_friendly
-def export(model_dir, out_dir, dtype, max_shard_size):
+def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_layer, data_dir,
+           evaluation_json):
     """Write a self-contained model folder (mlx-lm layout).
 
     \b
@@ -483,16 +497,37 @@ def export(model_dir, out_dir, dtype, max_shard_size):
     --model. The weights also open with the plain `safetensors` library (numpy) for
     float32/float16 (numpy has no bfloat16).
 
+    --format mlx-lm adds what mlx-lm needs to load the folder as a custom model: kssm.py
+    (the architecture; mlx-lm runs it with --trust-remote-code), "model_file" and the
+    vocabulary map in config.json, tokenizer.json + tokenizer_config.json (the base tokenizer:
+    mlx-lm sees cl100k_base or byte ids; ids a compacted model never saw get no probability)
+    and a model card, README.md. Before it replaces OUT, the folder is loaded with mlx-lm and
+    its logits are compared with mlx_kssm's. Needs: pip install 'mlx-kssm[mlx-lm]'.
+
     \b
     Examples:
       mlx-kssm export --model checkpoints/tiny --out exports/tiny
       mlx-kssm export --model checkpoints/v2/best --out exports/v2-fp16 --dtype float16
+      mlx-kssm export --model checkpoints/tiny --out exports/tiny-mlx-lm --format mlx-lm \\
+          --data data/prepared/shakespeare --evaluation eval.json
+      mlx_lm.generate --model exports/tiny-mlx-lm --trust-remote-code --prompt "ROMEO."
+      mlx-kssm export --model checkpoints/tiny --out exports/tiny-r03 --format mlx-lm --force-r 0.3
+      mlx_lm.server --model exports/tiny-r03 --trust-remote-code --port 8080
     """
     from ..io import export_model, load, read_config
     from ..models import count_parameters
 
     shard_bytes = parse_size(max_shard_size)
-    out = export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=shard_bytes)
+    if fmt == "mlx-lm":
+        out = _export_mlx_lm(model_dir, out_dir, dtype, shard_bytes, force_r, force_r_layer,
+                             data_dir, evaluation_json)
+    else:
+        given = [name for name, v in (("--force-r", force_r), ("--force-r-layer", force_r_layer),
+                                      ("--data", data_dir), ("--evaluation", evaluation_json))
+                 if v]
+        if given:
+            raise UsageProblem(f"{', '.join(given)} apply to --format mlx-lm only")
+        out = export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=shard_bytes)
     model, tokenizer = load(out)  # the folder must load on its own
     files = sorted(p.name for p in Path(out).iterdir() if not p.name.startswith("."))
     size = sum((Path(out) / f).stat().st_size for f in files)
@@ -500,6 +535,34 @@ def export(model_dir, out_dir, dtype, max_shard_size):
     click.echo(f"exported {cfg.get('preset') or cfg.get('model_type')} "
                f"({count_parameters(model):,} parameters, {dtype or 'float32'}) to {out}: "
                f"{', '.join(files)} ({size / 1e6:.2f} MB)")
+    if fmt == "mlx-lm":
+        click.echo(f"checked: mlx-lm loads it and its logits match mlx_kssm's. Try:\n"
+                   f"  mlx_lm.generate --model {out} --trust-remote-code --prompt \"The \"")
+
+
+def _export_mlx_lm(model_dir, out_dir, dtype, shard_bytes, force_r, force_r_layer, data_dir,
+                   evaluation_json):
+    from ..data.loader import read_meta
+    from ..export.model_card import read_json
+    from ..export.to_mlx_lm import ExportError, export_mlx_lm, require_mlx_lm
+    from ..io import read_config, resolve_model_dir
+
+    try:
+        require_mlx_lm()
+        n_layers = read_config(resolve_model_dir(model_dir)).get("n_layers", 1)
+        force = parse_force(force_r, force_r_layer, n_layers)
+        evaluation = None
+        if evaluation_json is not None:
+            evaluation = read_json(evaluation_json)
+            if evaluation is None:
+                raise UsageProblem(f"--evaluation {evaluation_json}: not a JSON object written "
+                                   "by `mlx-kssm evaluate --json`")
+        meta = read_meta(data_dir) if data_dir is not None else None
+        return export_mlx_lm(model_dir, out_dir, dtype=dtype, force_r=force, data_meta=meta,
+                             evaluation=evaluation, max_shard_bytes=shard_bytes,
+                             log=lambda line: click.echo(line, err=True))
+    except ExportError as e:
+        raise UsageProblem(str(e)) from None
 
 
 # ---------------------------------------------------------------- plot

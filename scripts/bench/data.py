@@ -31,7 +31,7 @@ from pathlib import Path
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
 import numpy as np
 
-from mlx_kssm.data import DATA_OFFSET, DataError, write_token_file
+from mlx_kssm.data import DataError, npy_header, write_token_file
 from mlx_kssm.data.prepare import prepare
 
 BATCHES, BATCH, SEQ = 1000, 8, 256
@@ -82,7 +82,7 @@ def write_synthetic(folder: Path, megabytes: int) -> Path:
     write_token_file(folder / "tokens_val.npy", iter([np.arange(1000, dtype=np.uint16)]), 1000, "uint16")
     split = lambda n, m: {"file": None, "tokens": n, "docs": 1, "max_id": m}  # noqa: E731
     meta = {"format_version": 1, "tokenizer": {"kind": "tiktoken", "name": "gpt2"}, "vocab_size": 50257,
-            "dtype": "uint16", "data_offset": DATA_OFFSET,
+            "dtype": "uint16", "data_offset": len(npy_header("uint16", n_tokens)),
             "splits": {"train": {**split(n_tokens, max_id), "file": "tokens_train.npy"},
                        "val": {**split(1000, 999), "file": "tokens_val.npy"}}}
     (folder / "meta.json").write_text(json.dumps(meta))
