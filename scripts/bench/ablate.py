@@ -51,6 +51,8 @@ VARIANTS: dict = {
     "d2_g16n8h3": ("v1-char", {"n_groups": 16, "osc_per_group": 8, "harmonics": 3}, {}),
     "bolted_d2": ("control-bolted-char", {}, {}),
     "bolted_d1": ("control-bolted-char", DESIGN_1, {}),
+    "tf4_ffn512_lr1": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 1e-3}),
+    "tf4_ffn512_lr2": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 2e-3}),
     "tf_l2": ("transformer-char", {}, {"learning_rate": 1e-3}),
     "tf_l4": ("transformer-char", {"n_layers": 4}, {"learning_rate": 1e-3}),
 }
