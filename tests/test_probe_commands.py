@@ -154,7 +154,7 @@ def test_evaluate_with_causality(models, data_dir, tmp_path):
     assert "[FAIL] 2 intervention" in res.output  # the bolted control
     assert "sample quality:" in res.output
     report = json.loads(out.read_text())
-    assert report["causality"]["intervention"]["passed"] is False
+    assert report["causality"]["intervention"]["verdict"] == "FAIL"
     assert len(report["samples"]) == 2 and "collapsed" in report["samples"][0]
     assert report["val_loss"] > 0 and len(report["R"]["per_layer_mean"]) == 2
 

@@ -158,3 +158,34 @@ def test_combine_verdicts():
     assert stats.combine_verdicts(["PASS", "PASS"]) == "PASS"
     assert stats.combine_verdicts(["PASS", "INCONCLUSIVE"]) == "INCONCLUSIVE"
     assert stats.combine_verdicts(["INCONCLUSIVE", "FAIL"]) == "FAIL"
+
+
+def _planted_r_entropy(coupling, n_seq=40, seq_len=64, seed=0):
+    """(N, T, 2) R and (N, T) entropy: layer 1's R moves with entropy by `coupling`
+    (negative: high R, confident), layer 0 is independent noise."""
+    rng = np.random.default_rng(seed)
+    ent = rng.normal(2.0, 0.3, size=(n_seq, seq_len))
+    r = np.stack([rng.normal(0.4, 0.05, size=(n_seq, seq_len)),
+                  0.4 + coupling * (ent - 2.0) + rng.normal(0, 0.05, size=(n_seq, seq_len))], -1)
+    return r, ent
+
+
+def test_correlation_test_finds_a_planted_layer_with_its_sign():
+    from mlx_kssm.probe.causality import correlation_test
+    r, ent = _planted_r_entropy(-0.1)
+    c = correlation_test(r, ent, alpha=0.01, min_corr=0.05, n_resamples=2000, seed=0,
+                         confidence=0.95)
+    layer0, layer1 = c["per_layer"]
+    assert c["verdict"] == "PASS" and layer1["verdict"] == "PASS" and layer1["sign"] == "-"
+    assert layer1["ci"][1] < -0.05  # the planted effect: the CI excludes 0 and the threshold
+    assert layer0["ci"][0] < 0 < layer0["ci"][1]  # no effect: the CI includes 0
+    assert layer0["verdict"] != "PASS"
+
+
+def test_correlation_test_without_effect_is_not_a_pass():
+    from mlx_kssm.probe.causality import correlation_test
+    r, ent = _planted_r_entropy(0.0, n_seq=200, seq_len=256)  # enough data: narrow CIs
+    c = correlation_test(r, ent, alpha=0.01, min_corr=0.05, n_resamples=2000, seed=0,
+                         confidence=0.95)
+    assert all(t["ci"][0] < 0 < t["ci"][1] for t in c["per_layer"])
+    assert c["verdict"] == "FAIL"  # every layer's CI inside +-0.05
