@@ -214,8 +214,9 @@ def _resolve_model(model, dataset, tokenizer, label):
 
 def training_seed(folder) -> int | None:
     """The seed a run folder's checkpoint (or best/) was trained with, if it records one."""
+    from .train.checkpoint import STATE  # here: the trainer imports this module
     try:
-        state = json.loads((Path(folder) / "trainer_state.json").read_text())
+        state = json.loads((Path(folder) / STATE).read_text())
         return int(state["config"]["seed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

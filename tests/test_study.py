@@ -211,6 +211,28 @@ def test_interrupted_run_stops_the_study(data_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "s" / "training.lock").exists()
 
 
+def _fake_run(run_dir, checkpoint_steps, events):
+    for step in checkpoint_steps:
+        folder = run_dir / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        for name in ("config.json", "model.safetensors", "optimizer.safetensors",
+                     "trainer_state.json"):
+            (folder / name).write_text("{}")
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+@pytest.mark.parametrize("checkpoints, events, state", [
+    ([2, 4], [{"event": "start"}, {"event": "end", "status": "completed", "step": 4}], "done"),
+    ([2, 4], [{"event": "start"}], "resume"),  # killed after its final save, before the end
+    ([2], [{"event": "start"}, {"event": "end", "status": "completed", "step": 2}], "resume"),
+    ([2], [{"event": "start"}, {"event": "end", "status": "nan", "step": 3}], "nan"),
+    ([], [{"event": "start"}], "new"),  # killed before its first checkpoint
+])
+def test_run_state(tmp_path, checkpoints, events, state):
+    _fake_run(tmp_path, checkpoints, events)
+    assert run_state(tmp_path, 4) == state
+
+
 def test_summary_leaves_out_diverged_seeds():
     ok = {"model": "m", "seed": 0, "tokens_per_sec": 100.0,
           "evaluation": {"val_loss": 2.0, "val_ppl": 7.4, "causality": None}}
@@ -255,7 +277,7 @@ def test_other_budget_leaves_the_study_untouched(study, data_dir):
     before = {p: p.read_bytes() for p in result.study_dir.rglob("*") if p.is_file()}
     line = one_error_line(cli("--data", data_dir, "--out", result.study_dir, "--steps", 99,
                               "--batch-size", 4, "--seq-len", 32, "--warmup-steps", 1))
-    assert "another budget" in line and "max_steps 4 -> 99" in line
+    assert "another budget" in line and "--steps 4 -> 99" in line
     assert {p: p.read_bytes() for p in before} == before
 
 

@@ -49,7 +49,7 @@ import itertools
 import mlx.core as mx
 import numpy as np
 
-from ..models import r_zone, ZONES
+from ..models import ZONES, build_model, r_zone
 from . import stats
 
 DEFAULT_VALUES = (0.2, 0.8)
@@ -192,10 +192,11 @@ def measure(model, windows: np.ndarray, values) -> dict | None:
 # ---------------------------------------------------------------- the tests
 
 
-def _variance_test(r, min_r_std, counts, confidence) -> dict:
+def _variance_test(r, min_r_std, n_resamples, seed, confidence) -> dict:
     """std of R over positions (per layer, averaged), bootstrapped over sequences: each
     resample's std comes from per-sequence sums of the centered R and its square."""
     n_seq, seq_len, _ = r.shape
+    counts = stats.bootstrap_counts(n_seq, n_resamples, seed)  # (B, N)
     centered = r - r.mean(axis=(0, 1))
     s1, s2 = centered.sum(axis=1), (centered ** 2).sum(axis=1)  # (N, L)
     total = n_seq * seq_len
@@ -353,13 +354,11 @@ def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
     if m is None:
         return _not_applicable(result, "the model has no oscillators (no R): "
                                "the causality suite does not apply")
-    counts = stats.bootstrap_counts(n_seq, n_resamples, seed)
     result["r"] = r_statistics(m["r"])
-    result["variance"] = _variance_test(m["r"], min_r_std, counts, confidence)
+    result["variance"] = _variance_test(m["r"], min_r_std, n_resamples, seed, confidence)
     result["intervention"] = _intervention_test(m, values, alpha, min_kl, n_resamples, seed,
                                                 confidence)
     if random_init_seed is not None:
-        from ..models import build_model  # here: models import nothing from probe
         baseline = measure(build_model(model.args, seed=random_init_seed), windows, values)
         result["intervention"]["random_init"] = _random_init_comparison(
             m["kl"][(values[0], values[-1])], baseline["kl"][(values[0], values[-1])],

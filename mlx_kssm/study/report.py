@@ -159,7 +159,6 @@ def _seed_rows(c: dict) -> list:
 def study_markdown(record: dict) -> str:
     config, summary = record["config"], record["summary"]
     env = record["commands"][-1]["environment"] if record["commands"] else {}
-    blas = env.get("blas", {})
     lines = [f"# Study: {config['preset']} and its comparisons", "",
              f"- data: `{config['data']}` (meta.json sha256 {config['data_fingerprint'][:12]})",
              f"- budget: {config['max_steps']} steps x batch {config['batch_size']} x seq "
@@ -168,9 +167,7 @@ def study_markdown(record: dict) -> str:
              f"- evaluation: {config['eval_batches']} x {config['batch_size']} val windows of "
              f"{config['seq_len']} tokens; causality suite on {config['sequences']} held-out "
              "windows (docs/causality.md)",
-             f"- machine: {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores), "
-             f"{env.get('platform', '?')}; MLX {env.get('mlx', '?')} on {env.get('backend', '?')};"
-             f" BLAS {blas.get('library') if blas.get('active') else 'MLX bundled (' + str(blas.get('reason')) + ')'}",
+             f"- machine: {machine_line(env)}",
              f"- command: `{record['commands'][-1]['equivalent']}`" if record["commands"] else "",
              f"- statistics: {record['statistics']}", "",
              "## Validation loss and perplexity (mean ± 95% CI over seeds)", ""]
@@ -188,6 +185,13 @@ def study_markdown(record: dict) -> str:
     lines += ["", "## Every seed: effects with their bootstrap CIs over held-out windows", ""]
     lines += seed_table(record["runs"])
     return "\n".join(lines) + "\n"
+
+
+def machine_line(env: dict) -> str:
+    blas = env.get("blas", {})
+    blas_text = blas.get("library") if blas.get("active") else f"MLX's bundled ({blas.get('reason')})"
+    return (f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores), {env.get('platform', '?')}"
+            f"; MLX {env.get('mlx', '?')} on {env.get('backend', '?')}; BLAS {blas_text}")
 
 
 # ---------------------------------------------------------------- writing

@@ -41,6 +41,8 @@ STUDY_JSON, STUDY_MD, RUNS = "study.json", "study.md", "runs"
 RUN_EVAL = "study_eval.json"
 FORMAT = "mlx-kssm study"
 FORMAT_VERSION = 1
+FLAGS = {"max_steps": "--steps", "steps_per_eval": "--eval-every",
+         "steps_per_report": "--report-every"}  # StudyConfig fields named otherwise on the CLI
 # what the runs' numbers depend on: a study folder continues only with the same values
 BUDGET_FIELDS = ("data_fingerprint", "preset", "max_steps", "batch_size", "seq_len",
                  "learning_rate", "warmup_steps")
@@ -92,7 +94,7 @@ class StudyConfig:
         for name in ("max_steps", "batch_size", "seq_len", "steps_per_eval", "steps_per_report",
                      "val_batches", "save_every", "eval_batches"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.sequences < 3:
             raise ValueError(f"--sequences must be >= 3, got {self.sequences}")
         if not self.learning_rate > 0 or self.warmup_steps < 0 or self.samples < 0:
@@ -129,6 +131,10 @@ class StudyConfig:
                           seq_len=self.seq_len, samples=self.samples, causality=True,
                           sequences=self.sequences, random_init=random_init,
                           random_init_seed=seed)
+
+
+def flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def default_models(preset: str) -> list:
@@ -233,7 +239,8 @@ def open_record(study_dir: Path, config: StudyConfig) -> dict:
         raise ValueError(f"{path} is unreadable ({e}); choose another --out") from None
     changed = [k for k in BUDGET_FIELDS if getattr(saved, k) != getattr(config, k)]
     if changed and (study_dir / RUNS).exists():
-        diffs = ", ".join(f"{k} {getattr(saved, k)} -> {getattr(config, k)}" for k in changed)
+        diffs = ", ".join(f"{flag(k)} {getattr(saved, k)} -> {getattr(config, k)}"
+                          for k in changed)
         raise ValueError(f"{study_dir} holds a study with another budget ({diffs}): its runs "
                          "would not be comparable; use the same options or another --out")
     return record
