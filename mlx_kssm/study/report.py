@@ -7,9 +7,10 @@ effect carries the suite's 95% bootstrap CI over held-out windows (docs/causalit
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-from .._files import atomic_write_text
+from .._files import atomic_write_bytes, atomic_write_text
 from ..probe import stats
 
 # effect sizes of the causality suite: (key, column title, how to read it off a suite result)
@@ -247,10 +248,7 @@ def plot_loss_curves(record: dict, path: Path, plt) -> Path:
     ax.set_title("Validation loss per model (one line per seed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, plt)
 
 
 def plot_effects(record: dict, path: Path, plt) -> Path:
@@ -284,13 +282,20 @@ def plot_effects(record: dict, path: Path, plt) -> Path:
     axes[2].set_xlabel("marker: " + ", ".join(f"{m} layer {i}" for i, m in enumerate(MARKERS)),
                        fontsize=8)
     fig.suptitle("Causality effects: each seed with its 95% bootstrap CI (red: thresholds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, plt)
 
 
 MARKERS = ("o", "s", "^", "D")  # per layer in the correlation panel
+
+
+def save_png(fig, path: Path, plt) -> Path:
+    """Render in memory, then write atomically: a killed study never leaves half a PNG."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def _kl_points(c: dict) -> list:

@@ -186,8 +186,6 @@ def run_study(config: StudyConfig, echo=print, argv=None) -> StudyResult:
     """Run (or continue) the study; returns when every run is trained and evaluated, or when
     a run was interrupted (Ctrl-C / SIGTERM: the trainer saved a checkpoint; run again to
     continue). Raises ValueError / DataError / LockError on bad input, before writing."""
-    from .report import summarize, write_report
-
     config = config.resolved()
     config.validate()
     config.data_fingerprint = sha256_file(Path(config.data) / "meta.json")
@@ -198,26 +196,33 @@ def run_study(config: StudyConfig, echo=print, argv=None) -> StudyResult:
         record["commands"].append(command_entry(config, argv))
         record["config"] = config.to_dict()
         save_record(study_dir, record)
-        runs = plan_runs(config, study_dir)
-        echo(f"== study {study_dir}: {len(config.models)} models x {config.seeds} seeds = "
-             f"{len(runs)} runs, {config.max_steps} steps x batch {config.batch_size} x seq "
-             f"{config.seq_len} each")
-        # earlier invocations' entries stand until this one redoes (or reuses) their run
-        entries = {(e["model"], e["seed"]): e for e in record["runs"]}
-        for i, run in enumerate(runs, 1):
-            entry = do_run(run, config, study_dir, f"[{i}/{len(runs)}]", echo)
-            if isinstance(entry, int):
-                echo(f"== study interrupted at {run.label}: run the same command to continue")
-                return StudyResult("interrupted", entry, study_dir, record)
-            entries[(run.model, run.seed)] = entry
-            record["runs"] = [entries[(r.model, r.seed)] for r in runs
-                              if (r.model, r.seed) in entries]
-            record["summary"] = summarize(record["runs"], config.models)
-            save_record(study_dir, record)
-        written = write_report(study_dir, record, echo)
-        return StudyResult("completed", 0, study_dir, record, written)
+        return run_plan(config, study_dir, record, echo)
     finally:
         lock.release(study_dir)
+
+
+def run_plan(config: StudyConfig, study_dir: Path, record: dict, echo) -> StudyResult:
+    """Every planned run in order, study.json saved after each; then the report."""
+    from .report import summarize, write_report
+
+    runs = plan_runs(config, study_dir)
+    echo(f"== study {study_dir}: {len(config.models)} models x {config.seeds} seeds = "
+         f"{len(runs)} runs, {config.max_steps} steps x batch {config.batch_size} x seq "
+         f"{config.seq_len} each")
+    # earlier invocations' entries stand until this one redoes (or reuses) their run
+    entries = {(e["model"], e["seed"]): e for e in record["runs"]}
+    for i, run in enumerate(runs, 1):
+        entry = do_run(run, config, study_dir, f"[{i}/{len(runs)}]", echo)
+        if isinstance(entry, int):
+            echo(f"== study interrupted at {run.label}: run the same command to continue")
+            return StudyResult("interrupted", entry, study_dir, record)
+        entries[(run.model, run.seed)] = entry
+        record["runs"] = [entries[(r.model, r.seed)] for r in runs
+                          if (r.model, r.seed) in entries]
+        record["summary"] = summarize(record["runs"], config.models)
+        save_record(study_dir, record)
+    written = write_report(study_dir, record, echo)
+    return StudyResult("completed", 0, study_dir, record, written)
 
 
 def open_record(study_dir: Path, config: StudyConfig) -> dict:
