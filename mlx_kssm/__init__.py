@@ -17,3 +17,7 @@ __all__ = ["ModelArgs", "build_model", "count_parameters"]
 from .io import export_model, load, save_model  # noqa: E402
 
 __all__ += ["export_model", "load", "save_model"]
+
+from .evaluation import EvalConfig, EvalResult, evaluate  # noqa: E402
+
+__all__ += ["EvalConfig", "EvalResult", "evaluate"]

@@ -10,6 +10,7 @@ import click
 from .data.commands import data
 from .doctor import doctor
 from .probe.commands import evaluate, export, generate, intervene, plot
+from .study.commands import study
 from .train.commands import monitor, status, train
 
 
@@ -24,12 +25,14 @@ def main():
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
       mlx-kssm train --preset tiny --data data/prepared/shakespeare --output-dir checkpoints/tiny
       mlx-kssm evaluate --model checkpoints/tiny --data data/prepared/shakespeare --causality
+      mlx-kssm study --data data/prepared/shakespeare --preset tiny --out studies/tiny
       mlx-kssm generate --model checkpoints/tiny --prompt "To be" --force-r 0.3 --show-r
       mlx-kssm export --model checkpoints/tiny --out exports/tiny
     """
 
 
-for command in (data, train, status, monitor, evaluate, generate, intervene, export, plot, doctor):
+for command in (data, train, status, monitor, evaluate, study, generate, intervene, export, plot,
+                doctor):
     main.add_command(command)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import platform
 import sys
 
@@ -53,22 +54,32 @@ def _offline_encodings() -> dict:
     return found
 
 
-def report(measure: bool = True) -> dict:
+def cpu_model() -> str:
+    """The CPU's name (Linux /proc/cpuinfo, else what platform knows)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """What a result depends on beyond the code: platform, CPU, MLX backend, BLAS, versions
+    (quick: no tokenizers loaded, no measurement). `mlx-kssm study` records it."""
     import mlx.core as mx
 
-    blas = dict(_blas.STATUS)
-    if measure:
-        blas["gflops_2048x256x20544"] = round(_blas.measure_gflops(), 1)
-        blas["matches_numpy"] = _blas.verify_in_process()
     return {
         "platform": f"{platform.system()} {platform.machine()} ({platform.platform()})",
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "mlx": mx.__version__,
         "backend": _backend(),
         "default_device": str(mx.default_device()),
-        "blas": blas,
+        "blas": dict(_blas.STATUS),
         "scan_kernel": _kernel_status(),
-        "tokenizers": _offline_encodings(),
         # mlx-cpu and mlx-cuda-* each ship libmlx.so: two installed at once is a broken setup
         "packages": {d: _version(d) for d in ("mlx-kssm", "mlx", "mlx-cpu", "mlx-cuda-12",
                                                "mlx-cuda-13", "numpy", "tiktoken",
@@ -76,6 +87,15 @@ def report(measure: bool = True) -> dict:
                                                # the mlx-lm extra (export --format mlx-lm)
                                                "mlx-lm", "transformers", "tokenizers")},
     }
+
+
+def report(measure: bool = True) -> dict:
+    info = environment()
+    if measure:
+        info["blas"]["gflops_2048x256x20544"] = round(_blas.measure_gflops(), 1)
+        info["blas"]["matches_numpy"] = _blas.verify_in_process()
+    info["tokenizers"] = _offline_encodings()
+    return info
 
 
 @click.command("doctor")
@@ -92,6 +112,7 @@ def doctor(as_json, no_measure):
     blas_line = ("OpenBLAS " + str(blas["library"])) if blas["active"] else \
         f"MLX's bundled BLAS ({blas['reason']})"
     click.echo(f"platform     {info['platform']}")
+    click.echo(f"cpu          {info['cpu']} ({info['cpu_count']} cores)")
     click.echo(f"python       {info['python']}")
     click.echo(f"mlx          {info['mlx']}  backend {info['backend']}  device {info['default_device']}")
     click.echo(f"blas         {blas_line}")

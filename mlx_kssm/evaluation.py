@@ -1,14 +1,25 @@
-"""The shared evaluation: validation loss, perplexity and R statistics on fixed batches.
+"""The shared evaluation.
 
-Used by the trainer at every evaluation and by `mlx-kssm evaluate`, so a number printed
-during training and one printed afterwards come from the same code. Deterministic: the
-models have no dropout or other training noise, the batches are fixed, and reductions run in
-float32 in a fixed order.
+- `evaluate_loss`: validation loss, perplexity and R statistics on fixed batches. Used by the
+  trainer at every evaluation and by `evaluate`, so a number printed during training and one
+  printed afterwards come from the same code.
+- `evaluate(model, data, EvalConfig(...))`: what `mlx-kssm evaluate` reports, as a library
+  call: loss / PPL, R statistics, sample-quality checks and (optionally) the causality suite
+  (docs/causality.md), returned as an `EvalResult` that serializes to JSON. `mlx-kssm study`
+  calls it for every model and seed.
+
+Deterministic: the models have no dropout or other training noise, the windows and sampling
+seeds are fixed, reductions run in float32 in a fixed order, and the suite's bootstrap uses a
+fixed seed: the same weights give the same numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -87,3 +98,194 @@ def evaluate_loss(model, batches, keep_r: bool = False) -> dict:
         out["val_u"] = float(totals["u"]) / n_batches
         out["val_u_at_bound"] = float(totals["u_at_bound"]) / n_batches
     return out
+
+
+# ---------------------------------------------------------------- evaluate(): the whole report
+
+
+@dataclass
+class EvalConfig:
+    """What `evaluate` measures, on which windows; saved with the numbers."""
+
+    split: str = "val"
+    batches: int = 20  # loss windows: batches x batch_size, fixed by `seed`
+    batch_size: int = 8
+    seq_len: int = 128
+    seed: int = 1234  # the loss windows and the sample prompts / sampling
+    samples: int = 3  # generations checked for mode collapse
+    sample_tokens: int = 60
+    causality: bool = False
+    sequences: int = 32  # held-out windows of the causality suite, spread over the split
+    values: tuple = (0.2, 0.8)  # forced R values the intervention test compares
+    random_init: bool = True  # test 2 beside a random-init model of the same architecture
+    random_init_seed: int | None = None  # None: the run's training seed if recorded, else 0
+
+    def validate(self) -> "EvalConfig":
+        for name in ("batches", "batch_size", "sequences", "sample_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise ValueError(f"seq-len must be >= 2, got {self.seq_len}")
+        if self.samples < 0:
+            raise ValueError(f"samples must be >= 0, got {self.samples}")
+        if self.causality and self.sequences < 3:
+            raise ValueError(f"the causality suite needs >= 3 sequences, got {self.sequences}")
+        return self
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "values": list(self.values)}
+
+
+@dataclass
+class EvalResult:
+    """Everything `evaluate` measured; `to_dict()` is what `evaluate --json` writes."""
+
+    model: str  # the folder evaluated, or a label for an in-memory model
+    data: str
+    config: dict  # the EvalConfig used
+    val_loss: float
+    val_ppl: float
+    val_reg: float
+    n_tokens: int
+    val_R: float | None = None
+    val_R_std: float | None = None
+    val_R_layers: list | None = None
+    val_u: float | None = None
+    val_u_at_bound: float | None = None
+    R: dict | None = None  # r_statistics over the loss windows; None without oscillators
+    samples: list = field(default_factory=list)
+    causality: dict | None = None
+    notes: list = field(default_factory=list)  # warnings worth printing (e.g. overlap)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n"
+
+
+def _json_default(x):
+    return x.tolist() if hasattr(x, "tolist") else str(x)
+
+
+def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, label=None,
+             progress=None) -> EvalResult:
+    """Evaluate `model` on the prepared data folder `data` (see the module docstring).
+
+    `model` is a model folder (exported, run or checkpoint folder: its tokenizer must match
+    the data's) or a model object (then `tokenizer` defaults to the data's). `progress(text)`
+    hears what is being computed. Raises ValueError / DataError / ModelLoadError on bad input.
+    """
+    from .data.loader import TokenDataset, check_vocab, eval_batches
+
+    config = (config or EvalConfig()).validate()
+    dataset = TokenDataset(data, config.split)
+    model, tokenizer, name, training_seed = _resolve_model(model, dataset, tokenizer, label)
+    check_vocab(dataset, model.args.vocab_size)
+    say = progress or (lambda text: None)
+    say(f"{name}: loss on {config.batches} x {config.batch_size} windows of {config.seq_len}")
+    batches = eval_batches(dataset, config.batches, config.batch_size, config.seq_len,
+                           seed=config.seed)
+    metrics = evaluate_loss(model, batches, keep_r=True)
+    r = metrics.pop("R")
+    result = EvalResult(model=name, data=str(data), config=config.to_dict(), **metrics)
+    if r is not None:
+        from .probe.causality import r_statistics
+        result.R = r_statistics(r)
+    result.samples = _sample_checks(model, tokenizer, batches, config)
+    if config.causality:
+        say(f"{name}: causality suite on {config.sequences} windows")
+        result.causality = _causality(model, dataset, config, training_seed, result.notes)
+    return result
+
+
+def _resolve_model(model, dataset, tokenizer, label):
+    """(model, tokenizer, name, training seed or None) for a folder or a model object."""
+    if isinstance(model, (str, Path)):
+        from .io import load, resolve_model_dir
+        folder = resolve_model_dir(model)
+        model, tokenizer = load(folder)
+        if tokenizer is None:
+            raise ValueError(f"{folder}/config.json names no tokenizer: cannot turn text into ids")
+        check_same_tokenizer(folder, dataset)
+        return model, tokenizer, label or str(folder), training_seed(folder)
+    return model, tokenizer or dataset.tokenizer(), label or "model", None
+
+
+def training_seed(folder) -> int | None:
+    """The seed a run folder's checkpoint (or best/) was trained with, if it records one."""
+    from .train.checkpoint import STATE  # here: the trainer imports this module
+    try:
+        state = json.loads((Path(folder) / STATE).read_text())
+        return int(state["config"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_same_tokenizer(folder, dataset) -> None:
+    """Refuse a model folder whose tokenizer differs from the one the data was prepared with
+    (the compaction map included: the same id would stand for other text)."""
+    from .data.loader import check_tokenizer
+    from .io import read_config
+    check_tokenizer(dataset, read_config(folder).get("tokenizer"), folder, folder)
+
+
+def _sample_checks(model, tokenizer, batches, config: EvalConfig) -> list:
+    """Seeded generations from the first windows' first 8 tokens, checked for collapse."""
+    from .probe.generate import generate_tokens
+    from .probe.quality import sample_quality
+
+    out = []
+    for i in range(min(config.samples, len(batches[0][0]))):
+        prompt = batches[0][0][i][:8].tolist()
+        gen = generate_tokens(model, prompt, max_tokens=config.sample_tokens, temp=0.8,
+                              seed=config.seed + i, stop_ids=(tokenizer.sep_id,))
+        text = tokenizer.decode(gen.tokens)
+        out.append({"prompt": tokenizer.decode(prompt), "text": text,
+                    **sample_quality(gen.tokens, text)})
+    return out
+
+
+def _causality(model, dataset, config: EvalConfig, training_seed, notes) -> dict:
+    from .probe.causality import causality_suite, spread_windows, windows_overlap
+
+    if windows_overlap(len(dataset), config.sequences, config.seq_len):
+        notes.append(f"the {dataset.split} split holds {len(dataset)} tokens, fewer than "
+                     f"{config.sequences} x {config.seq_len}: causality windows overlap")
+    windows = spread_windows(dataset.tokens, config.sequences, config.seq_len)
+    seed = None
+    if config.random_init:
+        seed = config.random_init_seed
+        seed = seed if seed is not None else (training_seed if training_seed is not None else 0)
+    return causality_suite(model, windows, values=config.values, random_init_seed=seed)
+
+
+def format_evaluation(result: EvalResult) -> list:
+    """Terminal lines for an EvalResult: loss, R, samples, the causality suite."""
+    from .models import r_zone
+    from .probe.causality import format_causality
+
+    lines = [f"{result.model}: {result.config['split']} loss {result.val_loss:.4f}  "
+             f"PPL {result.val_ppl:.2f}  ({result.n_tokens:,} tokens)"]
+    rs = result.R
+    if rs is None:
+        lines.append("R: not applicable (the model has no oscillators)")
+    else:
+        lines.append(f"R: mean {rs['mean']:.4f}  std {rs['std']:.4f}  range [{rs['min']:.3f}, "
+                     f"{rs['max']:.3f}]  zone {rs['zone']}")
+        for i, (m, s) in enumerate(zip(rs["per_layer_mean"], rs["per_layer_std"])):
+            lines.append(f"  layer {i}: mean {m:.4f}  std {s:.4f}  {r_zone(m)}")
+        occupied = [f"{k} {100 * v:.1f}%" for k, v in rs["zone_occupancy"].items() if v > 0]
+        lines.append("  zone occupancy: " + ", ".join(occupied))
+    if result.val_u is not None:
+        lines.append(f"u: mean {result.val_u:.4f}  at bound {100 * result.val_u_at_bound:.1f}%")
+    for i, s in enumerate(result.samples):
+        flag = f"  [COLLAPSED: {s['reason']}]" if s["collapsed"] else ""
+        lines.append(f"sample {i + 1}: {s['prompt']!r} -> {s['text'][:80]!r}  "
+                     f"distinct-2 {s['distinct_2']:.2f}{flag}")
+    if result.samples:
+        n_bad = sum(s["collapsed"] for s in result.samples)
+        lines.append(f"sample quality: {n_bad}/{len(result.samples)} collapsed")
+    if result.causality is not None:
+        lines += format_causality(result.causality)
+    return lines

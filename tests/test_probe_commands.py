@@ -153,11 +153,30 @@ def test_evaluate_with_causality(models, data_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert "PPL" in res.output and "zone occupancy" in res.output
     assert "[FAIL] 2 intervention" in res.output  # the bolted control
+    assert "wired in" in res.output and "learned to use it" in res.output
     assert "sample quality:" in res.output
     report = json.loads(out.read_text())
-    assert report["causality"]["intervention"]["passed"] is False
+    assert report["causality"]["intervention"]["verdict"] == "FAIL"
+    assert report["causality"]["intervention"]["random_init"]["seed"] == 0
     assert len(report["samples"]) == 2 and "collapsed" in report["samples"][0]
     assert report["val_loss"] > 0 and len(report["R"]["per_layer_mean"]) == 2
+
+
+def test_evaluate_cli_presents_the_library_result(models, data_dir, tmp_path):
+    """`mlx-kssm evaluate --json` writes what mlx_kssm.evaluate returns, number for number,
+    and a second run gives the same numbers (evaluation is deterministic)."""
+    out = tmp_path / "eval.json"
+    args = ["--batches", "1", "--batch-size", "2", "--seq-len", "16", "--sequences", "6",
+            "--samples", "1", "--sample-tokens", "8", "--random-init-seed", "3"]
+    res = run("evaluate", "--model", models["tiny"], "--data", data_dir, "--causality",
+              "--json", out, *args)
+    assert res.exit_code == 0, res.output
+    config = mlx_kssm.EvalConfig(batches=1, batch_size=2, seq_len=16, sequences=6, samples=1,
+                                 sample_tokens=8, causality=True, random_init_seed=3)
+    result = mlx_kssm.evaluate(models["tiny"], data_dir, config)
+    assert json.loads(out.read_text()) == json.loads(result.to_json())
+    assert result.causality["intervention"]["random_init"]["seed"] == 3
+    assert mlx_kssm.evaluate(models["tiny"], data_dir, config).to_json() == result.to_json()
 
 
 def test_evaluate_transformer_not_applicable(models, data_dir):

@@ -1,21 +1,43 @@
-"""The causality suite (SPEC 7, seed 002 made rigorous): is R a causal carrier of the state?
+"""The causality suite (SPEC 7, seed 002 made rigorous): is R a causal carrier of the state,
+and does it track the model's confidence? docs/causality.md explains every number.
 
-On held-out windows, deterministically (no sampling, no training noise, fixed seeds):
+On held-out windows, deterministically (no sampling, no training noise, fixed seeds). The
+held-out sequences are the independent units: every effect is one number per sequence,
+averaged, with a percentile-bootstrap CI over sequences (95%, 4,000 resamples, fixed seed)
+and p-values kept beside it. Each test gives PASS, FAIL or INCONCLUSIVE
+(`stats.threshold_verdict`): PASS when the whole CI clears the test's threshold and p < alpha,
+FAIL when the whole CI lies at or below it, INCONCLUSIVE otherwise (the CI straddles it).
 
-1. variance      R varies across inputs and positions: std of R > 0.01 (per layer, averaged).
-2. intervention  forcing R changes the next-token distribution. For every sequence, the KL
-                 between the next-token distributions under two forced values (lowest vs
-                 highest of `values`), averaged over its positions: one number per sequence.
-                 Those numbers are tested against zero over sequences (one-sided t-test AND
-                 an exact sign-flip permutation test; both p < alpha) and must also exceed a
-                 minimum effect (mean KL > 1e-3 nats), so float rounding can never pass: a
-                 model whose output bypasses R (the `control-bolted` preset) gets KL ~ 0.
-3. correlation   R (mean over layers) vs the next-token entropy. Positions of one sequence
-                 are not independent, so the test is over sequences: each sequence's own
-                 Pearson r, Fisher-z averaged, t-test and sign-flip test over sequences;
-                 |mean r| > 0.05 and p < alpha. The pooled r over all positions (with its
-                 naive p) and the between-sequence r (sequence means) are reported beside it.
+1. variance      R varies: std of R over held-out positions (per layer, averaged over
+                 layers) > 0.01. No p-value: a spread is not tested against zero.
+2. intervention  forcing R changes the next-token distribution: per sequence, the KL between
+                 the next-token distributions with R forced to the lowest and to the highest
+                 of `values`, averaged over its positions; effect = mean over sequences, must
+                 exceed 1e-3 nats/token (so float rounding can never pass: the
+                 `control-bolted` preset, whose output bypasses R, gets KL ~ 0); p = the larger
+                 of a one-sided t-test and an exact sign-flip test against 0.
+                 With `random_init_seed`, the same measurement on a freshly initialized model
+                 of the same architecture (for a trained run: its own step-0 weights) on the
+                 same sequences, reported as two separate lines:
+                   wired in           the random-init effect exceeds the threshold: forcing R
+                                      moves the output by construction, before any training;
+                   learned to use it  the trained effect is larger than the random-init one:
+                                      the paired per-sequence difference (trained - random)
+                                      has a CI above 0 and p < alpha (paired t and sign-flip).
+3. correlation   R vs the next-token entropy (the model's uncertainty): per sequence and layer,
+                 Pearson r over its positions; Fisher-z averaged over sequences; the sign says
+                 the direction (negative: high R, confident predictions). The rule:
+                 PASS if at least one layer's within-sequence r(R, entropy) has its CI (at
+                 confidence 1 - (1 - 0.95) / L) entirely beyond +-0.05 and p < alpha / L
+                 (Bonferroni over the L layers); FAIL if every layer's CI lies inside +-0.05;
+                 otherwise INCONCLUSIVE; the layer mean is reported, not tested.
+                 Why this rule: each layer's R feeds its own readout and layers are seen to
+                 correlate with opposite signs that cancel in a mean, so the question is asked
+                 per layer, and Bonferroni over the L layers keeps the chance of any false PASS
+                 at alpha. The pooled r over all positions (naive p) and the between-sequence r
+                 (sequence means) are reported beside it.
 
+overall: PASS when all three tests PASS, FAIL when any FAILs, INCONCLUSIVE otherwise.
 `causality_suite(model, batches)` returns a JSON-able dict; `format_causality` prints it.
 Models without R (the transformer) get "not applicable".
 """
@@ -27,7 +49,7 @@ import itertools
 import mlx.core as mx
 import numpy as np
 
-from ..models import r_zone, ZONES
+from ..models import ZONES, build_model, r_zone
 from . import stats
 
 DEFAULT_VALUES = (0.2, 0.8)
@@ -36,6 +58,14 @@ MIN_R_STD = 0.01
 MIN_KL = 1e-3  # nats: the smallest effect of forcing that counts
 MIN_CORR = 0.05
 LOGIT_BUDGET = 1 << 25  # floats of logits per forward chunk (B * T * V), ~128 MB
+SIGN_FLIP_RESAMPLES = 20000  # Monte Carlo sign patterns when a test has more than 16 units
+# test 3's multiple-comparison rule, word for word as the module docstring states it (with the
+# defaults) and as format_causality prints it (with the values used); the code below follows it
+CORRELATION_RULE = ("PASS if at least one layer's within-sequence r(R, entropy) has its CI "
+                    "(at confidence 1 - (1 - {confidence:g}) / L) entirely beyond +-{threshold:g} "
+                    "and p < alpha / L (Bonferroni over the L layers); FAIL if every layer's CI "
+                    "lies inside +-{threshold:g}; otherwise INCONCLUSIVE; the layer mean is "
+                    "reported, not tested.")
 
 
 def windows_from_batches(batches, max_sequences: int | None = None) -> np.ndarray:
@@ -64,6 +94,20 @@ def windows_from_batches(batches, max_sequences: int | None = None) -> np.ndarra
         raise ValueError("all windows must have the same length")
     out = np.concatenate(rows)
     return out[:max_sequences] if max_sequences is not None else out
+
+
+def spread_windows(tokens, n: int, seq_len: int) -> np.ndarray:
+    """n windows of seq_len tokens evenly spread over a token array (a split's memmap):
+    non-overlapping, so independent units for the tests over sequences, whenever the array
+    holds n * seq_len tokens (`windows_overlap` says when not)."""
+    if len(tokens) < seq_len:
+        raise ValueError(f"{len(tokens)} tokens, too few for windows of {seq_len}")
+    starts = np.linspace(0, len(tokens) - seq_len, n).astype(np.int64)
+    return np.stack([np.asarray(tokens[s:s + seq_len], dtype=np.int32) for s in starts])
+
+
+def windows_overlap(n_tokens: int, n: int, seq_len: int) -> bool:
+    return n_tokens < n * seq_len
 
 
 def _chunks(n_rows: int, seq_len: int, vocab: int):
@@ -108,11 +152,193 @@ def r_statistics(r) -> dict:
             "zone_occupancy": {k: v / total for k, v in zones.items()}}
 
 
+# ---------------------------------------------------------------- measurement
+
+
+def measure(model, windows: np.ndarray, values) -> dict | None:
+    """Everything the tests need from forward passes over `windows` (N, T), or None for a
+    model without R: R (N, T, L), free-run entropy (N, T), and per sequence the KL between
+    each pair of forced values (both directions), the KL of each forced run to the free run,
+    and the share of positions whose top-1 token differs between the lowest and highest value."""
+    n_seq, seq_len = windows.shape
+    pairs = list(itertools.combinations(values, 2))
+    lo, hi = values[0], values[-1]
+    parts = {"r": [], "entropy": [], "top1_changed": []}
+    kl = {key: [] for pair in pairs for key in (pair, pair[::-1])}
+    kl_free = {v: [] for v in values}
+    achieved_err = 0.0
+    for sl in _chunks(n_seq, seq_len, model.args.vocab_size):
+        logp_free, r = log_probs(model, windows[sl])
+        if r is None:
+            return None
+        parts["r"].append(np.array(r.astype(mx.float32)))
+        parts["entropy"].append(np.array(entropy(logp_free)))
+        forced = {}
+        for v in values:
+            forced[v], r_v = log_probs(model, windows[sl], force_r=v)
+            achieved_err = max(achieved_err, float(mx.max(mx.abs(r_v - v)).item()))
+            kl_free[v].append(np.array(kl_divergence(forced[v], logp_free).mean(axis=-1)))
+        for a, b in kl:
+            kl[(a, b)].append(np.array(kl_divergence(forced[a], forced[b]).mean(axis=-1)))
+        changed = mx.argmax(forced[lo], axis=-1) != mx.argmax(forced[hi], axis=-1)
+        parts["top1_changed"].append(np.array(changed.astype(mx.float32).mean(axis=-1)))
+    out = {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()}
+    out["kl"] = {pair: np.concatenate(v).astype(np.float64) for pair, v in kl.items()}
+    out["kl_free"] = {v: float(np.concatenate(x).mean()) for v, x in kl_free.items()}
+    out["achieved_r_max_error"] = achieved_err
+    return out
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def _variance_test(r, min_r_std, n_resamples, seed, confidence) -> dict:
+    """std of R over positions (per layer, averaged), bootstrapped over sequences: each
+    resample's std comes from per-sequence sums of the centered R and its square."""
+    n_seq, seq_len, _ = r.shape
+    counts = stats.bootstrap_counts(n_seq, n_resamples, seed)  # (B, N)
+    centered = r - r.mean(axis=(0, 1))
+    s1, s2 = centered.sum(axis=1), (centered ** 2).sum(axis=1)  # (N, L)
+    total = n_seq * seq_len
+    boot_var = counts @ s2 / total - (counts @ s1 / total) ** 2  # (B, L)
+    boot = np.sqrt(np.maximum(boot_var, 0.0)).mean(axis=1)
+    per_layer_std = r.std(axis=(0, 1))
+    effect = float(per_layer_std.mean())
+    ci = stats.percentile_interval(boot, confidence)
+    return {"verdict": stats.threshold_verdict(ci, min_r_std), "r_std": effect, "ci": ci,
+            "threshold": min_r_std, "p": None, "per_layer_std": per_layer_std.tolist(),
+            "between_sequence_std": float(r.mean(axis=(1, 2)).std()),
+            "r_mean": float(r.mean()), "r_min": float(r.min()), "r_max": float(r.max())}
+
+
+def _greater_than_zero(x, alpha, threshold, n_resamples, seed, confidence) -> dict:
+    """Mean of per-sequence values x with its bootstrap CI, one-sided p-values against 0 (the
+    larger of a t-test and a sign-flip test), and the verdict against `threshold`."""
+    boot = stats.bootstrap_mean(x, confidence, n_resamples, seed)
+    t_res = stats.one_sample_t(x, 0.0, alternative="greater")
+    perm = stats.sign_flip_test(x, alternative="greater", n_resamples=SIGN_FLIP_RESAMPLES,
+                                seed=seed)
+    p = max(t_res["p"], perm["p"])
+    return {"effect": boot["estimate"], "ci": boot["ci"], "t": t_res["t"], "p_t": t_res["p"],
+            "p_sign_flip": perm["p"], "p": p, "threshold": threshold, "alpha": alpha,
+            "verdict": stats.threshold_verdict(boot["ci"], threshold, p, alpha)}
+
+
+def _intervention_test(m, values, alpha, min_kl, n_resamples, seed, confidence) -> dict:
+    lo, hi = values[0], values[-1]
+    kl = m["kl"][(lo, hi)]
+    test = _greater_than_zero(kl, alpha, min_kl, n_resamples, seed, confidence)
+    return {"verdict": test["verdict"], "pair": [lo, hi], "mean_kl": test["effect"],
+            "ci": test["ci"], "median_kl": float(np.median(kl)),
+            "min_kl_sequence": float(kl.min()), "max_kl_sequence": float(kl.max()),
+            "mean_kl_reverse": float(m["kl"][(hi, lo)].mean()),
+            "t": test["t"], "p_t": test["p_t"], "p_sign_flip": test["p_sign_flip"],
+            "p": test["p"], "threshold": min_kl, "alpha": alpha,
+            "top1_changed": float(m["top1_changed"].mean()),
+            "achieved_r_max_error": m["achieved_r_max_error"],
+            "pairs": [{"a": a, "b": b, "mean_kl": float(m["kl"][(a, b)].mean()),
+                       "mean_kl_reverse": float(m["kl"][(b, a)].mean())}
+                      for a, b in itertools.combinations(values, 2)],
+            "kl_to_free": {str(v): m["kl_free"][v] for v in values},
+            "per_sequence_kl": kl.tolist()}
+
+
+def _random_init_comparison(trained_kl, random_kl, seed_of_init, alpha, min_kl, n_resamples,
+                            seed, confidence) -> dict:
+    """'wired in' (the random-init effect vs the threshold) and 'learned to use it' (the
+    paired per-sequence difference trained - random-init vs 0), on the same sequences."""
+    wired = _greater_than_zero(random_kl, alpha, min_kl, n_resamples, seed, confidence)
+    learned = _greater_than_zero(trained_kl - random_kl, alpha, 0.0, n_resamples, seed,
+                                 confidence)
+    mean_random = float(random_kl.mean())
+    return {"seed": seed_of_init,
+            "wired_in": {"verdict": wired["verdict"], "mean_kl": wired["effect"],
+                         "ci": wired["ci"], "p": wired["p"], "threshold": min_kl},
+            "learned": {"verdict": learned["verdict"], "difference": learned["effect"],
+                        "ci": learned["ci"], "t": learned["t"], "p_t": learned["p_t"],
+                        "p_sign_flip": learned["p_sign_flip"], "p": learned["p"],
+                        "ratio": float(trained_kl.mean() / mean_random) if mean_random > 0
+                        else None, "threshold": 0.0},
+            "per_sequence_kl": random_kl.tolist()}
+
+
+def per_sequence_r(x, y) -> np.ndarray:
+    """Pearson r of each row of x with the same row of y (N, T) -> (N,); NaN where a row is
+    constant (no correlation is defined)."""
+    xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    denom = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / denom
+    return np.where(denom > 0, np.clip(r, -1.0, 1.0), np.nan)
+
+
+def _within_sequence_corr(name, r, ent, alpha, min_corr, n_resamples, seed,
+                          confidence) -> dict:
+    """Each sequence's r(R, entropy); Fisher-z mean over sequences with its bootstrap CI
+    (back-transformed), a t-test and a sign-flip test over sequences, and the verdict."""
+    per_seq = per_sequence_r(r, ent)
+    per_seq = per_seq[np.isfinite(per_seq)]
+    out = {"name": name, "n_sequences_used": int(per_seq.size), "confidence": confidence,
+           "alpha": alpha}
+    if per_seq.size < 3:
+        nan = float("nan")
+        out.update({"r_within": nan, "ci": [nan, nan], "sign": "0", "t": nan, "p_t": 1.0,
+                    "p_sign_flip": 1.0, "p": 1.0, "verdict": stats.INCONCLUSIVE})
+        return out
+    z = stats.fisher_z(per_seq)
+    boot = stats.bootstrap_mean(z, confidence, n_resamples, seed)
+    zt = stats.one_sample_t(z, 0.0, alternative="two-sided")
+    zperm = stats.sign_flip_test(z, alternative="two-sided", n_resamples=SIGN_FLIP_RESAMPLES,
+                                 seed=seed)
+    p = max(zt["p"], zperm["p"])
+    ci = [float(np.tanh(c)) for c in boot["ci"]]
+    r_within = float(np.tanh(z.mean()))
+    out.update({"r_within": r_within, "ci": ci, "sign": "+" if r_within >= 0 else "-",
+                "t": zt["t"], "p_t": zt["p"], "p_sign_flip": zperm["p"], "p": p,
+                "verdict": stats.threshold_verdict(ci, min_corr, p, alpha, two_sided=True)})
+    return out
+
+
+def correlation_test(r, ent, alpha, min_corr, n_resamples, seed, confidence) -> dict:
+    """CORRELATION_RULE: per layer at the Bonferroni level; the layer mean reported only."""
+    n_layers = r.shape[-1]
+    level = 1.0 - (1.0 - confidence) / n_layers
+    layers = [_within_sequence_corr(f"layer {l}", r[..., l], ent, alpha / n_layers, min_corr,
+                                    n_resamples, seed, level) for l in range(n_layers)]
+    layer_verdicts = [t["verdict"] for t in layers]
+    if stats.PASS in layer_verdicts:
+        verdict = stats.PASS
+    elif all(v == stats.FAIL for v in layer_verdicts):
+        verdict = stats.FAIL
+    else:
+        verdict = stats.INCONCLUSIVE
+    r_mean = r.mean(axis=-1)
+    mean = _within_sequence_corr("layer mean", r_mean, ent, alpha, min_corr, n_resamples, seed,
+                                 confidence)
+    mean.pop("verdict")  # reported, not tested
+    pooled = stats.pearson(r_mean, ent)
+    rule = CORRELATION_RULE.format(confidence=confidence, threshold=min_corr)
+    out = {"verdict": verdict, "rule": rule, "threshold": min_corr, "alpha": alpha,
+           "alpha_each": alpha / n_layers, "confidence_each": level, "per_layer": layers,
+           "layer_mean": mean, "pooled_r": pooled["r"], "pooled_p_naive": pooled["p"]}
+    if r.shape[0] >= 3:
+        between = stats.pearson(r_mean.mean(axis=1), ent.mean(axis=1))
+        out.update({"between_r": between["r"], "between_p": between["p"]})
+    return out
+
+
 def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
                     min_r_std: float = MIN_R_STD, min_kl: float = MIN_KL,
                     min_corr: float = MIN_CORR, max_sequences: int | None = None,
-                    n_resamples: int = 20000, seed: int = 0) -> dict:
-    """Run the three tests of SPEC 7 on held-out windows (see the module docstring)."""
+                    n_resamples: int = stats.BOOTSTRAP_RESAMPLES, seed: int = 0,
+                    confidence: float = stats.CONFIDENCE,
+                    random_init_seed: int | None = None) -> dict:
+    """Run the three tests of SPEC 7 on held-out windows (see the module docstring).
+
+    `random_init_seed`: also measure a freshly initialized model of the same architecture
+    (`build_model(model.args, seed=random_init_seed)`) on the same windows, for test 2's
+    "wired in" and "learned to use it" lines. `seed` fixes the bootstrap and the Monte Carlo
+    sign-flip tests, so the result is a function of the weights and the windows alone."""
     values = sorted(float(v) for v in values)
     if len(values) < 2 or values[0] == values[-1]:
         raise ValueError("the intervention test needs at least two different forced values")
@@ -122,152 +348,105 @@ def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
     windows = windows_from_batches(batches, max_sequences)
     n_seq, seq_len = windows.shape
     result = {"n_sequences": int(n_seq), "seq_len": int(seq_len), "values": values,
-              "alpha": alpha, "seed": seed}
-
-    r_all, ent_all = [], []
-    kl_pairs = {pair: [] for pair in itertools.combinations(values, 2)}
-    kl_rev = {pair: [] for pair in kl_pairs}
-    kl_free = {v: [] for v in values}
-    top1_changed, achieved_err = [], 0.0
-    lo, hi = values[0], values[-1]
-    for sl in _chunks(n_seq, seq_len, model.args.vocab_size):
-        x = windows[sl]
-        logp_free, r = log_probs(model, x)
-        if r is None:
-            return _not_applicable(result, "the model has no oscillators (no R): "
-                                   "the causality suite does not apply")
-        r_all.append(np.array(r.astype(mx.float32)))
-        ent_all.append(np.array(entropy(logp_free)))
-        forced = {}
-        for v in values:
-            logp_v, r_v = log_probs(model, x, force_r=v)
-            achieved_err = max(achieved_err, float(mx.max(mx.abs(r_v - v)).item()))
-            forced[v] = logp_v
-            kl_free[v].append(np.array(kl_divergence(logp_v, logp_free).mean(axis=-1)))
-        for a, b in kl_pairs:
-            kl_pairs[(a, b)].append(np.array(kl_divergence(forced[a], forced[b]).mean(axis=-1)))
-            kl_rev[(a, b)].append(np.array(kl_divergence(forced[b], forced[a]).mean(axis=-1)))
-        changed = mx.argmax(forced[lo], axis=-1) != mx.argmax(forced[hi], axis=-1)
-        top1_changed.append(np.array(changed.astype(mx.float32).mean(axis=-1)))
-
-    r_all = np.concatenate(r_all).astype(np.float64)  # (N, T, L)
-    ent_all = np.concatenate(ent_all).astype(np.float64)  # (N, T)
-    result["r"] = r_statistics(r_all)
-
-    # 1. variance
-    per_layer_std = r_all.std(axis=(0, 1))
-    r_std = float(per_layer_std.mean())
-    result["variance"] = {
-        "passed": bool(r_std > min_r_std), "r_std": r_std, "threshold": min_r_std,
-        "per_layer_std": per_layer_std.tolist(),
-        "between_sequence_std": float(r_all.mean(axis=(1, 2)).std()),
-        "r_mean": float(r_all.mean()), "r_min": float(r_all.min()), "r_max": float(r_all.max())}
-
-    # 2. intervention: one KL per sequence, tested against 0 over sequences
-    kl = np.concatenate(kl_pairs[(lo, hi)]).astype(np.float64)
-    t_res = stats.one_sample_t(kl, 0.0, alternative="greater")
-    perm = stats.sign_flip_test(kl, alternative="greater", n_resamples=n_resamples, seed=seed)
-    p = max(t_res["p"], perm["p"])
-    mean_kl = float(kl.mean())
-    result["intervention"] = {
-        "passed": bool(p < alpha and mean_kl > min_kl),
-        "pair": [lo, hi], "mean_kl": mean_kl, "median_kl": float(np.median(kl)),
-        "min_kl_sequence": float(kl.min()), "max_kl_sequence": float(kl.max()),
-        "mean_kl_reverse": float(np.concatenate(kl_rev[(lo, hi)]).mean()),
-        "t": t_res["t"], "p_t": t_res["p"], "p_sign_flip": perm["p"], "p": p,
-        "min_effect": min_kl, "alpha": alpha,
-        "top1_changed": float(np.concatenate(top1_changed).mean()),
-        "achieved_r_max_error": achieved_err,
-        "pairs": [{"a": a, "b": b, "mean_kl": float(np.concatenate(kl_pairs[(a, b)]).mean()),
-                   "mean_kl_reverse": float(np.concatenate(kl_rev[(a, b)]).mean())}
-                  for a, b in kl_pairs],
-        "kl_to_free": {str(v): float(np.concatenate(kl_free[v]).mean()) for v in values},
-        "per_sequence_kl": kl.tolist()}
-
-    # 3. correlation of R with next-token entropy, over sequences; R of each layer and the
-    # layer mean are tested (layers can correlate with opposite signs and cancel in the mean),
-    # Bonferroni-corrected: each candidate needs p < alpha / (L + 1)
-    r_mean = r_all.mean(axis=-1)  # (N, T)
-    candidates = [("mean", r_mean)] + [(f"layer {l}", r_all[..., l])
-                                       for l in range(r_all.shape[-1])]
-    alpha_each = alpha / len(candidates)
-    pooled = stats.pearson(r_mean, ent_all)
-    corr = {"threshold": min_corr, "alpha": alpha, "alpha_each": alpha_each,
-            "pooled_r": pooled["r"], "pooled_p_naive": pooled["p"]}
-    if n_seq >= 3:
-        between = stats.pearson(r_mean.mean(axis=1), ent_all.mean(axis=1))
-        corr.update({"between_r": between["r"], "between_p": between["p"]})
-    tests = [_within_sequence_corr(name, rv, ent_all, n_resamples, seed)
-             for name, rv in candidates]
-    for t in tests:
-        t["passed"] = bool(abs(t["r_within"]) > min_corr and t["p"] < alpha_each)
-    corr["per_candidate"] = tests
-    best = min(tests, key=lambda t: (not t["passed"], t["p"], -abs(t["r_within"])))
-    corr.update({"passed": any(t["passed"] for t in tests), "best": best["name"],
-                 "r_within": best["r_within"], "t": best["t"], "p_t": best["p_t"],
-                 "p_sign_flip": best["p_sign_flip"], "p": best["p"],
-                 "n_sequences_used": best["n_sequences_used"]})
-    result["correlation"] = corr
+              "alpha": alpha, "seed": seed, "confidence": confidence,
+              "n_resamples": n_resamples}
+    m = measure(model, windows, values)
+    if m is None:
+        return _not_applicable(result, "the model has no oscillators (no R): "
+                               "the causality suite does not apply")
+    result["r"] = r_statistics(m["r"])
+    result["variance"] = _variance_test(m["r"], min_r_std, n_resamples, seed, confidence)
+    result["intervention"] = _intervention_test(m, values, alpha, min_kl, n_resamples, seed,
+                                                confidence)
+    if random_init_seed is not None:
+        baseline = measure(build_model(model.args, seed=random_init_seed), windows, values)
+        result["intervention"]["random_init"] = _random_init_comparison(
+            m["kl"][(values[0], values[-1])], baseline["kl"][(values[0], values[-1])],
+            random_init_seed, alpha, min_kl, n_resamples, seed, confidence)
+    result["correlation"] = correlation_test(m["r"], m["entropy"], alpha, min_corr,
+                                              n_resamples, seed, confidence)
     result["applicable"] = True
-    result["passed"] = bool(result["variance"]["passed"] and result["intervention"]["passed"]
-                            and corr["passed"])
+    result["verdict"] = stats.combine_verdicts(result[t]["verdict"] for t in TESTS)
     return result
 
 
-def _within_sequence_corr(name, r, ent, n_resamples, seed) -> dict:
-    """Each sequence's Pearson r(R, entropy) over its positions; Fisher-z, then a t-test and
-    a sign-flip test over sequences (sequences are the independent units)."""
-    per_seq = [stats.pearson(r[i], ent[i])["r"] for i in range(len(r))
-               if r[i].std() > 0 and ent[i].std() > 0]
-    out = {"name": name, "n_sequences_used": len(per_seq)}
-    if len(per_seq) < 3:
-        out.update({"r_within": float("nan"), "t": float("nan"), "p_t": 1.0,
-                    "p_sign_flip": 1.0, "p": 1.0})
-        return out
-    z = stats.fisher_z(per_seq)
-    zt = stats.one_sample_t(z, 0.0, alternative="two-sided")
-    zperm = stats.sign_flip_test(z, alternative="two-sided", n_resamples=n_resamples, seed=seed)
-    out.update({"r_within": float(np.tanh(z.mean())), "t": zt["t"], "p_t": zt["p"],
-                "p_sign_flip": zperm["p"], "p": max(zt["p"], zperm["p"])})
-    return out
+TESTS = ("variance", "intervention", "correlation")
 
 
 def _not_applicable(result: dict, reason: str) -> dict:
-    for name in ("variance", "intervention", "correlation"):
-        result[name] = {"passed": None, "reason": reason}
-    result.update({"applicable": False, "passed": None, "reason": reason})
+    for name in TESTS:
+        result[name] = {"verdict": None, "reason": reason}
+    result.update({"applicable": False, "verdict": None, "reason": reason})
     return result
 
 
-def _verdict(passed) -> str:
-    return "n/a " if passed is None else ("PASS" if passed else "FAIL")
+# ---------------------------------------------------------------- printing
+
+
+def _tag(verdict) -> str:
+    return "[n/a]" if verdict is None else f"[{verdict}]"
+
+
+def _ci(ci, fmt: str = ".4g") -> str:
+    return f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def _direction(sign: str) -> str:
+    return {"+": "higher R, higher entropy", "-": "higher R, lower entropy (more confident)"
+            }.get(sign, "undefined")
 
 
 def format_causality(res: dict, label: str = "") -> list:
-    """Terminal lines: one PASS/FAIL line per test with its numbers."""
+    """Terminal lines: per test its verdict, effect size with CI and p-values."""
     head = f"causality suite{' — ' + label if label else ''}: "
     if not res.get("applicable", True):
         return [head + f"not applicable ({res['reason']})"]
-    lines = [head + f"{res['n_sequences']} held-out windows x {res['seq_len']} tokens, "
-             f"alpha {res['alpha']}"]
-    v = res["variance"]
-    lines.append(f"  [{_verdict(v['passed'])}] 1 variance      std(R) = {v['r_std']:.4f} "
-                 f"(> {v['threshold']}); per layer "
-                 + ", ".join(f"{s:.4f}" for s in v["per_layer_std"])
-                 + f"; R in [{v['r_min']:.3f}, {v['r_max']:.3f}]")
-    i = res["intervention"]
-    lines.append(f"  [{_verdict(i['passed'])}] 2 intervention  KL(R={i['pair'][0]} || "
-                 f"R={i['pair'][1]}) = {i['mean_kl']:.4g} nats/token (> {i['min_effect']}), "
-                 f"t = {i['t']:.3g}, p_t = {i['p_t']:.3g}, p_sign-flip = {i['p_sign_flip']:.3g}; "
-                 f"top-1 changed at {100 * i['top1_changed']:.1f}% of positions")
-    c = res["correlation"]
-    lines.append(f"  [{_verdict(c['passed'])}] 3 correlation   within-sequence r(R {c['best']}, "
-                 f"entropy) = {c['r_within']:+.4f} (|r| > {c['threshold']}), p_t = "
-                 f"{c['p_t']:.3g}, p_sign-flip = {c['p_sign_flip']:.3g} (< {c['alpha_each']:.3g}"
-                 f" each, Bonferroni)")
-    lines.append("      " + "; ".join(f"{t['name']}: r {t['r_within']:+.3f} p {t['p']:.2g}"
-                                      for t in c["per_candidate"])
-                 + f"; pooled r {c['pooled_r']:+.3f} (naive p {c['pooled_p_naive']:.2g}), "
+    pct = f"{100 * res['confidence']:g}%"
+    lines = [head + f"{res['n_sequences']} held-out windows x {res['seq_len']} tokens; effects "
+             f"with {pct} bootstrap CIs over windows ({res['n_resamples']} resamples, seed "
+             f"{res['seed']}); alpha {res['alpha']} (docs/causality.md)"]
+    lines += _format_variance(res["variance"])
+    lines += _format_intervention(res["intervention"])
+    lines += _format_correlation(res["correlation"])
+    lines.append(f"  overall: {res['verdict']} (PASS if all three PASS, FAIL if any FAILs, "
+                 "else INCONCLUSIVE)")
+    return lines
+
+
+def _format_variance(v) -> list:
+    return [f"  {_tag(v['verdict'])} 1 variance      std(R) = {v['r_std']:.4f} {_ci(v['ci'], '.4f')}"
+            f" (threshold {v['threshold']}); per layer "
+            + ", ".join(f"{s:.4f}" for s in v["per_layer_std"])
+            + f"; R in [{v['r_min']:.3f}, {v['r_max']:.3f}]"]
+
+
+def _format_intervention(i) -> list:
+    lines = [f"  {_tag(i['verdict'])} 2 intervention  KL(R={i['pair'][0]} || R={i['pair'][1]}) "
+             f"= {i['mean_kl']:.4g} {_ci(i['ci'])} nats/token (threshold {i['threshold']}), "
+             f"p_t = {i['p_t']:.3g}, p_sign-flip = {i['p_sign_flip']:.3g}; top-1 changed at "
+             f"{100 * i['top1_changed']:.1f}% of positions"]
+    base = i.get("random_init")
+    if base is not None:
+        w, l = base["wired_in"], base["learned"]
+        ratio = f", {l['ratio']:.3g}x" if l["ratio"] is not None else ""
+        lines.append(f"      {_tag(w['verdict'])} wired in: random-init (seed {base['seed']}) KL = "
+                     f"{w['mean_kl']:.4g} {_ci(w['ci'])} nats/token (threshold "
+                     f"{w['threshold']}), p = {w['p']:.3g}")
+        lines.append(f"      {_tag(l['verdict'])} learned to use it: model - random-init KL = "
+                     f"{l['difference']:+.4g} {_ci(l['ci'], '+.4g')}{ratio} (paired over the "
+                     f"same windows; threshold 0), p = {l['p']:.3g}")
+    return lines
+
+
+def _format_correlation(c) -> list:
+    lines = [f"  {_tag(c['verdict'])} 3 correlation   within-sequence r(R, next-token entropy) "
+             f"per layer", f"      rule: {c['rule']}"]
+    for t in c["per_layer"]:
+        lines.append(f"      {_tag(t['verdict'])} {t['name']}: r = {t['r_within']:+.4f} "
+                     f"{_ci(t['ci'], '+.3f')} ({100 * t['confidence']:g}% CI; "
+                     f"{_direction(t['sign'])}), p = {t['p']:.3g} (< {t['alpha']:.3g} to pass)")
+    m = c["layer_mean"]
+    lines.append(f"      layer mean (not tested): r = {m['r_within']:+.4f} {_ci(m['ci'], '+.3f')}; "
+                 f"pooled r {c['pooled_r']:+.3f} (naive p {c['pooled_p_naive']:.2g}); "
                  f"between-sequence r {c.get('between_r', float('nan')):+.3f}")
-    lines.append(f"  overall: {'PASS' if res['passed'] else 'FAIL'}")
     return lines

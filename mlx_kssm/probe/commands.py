@@ -330,9 +330,10 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
 
 def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> list:
     from ..data.loader import TokenDataset, check_vocab, eval_batches
+    from ..evaluation import check_same_tokenizer
     ds = TokenDataset(data_dir, split)
     check_vocab(ds, model.args.vocab_size)
-    _check_same_tokenizer(folder, folder, ds)
+    check_same_tokenizer(folder, ds)
     (inputs, _), = eval_batches(ds, 1, n, prompt_len, seed=seed + 1234)
     return [row.tolist() for row in inputs]
 
@@ -350,11 +351,17 @@ def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> lis
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--causality", is_flag=True,
-              help="run the causality suite (SPEC 7): variance, intervention, correlation")
+              help="run the causality suite (SPEC 7): variance, intervention, correlation, "
+                   "each with an effect size, a 95% bootstrap CI and PASS/FAIL/INCONCLUSIVE")
 @click.option("--sequences", default=32, show_default=True, type=click.IntRange(3),
               help="held-out windows for the causality suite")
 @click.option("--values", default="0.2,0.8", show_default=True,
               help="forced R values the intervention test compares (lowest vs highest)")
+@click.option("--random-init-seed", default=None, type=int, metavar="SEED",
+              help="seed of the random-init model test 2 is compared with  [default: the "
+                   "run's training seed (its step-0 weights), else 0]")
+@click.option("--no-random-init", is_flag=True,
+              help="skip test 2's comparison with a random-init model")
 @click.option("--samples", default=3, show_default=True, type=click.IntRange(0),
               help="samples generated for the mode-collapse check")
 @click.option("--sample-tokens", default=60, show_default=True, type=click.IntRange(1))
@@ -364,97 +371,42 @@ def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> lis
 @kernel_option
 @_friendly
 def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causality, sequences,
-             values, samples, sample_tokens, seed, json_out, kernel):
+             values, random_init_seed, no_random_init, samples, sample_tokens, seed, json_out,
+             kernel):
     """Validation loss / perplexity, R statistics, sample quality, and the causality suite.
 
-    Deterministic: fixed windows, fixed seeds, no training noise. The loss is computed by
-    the same code the trainer uses at its evaluations. `--causality` prints PASS/FAIL per
-    test with its numbers; a model without R (the transformer) gets "not applicable".
+    Deterministic: fixed windows, fixed seeds (the bootstrap's too), no training noise: the
+    same weights print the same numbers. The loss is computed by the same code the trainer
+    uses at its evaluations. `--causality` prints, per test, the effect size with its 95%
+    bootstrap CI over held-out windows, p-values, and PASS / FAIL / INCONCLUSIVE (the CI
+    straddles the threshold); test 2 also compares the model with a random-init model of
+    the same architecture on the same windows ("wired in" vs "learned to use it"). A model
+    without R (the transformer) gets "not applicable". The tests, statistics, thresholds
+    and verdict rules: docs/causality.md. The same as a library call: mlx_kssm.evaluate().
 
     \b
     Examples:
       mlx-kssm evaluate --model checkpoints/tiny --data data/prepared/shakespeare
       mlx-kssm evaluate --model exports/tiny --data data/prepared/shakespeare --causality \\
           --json eval.json
+      mlx-kssm evaluate --model runs/tiny --data DIR --causality --sequences 64 --values 0.1,0.9
     """
-    from ..data.loader import TokenDataset, check_vocab, eval_batches
-    from ..evaluation import evaluate_loss
-    from ..models import r_zone
-    from .causality import causality_suite, format_causality, r_statistics
-    from .generate import generate_tokens
-    from .quality import sample_quality
+    from ..evaluation import EvalConfig, evaluate as run_evaluation, format_evaluation
 
-    value_list = parse_values(values)
+    config = EvalConfig(split=split, batches=n_batches, batch_size=batch_size, seq_len=seq_len,
+                        seed=seed, samples=samples, sample_tokens=sample_tokens,
+                        causality=causality, sequences=sequences,
+                        values=tuple(parse_values(values)), random_init=not no_random_init,
+                        random_init_seed=random_init_seed)
     _set_kernel(kernel)
-    folder, model, tokenizer = _load(model_dir)
-    ds = TokenDataset(data_dir, split)
-    check_vocab(ds, model.args.vocab_size)
-    _check_same_tokenizer(folder, model_dir, ds)
-    batches = eval_batches(ds, n_batches, batch_size, seq_len, seed=seed)
-    out = {"model": str(folder), "data": str(data_dir), "split": split,
-           "windows": n_batches * batch_size, "seq_len": seq_len, "seed": seed}
-    metrics = evaluate_loss(model, batches, keep_r=True)
-    r = metrics.pop("R")  # per position and layer, from the same forward passes
-    out.update(metrics)
-    click.echo(f"{folder}: {split} loss {metrics['val_loss']:.4f}  PPL {metrics['val_ppl']:.2f}  "
-               f"({metrics['n_tokens']:,} tokens)")
-    if r is None:
-        click.echo("R: not applicable (the model has no oscillators)")
-        out["R"] = None
-    else:
-        out["R"] = rs = r_statistics(r)
-        click.echo(f"R: mean {rs['mean']:.4f}  std {rs['std']:.4f}  range [{rs['min']:.3f}, "
-                   f"{rs['max']:.3f}]  zone {rs['zone']}")
-        for i, (m, s) in enumerate(zip(rs["per_layer_mean"], rs["per_layer_std"])):
-            click.echo(f"  layer {i}: mean {m:.4f}  std {s:.4f}  {r_zone(m)}")
-        occupied = [f"{k} {100 * v:.1f}%" for k, v in rs["zone_occupancy"].items() if v > 0]
-        click.echo("  zone occupancy: " + ", ".join(occupied))
-    if metrics.get("val_u") is not None:
-        click.echo(f"u: mean {metrics['val_u']:.4f}  at bound {100 * metrics['val_u_at_bound']:.1f}%")
-
-    out["samples"] = []
-    for i in range(min(samples, len(batches[0][0]))):
-        prompt = batches[0][0][i][:8].tolist()
-        gen = generate_tokens(model, prompt, max_tokens=sample_tokens, temp=0.8, seed=seed + i,
-                              stop_ids=(tokenizer.sep_id,))
-        text = tokenizer.decode(gen.tokens)
-        q = sample_quality(gen.tokens, text)
-        out["samples"].append({"prompt": tokenizer.decode(prompt), "text": text, **q})
-        flag = f"  [COLLAPSED: {q['reason']}]" if q["collapsed"] else ""
-        click.echo(f"sample {i + 1}: {tokenizer.decode(prompt)!r} -> {text[:80]!r}  "
-                   f"distinct-2 {q['distinct_2']:.2f}{flag}")
-    if out["samples"]:
-        n_bad = sum(s["collapsed"] for s in out["samples"])
-        click.echo(f"sample quality: {n_bad}/{len(out['samples'])} collapsed")
-
-    if causality:
-        windows = _spread_windows(ds, sequences, seq_len)
-        res = causality_suite(model, windows, values=value_list)
-        out["causality"] = res
-        for line in format_causality(res):
-            click.echo(line)
+    result = run_evaluation(model_dir, data_dir, config)
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
+    for line in format_evaluation(result):
+        click.echo(line)
     if json_out:
-        _write_json(json_out, out)
+        atomic_write_text(json_out, result.to_json())
         click.echo(f"wrote {json_out}")
-
-
-def _spread_windows(ds, n: int, seq_len: int):
-    """n windows evenly spread over the split: non-overlapping (independent units for the
-    suite's tests over sequences) whenever the split holds n * seq_len tokens."""
-    import numpy as np
-    if len(ds) < seq_len:
-        raise UsageProblem(f"{ds.path}: {len(ds)} tokens, too few for windows of {seq_len}")
-    if len(ds) < n * seq_len:
-        click.echo(f"warning: the {ds.split} split holds {len(ds)} tokens, fewer than {n} x "
-                   f"{seq_len}: causality windows overlap", err=True)
-    starts = np.linspace(0, len(ds) - seq_len, n).astype(np.int64)
-    return np.stack([np.asarray(ds.tokens[s:s + seq_len], dtype=np.int32) for s in starts])
-
-
-def _check_same_tokenizer(folder, model_dir, ds) -> None:
-    from ..data.loader import check_tokenizer
-    from ..io import read_config
-    check_tokenizer(ds, read_config(folder).get("tokenizer"), folder, model_dir)
 
 
 # ---------------------------------------------------------------- export

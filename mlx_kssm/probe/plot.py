@@ -20,7 +20,8 @@ class PlotError(Exception):
     """Nothing to plot, or matplotlib missing."""
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or PlotError naming the extra to install."""
     try:
         import matplotlib
     except ImportError:
@@ -174,7 +175,7 @@ def plot_run(run_dir, out_dir=None, intervene_files=()) -> list:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PlotError(f"{run_dir} is not a folder")
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir) if out_dir else run_dir / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = plot_training(read_history(run_dir), out_dir, plt)

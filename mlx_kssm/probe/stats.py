@@ -6,6 +6,12 @@
 - `sign_flip_test`: the exact sign-flip permutation test of "symmetric about 0" (every one of
   the 2^n sign patterns for n <= 16, else a fixed-seed Monte Carlo sample), assumption-free.
 - `pearson`: Pearson r with its t-based p-value; `fisher_z` for averaging correlations.
+- `bootstrap_counts` / `bootstrap_mean`: percentile-bootstrap confidence intervals over units
+  (held-out sequences), vectorized: one (resamples, n) matrix of multinomial counts from a
+  fixed seed, so an interval is deterministic and costs one matrix product.
+- `t_quantile` / `t_interval`: the Student-t confidence interval of a mean (seeds of a study).
+- `threshold_verdict`: PASS / FAIL / INCONCLUSIVE from an effect's CI, a threshold and a p-value
+  (the rule is in its docstring and in docs/causality.md).
 
 Each test returns a plain dict (JSON-able) so results can be printed and saved as they are.
 """
@@ -18,6 +24,9 @@ import numpy as np
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 EXACT_SIGN_FLIP_MAX_N = 16  # 2^16 = 65,536 sign patterns: exact enumeration below this
+CONFIDENCE = 0.95  # the level of every confidence interval the suite and the study report
+BOOTSTRAP_RESAMPLES = 4000  # percentile-interval endpoints then move by ~1% of the CI width
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 
 
 def betainc(a: float, b: float, x: float) -> float:
@@ -188,3 +197,96 @@ def pearson(x, y) -> dict:
 def fisher_z(r):
     """atanh(r), clipped away from +-1 so perfect correlations stay finite."""
     return np.arctanh(np.clip(np.asarray(r, dtype=np.float64), -0.999999, 0.999999))
+
+
+def bootstrap_counts(n: int, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """(n_resamples, n) counts: how often each of n units is drawn in each bootstrap resample
+    (n draws with replacement). The same (n, n_resamples, seed) gives the same matrix, so
+    statistics computed from one matrix are paired resample by resample."""
+    if n < 1 or n_resamples < 1:
+        raise ValueError(f"a bootstrap needs n >= 1 and n_resamples >= 1, got {n}, {n_resamples}")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
+
+
+def percentile_interval(samples, confidence: float = CONFIDENCE) -> list:
+    """[lo, hi]: the central `confidence` share of bootstrap statistics."""
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(np.asarray(samples, dtype=np.float64), [tail, 1.0 - tail])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_mean(x, confidence: float = CONFIDENCE, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> dict:
+    """The mean of x (one value per unit) with its percentile-bootstrap CI over the units."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    counts = bootstrap_counts(x.size, n_resamples, seed)
+    means = counts @ x / x.size
+    return {"estimate": float(x.mean()), "ci": percentile_interval(means, confidence),
+            "confidence": confidence, "n": int(x.size), "n_resamples": n_resamples,
+            "seed": seed}
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The q-quantile of Student's t with `df` degrees of freedom (bisection on t_cdf)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"a quantile needs 0 < q < 1, got {q}")
+    if q < 0.5:
+        return -t_quantile(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < q:  # bracket: t_cdf is increasing
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def t_interval(x, confidence: float = CONFIDENCE) -> dict:
+    """Mean of x with the Student-t CI mean +- t_{(1+c)/2, n-1} sd / sqrt(n), for a handful of
+    independent values (training seeds), where a bootstrap would be meaningless. With one
+    value the CI is undefined (None)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("a confidence interval needs at least one value")
+    mean = float(x.mean())
+    out = {"mean": mean, "n": int(x.size), "confidence": confidence, "ci": None,
+           "half_width": None, "sd": None}
+    if x.size >= 2:
+        sd = float(x.std(ddof=1))
+        half = t_quantile(0.5 + confidence / 2.0, x.size - 1) * sd / math.sqrt(x.size)
+        out.update(sd=sd, half_width=half, ci=[mean - half, mean + half])
+    return out
+
+
+def threshold_verdict(ci, threshold: float, p: float | None = None, alpha: float | None = None,
+                      two_sided: bool = False) -> str:
+    """PASS / FAIL / INCONCLUSIVE for an effect with confidence interval `ci` = [lo, hi].
+
+    PASS: the whole CI lies beyond the threshold (lo > threshold; two-sided: lo > threshold or
+    hi < -threshold) and, when a p-value is given, p < alpha. FAIL: the whole CI lies at or
+    below the threshold (two-sided: inside [-threshold, threshold]), i.e. the effect is
+    credibly smaller than the least that counts. INCONCLUSIVE: anything else: the CI straddles
+    the threshold, or it clears it while p >= alpha (too few units for the test to reach alpha).
+    """
+    lo, hi = ci
+    if two_sided:
+        beyond, within = lo > threshold or hi < -threshold, -threshold <= lo and hi <= threshold
+    else:
+        beyond, within = lo > threshold, hi <= threshold
+    if beyond and (p is None or p < alpha):
+        return PASS
+    return FAIL if within else INCONCLUSIVE
+
+
+def combine_verdicts(verdicts) -> str:
+    """All PASS -> PASS; any FAIL -> FAIL; otherwise INCONCLUSIVE."""
+    verdicts = list(verdicts)
+    if verdicts and all(v == PASS for v in verdicts):
+        return PASS
+    return FAIL if FAIL in verdicts else INCONCLUSIVE

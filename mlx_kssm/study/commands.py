@@ -1,0 +1,90 @@
+"""`mlx-kssm study`: parse, call `run_study`, print. Bad input: one `Error:` line, exit 1."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..kernels import KERNEL_MODES
+from ..probe.commands import CONTEXT, UsageProblem, _friendly
+
+STUDY_HELP = """Train and evaluate a K-SSM preset beside its controls, over several seeds.
+
+\b
+Every model trains through the ordinary trainer on the same batches (the same seeds),
+each run a normal run folder (lock, checkpoints, exact resume) under OUT/runs/MODEL/seed_S.
+Every model then goes through the shared evaluation and the causality suite. Running the
+same command again continues a stopped or killed study: finished runs are reused,
+unfinished ones resumed from their last checkpoint.
+
+\b
+Default models for --preset P: P, its parameter-matched transformer, its bolted control
+(R bypassed: must FAIL test 2), its upstream-v3, and random-init (P evaluated untrained,
+one per seed). Output: OUT/study.json (commands, versions, BLAS, machine, every per-seed
+figure), OUT/study.md (val loss and PPL, causality effect sizes and per-seed verdicts,
+tokens/s: mean ± 95% Student-t CI over seeds), OUT/plots/*.png with the `plot` extra.
+The statistics and verdicts: docs/causality.md.
+
+\b
+Examples:
+  # the issue's benchmark: char-level, 3 seeds, 2,000 steps x 12 x 64
+  mlx-kssm study --data data/prepared/shakespeare-bytes --preset v1-char \\
+      --steps 2000 --batch-size 12 --seq-len 64 --out studies/char
+  # a smoke study: two models, two seeds
+  mlx-kssm study --data DIR --preset tiny --models tiny,control-bolted-tiny \\
+      --seeds 2 --steps 100 --out studies/smoke
+  # continue after Ctrl-C or a kill: the same command again
+  mlx-kssm study --data data/prepared/shakespeare-bytes --preset v1-char \\
+      --steps 2000 --batch-size 12 --seq-len 64 --out studies/char
+"""
+
+
+@click.command("study", help=STUDY_HELP, context_settings=CONTEXT)
+@click.option("--data", required=True, metavar="DIR", help="prepared data folder")
+@click.option("--out", "output_dir", required=True, metavar="DIR", help="the study folder")
+@click.option("--preset", default="tiny", show_default=True,
+              help="the K-SSM preset (tiny, v1-char, v2, v3)")
+@click.option("--models", default=None, metavar="A,B,...",
+              help="models to compare: preset names and/or random-init  [default: the preset, "
+                   "its three comparisons, random-init]")
+@click.option("--seeds", default=3, show_default=True, type=int,
+              help="seeds 0..N-1 (model init and batches)")
+@click.option("--steps", "max_steps", default=1000, show_default=True, type=int,
+              help="training steps per run")
+@click.option("--batch-size", type=int, default=None, help="[preset default]")
+@click.option("--seq-len", type=int, default=None, help="[preset default]")
+@click.option("--learning-rate", type=float, default=None, help="[preset default]")
+@click.option("--warmup-steps", default=100, show_default=True, type=int)
+@click.option("--eval-every", "steps_per_eval", default=200, show_default=True, type=int,
+              help="the trainer's validation interval (the loss curves)")
+@click.option("--report-every", "steps_per_report", default=50, show_default=True, type=int,
+              help="steps between the trainer's `Iter N:` lines")
+@click.option("--val-batches", default=20, show_default=True, type=int,
+              help="validation batches at each of the trainer's evaluations")
+@click.option("--save-every", default=500, show_default=True, type=int,
+              help="checkpoint interval: how much a killed run redoes")
+@click.option("--eval-batches", default=20, show_default=True, type=int,
+              help="batches of the final evaluation of each run")
+@click.option("--sequences", default=32, show_default=True, type=int,
+              help="held-out windows of the causality suite")
+@click.option("--samples", default=3, show_default=True, type=int,
+              help="generations per evaluation checked for mode collapse")
+@click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto", show_default=True,
+              help="scan implementation")
+@_friendly
+def study(models, **options):
+    import mlx_kssm  # noqa: F401  (BLAS before mlx)
+    from ..train.lock import LockError
+    from .runner import StudyConfig, run_study
+
+    model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    if models is not None and not model_list:
+        raise UsageProblem("--models is empty: give names like tiny,transformer-tiny")
+    config = StudyConfig(models=model_list, **options)
+    try:
+        result = run_study(config, echo=click.echo, argv=sys.argv)
+    except LockError as e:
+        raise UsageProblem(str(e)) from None
+    if result.exit_code:
+        sys.exit(result.exit_code)

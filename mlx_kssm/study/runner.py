@@ -1,0 +1,435 @@
+"""`run_study(StudyConfig(...))`: train every model on every seed through the ordinary trainer,
+evaluate each with the shared evaluation and the causality suite, and write the report.
+
+Layout of a study folder:
+
+    STUDY/study.json                  config, commands, environment (versions, BLAS, machine),
+                                      every run's figures, the per-model summary
+    STUDY/study.md                    the tables (report.py)
+    STUDY/plots/*.png                 with the `plot` extra
+    STUDY/runs/MODEL/seed_S/          a normal training run folder (lock, checkpoints, exact
+                                      resume) plus study_eval.json, its cached evaluation
+    STUDY/runs/random-init/seed_S/    study_eval.json of the preset evaluated untrained
+
+Continuing: running the same study again reuses finished runs (a complete final checkpoint
+and a `completed` end event in history.jsonl) and their cached evaluations, and resumes
+unfinished ones from their newest checkpoint (the trainer's --resume: exact). Every seed
+gives every model the same batches: the trainer's BatchSampler is a pure function of
+(seed, step), and the data and budget are the same for all.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .._files import atomic_write_json, sha256_file
+from ..data.loader import TokenDataset
+from ..evaluation import EvalConfig, evaluate
+from ..models.presets import KSSM_PRESETS, PRESETS, comparison_presets, preset_train_defaults
+from ..train import checkpoint as ckpt
+from ..train import lock
+from ..train.config import TrainConfig
+from ..train.trainer import read_history, train
+
+RANDOM_INIT = "random-init"
+STUDY_JSON, STUDY_MD, RUNS = "study.json", "study.md", "runs"
+RUN_EVAL = "study_eval.json"
+FORMAT = "mlx-kssm study"
+FORMAT_VERSION = 1
+FLAGS = {"max_steps": "--steps", "steps_per_eval": "--eval-every",
+         "steps_per_report": "--report-every"}  # StudyConfig fields named otherwise on the CLI
+# what the runs' numbers depend on: a study folder continues only with the same values
+BUDGET_FIELDS = ("data_fingerprint", "preset", "max_steps", "batch_size", "seq_len",
+                 "learning_rate", "warmup_steps")
+
+
+@dataclass
+class StudyConfig:
+    """One study: data, budget, seeds, models. None fields take the preset's defaults."""
+
+    data: str
+    output_dir: str
+    preset: str = "tiny"  # the K-SSM preset; its comparisons make the default model list
+    models: list | None = None  # preset names and/or "random-init"; None: default_models
+    seeds: int = 3  # seeds 0 .. seeds-1: the init and the batches of every model
+    max_steps: int = 1000
+    batch_size: int | None = None
+    seq_len: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int = 100
+    steps_per_eval: int = 200
+    steps_per_report: int = 50
+    val_batches: int = 20  # the trainer's validation during training
+    save_every: int = 500
+    eval_batches: int = 20  # the study's final evaluation: loss windows (batch_size x seq_len)
+    sequences: int = 32  # held-out windows of the causality suite
+    samples: int = 3  # generations checked for mode collapse per evaluation
+    kernel: str = "auto"
+    data_fingerprint: str | None = None  # sha256 of the data's meta.json (filled in)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved(self) -> "StudyConfig":
+        """A copy with the preset's defaults filled in (checked first: bad input raises)."""
+        if self.preset not in KSSM_PRESETS:
+            raise ValueError(f"--preset must be a K-SSM preset ({', '.join(KSSM_PRESETS)}), got "
+                             f"{self.preset!r}")
+        defaults = preset_train_defaults(self.preset)
+        fill = {k: defaults[k] for k in ("batch_size", "seq_len", "learning_rate")
+                if getattr(self, k) is None}
+        models = list(self.models) if self.models else default_models(self.preset)
+        return StudyConfig(**{**self.to_dict(), **fill, "models": models})
+
+    def validate(self) -> "StudyConfig":
+        """Check everything before anything is written: names, counts, the data and that the
+        sequence length fits both splits."""
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
+        for name in ("max_steps", "batch_size", "seq_len", "steps_per_eval", "steps_per_report",
+                     "val_batches", "save_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.sequences < 3:
+            raise ValueError(f"--sequences must be >= 3, got {self.sequences}")
+        if not self.learning_rate > 0 or self.warmup_steps < 0 or self.samples < 0:
+            raise ValueError("--learning-rate must be > 0, --warmup-steps and --samples >= 0")
+        unknown = [m for m in self.models if m not in PRESETS and m != RANDOM_INIT]
+        if unknown:
+            raise ValueError(f"unknown model {unknown[0]!r}: give preset names "
+                             f"({', '.join(PRESETS)}) or {RANDOM_INIT}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"--models lists a model twice: {', '.join(self.models)}")
+        for split in ("val", "train"):
+            check_seq_len(TokenDataset(self.data, split), self.seq_len)
+        return self
+
+    def seed_list(self) -> list:
+        return list(range(self.seeds))
+
+    def budget(self) -> dict:
+        return {k: getattr(self, k) for k in BUDGET_FIELDS}
+
+    def train_config(self, model: str, seed: int, run_dir: Path, resume: bool) -> TrainConfig:
+        return TrainConfig(preset=model, data=self.data, output_dir=str(run_dir),
+                           batch_size=self.batch_size, seq_len=self.seq_len,
+                           learning_rate=self.learning_rate, max_steps=self.max_steps,
+                           warmup_steps=self.warmup_steps, steps_per_eval=self.steps_per_eval,
+                           steps_per_report=self.steps_per_report, val_batches=self.val_batches,
+                           save_every=self.save_every, seed=seed, resume=resume,
+                           kernel=self.kernel)
+
+    def eval_config(self, seed: int, random_init: bool) -> EvalConfig:
+        """The same windows for every model and seed (EvalConfig's fixed window seed);
+        test 2's random-init comparison uses the run's own seed: its step-0 weights."""
+        return EvalConfig(batches=self.eval_batches, batch_size=self.batch_size,
+                          seq_len=self.seq_len, samples=self.samples, causality=True,
+                          sequences=self.sequences, random_init=random_init,
+                          random_init_seed=seed)
+
+
+def flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def default_models(preset: str) -> list:
+    """The K-SSM preset, its three comparisons and the preset evaluated untrained."""
+    return [preset, *comparison_presets(preset).values(), RANDOM_INIT]
+
+
+def check_seq_len(dataset: TokenDataset, seq_len: int) -> None:
+    if len(dataset) < seq_len + 1:
+        raise ValueError(f"--seq-len {seq_len} is too long for the {dataset.split} split of "
+                         f"{dataset.data_dir}: it holds {len(dataset)} tokens and a window needs "
+                         f"{seq_len + 1}")
+
+
+@dataclass
+class PlannedRun:
+    model: str
+    seed: int
+    folder: Path
+
+    @property
+    def trained(self) -> bool:
+        return self.model != RANDOM_INIT
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} seed {self.seed}"
+
+
+def plan_runs(config: StudyConfig, study_dir: Path) -> list:
+    """Seed by seed, every model: a killed study has comparable results early."""
+    return [PlannedRun(model, seed, study_dir / RUNS / model / f"seed_{seed}")
+            for seed in config.seed_list() for model in config.models]
+
+
+@dataclass
+class StudyResult:
+    status: str  # "completed" or "interrupted"
+    exit_code: int
+    study_dir: Path
+    record: dict = field(default_factory=dict)  # what study.json holds
+    written: list = field(default_factory=list)  # report files
+
+
+# ---------------------------------------------------------------- the study
+
+
+def run_study(config: StudyConfig, echo=print, argv=None) -> StudyResult:
+    """Run (or continue) the study; returns when every run is trained and evaluated, or when
+    a run was interrupted (Ctrl-C / SIGTERM: the trainer saved a checkpoint; run again to
+    continue). Raises ValueError / DataError / LockError on bad input, before writing."""
+    config = config.resolved()
+    config.validate()
+    config.data_fingerprint = sha256_file(Path(config.data) / "meta.json")
+    study_dir = Path(config.output_dir)
+    record = open_record(study_dir, config)
+    lock.acquire(study_dir, command=" ".join(argv or sys.argv), log=echo)
+    try:
+        record["commands"].append(command_entry(config, argv))
+        record["config"] = config.to_dict()
+        save_record(study_dir, record)
+        return run_plan(config, study_dir, record, echo)
+    finally:
+        lock.release(study_dir)
+
+
+def run_plan(config: StudyConfig, study_dir: Path, record: dict, echo) -> StudyResult:
+    """Every planned run in order, study.json saved after each; then the report."""
+    from .report import summarize, write_report
+
+    runs = plan_runs(config, study_dir)
+    echo(f"== study {study_dir}: {len(config.models)} models x {config.seeds} seeds = "
+         f"{len(runs)} runs, {config.max_steps} steps x batch {config.batch_size} x seq "
+         f"{config.seq_len} each")
+    # earlier invocations' entries stand until this one redoes (or reuses) their run
+    entries = {(e["model"], e["seed"]): e for e in record["runs"]}
+    for i, run in enumerate(runs, 1):
+        entry = do_run(run, config, study_dir, f"[{i}/{len(runs)}]", echo)
+        if isinstance(entry, int):
+            echo(f"== study interrupted at {run.label}: run the same command to continue")
+            return StudyResult("interrupted", entry, study_dir, record)
+        entries[(run.model, run.seed)] = entry
+        record["runs"] = [entries[(r.model, r.seed)] for r in runs
+                          if (r.model, r.seed) in entries]
+        record["summary"] = summarize(record["runs"], config.models)
+        save_record(study_dir, record)
+    written = write_report(study_dir, record, echo)
+    return StudyResult("completed", 0, study_dir, record, written)
+
+
+def open_record(study_dir: Path, config: StudyConfig) -> dict:
+    """study.json of an existing study with the same budget, or a new record. Refuses (and
+    leaves untouched) a folder that is not a study, or a study with another budget."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ValueError(f"--out {study_dir} exists and is not a folder")
+    path = study_dir / STUDY_JSON
+    if not path.exists():
+        leftovers = [p.name for p in study_dir.iterdir()] if study_dir.exists() else []
+        if set(leftovers) - {lock.LOCK_NAME}:  # a lock alone: a study killed at its start
+            raise ValueError(f"--out {study_dir} holds files but no {STUDY_JSON}: not a study "
+                             "folder; choose a new or empty folder")
+        return new_record()
+    try:
+        record = json.loads(path.read_text("utf-8"))
+        saved = StudyConfig(**record["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); choose another --out") from None
+    changed = [k for k in BUDGET_FIELDS if getattr(saved, k) != getattr(config, k)]
+    if changed and (study_dir / RUNS).exists():
+        diffs = ", ".join(f"{flag(k)} {getattr(saved, k)} -> {getattr(config, k)}"
+                          for k in changed)
+        raise ValueError(f"{study_dir} holds a study with another budget ({diffs}): its runs "
+                         "would not be comparable; use the same options or another --out")
+    return record
+
+
+def new_record() -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": _now(), "commands": [], "runs": [], "summary": {},
+            "statistics": ("val loss, PPL, tokens/s and effect sizes: mean over seeds with a "
+                           "95% Student-t CI (t_{0.975, n-1} sd / sqrt(n)); within a run, each "
+                           "causality effect has a 95% percentile-bootstrap CI over held-out "
+                           "windows (docs/causality.md)")}
+
+
+def save_record(study_dir: Path, record: dict) -> None:
+    record["updated"] = _now()
+    atomic_write_json(study_dir / STUDY_JSON, record)
+
+
+def command_entry(config: StudyConfig, argv) -> dict:
+    from ..doctor import environment
+    return {"started": _now(), "argv": list(argv or sys.argv),
+            "equivalent": study_command(config), "environment": environment()}
+
+
+def study_command(config: StudyConfig) -> str:
+    """The `mlx-kssm study` command line that reproduces this study."""
+    args = ["mlx-kssm", "study", "--data", config.data, "--out", config.output_dir,
+            "--preset", config.preset, "--models", ",".join(config.models),
+            "--seeds", config.seeds, "--steps", config.max_steps, "--batch-size",
+            config.batch_size, "--seq-len", config.seq_len, "--learning-rate",
+            config.learning_rate, "--warmup-steps", config.warmup_steps, "--eval-every",
+            config.steps_per_eval, "--report-every", config.steps_per_report, "--val-batches",
+            config.val_batches, "--save-every", config.save_every, "--eval-batches",
+            config.eval_batches, "--sequences", config.sequences, "--samples", config.samples,
+            "--kernel", config.kernel]
+    return shlex.join(str(a) for a in args)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- one run
+
+
+def do_run(run: PlannedRun, config: StudyConfig, study_dir: Path, tag: str, echo) -> dict | int:
+    """Train (or reuse, or resume) and evaluate one model-seed: its study.json entry, or the
+    trainer's exit status when a signal interrupted training."""
+    entry = {"model": run.model, "seed": run.seed, "kind": "trained" if run.trained else "untrained",
+             "run_dir": str(run.folder.relative_to(study_dir))}
+    if run.trained:
+        status, exit_code = train_run(run, config, tag, echo)
+        if status == "interrupted":
+            return exit_code
+        entry.update(run_figures(run.folder, config))
+        entry["commands"] = run_commands(run, config)
+        if status == "nan":
+            echo(f"== {tag} {run.label}: training diverged (NaN): left out of the summary")
+            return entry
+        source = final_checkpoint(run.folder, config.max_steps)
+    else:
+        entry["status"], source = "untrained", None
+    entry["evaluation"] = evaluate_run(run, config, source, tag, echo)
+    echo(f"== {tag} {run.label}: {one_line(entry['evaluation'])}")
+    return entry
+
+
+def run_state(run_dir: Path, max_steps: int) -> str:
+    """"done", "nan" (finished by the NaN guard), "resume" (a checkpoint to continue from) or
+    "new". Done = the final checkpoint is complete and history.jsonl ends the run."""
+    ends = [e for e in read_history(run_dir) if e.get("event") == "end"]
+    last = ends[-1] if ends else {}
+    final = ckpt.step_dir(run_dir, max_steps)
+    if last.get("status") in ("completed", "early_stopped") and ckpt.is_complete(final):
+        return "done"
+    if last.get("status") == "nan":
+        return "nan"
+    return "resume" if ckpt.latest_checkpoint(run_dir) is not None else "new"
+
+
+def train_run(run: PlannedRun, config: StudyConfig, tag: str, echo) -> tuple:
+    """Train the run to the budget unless it is done: (the trainer's status, exit code)."""
+    state = run_state(run.folder, config.max_steps)
+    if state in ("done", "nan"):
+        how = "finished" if state == "done" else "stopped by the NaN guard"
+        echo(f"== {tag} {run.label}: {how} earlier: reused")
+        return ("completed", 0) if state == "done" else ("nan", 0)
+    verb = "resuming" if state == "resume" else "training"
+    echo(f"== {tag} {run.label}: {verb} {config.max_steps} steps in {run.folder}")
+    result = train(config.train_config(run.model, run.seed, run.folder, state == "resume"),
+                   echo=echo)
+    return result.status, result.exit_code
+
+
+def final_checkpoint(run_dir: Path, max_steps: int) -> Path:
+    final = ckpt.step_dir(run_dir, max_steps)
+    return final if ckpt.is_complete(final) else ckpt.latest_checkpoint(run_dir)
+
+
+def run_figures(run_dir: Path, config: StudyConfig) -> dict:
+    """Status, parameters, tokens/s and the validation curve from the run's own files. Only
+    events after the last `start` count (a run restarted from scratch appends a new start)."""
+    history = read_history(run_dir)
+    starts = [i for i, e in enumerate(history) if e.get("event") == "start"]
+    events = history[starts[-1]:] if starts else history
+    ends = [e for e in events if e.get("event") == "end"]
+    rates = [e["tokens_per_sec"] for e in events
+             if e.get("event") == "train" and e.get("tokens_per_sec")]
+    curve = {e["step"]: e["val_loss"] for e in events if e.get("event") == "eval"}
+    start = events[0] if events else {}
+    return {"status": ends[-1]["status"] if ends else "unknown",
+            "steps": ends[-1]["step"] if ends else None,
+            "n_parameters": start.get("n_parameters"),
+            "tokens_per_sec": sum(rates) / len(rates) if rates else None,
+            "val_curve": sorted([s, v] for s, v in curve.items())}
+
+
+def run_commands(run: PlannedRun, config: StudyConfig) -> dict:
+    """The single commands that redo this run by hand."""
+    c = config
+    train_cmd = ["mlx-kssm", "train", "--preset", run.model, "--data", c.data, "--output-dir",
+                 run.folder, "--max-steps", c.max_steps, "--batch-size", c.batch_size,
+                 "--seq-len", c.seq_len, "--learning-rate", c.learning_rate, "--warmup-steps",
+                 c.warmup_steps, "--steps-per-eval", c.steps_per_eval, "--steps-per-report",
+                 c.steps_per_report, "--val-batches", c.val_batches, "--save-every",
+                 c.save_every, "--seed", run.seed]
+    eval_cmd = ["mlx-kssm", "evaluate", "--model", ckpt.step_dir(run.folder, c.max_steps),
+                "--data", c.data, "--batches", c.eval_batches, "--batch-size", c.batch_size,
+                "--seq-len", c.seq_len, "--samples", c.samples, "--causality", "--sequences",
+                c.sequences, "--random-init-seed", run.seed]
+    return {"train": shlex.join(str(a) for a in train_cmd),
+            "evaluate": shlex.join(str(a) for a in eval_cmd)}
+
+
+def evaluate_run(run: PlannedRun, config: StudyConfig, source: Path | None, tag: str,
+                 echo) -> dict:
+    """The run's evaluation, from its cache when the weights and the settings are the same."""
+    eval_config = config.eval_config(run.seed, random_init=run.trained)
+    key = {"weights": source.name if source else f"init seed {run.seed}",
+           "eval_config": eval_config.to_dict(), "data_fingerprint": config.data_fingerprint}
+    cached = read_cached_eval(run.folder / RUN_EVAL, key)
+    if cached is not None:
+        return cached
+    echo(f"== {tag} {run.label}: evaluating (loss, samples, causality suite)")
+    progress = lambda text: echo(f"   {text}")  # noqa: E731
+    if run.trained:
+        result = evaluate(source, config.data, eval_config, progress=progress)
+    else:
+        result = evaluate(untrained_model(config, run.seed), config.data, eval_config,
+                          label=f"{RANDOM_INIT} {config.preset} seed {run.seed}",
+                          progress=progress)
+    for note in result.notes:
+        echo(f"warning: {note}")
+    figures = result.to_dict()
+    atomic_write_json(run.folder / RUN_EVAL, {**key, "result": figures})
+    return figures
+
+
+def untrained_model(config: StudyConfig, seed: int):
+    """The preset as the trainer builds it for `seed` before its first step."""
+    from ..models import build_model
+    vocab = TokenDataset(config.data, "train").vocab_size
+    return build_model(config.preset, vocab_size=vocab, seed=seed)
+
+
+def read_cached_eval(path: Path, key: dict) -> dict | None:
+    try:
+        cached = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = isinstance(cached, dict) and all(cached.get(k) == v for k, v in key.items())
+    return cached.get("result") if same else None
+
+
+def one_line(evaluation: dict) -> str:
+    text = f"val loss {evaluation['val_loss']:.4f}, PPL {evaluation['val_ppl']:.2f}"
+    c = evaluation.get("causality")
+    if not c or not c.get("applicable"):
+        return text + "; causality: not applicable"
+    i = c["intervention"]
+    parts = [f"variance {c['variance']['verdict']}", f"intervention {i['verdict']}"]
+    if "random_init" in i:
+        parts[-1] += (f" (wired in {i['random_init']['wired_in']['verdict']}, learned "
+                      f"{i['random_init']['learned']['verdict']})")
+    parts.append(f"correlation {c['correlation']['verdict']}")
+    return text + "; causality: " + ", ".join(parts) + f" -> {c['verdict']}"
