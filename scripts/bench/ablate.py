@@ -51,6 +51,14 @@ VARIANTS: dict = {
     "d2_g16n8h3": ("v1-char", {"n_groups": 16, "osc_per_group": 8, "harmonics": 3}, {}),
     "bolted_d2": ("control-bolted-char", {}, {}),
     "bolted_d1": ("control-bolted-char", DESIGN_1, {}),
+    "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4}, {}),
+    "bolted_c4_l4": ("control-bolted-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1,
+                                             "n_layers": 4}, {}),
+    # compacted cl100k Shakespeare (run with --data data/prepared/bpe --steps 500 --batch 16
+    # --seq 128 --lr 3e-3 --val-batches 30): 1,024,000 tokens each
+    "bpe_tiny_d1": ("tiny", DESIGN_1, {}),
+    "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
+    "bpe_tf_tiny": ("transformer-tiny", {}, {}),
     "tf4_ffn512_lr1": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 1e-3}),
     "tf4_ffn512_lr2": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 2e-3}),
     "tf_l2": ("transformer-char", {}, {"learning_rate": 1e-3}),
