@@ -102,9 +102,9 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _set_kernel(kernel: str) -> None:
-    from ..kernels.dispatch import set_kernel
-    set_kernel(kernel)
+def _set_kernel(model, kernel: str) -> None:
+    from ..kernels import use_kernel
+    use_kernel(model, kernel)
 
 
 def _load(model_dir, need_tokenizer: bool = True):
@@ -182,8 +182,8 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
     from .generate import StreamDecoder, generate_tokens
     r_zone = _zone
 
-    _set_kernel(kernel)
     folder, model, tokenizer = _load(model_dir)
+    _set_kernel(model, kernel)
     force = parse_force(force_r, force_r_layer, model.args.n_layers)
     _check_force_supported(model, force)
     ids = tokenizer.encode(prompt)
@@ -298,8 +298,8 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
     from .intervene import format_sweep, intervention_sweep
 
     value_list = parse_values(values)
-    _set_kernel(kernel)
     folder, model, tokenizer = _load(model_dir)
+    _set_kernel(model, kernel)
     if not _has_r(model):
         raise UsageProblem("this model is a transformer: it has no R to force")
     prompt_ids = [tokenizer.encode(p) for p in prompts]
@@ -385,8 +385,8 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
     from .quality import sample_quality
 
     value_list = parse_values(values)
-    _set_kernel(kernel)
     folder, model, tokenizer = _load(model_dir)
+    _set_kernel(model, kernel)
     ds = TokenDataset(data_dir, split)
     check_vocab(ds, model.args.vocab_size)
     _check_same_tokenizer(folder, model_dir, ds)

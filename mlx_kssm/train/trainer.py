@@ -37,7 +37,7 @@ from ..data.loader import BatchSampler, TokenDataset, check_tokenizer, check_voc
 from ..evaluation import evaluate_loss
 from .._files import atomic_write_text, naming
 from ..io import apply_weights, load_model, resolve_model_dir
-from ..kernels import set_kernel
+from ..kernels import check_kernel, use_kernel
 from ..models import build_model, count_parameters, preset_train_defaults, r_zone
 from ..models.presets import PRESETS
 from . import checkpoint as ckpt
@@ -405,9 +405,10 @@ def _setup(config, explicit, run_dir, rank, world, writer) -> _Setup:
     if config.max_steps < start_step:
         raise ValueError(f"--max-steps {config.max_steps} is below the checkpoint's step "
                          f"{start_step}")
-    set_kernel(config.kernel)
+    check_kernel(config.kernel)
     train_ds, val_ds, tokenizer = _load_data(config)
     model, config = _build(config, resume_from, train_ds)
+    use_kernel(model, config.kernel)
     check_vocab(train_ds, model.args.vocab_size)
     check_vocab(val_ds, model.args.vocab_size)
     sampler = BatchSampler(train_ds, config.batch_size, config.seq_len, config.seed, rank, world)
