@@ -119,6 +119,7 @@ class EvalConfig:
     values: tuple = (0.2, 0.8)  # forced R values the intervention test compares
     random_init: bool = True  # test 2 beside a random-init model of the same architecture
     random_init_seed: int | None = None  # None: the run's training seed if recorded, else 0
+    kernel: str | None = None  # the scan: auto|metal|cuda|reference; None: the model's own
 
     def validate(self) -> "EvalConfig":
         for name in ("batches", "batch_size", "sequences", "sample_tokens"):
@@ -181,6 +182,10 @@ def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, labe
     config = (config or EvalConfig()).validate()
     dataset = TokenDataset(data, config.split)
     model, tokenizer, name, training_seed = _resolve_model(model, dataset, tokenizer, label)
+    from .kernels import kernel_of, use_kernel
+    if config.kernel is not None:
+        use_kernel(model, config.kernel)
+    config = dataclasses.replace(config, kernel=kernel_of(model))  # recorded as it ran
     check_vocab(dataset, model.args.vocab_size)
     say = progress or (lambda text: None)
     say(f"{name}: loss on {config.batches} x {config.batch_size} windows of {config.seq_len}")

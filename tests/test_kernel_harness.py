@@ -16,6 +16,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mlx_kssm.kernels import cuda, dispatch, fused, metal, reference  # noqa: E402
+from mlx_kssm.kernels.fused import random_inputs  # noqa: E402
 
 harness = pytest.importorskip("harness")
 nvrtc = pytest.importorskip("nvrtc")
@@ -74,7 +75,7 @@ def test_long_sequence(emulated):
 def test_forced_r(emulated, n):
     res = emulated.parity_check(B=2, T=12, G=4, n=n, force_r=0.37, seed=n)
     _assert_parity(res)
-    x = reference.random_inputs(2, 12, 4, n)
+    x = random_inputs(2, 12, 4, n)
     free, forced = reference.scan_sequential(*x), emulated.scan(*x, force_r=0.37)
     assert float(mx.max(mx.abs(free[0] - forced[0]))) > 1e-2  # forcing really acts
 
@@ -89,7 +90,7 @@ def test_barriers_under_adversarial_scheduling(monkeypatch, backend):
 
 def test_fp16_inputs_and_broadcast_state(emulated):
     """Half inputs run in fp32; a broadcast z0 (as the model passes it) gets summed grads."""
-    dr, di, k, cr, ci, z0r, z0i = reference.random_inputs(2, 5, 4, 8)
+    dr, di, k, cr, ci, z0r, z0i = random_inputs(2, 5, 4, 8)
     z0r, z0i = z0r[:1, :, :], z0i[:1, :, :]  # (1, G, n), broadcast over the batch
     half = [a.astype(mx.float16) for a in (dr, di, k, cr, ci)]
 
@@ -114,21 +115,20 @@ def test_dispatch_routes_to_kernel_when_it_passes_its_check(monkeypatch, emulato
     module = MODULES[backend]
     monkeypatch.setattr(mx.metal, "is_available", lambda: backend == "metal")
     monkeypatch.setattr(cuda, "is_available", lambda: backend == "cuda")
-    monkeypatch.setattr(dispatch, "_mode", "auto")
     monkeypatch.setattr(dispatch, "_kernel_ok", {})
     calls = []
     run = emulators[backend].run_kernel
     monkeypatch.setattr(module, "_run_kernel",
                         lambda name, **kw: calls.append(name) or run(name, **kw))
-    assert dispatch.active_impl() == backend
-    x = reference.random_inputs(2, 6, 4, 16)
+    assert dispatch.resolve_kernel("auto") == backend
+    x = random_inputs(2, 6, 4, 16)
     calls.clear()
     for force in (None, 0.5):
         got = dispatch.oscillator_scan(*x, force_r=force)
         want = reference.scan_sequential(*x, force_r=force)
         assert np.allclose(np.array(got[0]), np.array(want[0]), atol=1e-5)
-        got = dispatch.oscillator_step(x[5], x[6], *(a[:, 0] for a in x[:5]), force_r=force)
-        want = reference.scan_step(x[5], x[6], *(a[:, 0] for a in x[:5]), force_r=force)
+        got = dispatch.oscillator_step(*(a[:, 0] for a in x[:5]), x[5], x[6], force_r=force)
+        want = reference.scan_step(*(a[:, 0] for a in x[:5]), x[5], x[6], force_r=force)
         assert np.allclose(np.array(got[1]), np.array(want[1]), atol=1e-5)
     assert calls == ["kssm_scan", "kssm_step"] * 2
 

@@ -178,7 +178,7 @@ def test_killed_study_continues_where_it_stopped(study, data_dir, tmp_path, monk
     real_step = trainer_mod._Loop.train_step
 
     def killed_at_step_3(loop):
-        if loop.config.preset == "control-bolted-tiny" and loop.step == 3:
+        if loop.run.config.preset == "control-bolted-tiny" and loop.state.step == 3:
             raise KeyboardInterrupt  # what a kill leaves: a checkpoint at step 2, no end
         return real_step(loop)
 

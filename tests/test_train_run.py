@@ -21,6 +21,7 @@ from mlx_kssm.data.prepare import prepare
 from mlx_kssm.io import load_model
 from mlx_kssm.train import TrainConfig, read_history, train
 from mlx_kssm.train import checkpoint as ckpt
+from mlx_kssm.train import step as step_mod
 from mlx_kssm.train import trainer as trainer_mod
 
 WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into night sky".split()
@@ -91,7 +92,8 @@ def test_resume_same_horizon_is_bitwise_identical(data_dir, tmp_path):
     # the same 8-step run, interrupted after step 4 (as by Ctrl-C), then resumed
     cfg = tiny_config(data_dir, tmp_path / "half", max_steps=8, save_every=100)
     original = trainer_mod._Loop.stop_requested
-    trainer_mod._Loop.stop_requested = lambda self: signal.SIGINT if self.step == 4 else None
+    trainer_mod._Loop.stop_requested = \
+        lambda self: signal.SIGINT if self.state.step == 4 else None
     try:
         res = train(cfg, echo=lambda m: None)
     finally:
@@ -136,13 +138,13 @@ def test_existing_run_needs_resume_and_lock_refuses(data_dir, tmp_path):
 def test_nan_guard_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(tiny_config(data_dir, out, max_steps=4, save_every=2), echo=lambda m: None)
-    original = trainer_mod._loss
+    original = step_mod.loss_fn
 
     def poisoned(model, inputs, targets):
         loss, metrics = original(model, inputs, targets)
         return loss * mx.array(float("nan")), metrics
 
-    monkeypatch.setattr(trainer_mod, "_loss", poisoned)
+    monkeypatch.setattr(step_mod, "loss_fn", poisoned)
     logs = []
     res = train(tiny_config(data_dir, out, max_steps=8, save_every=2, resume=True),
                 echo=logs.append)
@@ -307,6 +309,22 @@ def test_resume_refuses_data_of_another_tokenizer(data_dir, tmp_path):
     assert _snapshot(out) == before  # checkpoints, config, history and log untouched
 
 
+def test_resume_from_a_damaged_trainer_state_is_one_error_line(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)
+    path = ckpt.latest_checkpoint(out) / "trainer_state.json"
+    state = json.loads(path.read_text())
+    del state["history_len"]
+    path.write_text(json.dumps(state))
+    before = _snapshot(out)
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out),
+                                  "--max-steps", "6"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)  # no traceback
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: no 'history_len'"), r.output
+    assert _snapshot(out) == before
+
+
 class _Crash(Exception):
     """Stands for a trainer dying (power cut, OOM kill) at a chosen step."""
 
@@ -316,7 +334,7 @@ def _crash_at(monkeypatch, step):
 
     def train_step(self):
         record = original(self)
-        if self.step == step:
+        if self.state.step == step:
             raise _Crash(f"died at step {step}")
         return record
 
@@ -335,7 +353,7 @@ def test_early_crash_then_rerun_keeps_history_exact(data_dir, tmp_path, monkeypa
     assert ckpt.latest_checkpoint(out) is None and sorted(train_losses(out)) == [1, 2]
     with monkeypatch.context() as m:
         m.setattr(trainer_mod._Loop, "stop_requested",
-                  lambda self: signal.SIGINT if self.step == 4 else None)
+                  lambda self: signal.SIGINT if self.state.step == 4 else None)
         assert train(tiny_config(data_dir, out), echo=lambda m: None).step == 4
     train(tiny_config(data_dir, out, resume=True), echo=lambda m: None)
     steps = [r["step"] for r in read_history(out) if r["event"] == "train"]

@@ -256,7 +256,7 @@ def test_evaluate_loss_deterministic_and_shaped():
 def test_history_cut_follows_the_checkpoint_event(tmp_path):
     """A history an aborted attempt appended to: the count a checkpoint recorded is off, the
     cut still lands right after that checkpoint's own event."""
-    from mlx_kssm.train.trainer import RunLog, read_history
+    from mlx_kssm.train.runlog import RunLog, read_history
 
     events = ([{"event": "train", "step": s} for s in (1, 2)]  # the aborted attempt
               + [{"event": "train", "step": s} for s in (1, 2, 3)]
@@ -291,3 +291,122 @@ def test_zombie_trainer_does_not_hold_the_lock(tmp_path):
 
 def _state(pid):
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+# ------------------------------------------------------------------ trainer state, step, history
+
+# trainer_state.json as mlx-kssm 0.2 (before TrainerState) wrote it, at step 12 of a run
+STATE_0_2 = {
+    "step": 12, "max_steps": 12,
+    "schedule": {"base_lr": 0.003, "warmup_steps": 2, "total_steps": 12, "min_lr_ratio": 0.1,
+                 "restarts": [], "first_total": None},
+    "lr": 0.00030000000000000003, "best_val_loss": 0.8485361039638519, "best_step": 12,
+    "evals_without_improvement": 0, "explosion_min": 0.9012945294380188,
+    "rng_key": [2347835043, 840933761],
+    "data": {"sampler": "BatchSampler", "seed": 0, "position": 24, "world_size": 1},
+    "history_len": 18,
+    "config": {"preset": "tiny", "model": None, "data": "/tmp/data/prep", "output_dir": "run",
+               "batch_size": 4, "seq_len": 32, "learning_rate": 0.003, "max_steps": 12,
+               "schedule_steps": None, "warmup_steps": 2, "min_lr_ratio": 0.1,
+               "weight_decay": 0.01, "grad_accum": 2, "grad_clip": 1.0, "optimizer": "adamw",
+               "muon_lr_scale": 10.0, "grokfast": True, "grokfast_alpha": 0.98,
+               "grokfast_lambda": 2.0, "steps_per_report": 1, "steps_per_eval": 3,
+               "val_batches": 2, "save_every": 100, "keep_last": 3, "patience": 0, "seed": 0,
+               "resume": False, "kernel": "auto", "stage": None, "explode_factor": 3.0,
+               "sample_prompts": ["The ", "To be, or not to be"], "sample_tokens": 40},
+    "saved": "2026-11-21T19:36:44+00:00"}
+
+
+def test_trainer_state_reads_0_2_checkpoints_and_writes_the_same_keys():
+    from mlx_kssm.train.state import TrainerState
+
+    state = TrainerState.from_json(STATE_0_2)
+    assert (state.step, state.best_step, state.history_len, state.rng_key) == \
+        (12, 12, 18, (2347835043, 840933761))
+    assert state.config.grad_accum == 2 and state.schedule.total_steps == 12
+    again = state.to_json()
+    assert list(again) == list(STATE_0_2)  # the same keys, in the same order
+    assert {k for k in STATE_0_2 if again[k] != STATE_0_2[k]} == {"saved"}
+    fresh = TrainerState(config=TrainConfig(), schedule=Schedule(1e-3, 10, 100))
+    assert fresh.to_json()["explosion_min"] is None  # no loss seen: JSON has no infinity
+    assert TrainerState.from_json(fresh.to_json()).explosion_min == math.inf
+    for key in ("history_len", "rng_key", "config"):
+        with pytest.raises(ValueError, match=f"no '{key}'"):
+            TrainerState.from_json({k: v for k, v in STATE_0_2.items() if k != key})
+    with pytest.raises(ValueError, match="unreadable trainer state"):
+        TrainerState.from_json({**STATE_0_2, "rng_key": "a"})
+
+
+def _sgd_step(inputs, targets, accum: int, clip: float):
+    """(grad norm, update per parameter) of one make_step step with plain SGD (lr 0.1)."""
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+
+    from mlx_kssm.train.optim import Grokfast
+    from mlx_kssm.train.step import make_step
+
+    model = _tiny()
+    before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    opt = optim.SGD(learning_rate=0.1)
+    opt.init(model.trainable_parameters())
+    step, state = make_step(model, opt, Grokfast(model.trainable_parameters(), enabled=False),
+                            grad_accum=accum, grad_clip=clip, world=1)
+    grads, size = None, len(inputs) // accum
+    for i in range(accum):
+        part = slice(i * size, (i + 1) * size)
+        _, _, grads, norm = step(inputs[part], targets[part], grads, i == accum - 1)
+    mx.eval(state)
+    after = dict(tree_flatten(model.trainable_parameters()))
+    return float(norm), {k: np.array(after[k]) - before[k] for k in before}
+
+
+def test_make_step_accumulates_averages_and_clips():
+    """grad_accum micro-batches give the update and grad norm of their concatenation; a clip
+    caps the update's norm. make_step needs no TrainConfig; the benchmarks' helper runs it."""
+    rng = np.random.default_rng(0)
+    inputs = mx.array(rng.integers(0, 64, (4, 12)).astype(np.int32))
+    targets = mx.array(rng.integers(0, 64, (4, 12)).astype(np.int32))
+    norm_one, update_one = _sgd_step(inputs, targets, accum=1, clip=0.0)
+    norm_two, update_two = _sgd_step(inputs, targets, accum=2, clip=0.0)
+    assert norm_two == pytest.approx(norm_one, rel=1e-4)
+    for name, u in update_one.items():
+        assert np.allclose(u, update_two[name], atol=1e-6), name
+    clip = norm_one / 10
+    norm, update = _sgd_step(inputs, targets, accum=2, clip=clip)
+    size = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
+    assert norm == pytest.approx(norm_one, rel=1e-4)  # the norm reported is before the clip
+    assert size == pytest.approx(0.1 * clip, rel=1e-3)
+    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts" / "bench"))
+    from _common import trainer_step
+
+    run, _ = trainer_step(_tiny(), 2, 12)
+    first = float(run(inputs[:2], targets[:2]))
+    assert float(run(inputs[:2], targets[:2])) < first
+
+
+def test_one_read_history_skips_a_torn_last_line(tmp_path):
+    """The trainer, status, plot and the quality benchmark read history.jsonl with one
+    function, which skips the torn last line a kill leaves (and lines that are not objects)."""
+    import importlib.util
+
+    from mlx_kssm.probe import plot
+    from mlx_kssm.train import read_history
+
+    events = [{"event": "train", "step": 1}, {"event": "eval", "step": 1}]
+    (tmp_path / "history.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in events) + "[1, 2]\n" + '{"event": "tra')
+    bench_dir = Path(__file__).parent.parent / "scripts" / "bench"
+    spec = importlib.util.spec_from_file_location("bench_quality", bench_dir / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    for reader in (read_history, plot.read_history, quality.read_history):
+        assert reader(tmp_path) == events
+
+
+def test_status_imports_neither_the_trainer_nor_optimizers():
+    code = ("import sys, mlx_kssm.train.status, mlx_kssm.train.commands; "
+            "print(sorted(m for m in sys.modules if m in "
+            "('mlx_kssm.train.trainer', 'mlx.optimizers', 'mlx_kssm.train.optim')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

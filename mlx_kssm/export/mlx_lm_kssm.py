@@ -117,7 +117,7 @@ def coupling_field(zr, zi, force_r=None):
     return pr * scale, pi * scale
 
 
-def scan_step(zr, zi, dr, di, k, cr, ci, force_r=None):
+def scan_step(dr, di, k, cr, ci, zr, zi, force_r=None):
     """One token: state (B, G, n) at t-1 -> state at t."""
     mr, mi = coupling_field(zr, zi, force_r)
     wr = zr + k * (mr - zr)
@@ -130,7 +130,7 @@ def scan(dr, di, k, cr, ci, z0r, z0i, force_r=None):
     if force_r is not None:  # forcing makes the step nonlinear: one step at a time
         zr, zi, out_r, out_i = z0r, z0i, [], []
         for t in range(dr.shape[1]):
-            zr, zi = scan_step(zr, zi, dr[:, t], di[:, t], k[:, t], cr[:, t], ci[:, t], force_r)
+            zr, zi = scan_step(dr[:, t], di[:, t], k[:, t], cr[:, t], ci[:, t], zr, zi, force_r)
             out_r.append(zr)
             out_i.append(zi)
         return mx.stack(out_r, axis=1), mx.stack(out_i, axis=1)
@@ -258,7 +258,7 @@ class OscillatorBank(nn.Module):
             z0r, z0i = z0[0], z0[1]
         dyn_force = None if self.args.readout == "bolted" else force_r  # bolted: R feeds nothing
         if cache is not None and T == 1:
-            zr, zi = scan_step(z0r, z0i, *(a[:, 0] for a in scan_in), force_r=dyn_force)
+            zr, zi = scan_step(*(a[:, 0] for a in scan_in), z0r, z0i, force_r=dyn_force)
             zr, zi = zr[:, None], zi[:, None]
         else:
             zr, zi = scan(*scan_in, z0r, z0i, force_r=dyn_force)

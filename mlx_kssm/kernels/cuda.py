@@ -272,7 +272,5 @@ def block_threads(n: int) -> int:
 _ops = fused.FusedScan("CUDA", lambda name, **call: _run_kernel(name, **call),
                        lambda: is_available(), block_threads=block_threads)
 scan, step = _ops.scan, _ops.step
-scan_call, scan_vjp_call, step_call = _ops.scan_call, _ops.scan_vjp_call, _ops.step_call
 parity_check, self_check = _ops.parity_check, _ops.self_check
 example_calls = _ops.example_calls
-KERNEL_NAMES, GRAD_NAMES = fused.KERNEL_NAMES, fused.GRAD_NAMES

@@ -6,6 +6,8 @@ Both backends ship the same three kernels, with the same inputs, outputs and lau
     kssm_scan_vjp  dr, di, k, z0r, z0i, zr, zi, gzr, gzi -> gdr, gdi, gk, gcr, gci, gz0r, gz0i
     kssm_step      zr, zi, dr, di, k, cr, ci, force_r -> zr_out, zi_out (template FORCED: 0 | 1)
 
+(the kernels' buffer order; the Python functions take the state last, as reference.py does)
+
 one block (Metal: threadgroup) per (sequence b, group g), one thread per oscillator j. The grid
 is given in threads, (threads, G, B), as mx.fast.metal_kernel and mx.fast.cuda_kernel both take
 it; `threads` is n, or n rounded up to whole warps where the backend needs that (cuda.py).
@@ -14,7 +16,7 @@ A backend module (metal.py, cuda.py) holds only its source strings and `_run_ker
 **call)`, the one place a kernel is launched, and builds a `FusedScan` from them. Everything
 else lives here once: call arguments, input preparation, the `mx.custom_function` whose VJP
 is the adjoint kernel, the decode step, and the parity check against the reference that the
-tests and the first-use self-check both run.
+tests and the first-use self-check both run, with `random_inputs`, its inputs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ KERNEL_ARGS = {  # kernel name -> (input names, output names)
                       ["gdr", "gdi", "gk", "gcr", "gci", "gz0r", "gz0i"]),
     "kssm_step": (["zr", "zi", "dr", "di", "k", "cr", "ci", "force_r"], ["zr_out", "zi_out"]),
 }
-KERNEL_NAMES = tuple(KERNEL_ARGS)
 GRAD_NAMES = ("dr", "di", "k", "cr", "ci", "z0r", "z0i")
 
 MAX_THREADS = 1024  # per block on Apple GPUs and on NVIDIA GPUs alike
@@ -64,6 +65,20 @@ def prepare(dr, di, k, cr, ci, z0r, z0i):
 
 def _f32(x, shape):
     return mx.broadcast_to(x.astype(mx.float32), shape)
+
+
+def random_inputs(B: int, T: int, G: int, n: int, seed: int = 0):
+    """Scan inputs (dr, di, k, cr, ci, z0r, z0i) in the model's range, for parity checks and
+    tests: |d| = lambda in (0.5, 0.99), K in [0, 2], c = (1-lambda) b."""
+    rng = np.random.default_rng(seed)
+    lam = rng.uniform(0.5, 0.99, (B, T, G, n))
+    alpha = rng.uniform(-np.pi, np.pi, (B, T, G, n))
+    k = rng.uniform(0.0, 2.0, (B, T, G, 1))
+    b = rng.normal(size=(2, B, T, G, n))
+    z0 = rng.normal(size=(2, B, G, n))
+    arrs = (lam * np.cos(alpha), lam * np.sin(alpha), k, (1 - lam) * b[0], (1 - lam) * b[1],
+            z0[0], z0[1])
+    return tuple(mx.array(a.astype(np.float32)) for a in arrs)
 
 
 def rel_err(a, b) -> float:
@@ -111,7 +126,7 @@ class FusedScan:
                     output_shapes=[full, full, kshape, full, full, zshape, zshape],
                     output_dtypes=[mx.float32] * 7, **self.launch(B, G, n))
 
-    def step_call(self, zr, zi, dr, di, k, cr, ci, force_r=None) -> dict:
+    def step_call(self, dr, di, k, cr, ci, zr, zi, force_r=None) -> dict:
         B, G, n = dr.shape
         fr, forced = _force_arg(force_r)
         return dict(inputs=[zr, zi, dr, di, k, cr, ci, fr], template=[("FORCED", forced)],
@@ -121,14 +136,14 @@ class FusedScan:
     def example_calls(self, n: int = 5) -> list[tuple[str, dict]]:
         """One call of every shipped variant (forward free/forced, adjoint, step free/forced);
         the generated source depends on these, not on the sizes."""
-        x = reference.random_inputs(2, 3, 4, n)
+        x = random_inputs(2, 3, 4, n)
         dr, di, k, cr, ci, z0r, z0i = x
         t0 = [a[:, 0] for a in (dr, di, k, cr, ci)]
         return [("kssm_scan", self.scan_call(*x)),
                 ("kssm_scan", self.scan_call(*x, force_r=0.5)),
                 ("kssm_scan_vjp", self.scan_vjp_call(dr, di, k, z0r, z0i, dr, di, dr, di)),
-                ("kssm_step", self.step_call(z0r, z0i, *t0)),
-                ("kssm_step", self.step_call(z0r, z0i, *t0, force_r=0.5))]
+                ("kssm_step", self.step_call(*t0, z0r, z0i)),
+                ("kssm_step", self.step_call(*t0, z0r, z0i, force_r=0.5))]
 
     # ------------------------------------------------------------- the operations
 
@@ -160,13 +175,13 @@ class FusedScan:
             return zr, zi
         return self._scan_free(*args)
 
-    def step(self, zr, zi, dr, di, k, cr, ci, force_r=None):
+    def step(self, dr, di, k, cr, ci, zr, zi, force_r=None):
         """One decoding token on a (B, G, n) state, as reference.scan_step (no gradient)."""
         B, G, n = np.broadcast_shapes(dr.shape, di.shape, cr.shape, ci.shape, zr.shape)
         s = (B, G, n)
         zr_out, zi_out = self._run("kssm_step", **self.step_call(
-            _f32(zr, s), _f32(zi, s), _f32(dr, s), _f32(di, s), _f32(k, (B, G, 1)),
-            _f32(cr, s), _f32(ci, s), force_r=force_r))
+            _f32(dr, s), _f32(di, s), _f32(k, (B, G, 1)), _f32(cr, s), _f32(ci, s),
+            _f32(zr, s), _f32(zi, s), force_r=force_r))
         return zr_out, zi_out
 
     # ------------------------------------------------------------- checks
@@ -178,7 +193,7 @@ class FusedScan:
         gradient (free runs; random cotangents through mx.vjp) and the decode step. Errors are
         max abs differences scaled by max(1, max |reference|). Returns {"ok", "errors",
         "max_error"}."""
-        inputs = reference.random_inputs(B, T, G, n, seed)
+        inputs = random_inputs(B, T, G, n, seed)
         rng = np.random.default_rng(seed + 1)
         cots = [mx.array(rng.normal(size=(B, T, G, n)).astype(np.float32)) for _ in range(2)]
         errors = {}
@@ -194,8 +209,8 @@ class FusedScan:
         if step_check:
             dr, di, k, cr, ci, z0r, z0i = inputs
             t_in = [x[:, 0] for x in (dr, di, k, cr, ci)]
-            ref_s = reference.scan_step(z0r, z0i, *t_in, force_r=force_r)
-            ker_s = self.step(z0r, z0i, *t_in, force_r=force_r)
+            ref_s = reference.scan_step(*t_in, z0r, z0i, force_r=force_r)
+            ker_s = self.step(*t_in, z0r, z0i, force_r=force_r)
             errors["step_zr"], errors["step_zi"] = (rel_err(a, b) for a, b in zip(ker_s, ref_s))
         worst = max(errors.values())
         return {"ok": bool(np.isfinite(worst) and worst <= tol), "errors": errors,

@@ -236,7 +236,5 @@ def _run_kernel(name: str, **call):
 _ops = fused.FusedScan("Metal", lambda name, **call: _run_kernel(name, **call),
                        lambda: mx.metal.is_available())
 scan, step = _ops.scan, _ops.step
-scan_call, scan_vjp_call, step_call = _ops.scan_call, _ops.scan_vjp_call, _ops.step_call
 parity_check, self_check = _ops.parity_check, _ops.self_check
 example_calls = _ops.example_calls
-KERNEL_NAMES, GRAD_NAMES = fused.KERNEL_NAMES, fused.GRAD_NAMES

@@ -17,12 +17,13 @@ Forcing R (inference only): the mean field becomes r e^{i psi} mean_j |z_j| wher
 psi = arg(mean_j z_j / |z_j|); this makes the step nonlinear, so it only has the sequential form.
 
 Shapes: d*, c*: (B, T, G, n); K: (B, T, G, 1); z0*: (B, G, n). Returns zr, zi: (B, T, G, n).
+Argument order, here and in every implementation (cpu.py, fused.py, dispatch.py): the inputs
+(dr, di, k, cr, ci), then the state (z0r, z0i for a scan, zr, zi for a step), then force_r.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
-import numpy as np
 
 PHASE_EPS = 1e-6  # |z|^2 floor when normalizing to unit phasors
 
@@ -39,7 +40,7 @@ def coupling_field(zr, zi, force_r=None):
     return pr * scale, pi * scale
 
 
-def scan_step(zr, zi, dr, di, k, cr, ci, force_r=None):
+def scan_step(dr, di, k, cr, ci, zr, zi, force_r=None):
     """One token: state (B, G, n) at t-1 -> state at t. Used for decoding and forced runs."""
     mr, mi = coupling_field(zr, zi, force_r)
     wr = zr + k * (mr - zr)
@@ -53,20 +54,8 @@ def scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r=None):
     zr, zi = z0r, z0i
     outs_r, outs_i = [], []
     for t in range(dr.shape[1]):
-        zr, zi = scan_step(zr, zi, dr[:, t], di[:, t], k[:, t], cr[:, t], ci[:, t], force_r)
+        zr, zi = scan_step(dr[:, t], di[:, t], k[:, t], cr[:, t], ci[:, t], zr, zi, force_r)
         outs_r.append(zr)
         outs_i.append(zi)
     return mx.stack(outs_r, axis=1), mx.stack(outs_i, axis=1)
 
-
-def random_inputs(B: int, T: int, G: int, n: int, seed: int = 0):
-    """Inputs in the model's range: |d| = lambda in (0.5, 0.99), K in [0, 2], c = (1-lambda) b."""
-    rng = np.random.default_rng(seed)
-    lam = rng.uniform(0.5, 0.99, (B, T, G, n))
-    alpha = rng.uniform(-np.pi, np.pi, (B, T, G, n))
-    k = rng.uniform(0.0, 2.0, (B, T, G, 1))
-    b = rng.normal(size=(2, B, T, G, n))
-    z0 = rng.normal(size=(2, B, G, n))
-    arrs = (lam * np.cos(alpha), lam * np.sin(alpha), k, (1 - lam) * b[0], (1 - lam) * b[1],
-            z0[0], z0[1])
-    return tuple(mx.array(a.astype(np.float32)) for a in arrs)

@@ -91,6 +91,7 @@ class OscillatorBank(nn.Module):
             self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
         # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
+        self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it
 
     # -- the squashes: algebraic (square roots) or exp-based, as args.squash says
     def _unit(self, v):
@@ -151,10 +152,12 @@ class OscillatorBank(nn.Module):
         # Bolted control: R never feeds the dynamics (forcing it must change nothing).
         dyn_force = None if self.args.readout == "bolted" else force_r
         if cache is not None and T == 1:
-            zr, zi = oscillator_step(z0r, z0i, *(a[:, 0] for a in scan_in), force_r=dyn_force)
+            zr, zi = oscillator_step(*(a[:, 0] for a in scan_in), z0r, z0i, force_r=dyn_force,
+                                     kernel=self.scan_kernel)
             zr, zi = zr[:, None], zi[:, None]
         else:
-            zr, zi = oscillator_scan(*scan_in, z0r, z0i, force_r=dyn_force)
+            zr, zi = oscillator_scan(*scan_in, z0r, z0i, force_r=dyn_force,
+                                     kernel=self.scan_kernel)
         if cache is not None:
             cache.state = (zr[:, -1], zi[:, -1])
         features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)

@@ -49,6 +49,7 @@ import itertools
 import mlx.core as mx
 import numpy as np
 
+from ..kernels import kernel_of, use_kernel
 from ..models import ZONES, build_model, r_zone
 from . import stats
 
@@ -359,7 +360,8 @@ def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
     result["intervention"] = _intervention_test(m, values, alpha, min_kl, n_resamples, seed,
                                                 confidence)
     if random_init_seed is not None:
-        baseline = measure(build_model(model.args, seed=random_init_seed), windows, values)
+        fresh = use_kernel(build_model(model.args, seed=random_init_seed), kernel_of(model))
+        baseline = measure(fresh, windows, values)
         result["intervention"]["random_init"] = _random_init_comparison(
             m["kl"][(values[0], values[-1])], baseline["kl"][(values[0], values[-1])],
             random_init_seed, alpha, min_kl, n_resamples, seed, confidence)

@@ -102,9 +102,9 @@ def parse_size(text: str) -> int:
     return size
 
 
-def _set_kernel(kernel: str) -> None:
-    from ..kernels.dispatch import set_kernel
-    set_kernel(kernel)
+def _set_kernel(model, kernel: str) -> None:
+    from ..kernels import use_kernel
+    use_kernel(model, kernel)
 
 
 def _load(model_dir, need_tokenizer: bool = True):
@@ -182,8 +182,8 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
     from .generate import StreamDecoder, generate_tokens
     r_zone = _zone
 
-    _set_kernel(kernel)
     folder, model, tokenizer = _load(model_dir)
+    _set_kernel(model, kernel)
     force = parse_force(force_r, force_r_layer, model.args.n_layers)
     _check_force_supported(model, force)
     ids = tokenizer.encode(prompt)
@@ -298,8 +298,8 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
     from .intervene import format_sweep, intervention_sweep
 
     value_list = parse_values(values)
-    _set_kernel(kernel)
     folder, model, tokenizer = _load(model_dir)
+    _set_kernel(model, kernel)
     if not _has_r(model):
         raise UsageProblem("this model is a transformer: it has no R to force")
     prompt_ids = [tokenizer.encode(p) for p in prompts]
@@ -397,8 +397,7 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
                         seed=seed, samples=samples, sample_tokens=sample_tokens,
                         causality=causality, sequences=sequences,
                         values=tuple(parse_values(values)), random_init=not no_random_init,
-                        random_init_seed=random_init_seed)
-    _set_kernel(kernel)
+                        random_init_seed=random_init_seed, kernel=kernel)
     result = run_evaluation(model_dir, data_dir, config)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)

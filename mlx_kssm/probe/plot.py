@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..models import ZONES
+from ..train.runlog import read_history
 
 ZONE_COLORS = ("#d9d9d9", "#c6dbef", "#c7e9c0", "#fdd0a2", "#fcbba1", "#dadaeb")
 
@@ -29,19 +30,6 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def read_history(run_dir) -> list:
-    path = Path(run_dir) / "history.jsonl"
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:  # a torn last line from a killed run
-            continue
-    return events
 
 
 def _series(events, key):

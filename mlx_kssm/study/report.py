@@ -59,7 +59,9 @@ def _summarize_model(entries: list) -> dict:
     out = {"seeds": [e["seed"] for e in done],
            "failed_seeds": [e["seed"] for e in entries if "evaluation" not in e],
            "n_parameters": next((e.get("n_parameters") for e in entries
-                                 if e.get("n_parameters")), None)}
+                                 if e.get("n_parameters")), None),
+           "learning_rate": next((e.get("learning_rate") for e in entries
+                                  if e.get("learning_rate")), None)}
     for key in ("val_loss", "val_ppl"):
         out[key] = _interval([e["evaluation"][key] for e in done])
     out["tokens_per_sec"] = _interval([e["tokens_per_sec"] for e in done
@@ -98,8 +100,10 @@ def _table(header: list, rows: list) -> list:
 
 def loss_table(summary: dict) -> list:
     rows = [[m, len(s["seeds"]), _pm(s["val_loss"]), _pm(s["val_ppl"], ".2f"),
+             format(s["learning_rate"], "g") if s.get("learning_rate") else "—",
              ", ".join(str(x) for x in s["failed_seeds"]) or "—"] for m, s in summary.items()]
-    return _table(["model", "seeds", "val loss (nats/token)", "val PPL", "diverged seeds"], rows)
+    return _table(["model", "seeds", "val loss (nats/token)", "val PPL", "learning rate",
+                   "diverged seeds"], rows)
 
 
 def effects_table(summary: dict) -> list:
@@ -160,10 +164,12 @@ def _seed_rows(c: dict) -> list:
 def study_markdown(record: dict) -> str:
     config, summary = record["config"], record["summary"]
     env = record["commands"][-1]["environment"] if record["commands"] else {}
+    lr = config["learning_rate"]
+    lr_text = "each model's preset default" if lr is None else format(lr, "g")
     lines = [f"# Study: {config['preset']} and its comparisons", "",
              f"- data: `{config['data']}` (meta.json sha256 {config['data_fingerprint'][:12]})",
              f"- budget: {config['max_steps']} steps x batch {config['batch_size']} x seq "
-             f"{config['seq_len']}, learning rate {config['learning_rate']:g}, warmup "
+             f"{config['seq_len']}, learning rate {lr_text}, warmup "
              f"{config['warmup_steps']}; seeds 0..{config['seeds'] - 1} (init and batches)",
              f"- evaluation: {config['eval_batches']} x {config['batch_size']} val windows of "
              f"{config['seq_len']} tokens; causality suite on {config['sequences']} held-out "

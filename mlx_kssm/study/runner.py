@@ -60,7 +60,7 @@ class StudyConfig:
     max_steps: int = 1000
     batch_size: int | None = None
     seq_len: int | None = None
-    learning_rate: float | None = None
+    learning_rate: float | None = None  # None: each model's own preset default (see presets.py)
     warmup_steps: int = 100
     steps_per_eval: int = 200
     steps_per_report: int = 50
@@ -81,8 +81,9 @@ class StudyConfig:
             raise ValueError(f"--preset must be a K-SSM preset ({', '.join(KSSM_PRESETS)}), got "
                              f"{self.preset!r}")
         defaults = preset_train_defaults(self.preset)
-        fill = {k: defaults[k] for k in ("batch_size", "seq_len", "learning_rate")
-                if getattr(self, k) is None}
+        # batch and sequence length make the budget, the same for every model; the learning
+        # rate stays each model's own unless given (a transformer and a K-SSM differ in it)
+        fill = {k: defaults[k] for k in ("batch_size", "seq_len") if getattr(self, k) is None}
         models = list(self.models) if self.models else default_models(self.preset)
         return StudyConfig(**{**self.to_dict(), **fill, "models": models})
 
@@ -97,7 +98,8 @@ class StudyConfig:
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.sequences < 3:
             raise ValueError(f"--sequences must be >= 3, got {self.sequences}")
-        if not self.learning_rate > 0 or self.warmup_steps < 0 or self.samples < 0:
+        lr_bad = self.learning_rate is not None and not self.learning_rate > 0
+        if lr_bad or self.warmup_steps < 0 or self.samples < 0:
             raise ValueError("--learning-rate must be > 0, --warmup-steps and --samples >= 0")
         unknown = [m for m in self.models if m not in PRESETS and m != RANDOM_INIT]
         if unknown:
@@ -131,6 +133,14 @@ class StudyConfig:
                           seq_len=self.seq_len, samples=self.samples, causality=True,
                           sequences=self.sequences, random_init=random_init,
                           random_init_seed=seed)
+
+
+def model_learning_rate(model: str, config: StudyConfig) -> float:
+    """The learning rate `model` trains with in this study: the study's, else its preset's."""
+    if config.learning_rate is not None:
+        return config.learning_rate
+    preset = config.preset if model == RANDOM_INIT else model
+    return preset_train_defaults(preset)["learning_rate"]
 
 
 def flag(name: str) -> str:
@@ -276,8 +286,9 @@ def study_command(config: StudyConfig) -> str:
     args = ["mlx-kssm", "study", "--data", config.data, "--out", config.output_dir,
             "--preset", config.preset, "--models", ",".join(config.models),
             "--seeds", config.seeds, "--steps", config.max_steps, "--batch-size",
-            config.batch_size, "--seq-len", config.seq_len, "--learning-rate",
-            config.learning_rate, "--warmup-steps", config.warmup_steps, "--eval-every",
+            config.batch_size, "--seq-len", config.seq_len,
+            *(["--learning-rate", config.learning_rate] if config.learning_rate else []),
+            "--warmup-steps", config.warmup_steps, "--eval-every",
             config.steps_per_eval, "--report-every", config.steps_per_report, "--val-batches",
             config.val_batches, "--save-every", config.save_every, "--eval-batches",
             config.eval_batches, "--sequences", config.sequences, "--samples", config.samples,
@@ -297,6 +308,8 @@ def do_run(run: PlannedRun, config: StudyConfig, study_dir: Path, tag: str, echo
     trainer's exit status when a signal interrupted training."""
     entry = {"model": run.model, "seed": run.seed, "kind": "trained" if run.trained else "untrained",
              "run_dir": str(run.folder.relative_to(study_dir))}
+    if run.trained:
+        entry["learning_rate"] = model_learning_rate(run.model, config)
     if run.trained:
         status, exit_code = train_run(run, config, tag, echo)
         if status == "interrupted":
@@ -369,7 +382,8 @@ def run_commands(run: PlannedRun, config: StudyConfig) -> dict:
     c = config
     train_cmd = ["mlx-kssm", "train", "--preset", run.model, "--data", c.data, "--output-dir",
                  run.folder, "--max-steps", c.max_steps, "--batch-size", c.batch_size,
-                 "--seq-len", c.seq_len, "--learning-rate", c.learning_rate, "--warmup-steps",
+                 "--seq-len", c.seq_len, "--learning-rate", model_learning_rate(run.model, c),
+                 "--warmup-steps",
                  c.warmup_steps, "--steps-per-eval", c.steps_per_eval, "--steps-per-report",
                  c.steps_per_report, "--val-batches", c.val_batches, "--save-every",
                  c.save_every, "--seed", run.seed]

@@ -75,3 +75,23 @@ def optimizer_arrays(optimizer) -> dict:
 
 def load_optimizer_arrays(optimizer, arrays: dict) -> None:
     optimizer.state = tree_unflatten(list(arrays.items()))
+
+
+GROKFAST_PREFIX = "grokfast."  # names of the Grokfast EMA among a checkpoint's arrays
+
+
+def checkpoint_arrays(optimizer, grokfast: Grokfast) -> dict:
+    """What a checkpoint's optimizer.safetensors holds: the optimizer's state and the Grokfast
+    EMA (its names prefixed), flat names -> arrays."""
+    arrays = optimizer_arrays(optimizer)
+    arrays.update({GROKFAST_PREFIX + k: v for k, v in grokfast.arrays().items()})
+    return arrays
+
+
+def restore_checkpoint_arrays(optimizer, grokfast: Grokfast, arrays: dict, parameters) -> None:
+    """Put `checkpoint_arrays`' output back into a freshly built optimizer and filter."""
+    load_optimizer_arrays(optimizer, {k: v for k, v in arrays.items()
+                                      if not k.startswith(GROKFAST_PREFIX)})
+    optimizer.init(parameters)
+    grokfast.load_arrays({k[len(GROKFAST_PREFIX):]: v for k, v in arrays.items()
+                          if k.startswith(GROKFAST_PREFIX)})

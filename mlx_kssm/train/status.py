@@ -13,7 +13,7 @@ from ..models import r_zone
 from . import checkpoint as ckpt
 from .health import zones_visited
 from .lock import LOCK_NAME, describe, holder_alive, read_lock
-from .trainer import HISTORY, RUN_CONFIG, format_duration, read_history
+from .runlog import HISTORY, RUN_CONFIG, format_duration, read_history
 
 RECENT_REPORTS = 5  # reports averaged for the ETA
 

@@ -33,20 +33,17 @@ def timed(fn, repeats: int = 3, warmup: int = 1) -> dict:
 
 def trainer_step(model, batch_size: int, seq_len: int, learning_rate: float = 1e-3,
                  weight_decay: float = 0.01):
-    """The trainer's own compiled step (trainer.make_step: AdamW, clip 1.0, no accumulation)
+    """The trainer's own compiled step (train.step.make_step: AdamW, clip 1.0, no accumulation)
     on `model`; returns (run, optimizer) where run(inputs, targets) does one evaluated
     optimizer step and returns the loss. Benchmarks time this, so they time what `train` runs."""
     import mlx.core as mx
-    from mlx_kssm.train.config import TrainConfig
     from mlx_kssm.train.optim import Grokfast, build_optimizer, set_learning_rate
-    from mlx_kssm.train.trainer import make_step
+    from mlx_kssm.train.step import make_step
 
-    config = TrainConfig(preset=model.args.preset, data="-", batch_size=batch_size,
-                         seq_len=seq_len, learning_rate=learning_rate, weight_decay=weight_decay)
     optimizer = build_optimizer("adamw", learning_rate, weight_decay)
     optimizer.init(model.trainable_parameters())
     grokfast = Grokfast(model.trainable_parameters(), enabled=False)
-    step, state = make_step(model, optimizer, grokfast, config, world=1)
+    step, state = make_step(model, optimizer, grokfast, grad_accum=1, grad_clip=1.0, world=1)
 
     def run(inputs, targets):
         set_learning_rate(optimizer, learning_rate)

@@ -24,6 +24,7 @@ sys.path.insert(0, HERE)
 import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 
 from _common import machine  # noqa: E402
+from mlx_kssm.train import read_history  # noqa: E402
 
 # name -> (preset, ModelArgs overrides, TrainConfig overrides). Rows of bench/RESULTS.md's
 # ablation table; the screening-only options (group dynamics, Cayley rotation, softsign drive,
@@ -64,11 +65,6 @@ VARIANTS: dict = {
     "tf_l2": ("transformer-char", {}, {"learning_rate": 1e-3}),
     "tf_l4": ("transformer-char", {"n_layers": 4}, {"learning_rate": 1e-3}),
 }
-
-
-def read_history(run_dir: Path) -> list:
-    from mlx_kssm.train.trainer import read_history as rh
-    return rh(run_dir)
 
 
 def run_one(name: str, seed: int, args) -> dict:

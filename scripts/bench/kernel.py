@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     B, T, G, n = args.batch, args.seq, args.groups, args.osc
-    inputs = reference.random_inputs(B, T, G, n, seed=0)
+    inputs = fused.random_inputs(B, T, G, n, seed=0)
     rng = np.random.default_rng(1)
     cots = [mx.array(rng.normal(size=(B, T, G, n)).astype(np.float32)) for _ in range(2)]
     backend = dispatch.gpu_backend()

@@ -32,13 +32,7 @@ import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 import numpy as np  # noqa: E402
 
 from _common import emit, machine, summarize as stats  # noqa: E402
-
-
-def read_history(run_dir: Path) -> list:
-    path = run_dir / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from mlx_kssm.train import read_history  # noqa: E402
 
 
 def count_baselines(data_dir: str, val_batches: int, batch: int, seq: int) -> dict:

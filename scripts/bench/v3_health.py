@@ -75,7 +75,7 @@ def run(label: str, args, earlier: bool, preset: str | None = None) -> dict:
     from mlx_kssm import build_model, save_model
     from mlx_kssm.data import TokenDataset, eval_batches
     from mlx_kssm.train import TrainConfig, train
-    from mlx_kssm.train.trainer import read_history
+    from mlx_kssm.train import read_history
 
     root = Path(args.runs_dir) / label
     if root.exists():

@@ -1,0 +1,199 @@
+"""Everything a run needs before its first step, read, checked and built before anything in
+the run folder is written: the options (on --resume, the saved ones with the flags given
+merged in), the data, the model (a preset, a model folder, or the checkpoint's), the
+optimizer and Grokfast filter, and the trainer state (restored from the checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.optimizers import Optimizer
+
+from ..data.loader import BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
+from ..io import apply_weights, load_model, resolve_model_dir
+from ..kernels import check_kernel, use_kernel
+from ..models import build_model, preset_train_defaults
+from ..models.presets import PRESETS
+from . import checkpoint as ckpt
+from .config import TRAJECTORY_FIELDS, TrainConfig, fill_preset_defaults
+from .optim import Grokfast, build_optimizer, restore_checkpoint_arrays
+from .runlog import RUN_CONFIG
+from .schedule import Schedule
+from .state import TrainerState
+
+FALLBACK_DEFAULTS = dict(seq_len=256, batch_size=8, learning_rate=1e-3)  # a model not a preset
+
+
+@dataclass(kw_only=True)
+class Run:
+    """What a run is made of. The loop changes the arrays of the model, optimizer and filter;
+    where the run stands is its TrainerState."""
+
+    config: TrainConfig
+    run_dir: Path
+    world: int  # processes training together (data parallel)
+    writer: bool  # rank 0: the only process that writes files
+    model: nn.Module
+    optimizer: Optimizer
+    grokfast: Grokfast
+    sampler: BatchSampler  # training batches: a pure function of (seed, step)
+    val_set: list  # the fixed validation batches
+    tokenizer: object
+    tokenizer_spec: dict  # the data's tokenizer, saved into every checkpoint
+    resumed_from: Path | None  # the checkpoint folder this process continues from
+    notes: list  # lines for training.log, written once the run starts
+
+
+def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
+            world: int) -> tuple[Run, TrainerState]:
+    """(the run, its state) for `train`. Raises ValueError, DataError, ModelLoadError or
+    RuntimeError on bad input, having written nothing but the cleanup of the leftovers of a
+    killed trainer."""
+    writer = rank == 0
+    notes = ckpt.recover(run_dir) if writer else []
+    config = _absolute_paths(config)
+    existing = ckpt.latest_checkpoint(run_dir)
+    if existing is not None and not config.resume:
+        raise ValueError(f"{run_dir} already holds a run (last checkpoint {existing.name}); "
+                         "pass --resume to continue it, or choose another --output-dir")
+    resume_from = ckpt.load_checkpoint(existing) if (config.resume and existing) else None
+    saved = None if resume_from is None else \
+        TrainerState.from_json(resume_from.state, str(resume_from.path / ckpt.STATE))
+    config = _options(config, explicit, run_dir, saved, notes).validate()
+    if saved is not None and config.max_steps < saved.step:
+        raise ValueError(f"--max-steps {config.max_steps} is below the checkpoint's step "
+                         f"{saved.step}")
+    check_kernel(config.kernel)
+    train_ds, val_ds = TokenDataset(config.data, "train"), TokenDataset(config.data, "val")
+    model, config = _build_model(config, resume_from, train_ds)
+    use_kernel(model, config.kernel)
+    check_vocab(train_ds, model.args.vocab_size)
+    check_vocab(val_ds, model.args.vocab_size)
+    sampler = BatchSampler(train_ds, config.batch_size, config.seq_len, config.seed, rank, world)
+    # the global batch size: the same validation windows however the run is split
+    val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
+    optimizer, grokfast = _build_optimizer(config, model, resume_from)
+    state = _trainer_state(config, saved, world, notes)
+    run = Run(config=config, run_dir=run_dir, world=world, writer=writer, model=model,
+              optimizer=optimizer, grokfast=grokfast, sampler=sampler, val_set=val_set,
+              tokenizer=train_ds.tokenizer(), tokenizer_spec=train_ds.meta["tokenizer"],
+              resumed_from=None if resume_from is None else resume_from.path, notes=notes)
+    return run, state
+
+
+# ---------------------------------------------------------------- options
+
+
+def _options(config: TrainConfig, explicit: set, run_dir: Path, saved: TrainerState | None,
+             notes: list) -> TrainConfig:
+    """The options to run with: on --resume, the saved run's with the ones given explicitly
+    this time merged in (a note names those that change the trajectory)."""
+    # without a checkpoint: the options of a run that died before its first one; this also
+    # refuses a folder whose config.json is not a run's (a new run would overwrite it)
+    saved_options = saved.config.to_dict() if saved is not None else _saved_train_config(run_dir)
+    if config.resume and saved_options is not None:
+        config, changed = _resume_config(saved_options, config, explicit)
+        if changed:
+            notes.append(f"WARNING: resume changes {', '.join(changed)}: from here the run "
+                         "leaves the trajectory an uninterrupted run would have followed")
+    if config.resume and saved is None:
+        notes.append(f"no checkpoint in {run_dir}: starting a new run")
+    return config
+
+
+def _resume_config(saved: dict, config: TrainConfig, explicit: set) -> tuple:
+    """(the saved run config with the options the user set explicitly this time, the
+    trajectory options that changed)."""
+    saved = {**saved, "data": _absolute(saved.get("data")), "model": _absolute(saved.get("model"))}
+    merged = TrainConfig.from_dict({**saved, **{k: getattr(config, k) for k in explicit}})
+    merged = merged.replace(resume=True, output_dir=config.output_dir)
+    changed = [k for k in TRAJECTORY_FIELDS if k in explicit and saved.get(k) != getattr(merged, k)]
+    return merged, changed
+
+
+def _absolute(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """--data and --model as absolute paths: a run copied elsewhere, or resumed from another
+    working directory, still finds them."""
+    return config.replace(data=_absolute(config.data), model=_absolute(config.model))
+
+
+def _saved_train_config(run_dir: Path) -> dict | None:
+    """The "train" options of RUN/config.json (written when a run starts), or None. A run that
+    died before its first checkpoint is resumed from these. A config.json of anything else
+    (an exported model's) is refused: a new run would overwrite it."""
+    path = run_dir / RUN_CONFIG
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+        raise ValueError(f"{path} is not a training run's config (a model folder?): choose "
+                         "another --output-dir")
+    return saved["train"]
+
+
+# ---------------------------------------------------------------- building
+
+
+def _build_model(config: TrainConfig, resume_from, train_ds):
+    """(model, config with preset defaults filled). Seeds the global RNG exactly as a fresh
+    run does, so the key after model construction is the same on resume."""
+    if resume_from is not None:
+        # --data may name another folder on resume: its ids must mean what the model learned
+        check_tokenizer(train_ds, resume_from.config.get("tokenizer"), resume_from.path,
+                        f"the checkpoint {resume_from.path}")
+        model = build_model(resume_from.config, seed=config.seed)
+        apply_weights(model, resume_from.weights, source=str(resume_from.path))
+    elif config.model is not None:
+        mx.random.seed(config.seed)
+        model, model_config = load_model(config.model)
+        check_tokenizer(train_ds, model_config.get("tokenizer"), resolve_model_dir(config.model),
+                        config.model)
+    else:
+        model = build_model(config.preset, vocab_size=train_ds.vocab_size, seed=config.seed)
+    name = model.args.preset
+    defaults = preset_train_defaults(name) if name in PRESETS else dict(FALLBACK_DEFAULTS)
+    return model, fill_preset_defaults(config, defaults)
+
+
+def _build_optimizer(config: TrainConfig, model, resume_from):
+    """(optimizer, Grokfast filter), with the checkpoint's state when resuming."""
+    optimizer = build_optimizer(config.optimizer, config.learning_rate, config.weight_decay,
+                                config.muon_lr_scale)
+    optimizer.init(model.trainable_parameters())
+    grokfast = Grokfast(model.trainable_parameters(), config.grokfast_alpha,
+                        config.grokfast_lambda, enabled=config.grokfast)
+    if resume_from is not None:
+        restore_checkpoint_arrays(optimizer, grokfast, resume_from.optimizer,
+                                  model.trainable_parameters())
+    return optimizer, grokfast
+
+
+def _trainer_state(config: TrainConfig, saved: TrainerState | None, world: int,
+                   notes: list) -> TrainerState:
+    """A fresh run's state, or the checkpoint's with the RNG key restored and the LR schedule
+    re-planned where --max-steps / --schedule-steps moved its horizon."""
+    if saved is None:
+        schedule = Schedule(config.learning_rate, config.warmup_steps, config.horizon,
+                            config.min_lr_ratio)
+        return TrainerState(config=config, schedule=schedule, world_size=world)
+    saved.restore_rng_key()
+    schedule, step = saved.schedule, saved.step
+    if config.horizon != schedule.total_steps:
+        old, schedule = schedule.total_steps, schedule.with_horizon(config.horizon, step)
+        notes.append(f"LR schedule horizon {old} -> {config.horizon} steps: the LR of steps "
+                     f"1..{step} is kept; from step {step} (LR {schedule.lr(step):.3e}) the "
+                     f"cosine decays over the new horizon to {schedule.min_lr:.3e} at step "
+                     f"{config.horizon}")
+    return dataclasses.replace(saved, config=config, schedule=schedule, world_size=world)
