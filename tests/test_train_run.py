@@ -86,6 +86,23 @@ def test_extending_max_steps_replans_schedule(data_dir, tmp_path):
     assert lrs[12] == pytest.approx(3e-3 * 0.1) and lrs[8] > lrs[12]  # ... to the floor at 12
 
 
+def test_resume_with_a_new_learning_rate_scales_the_schedule(data_dir, tmp_path):
+    """--learning-rate on --resume (what the NaN stop advises) takes effect: every later LR is
+    the uninterrupted run's times new/old, the earlier ones are kept, and the log says so."""
+    train(tiny_config(data_dir, tmp_path / "full", max_steps=8), echo=lambda m: None)
+    train(tiny_config(data_dir, tmp_path / "r", max_steps=4, schedule_steps=8),
+          echo=lambda m: None)
+    logs = []
+    train(tiny_config(data_dir, tmp_path / "r", max_steps=8, resume=True, learning_rate=3e-4),
+          explicit={"learning_rate", "max_steps", "resume"}, echo=logs.append)
+    assert any("learning rate 0.003 -> 0.0003" in m for m in logs)
+    full = {s: v[3] for s, v in train_losses(tmp_path / "full").items()}
+    resumed = {s: v[3] for s, v in train_losses(tmp_path / "r").items()}
+    assert [resumed[s] for s in range(1, 5)] == [full[s] for s in range(1, 5)]
+    for s in range(5, 9):
+        assert resumed[s] == pytest.approx(0.1 * full[s], rel=1e-6)
+
+
 def test_resume_same_horizon_is_bitwise_identical(data_dir, tmp_path):
     train(tiny_config(data_dir, tmp_path / "full", max_steps=8, save_every=100),
           echo=lambda m: None)

@@ -52,6 +52,14 @@ class Schedule:
         return Schedule(self.base_lr, self.warmup_steps, total_steps, self.min_lr_ratio,
                         self.restarts + (restart,), self.first_total or self.total_steps)
 
+    def scaled(self, factor: float) -> "Schedule":
+        """The same shape with every LR from here on multiplied by `factor` (a new
+        --learning-rate on resume: warmup, cosine, restarts and floor all scale together)."""
+        return Schedule(self.base_lr * factor, self.warmup_steps, self.total_steps,
+                        self.min_lr_ratio,
+                        tuple((s, lr * factor, total) for s, lr, total in self.restarts),
+                        self.first_total)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["restarts"] = [list(r) for r in self.restarts]

@@ -183,13 +183,21 @@ def _build_optimizer(config: TrainConfig, model, resume_from):
 def _trainer_state(config: TrainConfig, saved: TrainerState | None, world: int,
                    notes: list) -> TrainerState:
     """A fresh run's state, or the checkpoint's with the RNG key restored and the LR schedule
-    re-planned where --max-steps / --schedule-steps moved its horizon."""
+    re-planned where --learning-rate scaled it or --max-steps / --schedule-steps moved its
+    horizon."""
     if saved is None:
         schedule = Schedule(config.learning_rate, config.warmup_steps, config.horizon,
                             config.min_lr_ratio)
         return TrainerState(config=config, schedule=schedule, world_size=world)
     saved.restore_rng_key()
     schedule, step = saved.schedule, saved.step
+    if config.learning_rate != schedule.base_lr:
+        old_lr, schedule = schedule.lr(step + 1), schedule.scaled(
+            config.learning_rate / schedule.base_lr)
+        notes.append(f"learning rate {saved.schedule.base_lr:g} -> {config.learning_rate:g}: "
+                     f"from step {step + 1} every LR of the schedule is scaled by "
+                     f"{config.learning_rate / saved.schedule.base_lr:.3g} (LR "
+                     f"{old_lr:.3e} -> {schedule.lr(step + 1):.3e})")
     if config.horizon != schedule.total_steps:
         old, schedule = schedule.total_steps, schedule.with_horizon(config.horizon, step)
         notes.append(f"LR schedule horizon {old} -> {config.horizon} steps: the LR of steps "
