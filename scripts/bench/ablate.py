@@ -31,39 +31,42 @@ from mlx_kssm.train import read_history  # noqa: E402
 # feature norm) live at commit 45f9fa4 (branch ablation-snapshot), which ran those rows.
 DESIGN_1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
 EXP = {"squash": "exp"}
+# v1-char as mlx-kssm 0.1 shipped it: 2 layers, 8 groups of 16, 4 harmonics
+V010 = {"n_layers": 2, "n_groups": 8, "osc_per_group": 16, "harmonics": 4}
+# The quality table (bench/RESULTS.md): each row changes one thing from the row before.
 VARIANTS: dict = {
-    "d1": ("v1-char", DESIGN_1, {}),
-    "d1_gate": ("v1-char", {**DESIGN_1, "gate": True}, {}),
-    "fixrot": ("v1-char", {"rotation": "fixed", "gate": False, **EXP}, {}),
-    "fixrot_gate": ("v1-char", {"rotation": "fixed", "gate": True, **EXP}, {}),
-    "d2": ("v1-char", {}, {}),
-    "d2_kinit": ("v1-char", {"coupling_bias": -2.0}, {}),
-    "d2_loglam": ("v1-char", {"damping_init": "log"}, {}),
-    "d2_h2": ("v1-char", {"harmonics": 2}, {}),
-    "d2_h1": ("v1-char", {"harmonics": 1}, {}),
-    "d2_g16n8h2": ("v1-char", {"n_groups": 16, "osc_per_group": 8, "harmonics": 2}, {}),
-    "d2_g16n8h1": ("v1-char", {"n_groups": 16, "osc_per_group": 8, "harmonics": 1}, {}),
-    "d2_g64n2h1": ("v1-char", {"n_groups": 64, "osc_per_group": 2, "harmonics": 1}, {}),
-    "d2_g32n4h1": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1}, {}),
-    "d2_l4": ("v1-char", {"n_layers": 4}, {}),
-    "d2_h2_l4": ("v1-char", {"harmonics": 2, "n_layers": 4}, {}),
-    "d2_g32n4h2": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 2}, {}),
-    "d2_g64n2h2": ("v1-char", {"n_groups": 64, "osc_per_group": 2, "harmonics": 2}, {}),
-    "d2_g16n8h3": ("v1-char", {"n_groups": 16, "osc_per_group": 8, "harmonics": 3}, {}),
-    "bolted_d2": ("control-bolted-char", {}, {}),
-    "bolted_d1": ("control-bolted-char", DESIGN_1, {}),
+    "d1": ("v1-char", {**V010, **DESIGN_1}, {}),
+    "fixrot": ("v1-char", {**V010, "rotation": "fixed", "gate": False, **EXP}, {}),
+    "fixrot_gate": ("v1-char", {**V010, "rotation": "fixed", "gate": True, **EXP}, {}),
+    "d2": ("v1-char", V010, {}),
+    "d2_h2": ("v1-char", {**V010, "harmonics": 2}, {}),
+    "d2_h1": ("v1-char", {**V010, "harmonics": 1}, {}),
+    "d2_g32n4h1": ("v1-char", {**V010, "n_groups": 32, "osc_per_group": 4, "harmonics": 1}, {}),
+    "v1char": ("v1-char", {}, {}),  # the preset: d2_g32n4h1 with 4 layers
+    # single changes beside the path
+    "d1_gate": ("v1-char", {**V010, **DESIGN_1, "gate": True}, {}),
+    "d2_g16n8h1": ("v1-char", {**V010, "n_groups": 16, "osc_per_group": 8, "harmonics": 1}, {}),
+    "d2_g64n2h1": ("v1-char", {**V010, "n_groups": 64, "osc_per_group": 2, "harmonics": 1}, {}),
+    "d2_g16n8h2": ("v1-char", {**V010, "n_groups": 16, "osc_per_group": 8, "harmonics": 2}, {}),
+    "d2_g32n4h2": ("v1-char", {**V010, "n_groups": 32, "osc_per_group": 4, "harmonics": 2}, {}),
+    "d2_h2_l4": ("v1-char", {**V010, "harmonics": 2, "n_layers": 4}, {}),
+    "v1char_l2": ("v1-char", {"n_layers": 2}, {}),
+    # controls and transformers at the preset's sizes
+    "bolted": ("control-bolted-char", {}, {}),
+    "tf_char": ("transformer-char", {}, {}),
+    "tf4_ffn512_lr1": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 1e-3}),
+    "tf4_ffn512_lr2": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 2e-3}),
+    # compacted cl100k Shakespeare (run with --data data/prepared/bpe --steps 500 --batch 16
+    # --seq 128 --lr 3e-3 --val-batches 30): 1,024,000 tokens each
+    "bpe_tiny_d1": ("tiny", {**DESIGN_1, "n_groups": 8, "osc_per_group": 8, "harmonics": 3}, {}),
+    "bpe_tiny": ("tiny", {}, {}),
+    "bpe_tf_tiny": ("transformer-tiny", {}, {}),
+    "bpe_bolted_tiny": ("control-bolted-tiny", {}, {}),
+    # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4}, {}),
     "bolted_c4_l4": ("control-bolted-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1,
                                              "n_layers": 4}, {}),
-    # compacted cl100k Shakespeare (run with --data data/prepared/bpe --steps 500 --batch 16
-    # --seq 128 --lr 3e-3 --val-batches 30): 1,024,000 tokens each
-    "bpe_tiny_d1": ("tiny", DESIGN_1, {}),
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
-    "bpe_tf_tiny": ("transformer-tiny", {}, {}),
-    "tf4_ffn512_lr1": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 1e-3}),
-    "tf4_ffn512_lr2": ("transformer-char", {"n_layers": 4, "ffn_hidden": 512}, {"learning_rate": 2e-3}),
-    "tf_l2": ("transformer-char", {}, {"learning_rate": 1e-3}),
-    "tf_l4": ("transformer-char", {"n_layers": 4}, {"learning_rate": 1e-3}),
 }
 
 
@@ -118,7 +121,7 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=None, help="default: each preset's own")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--val-batches", type=int, default=100)
     ap.add_argument("--out-dir", default="bench/out/ablate")
