@@ -72,7 +72,9 @@ def runs(tmp_path_factory):
     byte_level = ({"kind": "bytes"}, None, 257)
     return {
         "cl100k-d2": _make_run(root / "cl100k-d2", "tiny", *cl100k, seed=1),
-        "bytes-d1": _make_run(root / "bytes-d1", "tiny", *byte_level, seed=3, **DESIGNS[1]),
+        # design 1 at the shapes mlx-kssm 0.1's tiny had (8 groups of 8, 3 harmonics)
+        "bytes-d1": _make_run(root / "bytes-d1", "tiny", *byte_level, seed=3, **DESIGNS[1],
+                              n_groups=8, osc_per_group=8, harmonics=3),
         "bytes-v3": _make_run(root / "bytes-v3", "tiny", *byte_level, seed=4, bistable=True),
         "bytes-bolted": _make_run(root / "bytes-bolted", "control-bolted-tiny", *byte_level,
                                   seed=5),

@@ -21,9 +21,10 @@ FAIL when the whole CI lies at or below it, INCONCLUSIVE otherwise (the CI strad
                  same sequences, reported as two separate lines:
                    wired in           the random-init effect exceeds the threshold: forcing R
                                       moves the output by construction, before any training;
-                   learned to use it  the trained effect is larger than the random-init one:
-                                      the paired per-sequence difference (trained - random)
-                                      has a CI above 0 and p < alpha (paired t and sign-flip).
+                   learned to use it  the trained effect is larger than the random-init one by
+                                      at least the minimum effect: the paired per-sequence
+                                      difference (trained - random) has a CI above the
+                                      minimum KL and p < alpha (paired t and sign-flip).
 3. correlation   R vs the next-token entropy (the model's uncertainty): per sequence and layer,
                  Pearson r over its positions; Fisher-z averaged over sequences; the sign says
                  the direction (negative: high R, confident predictions). The rule:
@@ -247,9 +248,11 @@ def _intervention_test(m, values, alpha, min_kl, n_resamples, seed, confidence) 
 def _random_init_comparison(trained_kl, random_kl, seed_of_init, alpha, min_kl, n_resamples,
                             seed, confidence) -> dict:
     """'wired in' (the random-init effect vs the threshold) and 'learned to use it' (the
-    paired per-sequence difference trained - random-init vs 0), on the same sequences."""
+    paired per-sequence difference trained - random-init vs the same threshold: learning must
+    add at least the least effect that counts, so two float-level KLs never pass), on the
+    same sequences."""
     wired = _greater_than_zero(random_kl, alpha, min_kl, n_resamples, seed, confidence)
-    learned = _greater_than_zero(trained_kl - random_kl, alpha, 0.0, n_resamples, seed,
+    learned = _greater_than_zero(trained_kl - random_kl, alpha, min_kl, n_resamples, seed,
                                  confidence)
     mean_random = float(random_kl.mean())
     return {"seed": seed_of_init,
@@ -259,7 +262,7 @@ def _random_init_comparison(trained_kl, random_kl, seed_of_init, alpha, min_kl, 
                         "ci": learned["ci"], "t": learned["t"], "p_t": learned["p_t"],
                         "p_sign_flip": learned["p_sign_flip"], "p": learned["p"],
                         "ratio": float(trained_kl.mean() / mean_random) if mean_random > 0
-                        else None, "threshold": 0.0},
+                        else None, "threshold": min_kl},
             "per_sequence_kl": random_kl.tolist()}
 
 
@@ -436,7 +439,7 @@ def _format_intervention(i) -> list:
                      f"{w['threshold']}), p = {w['p']:.3g}")
         lines.append(f"      {_tag(l['verdict'])} learned to use it: model - random-init KL = "
                      f"{l['difference']:+.4g} {_ci(l['ci'], '+.4g')}{ratio} (paired over the "
-                     f"same windows; threshold 0), p = {l['p']:.3g}")
+                     f"same windows; threshold {l['threshold']}), p = {l['p']:.3g}")
     return lines
 
 
