@@ -83,7 +83,9 @@ def run_one(name: str, seed: int, args) -> dict:
     if not ends:
         init_dir = Path(args.out_dir) / name / f"init{seed}"
         if not (init_dir / "config.json").exists():
-            model = build_model(preset, seed=seed, **model_over)
+            from mlx_kssm.data import TokenDataset
+            vocab = TokenDataset(args.data, "train").vocab_size
+            model = build_model(preset, seed=seed, vocab_size=vocab, **model_over)
             save_model(init_dir, model)
         resume = (run_dir / "checkpoints").exists()
         config = TrainConfig(
