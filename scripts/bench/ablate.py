@@ -23,7 +23,7 @@ sys.path.insert(0, HERE)
 
 import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 
-from _common import machine  # noqa: E402
+from _common import emit, machine  # noqa: E402
 from mlx_kssm.train import read_history  # noqa: E402
 
 # name -> (preset, ModelArgs overrides, TrainConfig overrides). Rows of bench/RESULTS.md's
@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--val-batches", type=int, default=100)
     ap.add_argument("--out-dir", default="bench/out/ablate")
+    ap.add_argument("--json", default=None, help="also write the summary JSON here")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
@@ -136,18 +137,45 @@ def main():
         for seed in seeds:
             row = run_one(name, seed, args)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(row), file=sys.stderr, flush=True)
             with open(Path(args.out_dir) / "rows.jsonl", "a") as f:
                 f.write(json.dumps({**row, "machine": machine()}) + "\n")
-    print("\n| variant | params | val loss mean ± std | seeds | tok/s |")
-    print("|---|---:|---|---|---:|")
-    for name in args.variants.split(","):
+    summary = summarize(rows, args)
+    for line in table(summary):
+        print(line, file=sys.stderr)
+    emit(summary, args.json)
+
+
+def summarize(rows: list, args) -> dict:
+    """The rows and, per variant, val loss mean and sample std over seeds (JSON-able)."""
+    variants = {}
+    for name in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == name]
         vals = [r["val_loss"] for r in rs]
-        sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-        print(f"| {name} | {rs[0]['n_parameters']:,} | {statistics.mean(vals):.4f} ± {sd:.4f} | "
-              f"{' '.join(f'{v:.4f}' for v in vals)} | "
-              f"{statistics.median(r['tokens_per_sec'] for r in rs):,.0f} |")
+        preset, model_over, train_over = VARIANTS[name]
+        variants[name] = {
+            "preset": preset, "model_overrides": model_over, "train_overrides": train_over,
+            "n_parameters": rs[0]["n_parameters"], "seeds": [r["seed"] for r in rs],
+            "val_loss": vals, "mean": statistics.mean(vals),
+            "std": statistics.stdev(vals) if len(vals) > 1 else None,
+            "val_R": statistics.mean(r["val_R"] for r in rs) if rs[0]["val_R"] is not None else None,
+            "tokens_per_sec_median": statistics.median(r["tokens_per_sec"] for r in rs)}
+    return {"part": "ablation", "command": "python scripts/bench/ablate.py " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "budget": {"data": args.data, "steps": args.steps, "batch": args.batch, "seq": args.seq,
+                       "warmup": args.warmup, "val_batches": args.val_batches,
+                       "learning_rate": args.lr or "each preset's own"},
+            "variants": variants, "rows": rows}
+
+
+def table(summary: dict) -> list:
+    lines = ["| variant | params | val loss mean ± std | seeds | tok/s |", "|---|---:|---|---|---:|"]
+    for name, v in summary["variants"].items():
+        sd = "" if v["std"] is None else f" ± {v['std']:.4f}"
+        lines.append(f"| {name} | {v['n_parameters']:,} | {v['mean']:.4f}{sd} | "
+                     f"{' '.join(f'{x:.4f}' for x in v['val_loss'])} | "
+                     f"{v['tokens_per_sec_median']:,.0f} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -16,6 +16,15 @@ Parts:
   generation  stateful decoding vs recompute-the-context (scripts/bench/generation.py)
   data        scripts/bench/data.py (data pipeline)
   kernel      scripts/bench/kernel.py (scan; CPU reference figures without a GPU)
+  ablation    the quality path on char-level Shakespeare, one change per row, 3 seeds
+              (scripts/bench/ablate.py; reuses finished runs in bench/out/table)
+  screening   single changes tried first, summarized from their rows (scripts/bench/
+              ablation_rows.py; measured by the code at 45f9fa4, see ablate.py)
+  study       the final comparison: mlx-kssm study of v1-char and its controls, 3 seeds
+              (scripts/bench/study.py; reuses finished runs)
+  bpe         tiny vs transformer-tiny on compacted cl100k Shakespeare, >= 1M tokens each
+  speed       K-SSM vs matched transformer training-step time (scripts/bench/speed.py)
+  v3          v3's bistable core: regime use and gradient health (scripts/bench/v3_health.py)
 """
 
 from __future__ import annotations
@@ -33,7 +42,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 PY = sys.executable
-PARTS = ("quality", "torch", "generation", "data", "kernel")
+PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "screening", "study",
+         "bpe", "speed", "v3")
+CHARS = "data/prepared/chars"  # bytes, --val-fraction 0.1: the quality issue's recipe
+PATH_ROWS = "d1,fixrot,fixrot_gate,d2,d2_h2,d2_h1,d2_g32n4h1"
+SCREENING = "base,grp,gate,rotfix,cayley,softsign,fnorm,lr3,rg,rg_kinit,rg_loglam,rg_lr3"
+SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr1,tf4_ffn512_lr2"
 RAW = "data/raw/shakespeare"
 BYTES = "data/prepared/shakespeare-bytes"
 COMPACT = "data/prepared/shakespeare-compact"
@@ -72,7 +86,7 @@ def last_json(text: str):
     return json.loads(text[text.index("{"):]) if "{" in text else None
 
 
-def ensure_data(tokenizer: str, out: str, compact: bool) -> dict:
+def ensure_data(tokenizer: str, out: str, compact: bool, val_fraction: float | None = None) -> dict:
     """Fetch + prepare the Shakespeare corpus if missing; returns what was done and timings."""
     done = {"dir": out}
     if not (ROOT / RAW / "manifest.json").is_file():
@@ -83,7 +97,8 @@ def ensure_data(tokenizer: str, out: str, compact: bool) -> dict:
             raise RuntimeError(f"data fetch failed: {e[-500:]}")
     if not (ROOT / out / "meta.json").is_file():
         cmd = ["mlx-kssm", "data", "prepare", "--source", RAW, "--out", out,
-               "--tokenizer", tokenizer] + (["--compact"] if compact else [])
+               "--tokenizer", tokenizer] + (["--compact"] if compact else []) + (
+                   ["--val-fraction", str(val_fraction)] if val_fraction else [])
         rc, o, e, s = sh(cmd, 900)
         done["prepare"] = {"command": " ".join(cmd), "rc": rc, "seconds": s, "tail": (o + e)[-300:]}
         if rc:
@@ -141,7 +156,34 @@ def plan(quick: bool) -> dict:
         ]
         p["data"] = [("data", [PY, "scripts/bench/data.py"], 900)]
         p["kernel"] = [("kernel", [PY, "scripts/bench/kernel.py", "--repeats", "5"], 600)]
+    p.update(quality_issue_parts())  # the same in --quick: they reuse finished runs
     return p
+
+
+def quality_issue_parts() -> dict:
+    """The quality issue's parts: every run is a normal run folder that is reused when it has
+    finished, so a rerun only collects (hours of training when the folders are gone)."""
+    ablate = [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
+              "--seq", "64"]
+    return {
+        "ablation": [("path", ablate + ["--variants", PATH_ROWS, "--seeds", "0,1,2",
+                                        "--out-dir", "bench/out/table"], 36000),
+                     ("side", ablate + ["--variants", SIDE_ROWS, "--seeds", "0",
+                                        "--out-dir", "bench/out/ablate"], 36000)],
+        "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows",
+                                   "bench/out/ablate/rows.jsonl", "--variants", SCREENING], 60)],
+        "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
+                            "--seeds", "3", "--steps", "2000", "--batch", "12", "--seq", "64",
+                            "--out", "bench/out/study_char"], 36000)],
+        "bpe": [("tiny", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
+                          "--variants", "bpe_tiny,bpe_tf_tiny,bpe_tiny_d1", "--seeds", "0,1,2",
+                          "--steps", "500", "--batch", "16", "--seq", "128", "--val-batches", "30",
+                          "--out-dir", "bench/out/ablate_bpe"], 36000)],
+        "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
+                               "--rounds", "15"], 1800)],
+        "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
+                       "--steps", "300", "--batch", "8", "--seq", "128"], 7200)],
+    }
 
 
 def run_part(part: str, jobs: list, out_dir: Path, quick: bool) -> dict:
@@ -323,6 +365,145 @@ def md_json_part(part: dict, title: str, note: str) -> list:
     return L
 
 
+def _result(part: dict, label: str | None = None):
+    for run in part.get("runs", []):
+        if label is None or run.get("label") == label:
+            return run.get("result"), run
+    return None, {}
+
+
+def _mean_sd(v: dict) -> str:
+    return f"{v['mean']:.4f}" + ("" if v.get("std") is None else f" ± {v['std']:.4f}")
+
+
+def _ablation_rows(variants: dict, notes: dict) -> list:
+    rows = ["| row | what changes | params | val loss, mean ± std (seeds 0, 1, 2) | each seed | val R |",
+            "|---|---|---:|---|---|---:|"]
+    for name, v in variants.items():
+        r = v.get("val_R")
+        rows.append(f"| `{name}` | {notes.get(name, '')} | {v['n_parameters']:,} | {_mean_sd(v)} | "
+                    f"{' '.join(f'{x:.4f}' for x in v['val_loss'])} | "
+                    f"{'—' if r is None else f'{r:.3f}'} |")
+    return rows
+
+
+PATH_NOTES = {
+    "d1": "v1-char as 0.1 shipped it: design 1, 2 layers, 8 groups x 16, 4 harmonics",
+    "fixrot": "fixed rotation per oscillator (no input-dependent frequency)",
+    "fixrot_gate": "+ output gate from the current layer input",
+    "d2": "+ algebraic squashes (no exp): design 2",
+    "d2_h2": "2 harmonics instead of 4",
+    "d2_h1": "1 harmonic: Re Z_1, Im Z_1, R per group",
+    "d2_g32n4h1": "32 groups of 4 (same 128 oscillators)",
+    "v1char": "4 layers: the v1-char preset",
+    "d2_g16n8h1": "16 groups of 8, 1 harmonic", "d2_g64n2h1": "64 groups of 2, 1 harmonic",
+    "d2_g16n8h2": "16 groups of 8, 2 harmonics", "d2_g32n4h2": "32 groups of 4, 2 harmonics",
+    "d2_h2_l4": "8 x 16, 2 harmonics, 4 layers",
+    "tf4_ffn512_lr1": "transformer 4 x 128, FFN 512, LR 1e-3 (the issue's reference)",
+    "tf4_ffn512_lr2": "the same transformer at LR 2e-3",
+    "base": "v1-char 0.1 (= d1)", "grp": "damping, rotation, coupling per group",
+    "gate": "+ gate (silu)", "rotfix": "fixed rotation", "cayley": "input rotation, Cayley form",
+    "softsign": "drive bound softsign", "fnorm": "RMSNorm on the features",
+    "lr3": "LR 3e-3", "rg": "fixed rotation + gate", "rg_kinit": "rg, coupling starts at K = 0.12",
+    "rg_loglam": "rg, damping spread log-uniform in 1 - lambda", "rg_lr3": "rg, LR 3e-3",
+}
+
+
+def md_ablation(part: dict, screening: dict | None) -> list:
+    L = ["## 6. Quality: the ablation path (char-level Shakespeare)", "",
+         "Recipe: bytes tokenizer, the `shakespeare` corpus prepared with `--val-fraction 0.1` "
+         "(4 plays held out: 4.61M train / 444k val bytes), the project's trainer, 2,000 steps x "
+         "batch 12 x seq 64 (1.54M tokens), AdamW, warmup 100, cosine to 0.1x, clip 1.0, each "
+         "preset's own LR (K-SSM 2e-3, transformer 1e-3); val loss over the same 100 fixed "
+         "batches of the val split at the end. Seeds 0, 1, 2 (init and batches) for every row. "
+         "Each row of the path changes one thing from the row above.", ""]
+    res, run = _result(part, "path")
+    if res:
+        L += _ablation_rows(res["variants"], PATH_NOTES)
+        L += ["", f"Command: `{run['command']}`", ""]
+    res, run = _result(part, "side")
+    if res:
+        L += ["Beside the path (seed 0 only: single runs that chose the next step):", ""]
+        L += _ablation_rows(res["variants"], PATH_NOTES)
+        L += ["", f"Command: `{run['command']}`", ""]
+    if screening:
+        res, run = _result(screening)
+        if res:
+            L += ["Screening: single changes on the 0.1 design, tried first, measured by the "
+                  f"code at commit {res['measured_at']} (branch `ablation-snapshot`: the options "
+                  "that lost were removed afterwards). `base` is `d1` above; the `rg*` rows "
+                  "change one thing from `rg`.", ""]
+            L += _ablation_rows(res["variants"], PATH_NOTES)
+            L += ["", f"Command: `{run['command']}`", ""]
+    return L
+
+
+def md_study(part: dict) -> list:
+    res, run = _result(part)
+    if not res:
+        return []
+    L = ["## 7. Quality: the final comparison (`mlx-kssm study`)", "",
+         f"Command: `{run['command']}` ({res['seconds']:.0f} s this invocation; "
+         f"finished runs are reused). Study folder `{res['study_dir']}` (study.md, study.json).", ""]
+    md = Path(res["study_dir"]) / "study.md"
+    if md.is_file():
+        text = md.read_text().split("\n", 1)[1]  # its own title goes
+        L += [line.replace("## ", "### ", 1) if line.startswith("## ") else line
+              for line in text.splitlines()]
+    return L + [""]
+
+
+def md_bpe(part: dict) -> list:
+    res, run = _result(part)
+    if not res:
+        return []
+    notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic)",
+             "bpe_tf_tiny": "transformer-tiny (parameter-matched)",
+             "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
+    return (["## 8. Quality: compacted cl100k Shakespeare, tiny scale", "",
+             "cl100k_base compacted to the 21,075 ids the corpus uses; 500 steps x 16 x 128 = "
+             "1,024,000 tokens each, LR 3e-3 (the tiny presets' own), val over 30 fixed batches.",
+             ""] + _ablation_rows(res["variants"], notes) + ["", f"Command: `{run['command']}`", ""])
+
+
+def md_speed(part: dict) -> list:
+    res, run = _result(part)
+    if not res:
+        return []
+    L = ["## 9. Speed: K-SSM vs its matched transformer (training step, this CPU)", "",
+         f"Command: `{run['command']}`. {res['presets']['kssm']} vs "
+         f"{res['presets']['transformer']}, vocab {res['vocab']}, the trainer's compiled step "
+         "(AdamW, clip 1.0); rounds alternate one step of each; the ratio is taken round by round.",
+         "", "| seq len | batch | K-SSM step s | transformer step s | K-SSM / transformer |",
+         "|---:|---:|---|---|---|"]
+    for r in res["results"]:
+        s = r["step_s"]
+        L.append(f"| {r['seq_len']} | {r['batch']} | {mmm(s['kssm'], 3)} | "
+                 f"{mmm(s['transformer'], 3)} | {mmm(r['kssm_over_transformer'], 3)} |")
+    return L + [""]
+
+
+def md_v3(part: dict) -> list:
+    res, run = _result(part)
+    if not res:
+        return []
+    L = ["## 10. v3: is the bistable regime used, is training healthy?", "",
+         f"Command: `{run['command']}`.", "",
+         "| run | val loss | raw u outside [0.1, 10], first -> last report | report windows "
+         "with mean grad norm > clip | median grad norm | u at the end: inside the regime, "
+         "quantiles 1/10/50/90/99% |", "|---|---:|---|---:|---:|---|"]
+    for r in res["runs"]:
+        fu = r.get("final_u") or {}
+        bound = (f"{r['u_at_bound'][0]:.0%} -> {r['u_at_bound'][-1]:.0%}"
+                 if r.get("u_at_bound") else "—")
+        q = fu.get("quantiles_1_10_50_90_99")
+        L.append(f"| {r['label']} | {fmt(r['val_loss'], 3)} | {bound} | "
+                 f"{r['windows_clipped']:.0%} | {r['grad_norm_median']:.2f} | "
+                 + (f"{fu['inside_regime']:.1%}; " + " / ".join(f"{x:.2f}" for x in q)
+                    if q else "—") + " |")
+    return L + [""]
+
+
 def md_summary(parts: dict) -> list:
     """Conclusions computed from the numbers (so they can never disagree with the tables)."""
     L = ["## Summary (computed from the tables below)", ""]
@@ -443,6 +624,16 @@ def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
                           "From scripts/bench/kernel.py. No GPU in this run: these are the pure-MLX "
                           "reference scan on the CPU (and the Metal source's CPU emulation as an "
                           "agreement check, not a speed figure); no GPU figures.")
+    if "ablation" in parts:
+        L += md_ablation(parts["ablation"], parts.get("screening"))
+    if "study" in parts:
+        L += md_study(parts["study"])
+    if "bpe" in parts:
+        L += md_bpe(parts["bpe"])
+    if "speed" in parts:
+        L += md_speed(parts["speed"])
+    if "v3" in parts:
+        L += md_v3(parts["v3"])
     L += ["## How to read these numbers", "",
           "- Quality runs are short (hundreds of steps at most, on 2 CPU cores). They say which "
           "designs learn from context early in training, not where each converges. The v2-scale "
@@ -489,6 +680,10 @@ def main():
             prep = [ensure_data("bytes", BYTES, False)]
             if not args.quick:
                 prep.append(ensure_data("cl100k_base", COMPACT, True))
+        if set(only) & {"ablation", "study", "speed"}:
+            ensure_data("bytes", CHARS, False, val_fraction=0.1)
+        if set(only) & {"bpe", "v3"}:
+            ensure_data("cl100k_base", "data/prepared/bpe", True)
         for part in only:
             t0 = time.perf_counter()
             res = run_part(part, jobs[part], out_dir, args.quick)
