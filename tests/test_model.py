@@ -1,4 +1,4 @@
-"""The K-SSM contract (SPEC 3): real recurrence, R as the only context path, stateful decoding,
+"""The K-SSM contract (docs/model.md): real recurrence, R as the only context path, stateful decoding,
 forcing R, numerics, presets and comparison models."""
 
 import json
@@ -324,7 +324,7 @@ def _train_lag_task(preset, steps=200, lag=2, vocab=16):
 @pytest.mark.slow
 def test_memory_that_learns_kssm_beats_chance_upstream_does_not():
     """Recall of the token two positions back: a per-position model can only guess (1/16);
-    the task is fair because it needs exactly what SPEC 3.1 promises - information carried
+    the task is fair because it needs exactly what the contract promises - information carried
     from earlier tokens through the oscillator state - and nothing else."""
     chance = 1 / 16
     kssm_acc = _train_lag_task("tiny")

@@ -157,7 +157,7 @@ def merge_aux(auxes: list) -> dict:
             "u_at_bound": mx.mean(mx.stack([a["u_at_bound"] for a in auxes]))}
 
 
-# SPEC 3.4: lower bounds of the zones the earlier project named.
+# Lower bounds of the R zones the earlier project named (docs/model.md).
 ZONES = (
     (0.00, "∅ Unformed"),
     (0.10, "☾ Intimacy"),

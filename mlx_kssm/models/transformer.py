@@ -1,4 +1,4 @@
-"""A small causal transformer on the same interface: the comparison model (SPEC 3.3)."""
+"""A small causal transformer on the same interface: the comparison model (presets.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The causality suite (SPEC 7, seed 002 made rigorous): is R a causal carrier of the state,
+"""The causality suite (docs/causality.md): is R a causal carrier of the state,
 and does it track the model's confidence? docs/causality.md explains every number.
 
 On held-out windows, deterministically (no sampling, no training noise, fixed seeds). The
@@ -337,7 +337,7 @@ def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
                     n_resamples: int = stats.BOOTSTRAP_RESAMPLES, seed: int = 0,
                     confidence: float = stats.CONFIDENCE,
                     random_init_seed: int | None = None) -> dict:
-    """Run the three tests of SPEC 7 on held-out windows (see the module docstring).
+    """Run the three tests on held-out windows (module docstring; docs/causality.md).
 
     `random_init_seed`: also measure a freshly initialized model of the same architecture
     (`build_model(model.args, seed=random_init_seed)`) on the same windows, for test 2's

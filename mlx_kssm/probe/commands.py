@@ -351,7 +351,7 @@ def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> lis
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--causality", is_flag=True,
-              help="run the causality suite (SPEC 7): variance, intervention, correlation, "
+              help="run the causality suite (docs/causality.md): variance, intervention, correlation, "
                    "each with an effect size, a 95% bootstrap CI and PASS/FAIL/INCONCLUSIVE")
 @click.option("--sequences", default=32, show_default=True, type=click.IntRange(3),
               help="held-out windows for the causality suite")

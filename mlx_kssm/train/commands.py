@@ -28,7 +28,7 @@ Examples:
   # train 500 steps of a 2000-step plan now, the rest later: identical to one long run
   mlx-kssm train --preset tiny --data DIR --max-steps 500 --schedule-steps 2000 --output-dir runs/t
   mlx-kssm train --resume --output-dir runs/t --max-steps 2000
-  # staged training (seed 001): stage 2 = 500 steps + the decision matrix
+  # staged training: stage 2 = 500 steps + the decision matrix (docs/training.md)
   mlx-kssm train --preset v3 --data data/prepared/gutenberg --stage 2 --output-dir runs/s2
   # fine-tune from a model folder, options from a file (flags override it)
   mlx-kssm train --model exports/v2 --config run.toml --learning-rate 3e-4 --output-dir runs/ft
@@ -91,7 +91,7 @@ def _list_presets() -> None:
                    "present (checked against the reference on first use)  [default: auto]")
 @click.option("--optimizer", type=click.Choice(["adamw", "muon"]), help="[default: adamw]")
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
-@click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (seed 001)")
+@click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="run.toml or run.json with any of these options (flags override)")
 @click.option("--list-presets", is_flag=True, help="list presets with sizes and exit")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-# SPEC 6 / seed 001: --stage N trains this many steps and judges the run with stage N's rows.
+# --stage N trains this many steps and judges the run with stage N's rows (docs/training.md).
 STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
 OPTIMIZERS = ("adamw", "muon")
 # Flags whose change on --resume makes the run leave the uninterrupted trajectory.
@@ -25,7 +25,7 @@ TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "opt
 
 @dataclass
 class TrainConfig:
-    preset: Optional[str] = None  # a preset name (SPEC 3.3) ...
+    preset: Optional[str] = None  # a preset name (mlx-kssm train --list-presets) ...
     model: Optional[str] = None  # ... or a model folder to start from (weights + config)
     data: Optional[str] = None  # what `mlx-kssm data prepare --out` wrote
     output_dir: str = "runs/run"
@@ -43,7 +43,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     optimizer: str = "adamw"
-    muon_lr_scale: float = 10.0  # Muon's LR relative to --learning-rate (seed 003: 10x)
+    muon_lr_scale: float = 10.0  # Muon's LR relative to --learning-rate (the earlier project's 10x)
     grokfast: bool = False
     grokfast_alpha: float = 0.98  # EMA decay of the slow gradient
     grokfast_lambda: float = 2.0  # amplification of the slow gradient
