@@ -168,10 +168,15 @@ ZONES = (
 )
 
 
+ZONE_TOLERANCE = 1e-6  # a value this close below a bound counts as above it
+
+
 def r_zone(r: float) -> str:
+    """The zone R lies in (docs/model.md). Within ZONE_TOLERANCE of a bound counts as above
+    it, so a forced 0.3 -- 0.29999998 in float32 -- is Unbound wherever it is named."""
     name = ZONES[0][1]
     for lower, label in ZONES:
-        if r >= lower:
+        if r >= lower - ZONE_TOLERANCE:
             name = label
     return name
 

@@ -180,7 +180,7 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
       mlx-kssm generate --model exports/tiny --force-r-layer 1=0.9 --seed 7 --temp 0.7
     """
     from .generate import StreamDecoder, generate_tokens
-    r_zone = _zone
+    from ..models import r_zone
 
     folder, model, tokenizer = _load(model_dir)
     _set_kernel(model, kernel)
@@ -225,15 +225,9 @@ def _describe_force(force) -> str:
     return f"{force:.3f} in every layer"
 
 
-def _zone(r: float) -> str:
-    """The zone of R, rounded to 1e-6 so a forced 0.3 (0.29999998 in float32) reads as 0.3."""
-    from ..models import r_zone
-    return r_zone(round(r, 6))
-
-
 def format_r_trace(r_trace, force=None, per_line: int = 16) -> list:
     """Compact R trace: the layer-mean R per token, 16 to a line, then per-layer summary."""
-    r_zone = _zone
+    from ..models import r_zone
     if not r_trace or not r_trace[0]:
         return ["R: this model has no oscillators (no R to show)"]
     means = [_mean(r) for r in r_trace]
