@@ -15,7 +15,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import MLP, LanguageModel, ModelArgs, merge_aux, per_layer_force
+from .base import MLP, LanguageModel, ModelArgs
 from .bistable import N_PROJECTIONS, bistable_core
 from .order_params import order_parameters
 
@@ -82,16 +82,10 @@ class Model(LanguageModel):
         return [PositionCache() for _ in self.layers]
 
     def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
-        forces = per_layer_force(force_r, len(self.layers))
         offset = cache[0].offset if cache else 0
-        x = self.embed(inputs)
-        rs, auxes = [], []
-        for i, layer in enumerate(self.layers):
-            x, r, aux = layer(x, offset, forces[i])
-            rs.append(r)
-            auxes.append(aux)
+        out = self.run(inputs, force_r, lambda i, x, force: self.layers[i](x, offset, force),
+                       return_r, return_aux)
         if cache:
             for c in cache:
                 c.offset += inputs.shape[1]
-        return self.outputs(self.head(x), mx.stack(rs, axis=-1), merge_aux(auxes),
-                            return_r, return_aux)
+        return out

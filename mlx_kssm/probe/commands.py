@@ -16,6 +16,7 @@ import click
 
 from .._files import atomic_write_text
 from ..kernels import KERNEL_MODES
+from ..models.force import ForceR
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -50,44 +51,13 @@ def _friendly(fn):
 
 # ---------------------------------------------------------------- shared option parsing
 
-def parse_unit(text, what: str) -> float:
-    """A value in [0, 1] from the command line."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UsageProblem(f"{what} must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise UsageProblem(f"{what} must lie in [0, 1] (R is an order parameter), got {text}")
-    return value
-
-
 def parse_values(text: str, what: str = "--values") -> list:
+    """Comma- or space-separated forced R values (each checked to lie in [0, 1])."""
+    from ..models.force import check_r
     parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
     if not parts:
         raise UsageProblem(f"{what} is empty: give values like 0.1,0.5,0.9")
-    return [parse_unit(p, f"{what} entry") for p in parts]
-
-
-def parse_force(force_r, force_layers, n_layers: int):
-    """--force-r R and --force-r-layer L=R (repeatable) -> what the model's force_r takes:
-    None, a float, or a per-layer list (None = free)."""
-    base = None if force_r is None else parse_unit(force_r, "--force-r")
-    if not force_layers:
-        return base
-    values = [base] * n_layers
-    for item in force_layers:
-        if "=" not in item:
-            raise UsageProblem(f"--force-r-layer takes LAYER=R (e.g. 1=0.3), got {item!r}")
-        layer_text, value_text = item.split("=", 1)
-        try:
-            layer = int(layer_text)
-        except ValueError:
-            raise UsageProblem(f"--force-r-layer {item}: the layer must be an integer") from None
-        if not 0 <= layer < n_layers:
-            raise UsageProblem(f"unknown layer {layer} in --force-r-layer {item}: the model has "
-                               f"layers 0..{n_layers - 1}")
-        values[layer] = parse_unit(value_text, f"--force-r-layer {item}")
-    return values
+    return [check_r(p, f"{what} entry") for p in parts]
 
 
 def parse_size(text: str) -> int:
@@ -114,16 +84,6 @@ def _load(model_dir, need_tokenizer: bool = True):
     if need_tokenizer and tokenizer is None:
         raise UsageProblem(f"{folder}/config.json names no tokenizer: cannot turn text into ids")
     return folder, model, tokenizer
-
-
-def _has_r(model) -> bool:
-    return model.args.model_type != "transformer"
-
-
-def _check_force_supported(model, force) -> None:
-    if force is not None and not _has_r(model):
-        raise UsageProblem("this model is a transformer: it has no oscillators, so R cannot be "
-                           "forced")
 
 
 def _write_json(path, obj) -> None:
@@ -184,8 +144,8 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
 
     folder, model, tokenizer = _load(model_dir)
     _set_kernel(model, kernel)
-    force = parse_force(force_r, force_r_layer, model.args.n_layers)
-    _check_force_supported(model, force)
+    force = ForceR.for_model(ForceR.from_options(force_r, force_r_layer, model.args.n_layers),
+                             model)
     ids = tokenizer.encode(prompt)
     if not ids:
         raise UsageProblem("the prompt encodes to no tokens: give some text with --prompt")
@@ -206,7 +166,7 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
         for line in format_r_trace(gen.r_trace, force):
             click.echo(line)
     elif force is not None and gen.r_trace and gen.r_trace[0]:
-        click.echo(f"R forced: {_describe_force(force)}; mean R over generated tokens "
+        click.echo(f"R forced: {force.describe()}; mean R over generated tokens "
                    f"{sum(map(_mean, gen.r_trace)) / len(gen.r_trace):.3f} "
                    f"({r_zone(sum(map(_mean, gen.r_trace)) / len(gen.r_trace))})")
     click.echo(f"Prompt: {len(ids)} tokens, {gen.prompt_tps:.3f} tokens-per-sec")
@@ -218,13 +178,6 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
 
-def _describe_force(force) -> str:
-    if isinstance(force, list):
-        return ", ".join(f"layer {i} = {v:.3f}" if v is not None else f"layer {i} free"
-                         for i, v in enumerate(force))
-    return f"{force:.3f} in every layer"
-
-
 def format_r_trace(r_trace, force=None, per_line: int = 16) -> list:
     """Compact R trace: the layer-mean R per token, 16 to a line, then per-layer summary."""
     from ..models import r_zone
@@ -232,7 +185,7 @@ def format_r_trace(r_trace, force=None, per_line: int = 16) -> list:
         return ["R: this model has no oscillators (no R to show)"]
     means = [_mean(r) for r in r_trace]
     lines = [f"R per token (mean over {len(r_trace[0])} layers)"
-             + (f", forced: {_describe_force(force)}" if force is not None else "") + ":"]
+             + (f", forced: {force.describe()}" if force is not None else "") + ":"]
     for i in range(0, len(means), per_line):
         chunk = means[i:i + per_line]
         lines.append(f"  {i:>4}: " + " ".join(f"{r:.3f}" for r in chunk))
@@ -294,8 +247,6 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
     value_list = parse_values(values)
     folder, model, tokenizer = _load(model_dir)
     _set_kernel(model, kernel)
-    if not _has_r(model):
-        raise UsageProblem("this model is a transformer: it has no R to force")
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     if data_dir is not None:
         prompt_ids += _heldout_prompts(data_dir, split, model, folder, n_prompts, prompt_len,
@@ -495,7 +446,7 @@ def _export_mlx_lm(model_dir, out_dir, dtype, shard_bytes, force_r, force_r_laye
     try:
         require_mlx_lm()
         n_layers = read_config(resolve_model_dir(model_dir)).get("n_layers", 1)
-        force = parse_force(force_r, force_r_layer, n_layers)
+        force = ForceR.from_options(force_r, force_r_layer, n_layers)
         evaluation = None
         if evaluation_json is not None:
             evaluation = read_json(evaluation_json)

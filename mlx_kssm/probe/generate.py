@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from ..models.force import ForceR
+
 PREFILL_CHUNK = 512  # prompt tokens per forward pass
 
 
@@ -58,9 +60,11 @@ def prefill(model, prompt_ids, cache, force_r=None, chunk: int = PREFILL_CHUNK):
 def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
                     top_p: float = 1.0, top_k: int = 0, seed: int = 0, force_r=None,
                     stop_ids=(), on_token=None, prefill_chunk: int = PREFILL_CHUNK) -> Generation:
-    """Generate up to `max_tokens` ids after `prompt_ids`. `on_token(id, r_layers)` streams."""
+    """Generate up to `max_tokens` ids after `prompt_ids`. `on_token(id, r_layers)` streams.
+    `force_r`: a ForceR or any form ForceR.of takes, checked once here."""
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give at least one token")
+    force_r = ForceR.for_model(force_r, model)
     key = mx.random.key(seed)
     cache = model.make_cache()
     mx.reset_peak_memory()

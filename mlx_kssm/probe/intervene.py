@@ -11,6 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from ..models.force import ForceR
 from .causality import entropy, kl_divergence, log_probs
 from .generate import generate_tokens
 from .quality import sample_quality
@@ -47,10 +48,8 @@ def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 
     layer at the last prompt token), r_mean (over prompt positions and layers), tokens, text,
     distinct_1, distinct_2, repetition, collapsed, changed (text differs from the free run).
     """
-    values = [float(v) for v in values]
-    for v in values:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"forced R must lie in [0, 1], got {v}")
+    forces = [ForceR.for_model(v, model) for v in values]  # refuses a model without R
+    values = [force.layers[0] for force in forces]
     if not prompts:
         raise ValueError("no prompts to sweep")
     decode = decode or (lambda ids: " ".join(str(i) for i in ids))
@@ -58,13 +57,14 @@ def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 
            "top_p": top_p, "top_k": top_k, "prompts": []}
     for prompt in prompts:
         runs, free_tokens, logp_free = [], None, None
-        for v in [None] + values:  # the free run first: the others are compared with it
-            logp, r_last, r_mean = _next_token(model, prompt, v)
+        # the free run first: the others are compared with it
+        for v, force in zip([None] + values, [None] + forces):
+            logp, r_last, r_mean = _next_token(model, prompt, force)
             logp_free = logp if v is None else logp_free
             kl = float(kl_divergence(logp, logp_free).item())
             ent = float(entropy(logp).item())
             gen = generate_tokens(model, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                                  top_k=top_k, seed=seed, force_r=v)
+                                  top_k=top_k, seed=seed, force_r=force)
             text = decode(gen.tokens)
             quality = sample_quality(gen.tokens, text)
             if v is None:
