@@ -37,5 +37,11 @@ def count_parameters(model) -> int:
     return sum(v.size for _, v in tree_flatten(model.parameters()))
 
 
+def preset_table() -> list:
+    """(name, parameters, description) of every preset, at its default vocabulary size."""
+    return [(name, count_parameters(build_model(name)), description)
+            for name, (description, _, _) in PRESETS.items()]
+
+
 __all__ = ["ForceR", "ModelArgs", "build_model", "count_parameters", "PRESETS", "preset_args",
-           "preset_names", "preset_train_defaults", "r_zone", "ZONES"]
+           "preset_names", "preset_table", "preset_train_defaults", "r_zone", "ZONES"]

@@ -137,6 +137,15 @@ def build_config(file_options: dict | None = None, flags: dict | None = None) ->
     return config
 
 
+def config_from_options(config_file, flags: dict) -> tuple:
+    """(TrainConfig, the option names the user set) from a run.toml / run.json (or None) and
+    the command line's flags (None = not given). The names set are what --resume takes from
+    the command line instead of the saved run."""
+    file_options = read_config_file(config_file) if config_file else {}
+    explicit = set(file_options) | {k for k, v in flags.items() if v is not None}
+    return build_config(file_options, flags), explicit
+
+
 def fill_preset_defaults(config: TrainConfig, defaults: dict) -> TrainConfig:
     """Batch size, sequence length and learning rate the preset recommends, where not set."""
     return config.replace(**{k: defaults[k] for k in ("batch_size", "seq_len", "learning_rate")
