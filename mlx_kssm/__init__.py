@@ -10,9 +10,9 @@ _blas.setup()
 
 __version__ = "0.2.0"
 
-from .models import ModelArgs, build_model, count_parameters  # noqa: E402
+from .models import ForceR, ModelArgs, build_model, count_parameters  # noqa: E402
 
-__all__ = ["ModelArgs", "build_model", "count_parameters"]
+__all__ = ["ForceR", "ModelArgs", "build_model", "count_parameters"]
 
 from .io import export_model, load, save_model  # noqa: E402
 

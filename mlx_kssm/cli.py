@@ -1,5 +1,6 @@
 """`mlx-kssm` command line: parse, call the library, print. Each area keeps its commands in
-its own `commands.py` beside its library code."""
+its own `commands.py` beside its library code; _cli.py holds what they share (one way to fail,
+the exit statuses)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import mlx_kssm  # noqa: F401  (loads the optimized BLAS before mlx, on Linux)
 
 import click
 
+from ._cli import CONTEXT
 from .data.commands import data
 from .doctor import doctor
 from .probe.commands import evaluate, export, generate, intervene, plot
@@ -14,7 +16,7 @@ from .study.commands import study
 from .train.commands import monitor, status, train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT)
 @click.version_option(mlx_kssm.__version__, prog_name="mlx-kssm")
 def main():
     """Train, evaluate, probe and export K-SSM language models (Kuramoto State-Space Models).
@@ -28,6 +30,10 @@ def main():
       mlx-kssm study --data data/prepared/shakespeare --preset tiny --out studies/tiny
       mlx-kssm generate --model checkpoints/tiny --prompt "To be" --force-r 0.3 --show-r
       mlx-kssm export --model checkpoints/tiny --out exports/tiny
+
+    \b
+    Exit status: 0 done; 1 bad input (one Error: line on stderr); 2 a usage mistake (click's
+    message); 130 Ctrl-C. train and status add their own (see their --help).
     """
 
 

@@ -11,6 +11,7 @@ import sys
 import click
 
 from . import _blas
+from ._cli import CONTEXT, one_line_errors
 
 
 def _version(dist: str) -> str:
@@ -98,12 +99,19 @@ def report(measure: bool = True) -> dict:
     return info
 
 
-@click.command("doctor")
+@click.command("doctor", context_settings=CONTEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-measure", is_flag=True, help="Skip the matmul speed measurement.")
+@one_line_errors
 def doctor(as_json, no_measure):
     """Report platform, MLX backend, BLAS in use (with measured GFLOP/s), scan kernel
-    status, offline tokenizers and versions. Paste the output into bug reports."""
+    status, offline tokenizers and versions. Paste the output into bug reports.
+
+    \b
+    Examples:
+      mlx-kssm doctor
+      mlx-kssm doctor --json --no-measure > doctor.json
+    """
     info = report(measure=not no_measure)
     if as_json:
         click.echo(json.dumps(info, indent=2))

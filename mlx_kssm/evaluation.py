@@ -207,11 +207,8 @@ def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, labe
 def _resolve_model(model, dataset, tokenizer, label):
     """(model, tokenizer, name, training seed or None) for a folder or a model object."""
     if isinstance(model, (str, Path)):
-        from .io import load, resolve_model_dir
-        folder = resolve_model_dir(model)
-        model, tokenizer = load(folder)
-        if tokenizer is None:
-            raise ValueError(f"{folder}/config.json names no tokenizer: cannot turn text into ids")
+        from .io import load_with_tokenizer
+        folder, model, tokenizer = load_with_tokenizer(model)
         check_same_tokenizer(folder, dataset)
         return model, tokenizer, label or str(folder), training_seed(folder)
     return model, tokenizer or dataset.tokenizer(), label or "model", None

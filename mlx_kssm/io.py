@@ -238,6 +238,16 @@ def load(path):
     return model, tokenizer
 
 
+def load_with_tokenizer(path):
+    """(folder, model, tokenizer) from any folder `resolve_model_dir` accepts, for work that
+    turns text into ids: a folder that names no tokenizer is a ModelLoadError."""
+    folder = resolve_model_dir(path)
+    model, tokenizer = load(folder)
+    if tokenizer is None:
+        raise ModelLoadError(f"{folder}/config.json names no tokenizer: cannot turn text into ids")
+    return folder, model, tokenizer
+
+
 # what `export --format mlx-lm` adds (mlx_kssm/export/to_mlx_lm.py): the model file, the
 # Hugging Face tokenizer files and the model card
 MLX_LM_FILES = ("kssm.py", "tokenizer.json", "tokenizer_config.json", "README.md")

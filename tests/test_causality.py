@@ -1,4 +1,4 @@
-"""The causality suite (SPEC 7) on a briefly trained K-SSM, the bolted control and a fresh
+"""The causality suite (docs/causality.md) on a briefly trained K-SSM, the bolted control and a fresh
 model. The trained model is made here with a minimal loop on real prose (byte tokens), so
 the suite's PASS is earned, not assumed; its numbers and the controls' are printed (-s)."""
 

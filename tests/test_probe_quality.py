@@ -1,4 +1,4 @@
-"""Mode-collapse checks (seed 003's failure modes) and the sweep's repetition measure."""
+"""Mode-collapse checks (the earlier project's failure modes) and the sweep's repetition measure."""
 
 import mlx_kssm  # noqa: F401
 from mlx_kssm.probe.generate import StreamDecoder

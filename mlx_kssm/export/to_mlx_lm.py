@@ -25,7 +25,7 @@ import numpy as np
 from .._files import atomic_write_text
 from ..data.tokenizer import CompactTokenizer, describe_tokenizer
 from ..io import MAX_SHARD_BYTES, export_model, load, resolve_model_dir
-from ..models.base import per_layer_force
+from ..models.force import ForceR
 from .hf_tokenizer import PROBE_TEXT, ConversionError, base_tokenizer, tokenizer_files
 from .model_card import model_card
 
@@ -57,8 +57,8 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
                   evaluation: dict | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
                   log=None) -> Path:
     """Export the K-SSM model in `src` (any folder `resolve_model_dir` accepts) to `out` for
-    mlx-lm. `force_r`: None, a number or one value per layer (None = free), written to
-    config.json; `data_meta` (a prepared folder's meta.json) and `evaluation` (what
+    mlx-lm. `force_r`: a ForceR or any form ForceR.of takes, written to config.json;
+    `data_meta` (a prepared folder's meta.json) and `evaluation` (what
     `mlx-kssm evaluate --json` wrote) describe the model in its card. `log(line)` hears of
     the slow steps (seconds each for cl100k_base)."""
     log = log or (lambda line: None)
@@ -66,15 +66,16 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
     folder = resolve_model_dir(src)
     model, tokenizer = load(folder)
     _check_exportable(model, tokenizer, folder)
-    per_layer_force(force_r, model.args.n_layers)  # bad values fail before anything is written
+    force = ForceR.for_model(force_r, model)  # bad values fail before anything is written
+    force_config = None if force is None else force.to_config()
     log(f"tokenizer: {describe_tokenizer(base_tokenizer(tokenizer).spec)} -> tokenizer.json")
     try:
         files = tokenizer_files(tokenizer)
     except ConversionError as e:
         raise ExportError(f"{folder}: {e}") from None
     files["README.md"] = model_card(Path(out).name, model, tokenizer, folder, data_meta,
-                                    evaluation, force_r)
-    config = mlx_lm_config(tokenizer, force_r)
+                                    evaluation, force_config)
+    config = mlx_lm_config(tokenizer, force_config)
 
     def add_files(tmp: Path) -> dict:
         for name, text in files.items():
@@ -84,7 +85,7 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
 
     def check(tmp: Path) -> None:
         log("checking: mlx-lm loads the new folder, its logits against mlx_kssm's")
-        check_logits(tmp, model, tokenizer, force_r, dtype or "float32")
+        check_logits(tmp, model, tokenizer, force, dtype or "float32")
 
     return export_model(src, out, dtype=dtype, max_shard_bytes=max_shard_bytes,
                         add_files=add_files, check=check)
@@ -102,7 +103,8 @@ def _check_exportable(model, tokenizer, folder) -> None:
 
 
 def mlx_lm_config(tokenizer, force_r) -> dict:
-    """The config.json keys the model file reads beyond mlx_kssm's model args."""
+    """The config.json keys the model file reads beyond mlx_kssm's model args (`force_r`:
+    ForceR.to_config's value, or None)."""
     # (the end-of-sequence token is tokenizer_config.json's eos_token; an "eos_token_id" here
     # would be checked by transformers against the compacted vocab_size and warned about)
     config = {"model_file": MODEL_FILE}

@@ -7,6 +7,7 @@ from mlx.utils import tree_flatten
 
 from . import kssm, transformer, upstream_v3
 from .base import ModelArgs, r_zone, ZONES
+from .force import ForceR
 from .presets import PRESETS, preset_args, preset_names, preset_train_defaults
 
 _ARCHITECTURES = {"kssm": kssm.Model, "transformer": transformer.Model,
@@ -36,5 +37,11 @@ def count_parameters(model) -> int:
     return sum(v.size for _, v in tree_flatten(model.parameters()))
 
 
-__all__ = ["ModelArgs", "build_model", "count_parameters", "PRESETS", "preset_args",
-           "preset_names", "preset_train_defaults", "r_zone", "ZONES"]
+def preset_table() -> list:
+    """(name, parameters, description) of every preset, at its default vocabulary size."""
+    return [(name, count_parameters(build_model(name)), description)
+            for name, (description, _, _) in PRESETS.items()]
+
+
+__all__ = ["ForceR", "ModelArgs", "build_model", "count_parameters", "PRESETS", "preset_args",
+           "preset_names", "preset_table", "preset_train_defaults", "r_zone", "ZONES"]

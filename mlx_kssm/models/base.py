@@ -1,4 +1,4 @@
-"""Pieces shared by every architecture: the config dataclass, the MLP, R zones, force_r parsing."""
+"""Pieces shared by every architecture: the config dataclass, the MLP, the layer stack, R zones."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from .force import ForceR
 
 MODEL_TYPES = ("kssm", "transformer", "upstream_v3")
 # design number -> the options that define it (docs/model.md, "Designs")
@@ -124,6 +126,8 @@ class LanguageModel(nn.Module):
     """What every architecture shares: token embedding, a stack of `block_cls(args)`, final
     norm, tied or untied head, and the (logits[, r][, aux]) return convention."""
 
+    has_r = True  # the model has oscillators: R to report and to force
+
     def __init__(self, args: ModelArgs, block_cls):
         super().__init__()
         self.args = args
@@ -136,6 +140,20 @@ class LanguageModel(nn.Module):
     def head(self, x):
         x = self.norm(x)
         return self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
+
+    def run(self, inputs, force_r, step, return_r: bool, return_aux: bool):
+        """The forward pass every architecture shares: embed `inputs`, pass x through layer i
+        as `step(i, x, r_i)` -> (x, R (B, T) or None, aux or None) with r_i layer i's forced R
+        (None: free), then the head. `force_r` is checked once here (ForceR)."""
+        force = ForceR.for_model(force_r, self)
+        x = self.embed(inputs)
+        rs, auxes = [], []
+        for i in range(len(self.layers)):
+            x, r, aux = step(i, x, None if force is None else force.layers[i])
+            rs.append(r)
+            auxes.append(aux)
+        r = mx.stack(rs, axis=-1) if self.has_r else None
+        return self.outputs(self.head(x), r, merge_aux(auxes), return_r, return_aux)
 
     @staticmethod
     def outputs(logits, r, aux, return_r: bool, return_aux: bool):
@@ -157,7 +175,7 @@ def merge_aux(auxes: list) -> dict:
             "u_at_bound": mx.mean(mx.stack([a["u_at_bound"] for a in auxes]))}
 
 
-# SPEC 3.4: lower bounds of the zones the earlier project named.
+# Lower bounds of the R zones the earlier project named (docs/model.md).
 ZONES = (
     (0.00, "∅ Unformed"),
     (0.10, "☾ Intimacy"),
@@ -168,33 +186,17 @@ ZONES = (
 )
 
 
+ZONE_TOLERANCE = 1e-6  # a value this close below a bound counts as above it
+
+
 def r_zone(r: float) -> str:
+    """The zone R lies in (docs/model.md). Within ZONE_TOLERANCE of a bound counts as above
+    it, so a forced 0.3 -- 0.29999998 in float32 -- is Unbound wherever it is named."""
     name = ZONES[0][1]
     for lower, label in ZONES:
-        if r >= lower:
+        if r >= lower - ZONE_TOLERANCE:
             name = label
     return name
-
-
-def per_layer_force(force_r, n_layers: int) -> list:
-    """Normalize force_r (None, a float, a sequence per layer or {layer: r}) to a list."""
-    if force_r is None:
-        return [None] * n_layers
-    if isinstance(force_r, dict):
-        bad = [k for k in force_r if not 0 <= int(k) < n_layers]
-        if bad:
-            raise ValueError(f"force_r names layers {bad}; the model has layers 0..{n_layers - 1}")
-        values = [force_r.get(i, force_r.get(str(i))) for i in range(n_layers)]
-    elif isinstance(force_r, (list, tuple)):
-        if len(force_r) != n_layers:
-            raise ValueError(f"force_r has {len(force_r)} values for {n_layers} layers")
-        values = list(force_r)
-    else:
-        values = [force_r] * n_layers
-    for v in values:
-        if v is not None and not 0.0 <= float(v) <= 1.0:
-            raise ValueError(f"forced R must lie in [0, 1], got {v}")
-    return [None if v is None else float(v) for v in values]
 
 
 def causal_mask(T: int, offset: int = 0):

@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..kernels import oscillator_scan, oscillator_step
-from .base import MLP, LanguageModel, ModelArgs, merge_aux, per_layer_force
+from .base import MLP, LanguageModel, ModelArgs
 from .bistable import N_PROJECTIONS, bistable_core, init_core_projection
 from .order_params import order_parameters, unit_phasors
 
@@ -194,16 +194,10 @@ class Model(LanguageModel):
 
     def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
         """inputs (B, T) int -> logits (B, T, V); optionally R per layer (B, T, L) and aux
-        (reg loss, u statistics for v3)."""
-        forces = per_layer_force(force_r, len(self.layers))
-        x = self.embed(inputs)
-        rs, auxes = [], []
-        for i, layer in enumerate(self.layers):
-            x, r, aux = layer(x, None if cache is None else cache[i], forces[i])
-            rs.append(r)
-            auxes.append(aux)
-        return self.outputs(self.head(x), mx.stack(rs, axis=-1), merge_aux(auxes),
-                            return_r, return_aux)
+        (reg loss, u statistics for v3). force_r: see ForceR.of."""
+        def step(i, x, force):
+            return self.layers[i](x, None if cache is None else cache[i], force)
+        return self.run(inputs, force_r, step, return_r, return_aux)
 
 
 __all__ = ["Model", "OscillatorBank", "OscillatorCache"]

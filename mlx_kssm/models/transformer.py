@@ -1,11 +1,11 @@
-"""A small causal transformer on the same interface: the comparison model (SPEC 3.3)."""
+"""A small causal transformer on the same interface: the comparison model (presets.py)."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import MLP, LanguageModel, ModelArgs, causal_mask, merge_aux
+from .base import MLP, LanguageModel, ModelArgs, causal_mask
 
 
 class KVCache:
@@ -60,6 +60,8 @@ class Block(nn.Module):
 
 
 class Model(LanguageModel):
+    has_r = False  # no oscillators: forcing R is refused (ForceR), return_r gives None
+
     def __init__(self, args: ModelArgs):
         super().__init__(args, Block)
 
@@ -67,9 +69,6 @@ class Model(LanguageModel):
         return [KVCache() for _ in self.layers]
 
     def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
-        if force_r is not None:
-            raise ValueError("the transformer has no oscillators: force_r does not apply")
-        x = self.embed(inputs)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, None if cache is None else cache[i])
-        return self.outputs(self.head(x), None, merge_aux([]), return_r, return_aux)
+        def step(i, x, _force):
+            return self.layers[i](x, None if cache is None else cache[i]), None, None
+        return self.run(inputs, force_r, step, return_r, return_aux)

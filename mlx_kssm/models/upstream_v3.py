@@ -5,7 +5,7 @@ theta_j = omega_j t + phi_j + s(x_t), the token entering as ONE scalar s (a comm
 shift), followed by a few Kuramoto coupling iterations with K = 2 sigma(u) from the bistable
 core. Nothing carries information from one token to the next, so the model is a bigram model
 with positional features, and its R does not depend on the input at all (a common shift leaves
-|Z_h| unchanged). Both defects are what SPEC 2 documents; tests check them.
+|Z_h| unchanged). Both defects sank the earlier project; tests check them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import MLP, LanguageModel, ModelArgs, merge_aux, per_layer_force
+from .base import MLP, LanguageModel, ModelArgs
 from .bistable import N_PROJECTIONS, bistable_core
 from .order_params import order_parameters
 
@@ -82,16 +82,10 @@ class Model(LanguageModel):
         return [PositionCache() for _ in self.layers]
 
     def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
-        forces = per_layer_force(force_r, len(self.layers))
         offset = cache[0].offset if cache else 0
-        x = self.embed(inputs)
-        rs, auxes = [], []
-        for i, layer in enumerate(self.layers):
-            x, r, aux = layer(x, offset, forces[i])
-            rs.append(r)
-            auxes.append(aux)
+        out = self.run(inputs, force_r, lambda i, x, force: self.layers[i](x, offset, force),
+                       return_r, return_aux)
         if cache:
             for c in cache:
                 c.offset += inputs.shape[1]
-        return self.outputs(self.head(x), mx.stack(rs, axis=-1), merge_aux(auxes),
-                            return_r, return_aux)
+        return out

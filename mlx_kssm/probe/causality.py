@@ -1,4 +1,4 @@
-"""The causality suite (SPEC 7, seed 002 made rigorous): is R a causal carrier of the state,
+"""The causality suite (docs/causality.md): is R a causal carrier of the state,
 and does it track the model's confidence? docs/causality.md explains every number.
 
 On held-out windows, deterministically (no sampling, no training noise, fixed seeds). The
@@ -52,6 +52,7 @@ import numpy as np
 
 from ..kernels import kernel_of, use_kernel
 from ..models import ZONES, build_model, r_zone
+from ..models.force import ForceR, check_r
 from . import stats
 
 DEFAULT_VALUES = (0.2, 0.8)
@@ -169,6 +170,7 @@ def measure(model, windows: np.ndarray, values) -> dict | None:
     kl = {key: [] for pair in pairs for key in (pair, pair[::-1])}
     kl_free = {v: [] for v in values}
     achieved_err = 0.0
+    forces = {v: ForceR.of(v, len(model.layers)) for v in values}
     for sl in _chunks(n_seq, seq_len, model.args.vocab_size):
         logp_free, r = log_probs(model, windows[sl])
         if r is None:
@@ -177,7 +179,7 @@ def measure(model, windows: np.ndarray, values) -> dict | None:
         parts["entropy"].append(np.array(entropy(logp_free)))
         forced = {}
         for v in values:
-            forced[v], r_v = log_probs(model, windows[sl], force_r=v)
+            forced[v], r_v = log_probs(model, windows[sl], force_r=forces[v])
             achieved_err = max(achieved_err, float(mx.max(mx.abs(r_v - v)).item()))
             kl_free[v].append(np.array(kl_divergence(forced[v], logp_free).mean(axis=-1)))
         for a, b in kl:
@@ -337,18 +339,15 @@ def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
                     n_resamples: int = stats.BOOTSTRAP_RESAMPLES, seed: int = 0,
                     confidence: float = stats.CONFIDENCE,
                     random_init_seed: int | None = None) -> dict:
-    """Run the three tests of SPEC 7 on held-out windows (see the module docstring).
+    """Run the three tests on held-out windows (module docstring; docs/causality.md).
 
     `random_init_seed`: also measure a freshly initialized model of the same architecture
     (`build_model(model.args, seed=random_init_seed)`) on the same windows, for test 2's
     "wired in" and "learned to use it" lines. `seed` fixes the bootstrap and the Monte Carlo
     sign-flip tests, so the result is a function of the weights and the windows alone."""
-    values = sorted(float(v) for v in values)
+    values = sorted(check_r(v) for v in values)
     if len(values) < 2 or values[0] == values[-1]:
         raise ValueError("the intervention test needs at least two different forced values")
-    for v in values:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"forced R must lie in [0, 1], got {v}")
     windows = windows_from_batches(batches, max_sequences)
     n_seq, seq_len = windows.shape
     result = {"n_sequences": int(n_seq), "seq_len": int(seq_len), "values": values,

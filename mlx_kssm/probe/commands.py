@@ -1,96 +1,30 @@
 """`mlx-kssm evaluate | generate | intervene | export | plot`: parse, call the probe library,
-print. Bad input ends in one line on stderr and exit status 1, never a traceback."""
+print. Bad input ends in one `Error:` line on stderr and exit status 1 (mlx_kssm/_cli.py)."""
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import re
 import sys
-from pathlib import Path
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
 
 import click
 
-from .._files import atomic_write_text
-from ..kernels import KERNEL_MODES
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class UsageProblem(Exception):
-    """Bad command-line input found after parsing (values, layers, files)."""
-
-
-def _friendly(fn):
-    """Turn every expected failure into one line on stderr and exit 1."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from ..data.errors import DataError
-        from ..io import ModelLoadError
-        try:
-            return fn(*args, **kwargs)
-        except (UsageProblem, ModelLoadError, DataError, ValueError, RuntimeError,
-                OSError) as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except Exception as e:  # an unexpected failure: still one line, traceback on demand
-            if os.environ.get("MLX_KSSM_DEBUG"):
-                raise
-            click.echo(f"Error: unexpected {type(e).__name__}: {e} "
-                       "(set MLX_KSSM_DEBUG=1 for the traceback)", err=True)
-            sys.exit(1)
-    return wrapper
-
-
-# ---------------------------------------------------------------- shared option parsing
-
-def parse_unit(text, what: str) -> float:
-    """A value in [0, 1] from the command line."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise UsageProblem(f"{what} must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise UsageProblem(f"{what} must lie in [0, 1] (R is an order parameter), got {text}")
-    return value
+from .._cli import CONTEXT, UsageProblem, kernel_option, one_line_errors
+from .._files import atomic_write_json, atomic_write_text
 
 
 def parse_values(text: str, what: str = "--values") -> list:
+    """Comma- or space-separated forced R values (each checked to lie in [0, 1])."""
+    from ..models.force import check_r
     parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
     if not parts:
         raise UsageProblem(f"{what} is empty: give values like 0.1,0.5,0.9")
-    return [parse_unit(p, f"{what} entry") for p in parts]
-
-
-def parse_force(force_r, force_layers, n_layers: int):
-    """--force-r R and --force-r-layer L=R (repeatable) -> what the model's force_r takes:
-    None, a float, or a per-layer list (None = free)."""
-    base = None if force_r is None else parse_unit(force_r, "--force-r")
-    if not force_layers:
-        return base
-    values = [base] * n_layers
-    for item in force_layers:
-        if "=" not in item:
-            raise UsageProblem(f"--force-r-layer takes LAYER=R (e.g. 1=0.3), got {item!r}")
-        layer_text, value_text = item.split("=", 1)
-        try:
-            layer = int(layer_text)
-        except ValueError:
-            raise UsageProblem(f"--force-r-layer {item}: the layer must be an integer") from None
-        if not 0 <= layer < n_layers:
-            raise UsageProblem(f"unknown layer {layer} in --force-r-layer {item}: the model has "
-                               f"layers 0..{n_layers - 1}")
-        values[layer] = parse_unit(value_text, f"--force-r-layer {item}")
-    return values
+    return [check_r(p, f"{what} entry") for p in parts]
 
 
 def parse_size(text: str) -> int:
+    """--max-shard-size: 500MB, 2GB, 1.5GiB -> bytes."""
     m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?i?B?)?\s*", text, re.IGNORECASE)
     if not m:
         raise UsageProblem(f"--max-shard-size must look like 500MB or 2GB, got {text!r}")
@@ -100,46 +34,6 @@ def parse_size(text: str) -> int:
     if size < 1:
         raise UsageProblem(f"--max-shard-size must be positive, got {text!r}")
     return size
-
-
-def _set_kernel(model, kernel: str) -> None:
-    from ..kernels import use_kernel
-    use_kernel(model, kernel)
-
-
-def _load(model_dir, need_tokenizer: bool = True):
-    from ..io import load, resolve_model_dir
-    folder = resolve_model_dir(model_dir)
-    model, tokenizer = load(folder)
-    if need_tokenizer and tokenizer is None:
-        raise UsageProblem(f"{folder}/config.json names no tokenizer: cannot turn text into ids")
-    return folder, model, tokenizer
-
-
-def _has_r(model) -> bool:
-    return model.args.model_type != "transformer"
-
-
-def _check_force_supported(model, force) -> None:
-    if force is not None and not _has_r(model):
-        raise UsageProblem("this model is a transformer: it has no oscillators, so R cannot be "
-                           "forced")
-
-
-def _write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(x):
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
-
-
-kernel_option = click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto",
-                             show_default=True,
-                             help="scan implementation: fused Metal or CUDA kernel, pure-MLX "
-                                  "reference, or auto (the fused kernel of the GPU present)")
 
 
 # ---------------------------------------------------------------- generate
@@ -164,7 +58,7 @@ kernel_option = click.option("--kernel", type=click.Choice(KERNEL_MODES), defaul
               help="clamp R in layer L only (repeatable; overrides --force-r for that layer)")
 @click.option("--show-r", is_flag=True, help="print R per generated token and its zone")
 @kernel_option
-@_friendly
+@one_line_errors
 def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, force_r_layer,
              show_r, kernel):
     """Sample text from a model, streaming; optionally with R clamped.
@@ -179,82 +73,32 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
       mlx-kssm generate --model exports/tiny --prompt "To be" --force-r 0.3 --show-r
       mlx-kssm generate --model exports/tiny --force-r-layer 1=0.9 --seed 7 --temp 0.7
     """
-    from .generate import StreamDecoder, generate_tokens
-    r_zone = _zone
+    from ..io import load_with_tokenizer
+    from ..kernels import use_kernel
+    from ..models.force import ForceR
+    from .generate import encode_prompt, format_r, format_speed, generate_text
 
-    folder, model, tokenizer = _load(model_dir)
-    _set_kernel(model, kernel)
-    force = parse_force(force_r, force_r_layer, model.args.n_layers)
-    _check_force_supported(model, force)
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise UsageProblem("the prompt encodes to no tokens: give some text with --prompt")
-    stream = StreamDecoder(tokenizer.decode)
+    _, model, tokenizer = load_with_tokenizer(model_dir)
+    use_kernel(model, kernel)
+    force = ForceR.for_model(ForceR.from_options(force_r, force_r_layer, model.args.n_layers),
+                             model)
+    ids = encode_prompt(tokenizer, prompt)
     click.echo("=" * 10)
     click.echo(prompt, nl=False)
-
-    def on_token(token_id, r_layers):
-        click.echo(stream.push(token_id), nl=False)
-        sys.stdout.flush()
-
-    gen = generate_tokens(model, ids, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                          top_k=top_k, seed=seed, force_r=force, stop_ids=(tokenizer.sep_id,),
-                          on_token=on_token)
-    click.echo(stream.flush())
+    gen = generate_text(model, tokenizer, ids, on_text=_stream, max_tokens=max_tokens,
+                        temp=temp, top_p=top_p, top_k=top_k, seed=seed, force_r=force)
+    click.echo()
     click.echo("=" * 10)
-    if show_r:
-        for line in format_r_trace(gen.r_trace, force):
-            click.echo(line)
-    elif force is not None and gen.r_trace and gen.r_trace[0]:
-        click.echo(f"R forced: {_describe_force(force)}; mean R over generated tokens "
-                   f"{sum(map(_mean, gen.r_trace)) / len(gen.r_trace):.3f} "
-                   f"({r_zone(sum(map(_mean, gen.r_trace)) / len(gen.r_trace))})")
-    click.echo(f"Prompt: {len(ids)} tokens, {gen.prompt_tps:.3f} tokens-per-sec")
-    click.echo(f"Generation: {len(gen.tokens)} tokens, {gen.generation_tps:.3f} tokens-per-sec")
-    click.echo(f"Peak memory: {gen.peak_memory_gb:.3f} GB")
+    for line in format_r(gen, force, trace=show_r) + format_speed(gen):
+        click.echo(line)
 
 
-def _mean(xs) -> float:
-    return sum(xs) / len(xs)
-
-
-def _describe_force(force) -> str:
-    if isinstance(force, list):
-        return ", ".join(f"layer {i} = {v:.3f}" if v is not None else f"layer {i} free"
-                         for i, v in enumerate(force))
-    return f"{force:.3f} in every layer"
-
-
-def _zone(r: float) -> str:
-    """The zone of R, rounded to 1e-6 so a forced 0.3 (0.29999998 in float32) reads as 0.3."""
-    from ..models import r_zone
-    return r_zone(round(r, 6))
-
-
-def format_r_trace(r_trace, force=None, per_line: int = 16) -> list:
-    """Compact R trace: the layer-mean R per token, 16 to a line, then per-layer summary."""
-    r_zone = _zone
-    if not r_trace or not r_trace[0]:
-        return ["R: this model has no oscillators (no R to show)"]
-    means = [_mean(r) for r in r_trace]
-    lines = [f"R per token (mean over {len(r_trace[0])} layers)"
-             + (f", forced: {_describe_force(force)}" if force is not None else "") + ":"]
-    for i in range(0, len(means), per_line):
-        chunk = means[i:i + per_line]
-        lines.append(f"  {i:>4}: " + " ".join(f"{r:.3f}" for r in chunk))
-    n_layers = len(r_trace[0])
-    for layer in range(n_layers):
-        col = [r[layer] for r in r_trace]
-        lines.append(f"  layer {layer}: mean {_mean(col):.3f}  min {min(col):.3f}  "
-                     f"max {max(col):.3f}  zone {r_zone(_mean(col))}")
-    lines.append(f"  all layers: mean {_mean(means):.3f}  zone {r_zone(_mean(means))}")
-    return lines
+def _stream(text: str) -> None:
+    click.echo(text, nl=False)
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- intervene
-
-DEFAULT_PROMPTS = ("It was the best of times", "To be, or not to be", "The ")
-
 
 @click.command(context_settings=CONTEXT)
 @click.option("--model", "model_dir", required=True, metavar="DIR",
@@ -278,7 +122,7 @@ DEFAULT_PROMPTS = ("It was the best of times", "To be, or not to be", "The ")
 @click.option("--json", "json_out", default=None, metavar="FILE",
               help="write the full sweep (per prompt and value) as JSON")
 @kernel_option
-@_friendly
+@one_line_errors
 def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values, max_tokens,
               temp, top_p, top_k, seed, json_out, kernel):
     """Sweep forced R and measure what changes in the output.
@@ -295,47 +139,17 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
           --values 0.1,0.5,0.9 --json intervene.json
       mlx-kssm plot checkpoints/tiny --intervene intervene.json
     """
-    from .intervene import format_sweep, intervention_sweep
+    from .intervene import format_intervention, intervene as run_intervention
 
-    value_list = parse_values(values)
-    folder, model, tokenizer = _load(model_dir)
-    _set_kernel(model, kernel)
-    if not _has_r(model):
-        raise UsageProblem("this model is a transformer: it has no R to force")
-    prompt_ids = [tokenizer.encode(p) for p in prompts]
-    if data_dir is not None:
-        prompt_ids += _heldout_prompts(data_dir, split, model, folder, n_prompts, prompt_len,
-                                      seed)
-    if not prompt_ids:
-        prompt_ids = [tokenizer.encode(p) for p in DEFAULT_PROMPTS]
-    if any(len(p) == 0 for p in prompt_ids):
-        raise UsageProblem("a prompt encodes to no tokens")
-    res = intervention_sweep(model, prompt_ids, value_list, max_tokens=max_tokens, seed=seed,
-                             temp=temp, top_p=top_p, top_k=top_k, decode=tokenizer.decode)
-    res["model"] = str(folder)
-    click.echo(f"R intervention sweep: {len(prompt_ids)} prompts, {max_tokens} tokens each, "
-               f"seed {seed} ({folder})")
-    for line in format_sweep(res):
+    res = run_intervention(model_dir, prompts, data=data_dir, split=split, n_prompts=n_prompts,
+                           prompt_len=prompt_len, values=parse_values(values), kernel=kernel,
+                           seed=seed, max_tokens=max_tokens, temp=temp, top_p=top_p,
+                           top_k=top_k)
+    for line in format_intervention(res):
         click.echo(line)
-    first = res["prompts"][0]
-    click.echo(f"\nPrompt 1: {first['prompt_text'][-60:]!r}")
-    for run in first["runs"]:
-        label = "free" if run["force_r"] is None else f"R={run['force_r']:.2f}"
-        flag = "  [collapsed]" if run["collapsed"] else ""
-        click.echo(f"  {label:>6}: {run['text'][:70]!r}{flag}")
     if json_out:
-        _write_json(json_out, res)
+        atomic_write_json(json_out, res)
         click.echo(f"wrote {json_out}")
-
-
-def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> list:
-    from ..data.loader import TokenDataset, check_vocab, eval_batches
-    from ..evaluation import check_same_tokenizer
-    ds = TokenDataset(data_dir, split)
-    check_vocab(ds, model.args.vocab_size)
-    check_same_tokenizer(folder, ds)
-    (inputs, _), = eval_batches(ds, 1, n, prompt_len, seed=seed + 1234)
-    return [row.tolist() for row in inputs]
 
 
 # ---------------------------------------------------------------- evaluate
@@ -351,7 +165,7 @@ def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> lis
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--causality", is_flag=True,
-              help="run the causality suite (SPEC 7): variance, intervention, correlation, "
+              help="run the causality suite (docs/causality.md): variance, intervention, correlation, "
                    "each with an effect size, a 95% bootstrap CI and PASS/FAIL/INCONCLUSIVE")
 @click.option("--sequences", default=32, show_default=True, type=click.IntRange(3),
               help="held-out windows for the causality suite")
@@ -369,7 +183,7 @@ def _heldout_prompts(data_dir, split, model, folder, n, prompt_len, seed) -> lis
               help="seed of the evaluation windows and samples")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="write all numbers as JSON")
 @kernel_option
-@_friendly
+@one_line_errors
 def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causality, sequences,
              values, random_init_seed, no_random_init, samples, sample_tokens, seed, json_out,
              kernel):
@@ -433,7 +247,7 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
 @click.option("--evaluation", "evaluation_json", default=None, metavar="FILE",
               help="mlx-lm: an `mlx-kssm evaluate --json` file (with --causality for the "
                    "verdicts) whose val loss and causality verdicts go into the card")
-@_friendly
+@one_line_errors
 def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_layer, data_dir,
            evaluation_json):
     """Write a self-contained model folder (mlx-lm layout).
@@ -465,55 +279,27 @@ def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_laye
       mlx-kssm export --model checkpoints/tiny --out exports/tiny-r03 --format mlx-lm --force-r 0.3
       mlx_lm.server --model exports/tiny-r03 --trust-remote-code --port 8080
     """
-    from ..io import export_model, load, read_config
-    from ..models import count_parameters
+    from ..export.exporter import describe_export, export as run_export
 
-    shard_bytes = parse_size(max_shard_size)
-    if fmt == "mlx-lm":
-        out = _export_mlx_lm(model_dir, out_dir, dtype, shard_bytes, force_r, force_r_layer,
-                             data_dir, evaluation_json)
-    else:
-        given = [name for name, v in (("--force-r", force_r), ("--force-r-layer", force_r_layer),
-                                      ("--data", data_dir), ("--evaluation", evaluation_json))
-                 if v]
-        if given:
-            raise UsageProblem(f"{', '.join(given)} apply to --format mlx-lm only")
-        out = export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=shard_bytes)
-    model, tokenizer = load(out)  # the folder must load on its own
-    files = sorted(p.name for p in Path(out).iterdir() if not p.name.startswith("."))
-    size = sum((Path(out) / f).stat().st_size for f in files)
-    cfg = read_config(out)
-    click.echo(f"exported {cfg.get('preset') or cfg.get('model_type')} "
-               f"({count_parameters(model):,} parameters, {dtype or 'float32'}) to {out}: "
-               f"{', '.join(files)} ({size / 1e6:.2f} MB)")
+    out = run_export(model_dir, out_dir, fmt, dtype=dtype,
+                     max_shard_bytes=parse_size(max_shard_size),
+                     force_r=_force_option(model_dir, force_r, force_r_layer),
+                     data=data_dir, evaluation=evaluation_json,
+                     log=lambda line: click.echo(line, err=True))
+    click.echo(describe_export(out, dtype))
     if fmt == "mlx-lm":
         click.echo(f"checked: mlx-lm loads it and its logits match mlx_kssm's. Try:\n"
                    f"  mlx_lm.generate --model {out} --trust-remote-code --prompt \"The \"")
 
 
-def _export_mlx_lm(model_dir, out_dir, dtype, shard_bytes, force_r, force_r_layer, data_dir,
-                   evaluation_json):
-    from ..data.loader import read_meta
-    from ..export.model_card import read_json
-    from ..export.to_mlx_lm import ExportError, export_mlx_lm, require_mlx_lm
+def _force_option(model_dir, force_r, force_r_layer):
+    """--force-r / --force-r-layer as a ForceR for the model in `model_dir`, or None."""
+    if force_r is None and not force_r_layer:
+        return None
     from ..io import read_config, resolve_model_dir
-
-    try:
-        require_mlx_lm()
-        n_layers = read_config(resolve_model_dir(model_dir)).get("n_layers", 1)
-        force = parse_force(force_r, force_r_layer, n_layers)
-        evaluation = None
-        if evaluation_json is not None:
-            evaluation = read_json(evaluation_json)
-            if evaluation is None:
-                raise UsageProblem(f"--evaluation {evaluation_json}: not a JSON object written "
-                                   "by `mlx-kssm evaluate --json`")
-        meta = read_meta(data_dir) if data_dir is not None else None
-        return export_mlx_lm(model_dir, out_dir, dtype=dtype, force_r=force, data_meta=meta,
-                             evaluation=evaluation, max_shard_bytes=shard_bytes,
-                             log=lambda line: click.echo(line, err=True))
-    except ExportError as e:
-        raise UsageProblem(str(e)) from None
+    from ..models.force import ForceR
+    n_layers = read_config(resolve_model_dir(model_dir)).get("n_layers", 1)
+    return ForceR.from_options(force_r, force_r_layer, n_layers)
 
 
 # ---------------------------------------------------------------- plot
@@ -525,7 +311,7 @@ def _export_mlx_lm(model_dir, out_dir, dtype, shard_bytes, force_r, force_r_laye
 @click.option("--intervene", "intervene_json", multiple=True, metavar="FILE",
               help="an `mlx-kssm intervene --json` file to plot (repeatable; default: any "
                    "*intervene*.json in RUN_DIR)")
-@_friendly
+@one_line_errors
 def plot(run_dir, out_dir, intervene_json):
     """Draw a training run as PNGs: loss and validation curves, R per layer over training
     with the zone bands, u (v3), and the R-intervention sweep (forced R vs KL / entropy).
@@ -538,10 +324,7 @@ def plot(run_dir, out_dir, intervene_json):
       mlx-kssm intervene --model checkpoints/tiny --json checkpoints/tiny/intervene.json
       mlx-kssm plot checkpoints/tiny --out figures/
     """
-    from .plot import PlotError, plot_run
-    try:
-        written = plot_run(run_dir, out_dir, list(intervene_json))
-    except PlotError as e:
-        raise UsageProblem(str(e)) from None
-    for path in written:
+    from .plot import plot_run
+
+    for path in plot_run(run_dir, out_dir, list(intervene_json)):
         click.echo(f"wrote {path}")

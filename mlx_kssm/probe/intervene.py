@@ -4,6 +4,10 @@ For every prompt and forced value (and the free run): the next-token distributio
 prompt (KL to the free run's, entropy, top token), the R achieved, and a seeded generation
 (distinct-1/2, repetition, whether the text differs from the free run's). Every generation
 of one prompt uses the same seed, so a difference in text is caused by the forcing alone.
+
+`intervention_sweep(model, prompt ids, values)` is the measurement; `intervene(folder, ...)`
+what `mlx-kssm intervene` runs (prompts from text, held-out windows or defaults);
+`format_intervention` what it prints.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from ..models.force import ForceR
 from .causality import entropy, kl_divergence, log_probs
 from .generate import generate_tokens
 from .quality import sample_quality
 
 DEFAULT_VALUES = (0.1, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_PROMPTS = ("It was the best of times", "To be, or not to be", "The ")
+HELDOUT_SEED_OFFSET = 1234  # held-out prompt windows: drawn apart from the sampling seed
 
 
 def repetition_rate(tokens, n: int = 3) -> float:
@@ -47,10 +54,8 @@ def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 
     layer at the last prompt token), r_mean (over prompt positions and layers), tokens, text,
     distinct_1, distinct_2, repetition, collapsed, changed (text differs from the free run).
     """
-    values = [float(v) for v in values]
-    for v in values:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"forced R must lie in [0, 1], got {v}")
+    forces = [ForceR.for_model(v, model) for v in values]  # refuses a model without R
+    values = [force.layers[0] for force in forces]
     if not prompts:
         raise ValueError("no prompts to sweep")
     decode = decode or (lambda ids: " ".join(str(i) for i in ids))
@@ -58,13 +63,14 @@ def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 
            "top_p": top_p, "top_k": top_k, "prompts": []}
     for prompt in prompts:
         runs, free_tokens, logp_free = [], None, None
-        for v in [None] + values:  # the free run first: the others are compared with it
-            logp, r_last, r_mean = _next_token(model, prompt, v)
+        # the free run first: the others are compared with it
+        for v, force in zip([None] + values, [None] + forces):
+            logp, r_last, r_mean = _next_token(model, prompt, force)
             logp_free = logp if v is None else logp_free
             kl = float(kl_divergence(logp, logp_free).item())
             ent = float(entropy(logp).item())
             gen = generate_tokens(model, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                                  top_k=top_k, seed=seed, force_r=v)
+                                  top_k=top_k, seed=seed, force_r=force)
             text = decode(gen.tokens)
             quality = sample_quality(gen.tokens, text)
             if v is None:
@@ -117,4 +123,58 @@ def format_sweep(res: dict) -> list:
                      f"{_fmt(row['r_generation'], '.3f'):>8} {_fmt(row['kl_to_free'], '.4f'):>16} "
                      f"{_fmt(row['entropy'], '.3f'):>8} {_fmt(row['distinct_2'], '.3f'):>10} "
                      f"{_fmt(row['repetition'], '.3f'):>10} {100 * row['changed']:>11.0f}%")
+    return lines
+
+
+def intervene(model_dir, prompts=(), data=None, split: str = "val", n_prompts: int = 4,
+              prompt_len: int = 32, values=DEFAULT_VALUES, kernel: str = "auto",
+              seed: int = 0, **sweep_options) -> dict:
+    """`intervention_sweep` for the model in `model_dir` (any folder io.resolve_model_dir
+    accepts): over the text `prompts`, plus `n_prompts` held-out windows of `prompt_len`
+    tokens from the prepared folder `data` (its tokenizer must be the model's), or
+    DEFAULT_PROMPTS when neither is given. The result also names the model folder.
+    `sweep_options`: intervention_sweep's max_tokens, temp, top_p, top_k."""
+    from ..io import load_with_tokenizer
+    from ..kernels import use_kernel
+
+    folder, model, tokenizer = load_with_tokenizer(model_dir)
+    use_kernel(model, kernel)
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    if data is not None:
+        prompt_ids += heldout_prompts(data, split, model, folder, n_prompts, prompt_len,
+                                      seed + HELDOUT_SEED_OFFSET)
+    if not prompt_ids:
+        prompt_ids = [tokenizer.encode(p) for p in DEFAULT_PROMPTS]
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("a prompt encodes to no tokens")
+    res = intervention_sweep(model, prompt_ids, values, seed=seed, decode=tokenizer.decode,
+                             **sweep_options)
+    res["model"] = str(folder)
+    return res
+
+
+def heldout_prompts(data, split: str, model, folder, n: int, prompt_len: int,
+                    seed: int) -> list:
+    """`n` windows of `prompt_len` tokens from the `split` of the prepared folder `data`, as
+    token-id lists, checked against the model's vocabulary and tokenizer (model `folder`)."""
+    from ..data.loader import TokenDataset, check_vocab, eval_batches
+    from ..evaluation import check_same_tokenizer
+    dataset = TokenDataset(data, split)
+    check_vocab(dataset, model.args.vocab_size)
+    check_same_tokenizer(folder, dataset)
+    (inputs, _), = eval_batches(dataset, 1, n, prompt_len, seed=seed)
+    return [row.tolist() for row in inputs]
+
+
+def format_intervention(res: dict) -> list:
+    """What `mlx-kssm intervene` prints: a header, the table (format_sweep), and the first
+    prompt's generations, free and forced."""
+    lines = [f"R intervention sweep: {len(res['prompts'])} prompts, {res['max_tokens']} tokens "
+             f"each, seed {res['seed']} ({res.get('model', 'model')})", *format_sweep(res)]
+    first = res["prompts"][0]
+    lines.append(f"\nPrompt 1: {first['prompt_text'][-60:]!r}")
+    for run in first["runs"]:
+        label = "free" if run["force_r"] is None else f"R={run['force_r']:.2f}"
+        flag = "  [collapsed]" if run["collapsed"] else ""
+        lines.append(f"  {label:>6}: {run['text'][:70]!r}{flag}")
     return lines

@@ -1,7 +1,7 @@
 """PNG figures of a training run and of an R-intervention sweep (the optional `[plot]` extra).
 
     loss.png       training loss (and CE) and validation loss / perplexity against step
-    r_layers.png   R per layer over training (and validation R) over the SPEC 3.4 zone bands
+    r_layers.png   R per layer over training (and validation R) over the R zone bands (docs/model.md)
     u.png          u_val over training, with the bistable bounds (v3 models only)
     intervene.png  forced R vs KL(forced || free) and entropy, from `intervene --json`
 """
@@ -38,7 +38,7 @@ def _series(events, key):
 
 
 def zone_bands(ax) -> None:
-    """Shade the R zones of SPEC 3.4 behind an R axis, labelled at the right edge."""
+    """Shade the R zones (docs/model.md) behind an R axis, labelled at the right edge."""
     bounds = [lo for lo, _ in ZONES] + [1.0]
     for i, (lo, label) in enumerate(ZONES):
         hi = bounds[i + 1]

@@ -1,4 +1,4 @@
-"""Mode-collapse checks on generated samples (seed 003's failure modes: one token repeated,
+"""Mode-collapse checks on generated samples (the earlier project's failure modes: one token repeated,
 punctuation runs like '::::', too little variety)."""
 
 from __future__ import annotations

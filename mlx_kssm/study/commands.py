@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from ..kernels import KERNEL_MODES
-from ..probe.commands import CONTEXT, UsageProblem, _friendly
+from .._cli import CONTEXT, UsageProblem, kernel_option, one_line_errors
 
 STUDY_HELP = """Train and evaluate a K-SSM preset beside its controls, over several seeds.
 
@@ -37,6 +36,10 @@ Examples:
   # continue after Ctrl-C or a kill: the same command again
   mlx-kssm study --data data/prepared/shakespeare-bytes --preset v1-char \\
       --steps 2000 --batch-size 12 --seq-len 64 --out studies/char
+
+\b
+Exit status: 0 done; 1 bad input (one Error: line); 130 Ctrl-C / 143 SIGTERM: the running
+training run saved a checkpoint first, and the same command continues the study.
 """
 
 
@@ -70,21 +73,16 @@ Examples:
               help="held-out windows of the causality suite")
 @click.option("--samples", default=3, show_default=True, type=int,
               help="generations per evaluation checked for mode collapse")
-@click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto", show_default=True,
-              help="scan implementation")
-@_friendly
+@kernel_option
+@one_line_errors
 def study(models, **options):
     import mlx_kssm  # noqa: F401  (BLAS before mlx)
-    from ..train.lock import LockError
     from .runner import StudyConfig, run_study
 
     model_list = [m.strip() for m in models.split(",") if m.strip()] if models else None
     if models is not None and not model_list:
         raise UsageProblem("--models is empty: give names like tiny,transformer-tiny")
     config = StudyConfig(models=model_list, **options)
-    try:
-        result = run_study(config, echo=click.echo, argv=sys.argv)
-    except LockError as e:
-        raise UsageProblem(str(e)) from None
+    result = run_study(config, echo=click.echo, argv=sys.argv)
     if result.exit_code:
         sys.exit(result.exit_code)

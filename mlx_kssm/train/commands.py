@@ -1,4 +1,6 @@
-"""`mlx-kssm train`, `status` and `monitor`: parse, call the library, print."""
+"""`mlx-kssm train`, `status` and `monitor`: parse, call the library, print. Bad input ends in
+one `Error:` line and exit status 1 (mlx_kssm/_cli.py); train and status have statuses of their
+own, listed in their --help."""
 
 from __future__ import annotations
 
@@ -7,14 +9,10 @@ import time
 
 import click
 
-from ..data.errors import DataError
-from ..io import ModelLoadError
+from .._cli import CONTEXT, one_line_errors
 from ..kernels import KERNEL_MODES
 from ..models.presets import PRESETS
-from .config import STAGE_STEPS, build_config, read_config_file
-from .lock import LockError
-
-_ERRORS = (DataError, ModelLoadError, ValueError, LockError, RuntimeError, OSError)
+from .config import STAGE_STEPS
 
 TRAIN_HELP = f"""Train a model, with evaluation, checkpoints, exact resume, a lock and health gates.
 
@@ -28,7 +26,7 @@ Examples:
   # train 500 steps of a 2000-step plan now, the rest later: identical to one long run
   mlx-kssm train --preset tiny --data DIR --max-steps 500 --schedule-steps 2000 --output-dir runs/t
   mlx-kssm train --resume --output-dir runs/t --max-steps 2000
-  # staged training (seed 001): stage 2 = 500 steps + the decision matrix
+  # staged training: stage 2 = 500 steps + the decision matrix (docs/training.md)
   mlx-kssm train --preset v3 --data data/prepared/gutenberg --stage 2 --output-dir runs/s2
   # fine-tune from a model folder, options from a file (flags override it)
   mlx-kssm train --model exports/v2 --config run.toml --learning-rate 3e-4 --output-dir runs/ft
@@ -53,16 +51,7 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 """
 
 
-def _list_presets() -> None:
-    import mlx_kssm  # noqa: F401
-    from ..models import build_model, count_parameters
-
-    for name, (description, _, _) in PRESETS.items():
-        n = count_parameters(build_model(name))
-        click.echo(f"{name:<20} {n / 1e6:>8.2f}M  {description}")
-
-
-@click.command("train", help=TRAIN_HELP)
+@click.command("train", help=TRAIN_HELP, context_settings=CONTEXT)
 @click.option("--preset", help="preset name (see --list-presets)")
 @click.option("--model", help="model folder to start from (exported, run, or checkpoint)")
 @click.option("--data", help="prepared data folder (what `data prepare --out` wrote)")
@@ -91,32 +80,31 @@ def _list_presets() -> None:
                    "present (checked against the reference on first use)  [default: auto]")
 @click.option("--optimizer", type=click.Choice(["adamw", "muon"]), help="[default: adamw]")
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
-@click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (seed 001)")
+@click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="run.toml or run.json with any of these options (flags override)")
 @click.option("--list-presets", is_flag=True, help="list presets with sizes and exit")
+@one_line_errors
 def train(config_file, list_presets, **flags):
-    if list_presets:
-        _list_presets()
-        return
     import mlx_kssm  # noqa: F401
+    from .config import config_from_options
     from .trainer import train as run_training
 
-    try:
-        file_options = read_config_file(config_file) if config_file else {}
-        config = build_config(file_options, flags)
-        explicit = set(file_options) | {k for k, v in flags.items() if v is not None}
-        result = run_training(config, explicit=explicit, echo=click.echo)
-    except _ERRORS as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
+    if list_presets:
+        from ..models import preset_table
+        for name, n_params, description in preset_table():
+            click.echo(f"{name:<20} {n_params / 1e6:>8.2f}M  {description}")
+        return
+    config, explicit = config_from_options(config_file, flags)
+    result = run_training(config, explicit=explicit, echo=click.echo)
     if result.exit_code:
         sys.exit(result.exit_code)
 
 
-@click.command("status")
+@click.command("status", context_settings=CONTEXT)
 @click.argument("run_dir", default=".", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@one_line_errors
 def status(run_dir, as_json):
     """Is a training run alive, where is it, is it healthy.
 
@@ -127,20 +115,17 @@ def status(run_dir, as_json):
 
     from .status import format_status, run_status
 
-    try:
-        s = run_status(run_dir)
-    except _ERRORS as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
+    s = run_status(run_dir)
     click.echo(json.dumps(s, indent=2, default=str) if as_json else format_status(s))
     sys.exit(0 if s["alive"] else 1)
 
 
-@click.command("monitor")
+@click.command("monitor", context_settings=CONTEXT)
 @click.argument("run_dir", default=".", type=click.Path())
 @click.option("--interval", type=float, default=5.0, show_default=True, help="seconds per redraw")
 @click.option("--once", is_flag=True, help="print one frame and exit")
 @click.option("--recent", type=int, default=10, show_default=True, help="reports shown")
+@one_line_errors
 def monitor(run_dir, interval, once, recent):
     """Live view of a run from its history.jsonl: last reports, R zone visits, u at bound.
 
@@ -158,8 +143,5 @@ def monitor(run_dir, interval, once, recent):
             click.echo(f"{time.strftime('%H:%M:%S')}  (every {interval:g}s, Ctrl-C to leave)")
             click.echo(frame)
             time.sleep(interval)
-    except _ERRORS as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # how one leaves the monitor: exit status 0
         pass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-# SPEC 6 / seed 001: --stage N trains this many steps and judges the run with stage N's rows.
+# --stage N trains this many steps and judges the run with stage N's rows (docs/training.md).
 STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
 OPTIMIZERS = ("adamw", "muon")
 # Flags whose change on --resume makes the run leave the uninterrupted trajectory.
@@ -25,7 +25,7 @@ TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "opt
 
 @dataclass
 class TrainConfig:
-    preset: Optional[str] = None  # a preset name (SPEC 3.3) ...
+    preset: Optional[str] = None  # a preset name (mlx-kssm train --list-presets) ...
     model: Optional[str] = None  # ... or a model folder to start from (weights + config)
     data: Optional[str] = None  # what `mlx-kssm data prepare --out` wrote
     output_dir: str = "runs/run"
@@ -43,7 +43,7 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     optimizer: str = "adamw"
-    muon_lr_scale: float = 10.0  # Muon's LR relative to --learning-rate (seed 003: 10x)
+    muon_lr_scale: float = 10.0  # Muon's LR relative to --learning-rate (the earlier project's 10x)
     grokfast: bool = False
     grokfast_alpha: float = 0.98  # EMA decay of the slow gradient
     grokfast_lambda: float = 2.0  # amplification of the slow gradient
@@ -135,6 +135,15 @@ def build_config(file_options: dict | None = None, flags: dict | None = None) ->
     if config.stage is not None and "max_steps" not in merged:
         config.max_steps = STAGE_STEPS.get(config.stage, config.max_steps)
     return config
+
+
+def config_from_options(config_file, flags: dict) -> tuple:
+    """(TrainConfig, the option names the user set) from a run.toml / run.json (or None) and
+    the command line's flags (None = not given). The names set are what --resume takes from
+    the command line instead of the saved run."""
+    file_options = read_config_file(config_file) if config_file else {}
+    explicit = set(file_options) | {k for k, v in flags.items() if v is not None}
+    return build_config(file_options, flags), explicit
 
 
 def fill_preset_defaults(config: TrainConfig, defaults: dict) -> TrainConfig:

@@ -1,5 +1,5 @@
 """Health gates: the NaN guard, the explosion flag, and the staged-training verdicts of the
-seed-001 decision matrix (SPEC 6).
+earlier project's decision matrix (docs/training.md).
 
 Verdicts are computed from history records (the dicts written to history.jsonl), so the
 same function judges a live run, a finished run and a synthetic test history.
@@ -19,7 +19,7 @@ _RANK = {NA: 0, HEALTHY: 1, WARNING: 2, FAILURE: 3}
 PPL_BANDS = {2: (1000, 2000), 3: (500, 1000), 4: (300, 500), 5: (300, 500)}
 # stage -> (healthy at >= this many zones, warning at >= this many); fewer is a failure
 ZONE_BANDS = {3: (2, 1), 4: (3, 2), 5: (3, 2)}
-R_HEALTHY, R_FAILURE = 0.01, 0.001  # seed 001: R > 0.01 healthy, 0.001-0.01 warning
+R_HEALTHY, R_FAILURE = 0.01, 0.001  # R > 0.01 healthy, 0.001-0.01 warning
 U_NEAR = 1.2  # u within this factor of a bound is "near the clamps"
 U_AT_BOUND_WARN, U_AT_BOUND_FAIL = 0.1, 0.5  # share of positions at the bound
 FLAT_TOLERANCE = 0.02  # relative change of the train loss below which it is "flat"
@@ -152,7 +152,7 @@ def goldilocks_row(evals: list) -> dict:
 
 
 def stage_verdict(stage: int, history: list) -> dict:
-    """The seed-001 decision matrix for `stage` over history records. Returns
+    """The staged-training decision matrix (docs/training.md) for `stage` over history records. Returns
     {"stage", "overall", "rows": [{metric, verdict, value, detail}]}."""
     train = [r for r in history if r.get("event") == "train"]
     evals = [r for r in history if r.get("event") == "eval"]

@@ -1,5 +1,5 @@
 """Optimizers: AdamW (default), Muon for the 2-D weight matrices (AdamW for the rest, as Muon
-is meant to be used), and the optional Grokfast EMA gradient filter (seed 003)."""
+is meant to be used), and the optional Grokfast EMA gradient filter (Lee et al. 2024)."""
 
 from __future__ import annotations
 

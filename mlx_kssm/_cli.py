@@ -1,0 +1,86 @@
+"""What every `mlx-kssm` command shares: its click settings and one way to fail.
+
+Exit status of every command (README, "Exit status"):
+
+    0    done
+    1    bad input, or something could not be read or written: one `Error: ...` line on
+         stderr, no traceback, and nothing that existed before is damaged
+    2    a usage mistake click finds while parsing (unknown option, missing or ill-typed
+         value): click's usage message
+    130  interrupted (Ctrl-C)
+
+A command with statuses of its own lists them in its --help: `train` (3 NaN loss; 130 / 143
+after saving a checkpoint), `status` (1 when the trainer is not running), `study` (the
+trainer's, for the run that stopped it).
+
+An unexpected exception (a bug) still ends in one `Error:` line, naming its type; with
+MLX_KSSM_DEBUG=1 it raises, with its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from .kernels import KERNEL_MODES
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "MLX_KSSM_DEBUG"
+
+
+class UsageProblem(Exception):
+    """Bad command-line input found after parsing (values, layers, files, combinations)."""
+
+
+def expected_errors() -> tuple:
+    """The exceptions that mean bad input or a failed read or write; their message says what
+    and where. (Imported here, when a command failed, to keep `mlx-kssm --help` fast.)"""
+    from .data.errors import DataError
+    from .export.to_mlx_lm import ExportError
+    from .io import ModelLoadError
+    from .probe.plot import PlotError
+    from .train.lock import LockError
+    return (UsageProblem, DataError, ExportError, ModelLoadError, PlotError, LockError,
+            ValueError, RuntimeError, OSError)
+
+
+def one_line_errors(command):
+    """Wrap a command's callback so that it fails the one way the module docstring states.
+    click's own exceptions (usage errors, --help, ctx.exit) and sys.exit pass through."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - every failure becomes one line
+            fail(e)
+    wrapper.one_line_errors = True  # tests check that every command has it
+    return wrapper
+
+
+def fail(error: Exception):
+    """Print `error` as one `Error:` line and exit 1 (an unexpected one names its type, or
+    raises under MLX_KSSM_DEBUG=1)."""
+    if isinstance(error, expected_errors()):
+        click.echo(f"Error: {error}", err=True)
+    elif os.environ.get(DEBUG_ENV):
+        raise error
+    else:
+        click.echo(f"Error: unexpected {type(error).__name__}: {error} (set {DEBUG_ENV}=1 "
+                   "for the traceback)", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+KERNEL_HELP = ("scan implementation: auto = the fused Metal or CUDA kernel of the GPU present "
+               "(checked against the reference on first use), or the pure-MLX reference")
+kernel_option = click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto",
+                             show_default=True, help=KERNEL_HELP)

@@ -1,0 +1,64 @@
+"""`mlx-kssm export` as a library call: one model folder out, in either format.
+
+    export(model_dir, out_dir)                        the mlx-kssm format (io.export_model)
+    export(model_dir, out_dir, fmt="mlx-lm", ...)     also loads in mlx-lm (to_mlx_lm.py)
+
+`describe_export(out)` loads the written folder on its own and says what it holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import MAX_SHARD_BYTES, export_model, load, read_config
+from ..models import count_parameters
+
+FORMATS = ("mlx-kssm", "mlx-lm")
+
+
+def export(model_dir, out_dir, fmt: str = "mlx-kssm", dtype: str | None = None,
+           max_shard_bytes: int = MAX_SHARD_BYTES, force_r=None, data=None, evaluation=None,
+           log=None) -> Path:
+    """Export the model in `model_dir` (any folder io.resolve_model_dir accepts) to `out_dir`
+    in format `fmt`. mlx-lm only: `force_r` (a ForceR or any form ForceR.of takes), `data`
+    (the prepared folder it was trained on) and `evaluation` (an `mlx-kssm evaluate --json`
+    file) go into its config.json and model card; `log(line)` hears of the slow steps."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "mlx-lm":
+        return _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data,
+                              evaluation, log)
+    given = [name for name, value in (("--force-r", force_r), ("--data", data),
+                                      ("--evaluation", evaluation)) if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} apply to --format mlx-lm only")
+    return export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data, evaluation, log):
+    from ..data.loader import read_meta
+    from .model_card import read_json
+    from .to_mlx_lm import export_mlx_lm, require_mlx_lm
+
+    require_mlx_lm()
+    evaluation_json = None
+    if evaluation is not None:
+        evaluation_json = read_json(evaluation)
+        if evaluation_json is None:
+            raise ValueError(f"--evaluation {evaluation}: not a JSON object written by "
+                             "`mlx-kssm evaluate --json`")
+    meta = read_meta(data) if data is not None else None
+    return export_mlx_lm(model_dir, out_dir, dtype=dtype, force_r=force_r, data_meta=meta,
+                         evaluation=evaluation_json, max_shard_bytes=max_shard_bytes, log=log)
+
+
+def describe_export(out, dtype: str | None = None) -> str:
+    """One line: what the exported folder `out` holds, once it has loaded on its own."""
+    model, _ = load(out)
+    out = Path(out)
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    size = sum((out / f).stat().st_size for f in files)
+    config = read_config(out)
+    return (f"exported {config.get('preset') or config.get('model_type')} "
+            f"({count_parameters(model):,} parameters, {dtype or 'float32'}) to {out}: "
+            f"{', '.join(files)} ({size / 1e6:.2f} MB)")
