@@ -39,20 +39,12 @@ def _batch_stats(model, inputs, targets):
     return stats
 
 
-_COMPILED: dict = {}  # id(model) -> (model, compiled forward statistics)
-
-
 def _compiled_stats(model):
-    """The forward pass compiled once per model (the scan is a long chain of small ops;
-    uncompiled, rebuilding its graph per batch costs more than the arithmetic)."""
-    entry = _COMPILED.get(id(model))
-    if entry is None or entry[0] is not model:
-        fn = mx.compile(lambda inputs, targets: _batch_stats(model, inputs, targets),
-                        inputs=[model.state])
-        if len(_COMPILED) > 8:
-            _COMPILED.clear()
-        entry = _COMPILED[id(model)] = (model, fn)
-    return entry[1]
+    """The forward pass compiled for one evaluation (the scan is a long chain of small ops;
+    uncompiled, rebuilding its graph per batch costs more than the arithmetic). Built per
+    call, not cached: a compiled graph freezes the model's kernel choice (use_kernel)."""
+    return mx.compile(lambda inputs, targets: _batch_stats(model, inputs, targets),
+                      inputs=[model.state])
 
 
 def evaluate_loss(model, batches, keep_r: bool = False) -> dict:
@@ -69,9 +61,10 @@ def evaluate_loss(model, batches, keep_r: bool = False) -> dict:
     totals: dict = {}
     kept_r = []
     n_tokens = n_r = 0
+    batch_stats = _compiled_stats(model)
     for inputs, targets in batches:
         inputs, targets = mx.array(inputs), mx.array(targets)
-        stats = _compiled_stats(model)(inputs, targets)
+        stats = batch_stats(inputs, targets)
         mx.eval(stats)
         if "r" in stats:
             r = stats.pop("r")
