@@ -84,3 +84,23 @@ KERNEL_HELP = ("scan implementation: auto = the fused Metal or CUDA kernel of th
                "(checked against the reference on first use), or the pure-MLX reference")
 kernel_option = click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto",
                              show_default=True, help=KERNEL_HELP)
+
+
+def options(*decorators):
+    """Several click options as one decorator, listed in --help in the order given."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+def force_r_options(scope: str = "", every_layer: str = "in every layer, for every token"):
+    """--force-r R and --force-r-layer L=R, as ForceR.from_options reads them; `scope` opens
+    their help (as "mlx-lm: ")."""
+    return options(
+        click.option("--force-r", default=None, metavar="R",
+                     help=f"{scope}clamp R to this value in [0, 1] {every_layer}"),
+        click.option("--force-r-layer", multiple=True, metavar="L=R",
+                     help=f"{scope}clamp R in layer L only (repeatable; overrides --force-r "
+                          "there)"))

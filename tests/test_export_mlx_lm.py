@@ -387,3 +387,24 @@ def test_model_card_reports_training_data_and_verdicts(runs):
     assert "cl100k_base compacted to" in card and "| forced R | 0.3 |" in card
     bare = model_card("m", model, tokenizer, resolve_model_dir(runs["cl100k-d2"]), None, None)
     assert "Causality suite: not run" in bare and "--data DIR" in bare
+
+
+def test_model_file_is_mlx_kssms_own_code():
+    """The exported kssm.py carries the package's definitions as they stand (one source for
+    both), in place of the template's imports from mlx_kssm; nothing imports mlx_kssm."""
+    import inspect
+
+    from mlx_kssm.export.model_file import model_source
+    from mlx_kssm.kernels import cpu, reference
+    from mlx_kssm.models import base, bistable, kssm, order_params
+
+    text = model_source()
+    compile(text, "kssm.py", "exec")
+    for shared in (reference.coupling_field, reference.scan_step, reference.scan_sequential,
+                   cpu._forward, order_params.order_parameters, bistable.raw_u,
+                   bistable.bistable_core, kssm.projection_sizes, kssm.OscillatorBankBase,
+                   base.MLP):
+        assert inspect.getsource(shared) in text, shared.__name__
+    imports = [line.strip() for line in text.splitlines()
+               if line.lstrip().startswith(("import ", "from "))]
+    assert imports and not [i for i in imports if "mlx_kssm" in i or i.startswith("from .")]

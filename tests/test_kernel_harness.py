@@ -146,8 +146,8 @@ PLANTED = {
         "SCAN_VJP_SOURCE", "for (int t = T - 1; t >= 0; --t)", "for (int t = T - 1; t > 0; --t)",
         dict(B=2, T=9, G=4, n=16, **NO_STEP)),
     ("metal", "reverse scan reads z_t for z_(t-1)"): (
-        "SCAN_VJP_SOURCE", "float pr = (t > 0) ? zr[idx - step] : z0r[s0];",
-        "float pr = (t > 0) ? zr[idx] : z0r[s0];", dict(B=2, T=9, G=4, n=16, **NO_STEP)),
+        "SCAN_VJP_SOURCE", "pr = (t > 0) ? zr[idx - step] : z0r[s0];",
+        "pr = (t > 0) ? zr[idx] : z0r[s0];", dict(B=2, T=9, G=4, n=16, **NO_STEP)),
     ("cuda", "missing barrier"): (
         "HEADER", "__syncthreads();", "", FORWARD_ONLY),
     ("cuda", "reverse scan stops one step early"): (

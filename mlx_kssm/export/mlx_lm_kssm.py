@@ -17,9 +17,10 @@ The layer adds out_proj(order parameters of z_t / |z_t|) (times the output gate 
 for each group and harmonic h, Re, Im and |Z_h| with Z_h = mean_j (z_j / |z_j|)^h. R of a
 layer is the mean over groups of |Z_1|; context reaches the output only through the phases.
 Every option is read from config.json (design, rotation, gate, squash, harmonics, n_groups,
-osc_per_group, bistable and u_bound for v3, readout); the computation is mlx_kssm's K-SSM
-step for step (the free scan in complex64 as mlx_kssm's CPU scan, the decode step and forced
-runs on (re, im) pairs as its reference), so greedy decoding gives mlx-kssm's tokens.
+osc_per_group, bistable and u_bound for v3, readout). The computation is mlx_kssm's own code,
+copied into this file by the export (the sections marked "from mlx_kssm/..."): the free scan
+in complex64 as mlx_kssm's CPU scan, the decode step and forced runs on (re, im) pairs as its
+reference, so greedy decoding gives mlx-kssm's tokens.
 
 Vocabulary: a model trained on a compacted vocabulary (the ids its corpus used) reads and
 writes the base tokenizer's ids here. config.json's "vocab_compaction" holds the base ids as a
@@ -49,9 +50,18 @@ import numpy as np
 from mlx_lm.models.base import BaseModelArgs, create_ssm_mask
 from mlx_lm.models.cache import ArraysCache
 
-PHASE_EPS = 1e-6  # |z|^2 floor when normalizing to unit phasors
-N_CORE = 10  # v3: the bistable core's projections a..j
-U_LO, U_HI, U_SHARPNESS, U_LEAK = 0.1, 10.0, 10.0, 0.01  # v3: u kept in [0.1, 10]
+# The K-SSM computation is mlx_kssm's: the export writes the definitions these imports name in
+# their place (export/model_file.py), so the exported file runs without mlx_kssm.
+from ..kernels.reference import PHASE_EPS, coupling_field, scan_sequential, scan_step
+from ..kernels.cpu import _complex, _forward, _steps
+from ..models.order_params import order_parameters, unit_phasors
+from ..models.bistable import (DELTA_EPS, N_PROJECTIONS, U_HI, U_LEAK, U_LO, U_SHARPNESS,
+                               bistable_core, bound_u, raw_u)
+from ..models.kssm import OscillatorBankBase, algebraic_unit, projection_sizes
+from ..models.base import MLP
+
+# ----------------------------------------------------------------------- for mlx-lm
+
 # the logit of a base id the model never saw: softmax gives it exactly 0 (exp underflows), and
 # unlike -inf it keeps a masked loss finite (mlx_lm.lora pads batches with id 0 and multiplies
 # the padded positions' cross-entropy by 0: inf * 0 would be nan)
@@ -76,6 +86,8 @@ class ModelArgs(BaseModelArgs):
     readout: str = "order_params"  # or "bolted": the negative control (R bypassed)
     bistable: bool = False
     u_bound: str = "soft"
+    lambda_delta: float = 1e-3  # v3's regularizer weights: training only
+    lambda_logu: float = 1e-2
     force_r: Optional[object] = None
     vocab_compaction: Optional[dict] = None
 
@@ -88,6 +100,10 @@ class ModelArgs(BaseModelArgs):
                 raise ValueError(f"config.json: {name} must be one of {allowed}, got "
                                  f"{getattr(self, name)!r} (a newer mlx-kssm wrote this model?)")
         layer_forces(self.force_r, self.n_layers)
+
+    @property
+    def n_oscillators(self) -> int:
+        return self.n_groups * self.osc_per_group
 
 
 def layer_forces(force_r, n_layers: int) -> list:
@@ -103,104 +119,29 @@ def layer_forces(force_r, n_layers: int) -> list:
     return [None if v is None else float(v) for v in values]
 
 
-# ----------------------------------------------------------------------- the recurrence
-
-def coupling_field(zr, zi, force_r=None):
-    """Mean field (per group) the coupling pulls toward; magnitude r * mean|z| if forced."""
-    if force_r is None:
-        return mx.mean(zr, axis=-1, keepdims=True), mx.mean(zi, axis=-1, keepdims=True)
-    amp = mx.sqrt(zr * zr + zi * zi + PHASE_EPS)
-    pr = mx.mean(zr / amp, axis=-1, keepdims=True)
-    pi = mx.mean(zi / amp, axis=-1, keepdims=True)
-    pabs = mx.sqrt(pr * pr + pi * pi + 1e-12)
-    scale = force_r * mx.mean(amp, axis=-1, keepdims=True) / pabs
-    return pr * scale, pi * scale
-
-
-def scan_step(dr, di, k, cr, ci, zr, zi, force_r=None):
-    """One token: state (B, G, n) at t-1 -> state at t."""
-    mr, mi = coupling_field(zr, zi, force_r)
-    wr = zr + k * (mr - zr)
-    wi = zi + k * (mi - zi)
-    return dr * wr - di * wi + cr, dr * wi + di * wr + ci
-
-
 def scan(dr, di, k, cr, ci, z0r, z0i, force_r=None):
-    """States (zr, zi), each (B, T, G, n), for inputs (B, T, G, n) (k: (B, T, G, 1))."""
+    """States (zr, zi), each (B, T, G, n), as mlx_kssm's reference scan computes them."""
     if force_r is not None:  # forcing makes the step nonlinear: one step at a time
-        zr, zi, out_r, out_i = z0r, z0i, [], []
-        for t in range(dr.shape[1]):
-            zr, zi = scan_step(dr[:, t], di[:, t], k[:, t], cr[:, t], ci[:, t], zr, zi, force_r)
-            out_r.append(zr)
-            out_i.append(zi)
-        return mx.stack(out_r, axis=1), mx.stack(out_i, axis=1)
-    # free run: the same steps in complex64 (one elementwise kernel per step)
-    d, c = dr + 1j * di, cr + 1j * ci
-    steps = lambda x: mx.split(x, x.shape[1], axis=1)  # noqa: E731
-    ds, ks, cs = steps(d), steps(k), steps(c)
-    z, states = (z0r + 1j * z0i)[:, None], []
-    for t in range(len(ds)):
-        m = mx.mean(z, axis=-1, keepdims=True)
-        z = ds[t] * (z + ks[t] * (m - z)) + cs[t]
-        states.append(z)
-    z = mx.concatenate(states, axis=1)
+        return scan_sequential(dr, di, k, cr, ci, z0r, z0i, force_r)
+    z = _forward(_complex(dr, di), k, _complex(cr, ci), _complex(z0r, z0i))
     return mx.real(z), mx.imag(z)
 
 
-def order_parameters(zr, zi, harmonics: int, force_r=None):
-    """(features (..., G, 3H), R (...)) of the unit phasors z / |z|."""
-    inv = mx.rsqrt(zr * zr + zi * zi + PHASE_EPS)
-    pr, pi = zr * inv, zi * inv
-    hr, hi, feats, r_groups = pr, pi, [], None
-    for h in range(1, harmonics + 1):
-        if h > 1:
-            hr, hi = hr * pr - hi * pi, hr * pi + hi * pr
-        re, im = mx.mean(hr, axis=-1), mx.mean(hi, axis=-1)
-        mag = mx.sqrt(re * re + im * im + 1e-12)
-        if h == 1:
-            if force_r is not None:
-                scale = force_r / mag
-                re, im = re * scale, im * scale
-                mag = mx.full(mag.shape, force_r, dtype=mag.dtype)
-            r_groups = mag
-        feats += [re, im, mag]
-    return mx.stack(feats, axis=-1), mx.mean(r_groups, axis=-1)
+def identity_where_masked(scan_in, mask):
+    """Scan inputs (dr, di, k, cr, ci) with masked-out positions (batch padding) made identity
+    steps: d = 1, K = 0, no drive."""
+    dr, di, k, cr, ci = scan_in
+    keep = mask[:, :, None, None]
+    dr, di, k = mx.where(keep, dr, 1.0), mx.where(keep, di, 0.0), mx.where(keep, k, 0.0)
+    return dr, di, k, mx.where(keep, cr, 0.0), mx.where(keep, ci, 0.0)
 
 
-def bistable_u(p, mode: str):
-    """v3: u = (d g - c h) / (a g - c e) from the projections p (..., 10), kept in [0.1, 10]."""
-    a, c, d, e, g, h = (p[..., i] for i in (0, 2, 3, 4, 6, 7))
-    num, den = d * g - c * h, a * g - c * e
-    den = mx.where(mx.abs(den) < 1e-3, mx.where(den < 0, -1e-3, 1e-3), den)
-    u_raw = num / den
-    if mode == "hard":
-        return mx.clip(u_raw, U_LO, U_HI)
-    u = U_LO + nn.softplus(U_SHARPNESS * (u_raw - U_LO)) / U_SHARPNESS
-    u = U_HI - nn.softplus(U_SHARPNESS * (U_HI - u)) / U_SHARPNESS
-    return u + U_LEAK * (u_raw - mx.stop_gradient(u_raw))
-
-
-# ----------------------------------------------------------------------- the layers
-
-def algebraic_unit(v):
-    return v * mx.rsqrt(1 + v * v)
-
-
-def projection_sizes(args: ModelArgs) -> tuple:
-    """Widths of in_proj's outputs, in order: [Delta (design 1)], damping, drive re, drive im,
-    coupling (G logits, or v3's 10 projections), [gate (design 2)]."""
-    N = args.n_groups * args.osc_per_group
-    return ((N,) if args.rotation == "input" else ()) + (
-        N, N, N, N_CORE if args.bistable else args.n_groups) + (
-        (args.d_model,) if args.gate else ())
-
-
-class OscillatorBank(nn.Module):
+class OscillatorBank(OscillatorBankBase):
     def __init__(self, args: ModelArgs):
         super().__init__()
         G, n, D = args.n_groups, args.osc_per_group, args.d_model
         N = G * n
-        self.args = args
+        self.args, self.G, self.n = args, G, n
         self.norm = nn.RMSNorm(D)
         self.in_proj = nn.Linear(D, sum(projection_sizes(args)))
         self.omega = mx.zeros((G, n))
@@ -213,49 +154,15 @@ class OscillatorBank(nn.Module):
         else:
             self.out_proj = nn.Linear(3 * args.harmonics * G, D)
 
-    def _unit(self, v):
-        return algebraic_unit(v) if self.args.squash == "algebraic" else mx.tanh(v)
-
-    def _prob(self, v):
-        return 0.5 + 0.5 * algebraic_unit(v) if self.args.squash == "algebraic" else mx.sigmoid(v)
-
-    def _inputs(self, x, mask):
-        """Scan inputs (dr, di, k, cr, ci) and the output gate (or None); masked-out
-        positions (batch padding) become identity steps."""
-        B, T, _ = x.shape
-        shape = (B, T, self.args.n_groups, self.args.osc_per_group)
-        sizes = projection_sizes(self.args)
-        cuts = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
-        parts = mx.split(self.in_proj(self.norm(x)), cuts, axis=-1)
-        if self.args.rotation == "input":
-            delta, parts = parts[0].reshape(shape), parts[1:]
-            alpha = nn.softplus(self.dt_raw) * (self.omega + delta)
-        else:
-            alpha = nn.softplus(self.dt_raw) * self.omega
-        lam = self._prob(parts[0].reshape(shape) + self.lambda_bias)
-        br, bi = self._unit(parts[1]).reshape(shape), self._unit(parts[2]).reshape(shape)
-        if self.args.bistable:
-            u = bistable_u(parts[3], self.args.u_bound)
-            k = mx.broadcast_to((2 * mx.sigmoid(u))[..., None, None], shape[:3] + (1,))
-        else:
-            k = mx.sigmoid(parts[3])[..., None]
-        gate = parts[4] * self._prob(parts[4]) if self.args.gate else None
-        drive = 1 - lam
-        dr, di, cr, ci = lam * mx.cos(alpha), lam * mx.sin(alpha), drive * br, drive * bi
-        if mask is not None:
-            keep = mask[:, :, None, None]
-            dr, di, k = mx.where(keep, dr, 1.0), mx.where(keep, di, 0.0), mx.where(keep, k, 0.0)
-            cr, ci = mx.where(keep, cr, 0.0), mx.where(keep, ci, 0.0)
-        return (dr, di, k, cr, ci), gate
-
     def __call__(self, x, mask=None, cache=None, force_r=None):
-        B, T, _ = x.shape
-        scan_in, gate = self._inputs(x, mask)
+        T = x.shape[1]
+        scan_in, gate, _ = self._inputs(x)  # (v3's training aux is not needed here)
+        if mask is not None:
+            scan_in = identity_where_masked(scan_in, mask)
         if cache is not None and cache[0] is not None:
             z0r, z0i = cache[0], cache[1]
         else:
-            z0 = mx.broadcast_to(self.z0[:, None], (2, B) + self.z0.shape[1:])
-            z0r, z0i = z0[0], z0[1]
+            z0r, z0i = self._initial_state(x.shape[0])
         dyn_force = None if self.args.readout == "bolted" else force_r  # bolted: R feeds nothing
         if cache is not None and T == 1:
             zr, zi = scan_step(*(a[:, 0] for a in scan_in), z0r, z0i, force_r=dyn_force)
@@ -266,26 +173,8 @@ class OscillatorBank(nn.Module):
             cache[0], cache[1] = zr[:, -1], zi[:, -1]
             if hasattr(cache, "advance"):
                 cache.advance(T)
-        features, r = order_parameters(zr, zi, self.args.harmonics, force_r)
-        if self.args.readout == "bolted":  # the control: R scales the state before a norm
-            state = mx.concatenate([zr, zi], axis=-1).reshape(B, T, -1)
-            out = self.out_proj(self.state_norm(state * r[..., None]))
-        else:
-            out = self.out_proj(features.reshape(B, T, -1))
-        if gate is not None:
-            out = out * gate
-        return x + out, r
-
-
-class MLP(nn.Module):
-    def __init__(self, dims: int, hidden: int):
-        super().__init__()
-        self.norm = nn.RMSNorm(dims)
-        self.up = nn.Linear(dims, hidden)
-        self.down = nn.Linear(hidden, dims)
-
-    def __call__(self, x):
-        return x + self.down(nn.gelu(self.up(self.norm(x))))
+        features, r = order_parameters(*unit_phasors(zr, zi), self.args.harmonics, force_r)
+        return self._output(x, features, r, zr, zi, gate), r
 
 
 class Block(nn.Module):

@@ -3,7 +3,8 @@
     OUT/config.json        mlx_kssm's model args and tokenizer spec, plus what mlx-lm reads:
                            model_file, vocab_compaction (the base ids of a
                            compacted vocabulary, as a bitmap), force_r (optional)
-    OUT/kssm.py            the model file (Model, ModelArgs; a copy of mlx_lm_kssm.py)
+    OUT/kssm.py            the model file (Model, ModelArgs): mlx_lm_kssm.py with mlx_kssm's
+                           own code in place of its imports (model_file.py)
     OUT/model.safetensors  the weights, {"format": "mlx"}: the tensors mlx_kssm itself loads
     OUT/tokenizer.json, tokenizer_config.json   the base tokenizer for transformers
     OUT/README.md          the model card
@@ -17,7 +18,6 @@ probe text. Needs the `mlx-lm` extra (mlx-lm, and transformers/tokenizers with i
 from __future__ import annotations
 
 import base64
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,9 @@ from ..io import MAX_SHARD_BYTES, export_model, load, resolve_model_dir
 from ..models.force import ForceR
 from .hf_tokenizer import PROBE_TEXT, ConversionError, base_tokenizer, tokenizer_files
 from .model_card import model_card
+from .model_file import model_source
 
 MODEL_FILE = "kssm.py"
-MODEL_SOURCE = Path(__file__).with_name("mlx_lm_kssm.py")
 INSTALL = "pip install 'mlx-kssm[mlx-lm]' (in a checkout: pip install -e '.[mlx-lm]')"
 PROBE_TOKENS = 24
 # largest logit difference (relative to the largest logit) the export check accepts: the same
@@ -76,11 +76,11 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
     files["README.md"] = model_card(Path(out).name, model, tokenizer, folder, data_meta,
                                     evaluation, force_config)
     config = mlx_lm_config(tokenizer, force_config)
+    files[MODEL_FILE] = model_source()
 
     def add_files(tmp: Path) -> dict:
         for name, text in files.items():
             atomic_write_text(tmp / name, text)
-        shutil.copyfile(MODEL_SOURCE, tmp / MODEL_FILE)
         return config
 
     def check(tmp: Path) -> None:

@@ -7,7 +7,8 @@ a thread per oscillator j; the group's mean field is reduced every step with a w
 recompute as in metal.py: the backward reads z_{t-1} from the forward's outputs and recomputes
 the group mean and w_t on the fly.
 
-Where it differs from the Metal source:
+The kernel bodies are Metal's (source_common.py), in CUDA's words (`DIALECT`); the header and
+the reductions are CUDA's own. Where it differs from the Metal source:
 - blocks are whole warps: n is rounded up to a multiple of 32 (`block_threads`) and the extra
   "dead" lanes (j >= n) load nothing, store nothing and add zero to every sum, so every
   shuffle runs with the full mask 0xffffffff over 32 live threads (a shuffle whose mask names
@@ -35,7 +36,7 @@ import functools
 
 import mlx.core as mx
 
-from . import fused, reference
+from . import fused, reference, source_common
 from .fused import MAX_THREADS
 
 WARP = 32
@@ -80,8 +81,8 @@ __device__ inline void kssm_block_sum(float (&x)[K], float* buf, int warps) {{
 // with forcing r * e^(i psi) * mean_j |z_j|, psi the phase of the mean unit phasor. Dead lanes
 // (live == false) add zero.
 template <int FORCED>
-__device__ inline float2 kssm_field(float zr, float zi, bool live, float r, float inv_n,
-                                   float* buf, int warps) {{
+__device__ inline float2 kssm_field(float zr, float zi, float r, float inv_n, float* buf,
+                                   bool live, int warps) {{
     if (FORCED) {{
         float amp = sqrtf(zr * zr + zi * zi + KSSM_PHASE_EPS);
         float s[3] = {{live ? zr / amp : 0.0f, live ? zi / amp : 0.0f, live ? amp : 0.0f}};
@@ -98,138 +99,23 @@ __device__ inline float2 kssm_field(float zr, float zi, bool live, float r, floa
 }}
 """
 
-# Inputs: d*, c* (B,T,G,n); k (B,T,G,1); z0* (B,G,n); force_r (1,). Outputs zr, zi (B,T,G,n).
-# Blocks (1, G, B) of 32 * ceil(n / 32) threads.
-SCAN_SOURCE = """
-    __shared__ float red[2 * KSSM_SLOT];
-    const size_t b = blockIdx.z;
-    const size_t g = blockIdx.y;
-    const int j = threadIdx.x;
-    const int T = dr_shape[1];
-    const size_t G = dr_shape[2];
-    const int N = dr_shape[3];
-    const bool live = j < N;
-    const int warps = (N + 31) / 32;
-    const float inv_n = 1.0f / float(N);
-    const float r = force_r[0];
-
-    const size_t s0 = (b * G + g) * N + j;
-    float zr_ = live ? z0r[s0] : 0.0f;
-    float zi_ = live ? z0i[s0] : 0.0f;
-    size_t kidx = b * T * G + g;     // (b, t, g) in k
-    size_t idx = kidx * N + j;       // (b, t, g, j) in d, c, z
-    for (int t = 0; t < T; ++t) {
-        float2 m = kssm_field<FORCED>(zr_, zi_, live, r, inv_n, red + (t & 1) * KSSM_SLOT,
-                                      warps);
-        if (live) {
-            float kk = k[kidx];
-            float wr = zr_ + kk * (m.x - zr_);
-            float wi = zi_ + kk * (m.y - zi_);
-            float a = dr[idx];
-            float bb = di[idx];
-            zr_ = a * wr - bb * wi + cr[idx];
-            zi_ = a * wi + bb * wr + ci[idx];
-            zr[idx] = zr_;
-            zi[idx] = zi_;
-        }
-        kidx += G;
-        idx += G * N;
-    }
-"""
-
-# Adjoint in reverse time (the math of metal.py's SCAN_VJP_SOURCE). Inputs: dr, di, k, z0r,
-# z0i, zr, zi (forward states), gzr, gzi (cotangents of the states). Outputs: gdr, gdi, gk,
-# gcr, gci, gz0r, gz0i. Dead lanes keep every value at zero (all their loads are skipped), so
-# they add nothing to the block sums.
-SCAN_VJP_SOURCE = """
-    __shared__ float red[2 * KSSM_SLOT];
-    const size_t b = blockIdx.z;
-    const size_t g = blockIdx.y;
-    const int j = threadIdx.x;
-    const int T = dr_shape[1];
-    const size_t G = dr_shape[2];
-    const int N = dr_shape[3];
-    const bool live = j < N;
-    const int warps = (N + 31) / 32;
-    const float inv_n = 1.0f / float(N);
-
-    const size_t s0 = (b * G + g) * N + j;
-    const size_t step = G * N;
-    size_t kidx = (b * T + (T - 1)) * G + g;
-    size_t idx = kidx * N + j;
-    float ar = 0.0f;
-    float ai = 0.0f;
-    for (int t = T - 1; t >= 0; --t) {
-        float pr = 0.0f;   // z_{t-1}
-        float pi = 0.0f;
-        float a = 0.0f;
-        float bb = 0.0f;
-        if (live) {
-            ar += gzr[idx];
-            ai += gzi[idx];
-            gcr[idx] = ar;
-            gci[idx] = ai;
-            pr = (t > 0) ? zr[idx - step] : z0r[s0];
-            pi = (t > 0) ? zi[idx - step] : z0i[s0];
-            a = dr[idx];
-            bb = di[idx];
-        }
-        float gwr = a * ar + bb * ai;
-        float gwi = a * ai - bb * ar;
+# The bodies are source_common's, in CUDA's words. Blocks (1, G, B) of 32 * ceil(n / 32)
+# threads; the adjoint's five group sums per step share one block reduction.
+DIALECT = source_common.Dialect(
+    index="size_t", count="int",
+    block="blockIdx", thread="threadIdx.x",
+    live="j < N",  # the dead lanes of the last warp hold no oscillator
+    lanes="",
+    lane_args="live, warps",
+    shared="__shared__ float",
+    adjoint_shared="""
+    __shared__ float red[2 * KSSM_SLOT];""",
+    adjoint_sums="""
         // one reduction for the step: mean of z_{t-1}, sum of gw, sum of gw . z_{t-1}
         float s[5] = {pr, pi, gwr, gwi, gwr * pr + gwi * pi};
-        kssm_block_sum(s, red + (t & 1) * KSSM_SLOT, warps);
-        float mr = s[0] * inv_n;
-        float mi = s[1] * inv_n;
-        float kk = k[kidx];
-        if (live) {
-            float wr = pr + kk * (mr - pr);
-            float wi = pi + kk * (mi - pi);
-            gdr[idx] = ar * wr + ai * wi;
-            gdi[idx] = ai * wr - ar * wi;
-            ar = (1.0f - kk) * gwr + kk * (s[2] * inv_n);
-            ai = (1.0f - kk) * gwi + kk * (s[3] * inv_n);
-        }
-        if (j == 0) {
-            gk[kidx] = mr * s[2] + mi * s[3] - s[4];
-        }
-        if (t > 0) {
-            kidx -= G;
-            idx -= step;
-        }
-    }
-    if (live) {
-        gz0r[s0] = ar;
-        gz0i[s0] = ai;
-    }
-"""
-
-# One decoding token. Inputs: zr, zi, dr, di, cr, ci (B,G,n); k (B,G,1); force_r (1,).
-# Outputs zr_out, zi_out (B,G,n). Blocks (1, G, B) of 32 * ceil(n / 32) threads.
-STEP_SOURCE = """
-    __shared__ float red[KSSM_SLOT];
-    const size_t b = blockIdx.z;
-    const size_t g = blockIdx.y;
-    const int j = threadIdx.x;
-    const size_t G = dr_shape[1];
-    const int N = dr_shape[2];
-    const bool live = j < N;
-    const size_t kidx = b * G + g;
-    const size_t idx = kidx * N + j;
-    float zr_ = live ? zr[idx] : 0.0f;
-    float zi_ = live ? zi[idx] : 0.0f;
-    float2 m = kssm_field<FORCED>(zr_, zi_, live, force_r[0], 1.0f / float(N), red,
-                                  (N + 31) / 32);
-    if (live) {
-        float kk = k[kidx];
-        float wr = zr_ + kk * (m.x - zr_);
-        float wi = zi_ + kk * (m.y - zi_);
-        float a = dr[idx];
-        float bb = di[idx];
-        zr_out[idx] = a * wr - bb * wi + cr[idx];
-        zi_out[idx] = a * wi + bb * wr + ci[idx];
-    }
-"""
+        kssm_block_sum(s, red + (t & 1) * KSSM_SLOT, warps);""")
+SCAN_SOURCE, SCAN_VJP_SOURCE, STEP_SOURCE = (
+    DIALECT.body(name) for name in ("kssm_scan", "kssm_scan_vjp", "kssm_step"))
 
 
 def kernel_spec(name: str) -> dict:
@@ -255,11 +141,8 @@ def _make_kernel(name: str):
 def _run_kernel(name: str, **call):
     """Launch kernel `name` with mx.fast.cuda_kernel call arguments (inputs, template, grid,
     threadgroup, output_shapes, output_dtypes). The C++ harness substitutes this function."""
-    kernel = _make_kernel(name)
-    if kernel is None:
-        raise RuntimeError("the fused CUDA scan needs an NVIDIA GPU with MLX's CUDA build "
-                           "(mx.cuda.is_available())")
-    return kernel(**call)
+    return fused.launch(_make_kernel(name), call, "the fused CUDA scan needs an NVIDIA GPU with "
+                        "MLX's CUDA build (mx.cuda.is_available())")
 
 
 def block_threads(n: int) -> int:

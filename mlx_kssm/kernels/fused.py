@@ -12,9 +12,9 @@ one block (Metal: threadgroup) per (sequence b, group g), one thread per oscilla
 is given in threads, (threads, G, B), as mx.fast.metal_kernel and mx.fast.cuda_kernel both take
 it; `threads` is n, or n rounded up to whole warps where the backend needs that (cuda.py).
 
-A backend module (metal.py, cuda.py) holds only its source strings and `_run_kernel(name,
-**call)`, the one place a kernel is launched, and builds a `FusedScan` from them. Everything
-else lives here once: call arguments, input preparation, the `mx.custom_function` whose VJP
+A backend module (metal.py, cuda.py) holds only its header, its `Dialect` of the kernel bodies
+(source_common.py writes them once for both) and `_run_kernel(name, **call)`, the one place a
+kernel is launched, and builds a `FusedScan` from them. Everything else lives here once: call arguments, input preparation, the `mx.custom_function` whose VJP
 is the adjoint kernel, the decode step, and the parity check against the reference that the
 tests and the first-use self-check both run, with `random_inputs`, its inputs.
 """
@@ -47,6 +47,14 @@ def kernel_spec(name: str, header: str, sources: dict, **backend_args) -> dict:
     input_names, output_names = KERNEL_ARGS[name]
     return dict(name=name, input_names=input_names, output_names=output_names,
                 source=sources[name], header=header, ensure_row_contiguous=True, **backend_args)
+
+
+def launch(kernel, call: dict, missing: str):
+    """Run a built kernel (or None where the backend's GPU is absent: RuntimeError(missing))
+    with mx.fast.*_kernel call arguments."""
+    if kernel is None:
+        raise RuntimeError(missing)
+    return kernel(**call)
 
 
 def _force_arg(force_r):

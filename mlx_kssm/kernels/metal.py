@@ -19,10 +19,11 @@ Forcing R (reference.coupling_field) is a template switch of the forward and ste
 forced runs are inference-only and have no VJP.
 
 Launch, call arguments, the custom VJP, the step and the parity check are shared with the CUDA
-twin (fused.py); this file holds the Metal source and `_run_kernel`, the one place a kernel is
-launched. The source strings below are exactly what MLX compiles; tests/kernel_harness compiles
-the very same strings as C++ on the CPU (these machines have no Metal) and checks them against
-the reference, forward and backward.
+twin (fused.py), and so are the kernel bodies (source_common.py: written once, in each backend's
+words); this file holds the Metal header, Metal's `DIALECT` and `_run_kernel`, the one place a
+kernel is launched. HEADER and the *_SOURCE strings below are exactly what MLX compiles;
+tests/kernel_harness compiles the very same strings as C++ on the CPU (these machines have no
+Metal) and checks them against the reference, forward and backward.
 Status: verified through that harness (including that its generated signature is byte for byte
 the one MLX generates) -- not yet run on a real Apple GPU; dispatch's first-use self_check
 guards the first run on one.
@@ -34,7 +35,7 @@ import functools
 
 import mlx.core as mx
 
-from . import fused, reference
+from . import fused, reference, source_common
 from .fused import MAX_THREADS
 
 SIMD_WIDTH = 32
@@ -42,6 +43,7 @@ SIMD_WIDTH = 32
 HEADER = f"""
 // mlx_kssm phase-coupling scan: shared helpers (see mlx_kssm/kernels/metal.py)
 #define KSSM_MAX_SIMD {MAX_THREADS // SIMD_WIDTH}
+#define KSSM_SLOT KSSM_MAX_SIMD  // one reduction slot: a partial per simdgroup
 #define KSSM_PHASE_EPS {reference.PHASE_EPS!r}f
 
 // Sum of v over the threadgroup: simd_sum within each simdgroup, then the per-simdgroup
@@ -83,128 +85,29 @@ inline float2 kssm_field(float zr, float zi, float r, float inv_n,
 }}
 """
 
-# Inputs: d*, c* (B,T,G,n); k (B,T,G,1); z0* (B,G,n); force_r (1,). Outputs zr, zi (B,T,G,n).
-# Grid (n, G, B), threadgroup (n, 1, 1).
-SCAN_SOURCE = """
-    threadgroup float4 red[2 * KSSM_MAX_SIMD];
-    const uint b = threadgroup_position_in_grid.z;
-    const uint g = threadgroup_position_in_grid.y;
-    const uint j = thread_position_in_threadgroup.x;
+# The bodies are source_common's, in Metal's words. Grid (n, G, B), threadgroup (n, 1, 1).
+# The adjoint's five group sums per step take two reductions here: a float4 (z_{t-1} and gw)
+# and the dot.
+DIALECT = source_common.Dialect(
+    index="uint", count="uint",
+    block="threadgroup_position_in_grid", thread="thread_position_in_threadgroup.x",
+    live="true",  # a threadgroup is exactly n threads
+    lanes="""
     const uint lane = thread_index_in_simdgroup;
-    const uint sid = simdgroup_index_in_threadgroup;
-    const int T = dr_shape[1];
-    const uint G = dr_shape[2];
-    const uint N = dr_shape[3];
-    const int ns = (N + 31) / 32;
-    const float inv_n = 1.0f / float(N);
-    const float r = force_r[0];
-
-    const uint s0 = (b * G + g) * N + j;
-    float zr_ = z0r[s0];
-    float zi_ = z0i[s0];
-    uint kidx = b * T * G + g;       // (b, t, g) in k
-    uint idx = kidx * N + j;         // (b, t, g, j) in d, c, z
-    for (int t = 0; t < T; ++t) {
-        float2 m = kssm_field<FORCED>(zr_, zi_, r, inv_n, red + (t & 1) * KSSM_MAX_SIMD,
-                                      ns, lane, sid);
-        float kk = k[kidx];
-        float wr = zr_ + kk * (m.x - zr_);
-        float wi = zi_ + kk * (m.y - zi_);
-        float a = dr[idx];
-        float bb = di[idx];
-        zr_ = a * wr - bb * wi + cr[idx];
-        zi_ = a * wi + bb * wr + ci[idx];
-        zr[idx] = zr_;
-        zi[idx] = zi_;
-        kidx += G;
-        idx += G * N;
-    }
-"""
-
-# Adjoint in reverse time. Inputs: dr, di, k, z0r, z0i, zr, zi (forward states), gzr, gzi
-# (cotangents of the states). Outputs: gdr, gdi, gk, gcr, gci, gz0r, gz0i.
-# With a = dL/dz_t (cotangent at t plus what flows back from t+1), z_t = d_t w_t + c_t:
-#   dc = a, dd = a conj(w), gw = conj(d) a, dK = sum_j gw_j . (m - z_{t-1,j}),
-#   dL/dz_{t-1} = (1 - K) gw + K mean_j gw_j (+ the cotangent at t-1).
-SCAN_VJP_SOURCE = """
-    threadgroup float4 red4[2 * KSSM_MAX_SIMD];
-    threadgroup float red1[2 * KSSM_MAX_SIMD];
-    const uint b = threadgroup_position_in_grid.z;
-    const uint g = threadgroup_position_in_grid.y;
-    const uint j = thread_position_in_threadgroup.x;
-    const uint lane = thread_index_in_simdgroup;
-    const uint sid = simdgroup_index_in_threadgroup;
-    const int T = dr_shape[1];
-    const uint G = dr_shape[2];
-    const uint N = dr_shape[3];
-    const int ns = (N + 31) / 32;
-    const float inv_n = 1.0f / float(N);
-
-    const uint s0 = (b * G + g) * N + j;
-    const uint step = G * N;
-    uint kidx = (b * T + (T - 1)) * G + g;
-    uint idx = kidx * N + j;
-    float ar = 0.0f;
-    float ai = 0.0f;
-    for (int t = T - 1; t >= 0; --t) {
-        ar += gzr[idx];
-        ai += gzi[idx];
-        gcr[idx] = ar;
-        gci[idx] = ai;
-        float pr = (t > 0) ? zr[idx - step] : z0r[s0];   // z_{t-1}
-        float pi = (t > 0) ? zi[idx - step] : z0i[s0];
-        float a = dr[idx];
-        float bb = di[idx];
-        float gwr = a * ar + bb * ai;
-        float gwi = a * ai - bb * ar;
-        float4 s = kssm_group_sum(float4(pr, pi, gwr, gwi), red4 + (t & 1) * KSSM_MAX_SIMD,
-                                  ns, lane, sid);
-        float sdot = kssm_group_sum(gwr * pr + gwi * pi, red1 + (t & 1) * KSSM_MAX_SIMD,
-                                    ns, lane, sid);
-        float mr = s.x * inv_n;
-        float mi = s.y * inv_n;
-        float kk = k[kidx];
-        float wr = pr + kk * (mr - pr);
-        float wi = pi + kk * (mi - pi);
-        gdr[idx] = ar * wr + ai * wi;
-        gdi[idx] = ai * wr - ar * wi;
-        if (j == 0) {
-            gk[kidx] = mr * s.z + mi * s.w - sdot;
-        }
-        ar = (1.0f - kk) * gwr + kk * (s.z * inv_n);
-        ai = (1.0f - kk) * gwi + kk * (s.w * inv_n);
-        if (t > 0) {
-            kidx -= G;
-            idx -= step;
-        }
-    }
-    gz0r[s0] = ar;
-    gz0i[s0] = ai;
-"""
-
-# One decoding token. Inputs: zr, zi, dr, di, cr, ci (B,G,n); k (B,G,1); force_r (1,).
-# Outputs zr_out, zi_out (B,G,n). Grid (n, G, B), threadgroup (n, 1, 1).
-STEP_SOURCE = """
-    threadgroup float4 red[KSSM_MAX_SIMD];
-    const uint b = threadgroup_position_in_grid.z;
-    const uint g = threadgroup_position_in_grid.y;
-    const uint j = thread_position_in_threadgroup.x;
-    const uint G = dr_shape[1];
-    const uint N = dr_shape[2];
-    const uint kidx = b * G + g;
-    const uint idx = kidx * N + j;
-    float zr_ = zr[idx];
-    float zi_ = zi[idx];
-    float2 m = kssm_field<FORCED>(zr_, zi_, force_r[0], 1.0f / float(N), red, (N + 31) / 32,
-                                  thread_index_in_simdgroup, simdgroup_index_in_threadgroup);
-    float kk = k[kidx];
-    float wr = zr_ + kk * (m.x - zr_);
-    float wi = zi_ + kk * (m.y - zi_);
-    float a = dr[idx];
-    float bb = di[idx];
-    zr_out[idx] = a * wr - bb * wi + cr[idx];
-    zi_out[idx] = a * wi + bb * wr + ci[idx];
-"""
+    const uint sid = simdgroup_index_in_threadgroup;""",
+    lane_args="warps, lane, sid",
+    shared="threadgroup float4",
+    adjoint_shared="""
+    threadgroup float4 red4[2 * KSSM_SLOT];
+    threadgroup float red1[2 * KSSM_SLOT];""",
+    adjoint_sums="""
+        float4 s4 = kssm_group_sum(float4(pr, pi, gwr, gwi), red4 + (t & 1) * KSSM_SLOT,
+                                   warps, lane, sid);
+        float s[5] = {s4.x, s4.y, s4.z, s4.w,
+                      kssm_group_sum(gwr * pr + gwi * pi, red1 + (t & 1) * KSSM_SLOT,
+                                     warps, lane, sid)};""")
+SCAN_SOURCE, SCAN_VJP_SOURCE, STEP_SOURCE = (
+    DIALECT.body(name) for name in ("kssm_scan", "kssm_scan_vjp", "kssm_step"))
 
 
 def kernel_spec(name: str) -> dict:
@@ -225,10 +128,8 @@ def _make_kernel(name: str):
 def _run_kernel(name: str, **call):
     """Launch kernel `name` with mx.fast.metal_kernel call arguments (inputs, template, grid,
     threadgroup, output_shapes, output_dtypes). The C++ harness substitutes this function."""
-    kernel = _make_kernel(name)
-    if kernel is None:
-        raise RuntimeError("the fused scan kernel needs a Metal GPU (mx.metal.is_available())")
-    return kernel(**call)
+    return fused.launch(_make_kernel(name), call,
+                        "the fused scan kernel needs a Metal GPU (mx.metal.is_available())")
 
 
 # Looked up at call time (not bound here), so a harness that replaces _run_kernel or a test

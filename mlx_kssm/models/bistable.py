@@ -38,16 +38,23 @@ def bound_u(u_raw, mode: str):
     return u + U_LEAK * (u_raw - mx.stop_gradient(u_raw))
 
 
+def raw_u(p):
+    """u = (d g - c h) / (a g - c e) from the projections p (..., 10), before the bound; the
+    denominator is kept at least 1e-3 from zero."""
+    a, c, d, e, g, h = (p[..., i] for i in (0, 2, 3, 4, 6, 7))
+    num = d * g - c * h
+    den = a * g - c * e
+    den = mx.where(mx.abs(den) < 1e-3, mx.where(den < 0, -1e-3, 1e-3), den)
+    return num / den
+
+
 def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float):
     """From the projections p (..., 10): (u bounded, aux) with aux = {"u": mean u,
     "u_at_bound": fraction of positions whose raw u lies outside the regime, "reg": the
     regularizer}."""
-    a, b, c, d, e, f, g, h = (p[..., i] for i in range(8))
-    num = d * g - c * h
-    den = a * g - c * e
-    den = mx.where(mx.abs(den) < 1e-3, mx.where(den < 0, -1e-3, 1e-3), den)
-    u_raw = num / den
+    u_raw = raw_u(p)
     u = bound_u(u_raw, mode)
+    b, c, f, g = (p[..., i] for i in (1, 2, 5, 6))
     big_delta = b * g - c * f
     reg = (lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
            + lambda_logu * mx.mean(-mx.log(u)))

@@ -42,7 +42,7 @@ def algebraic_unit(v):
     return v * mx.rsqrt(1 + v * v)
 
 
-def projection_sizes(args: ModelArgs) -> tuple:
+def projection_sizes(args: "ModelArgs") -> tuple:  # quoted: the mlx-lm export copies it
     """Widths of in_proj's outputs, in order: [Delta (rotation "input")], damping logit, drive
     re, drive im, coupling (G logits, or the 10 bistable projections), [gate (args.gate)]."""
     N = args.n_oscillators
@@ -58,40 +58,13 @@ def damping_spread(count: int, mode: str):
     return mx.linspace(0.6, 0.995, count)
 
 
-class OscillatorBank(nn.Module):
-    """One layer's token mixer: per-token inputs, the oscillator scan, the readout."""
-
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        G, n = args.n_groups, args.osc_per_group
-        N = G * n
-        self.G, self.n, self.H = G, n, args.harmonics
-        self.args = args
-        self.norm = nn.RMSNorm(args.d_model)
-        sizes = projection_sizes(args)
-        self.in_proj = nn.Linear(args.d_model, sum(sizes))
-        coupling_start = sum(sizes[:-2 if args.gate else -1])
-        if args.bistable:
-            init_core_projection(self.in_proj, coupling_start)
-        elif args.coupling_bias:
-            b = self.in_proj.bias
-            self.in_proj.bias = mx.concatenate([b[:coupling_start], mx.full((G,), args.coupling_bias),
-                                                b[coupling_start + G:]])
-        # natural frequencies spread over (-pi, pi); damping spread so the bank has memories
-        # from a few tokens to a few hundred (like S4D/LRU initializations)
-        self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
-        self.lambda_bias = self._logit(damping_spread(N, args.damping_init)).reshape(G, n)
-        self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
-        theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
-        self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
-        if args.readout == "bolted":
-            self.out_proj = nn.Linear(2 * N, args.d_model)
-            self.state_norm = nn.RMSNorm(2 * N)
-        else:
-            self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
-        # Ablation switch: zero the order-parameter features (the only-path test).
-        self.ablate_readout = False
-        self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it
+class OscillatorBankBase(nn.Module):
+    """An oscillator bank but for its scan and cache: the scan's inputs and the output gate
+    from the current layer input x_t alone, the initial state, and the layer's output from the
+    states z_t. The base of OscillatorBank here and in the model file of an mlx-lm export
+    (export/model_file.py copies it), so the two compute the same. A subclass holds `args`,
+    `G`, `n` and the weights read here: norm, in_proj, omega, lambda_bias, dt_raw, z0, out_proj
+    (and state_norm for the bolted readout)."""
 
     # -- the squashes: algebraic (square roots) or exp-based, as args.squash says
     def _unit(self, v):
@@ -99,13 +72,6 @@ class OscillatorBank(nn.Module):
 
     def _prob(self, v):
         return 0.5 + 0.5 * algebraic_unit(v) if self.args.squash == "algebraic" else mx.sigmoid(v)
-
-    def _logit(self, p):
-        """The inverse of _prob."""
-        if self.args.squash == "algebraic":
-            u = 2 * p - 1
-            return u * mx.rsqrt(1 - u * u)
-        return mx.log(p / (1 - p))
 
     def _inputs(self, x):
         """Scan inputs (dr, di, k, cr, ci), each (B, T, G, n) or (B, T, G, 1) for k, the gate
@@ -141,6 +107,62 @@ class OscillatorBank(nn.Module):
         z0 = mx.broadcast_to(self.z0[:, None], (2, B, self.G, self.n))
         return z0[0], z0[1]
 
+    def _output(self, x, features, r, zr, zi, gate):
+        """x + out_proj(the order-parameter features), times the gate where there is one."""
+        B, T, _ = x.shape
+        if self.args.readout == "bolted":
+            # The v2 failure: R scales the state just before a norm, which undoes the scale.
+            state = mx.concatenate([zr, zi], axis=-1).reshape(B, T, -1)
+            out = self.out_proj(self.state_norm(state * r[..., None]))
+        else:
+            out = self.out_proj(features.reshape(B, T, -1))
+        if gate is not None:
+            out = out * gate
+        return x + out
+
+
+class OscillatorBank(OscillatorBankBase):
+    """One layer's token mixer: per-token inputs, the oscillator scan, the readout."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        G, n = args.n_groups, args.osc_per_group
+        N = G * n
+        self.G, self.n, self.H = G, n, args.harmonics
+        self.args = args
+        self.norm = nn.RMSNorm(args.d_model)
+        sizes = projection_sizes(args)
+        self.in_proj = nn.Linear(args.d_model, sum(sizes))
+        coupling_start = sum(sizes[:-2 if args.gate else -1])
+        if args.bistable:
+            init_core_projection(self.in_proj, coupling_start)
+        elif args.coupling_bias:
+            b = self.in_proj.bias
+            self.in_proj.bias = mx.concatenate([b[:coupling_start], mx.full((G,), args.coupling_bias),
+                                                b[coupling_start + G:]])
+        # natural frequencies spread over (-pi, pi); damping spread so the bank has memories
+        # from a few tokens to a few hundred (like S4D/LRU initializations)
+        self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
+        self.lambda_bias = self._logit(damping_spread(N, args.damping_init)).reshape(G, n)
+        self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
+        theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
+        self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
+        if args.readout == "bolted":
+            self.out_proj = nn.Linear(2 * N, args.d_model)
+            self.state_norm = nn.RMSNorm(2 * N)
+        else:
+            self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
+        # Ablation switch: zero the order-parameter features (the only-path test).
+        self.ablate_readout = False
+        self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it
+
+    def _logit(self, p):
+        """The inverse of _prob."""
+        if self.args.squash == "algebraic":
+            u = 2 * p - 1
+            return u * mx.rsqrt(1 - u * u)
+        return mx.log(p / (1 - p))
+
     def __call__(self, x, cache: OscillatorCache | None = None, force_r=None):
         """x (B, T, D) -> (y, R (B, T), aux). With a cache, continues from its state."""
         B, T, _ = x.shape
@@ -163,15 +185,7 @@ class OscillatorBank(nn.Module):
         features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)
         if self.ablate_readout:
             features = mx.zeros_like(features)
-        if self.args.readout == "bolted":
-            # The v2 failure: R scales the state just before a norm, which undoes the scale.
-            state = mx.concatenate([zr, zi], axis=-1).reshape(B, T, -1)
-            out = self.out_proj(self.state_norm(state * r[..., None]))
-        else:
-            out = self.out_proj(features.reshape(B, T, -1))
-        if gate is not None:
-            out = out * gate
-        return x + out, r, aux
+        return self._output(x, features, r, zr, zi, gate), r, aux
 
 
 class Block(nn.Module):
@@ -200,4 +214,4 @@ class Model(LanguageModel):
         return self.run(inputs, force_r, step, return_r, return_aux)
 
 
-__all__ = ["Model", "OscillatorBank", "OscillatorCache"]
+__all__ = ["Model", "OscillatorBank", "OscillatorBankBase", "OscillatorCache"]

@@ -10,7 +10,8 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 
 import click
 
-from .._cli import CONTEXT, UsageProblem, kernel_option, one_line_errors
+from .._cli import (CONTEXT, UsageProblem, force_r_options, kernel_option, one_line_errors,
+                    options)
 from .._files import atomic_write_json, atomic_write_text
 
 
@@ -52,10 +53,7 @@ def parse_size(text: str) -> int:
               help="keep only the k most likely tokens (0 = all)")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="sampling seed: same prompt + seed = same text")
-@click.option("--force-r", default=None, metavar="R",
-              help="clamp R to this value in [0, 1] in every layer, for every token")
-@click.option("--force-r-layer", multiple=True, metavar="L=R",
-              help="clamp R in layer L only (repeatable; overrides --force-r for that layer)")
+@force_r_options()
 @click.option("--show-r", is_flag=True, help="print R per generated token and its zone")
 @kernel_option
 @one_line_errors
@@ -224,6 +222,17 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
 
 # ---------------------------------------------------------------- export
 
+# The options only --format mlx-lm reads (with another format, exporter.export refuses them).
+mlx_lm_options = options(
+    force_r_options("mlx-lm: ", "in every layer of the exported model"),
+    click.option("--data", "data_dir", default=None, metavar="DIR",
+                 help="mlx-lm: the prepared data folder it was trained on, described in the "
+                      "card"),
+    click.option("--evaluation", "evaluation_json", default=None, metavar="FILE",
+                 help="mlx-lm: an `mlx-kssm evaluate --json` file (with --causality for the "
+                      "verdicts) whose val loss and causality verdicts go into the card"))
+
+
 @click.command(context_settings=CONTEXT)
 @click.option("--model", "model_dir", required=True, metavar="DIR",
               help="run folder (its best/, else its newest checkpoint), checkpoint or export")
@@ -238,15 +247,7 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
               help="cast the weights (default: keep float32)")
 @click.option("--max-shard-size", default="2GB", show_default=True,
               help="split model.safetensors into shards with an index above this size")
-@click.option("--force-r", default=None, metavar="R",
-              help="mlx-lm: clamp R to this value in [0, 1] in every layer of the exported model")
-@click.option("--force-r-layer", multiple=True, metavar="L=R",
-              help="mlx-lm: clamp R in layer L only (repeatable; overrides --force-r there)")
-@click.option("--data", "data_dir", default=None, metavar="DIR",
-              help="mlx-lm: the prepared data folder it was trained on, described in the card")
-@click.option("--evaluation", "evaluation_json", default=None, metavar="FILE",
-              help="mlx-lm: an `mlx-kssm evaluate --json` file (with --causality for the "
-                   "verdicts) whose val loss and causality verdicts go into the card")
+@mlx_lm_options
 @one_line_errors
 def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_layer, data_dir,
            evaluation_json):

@@ -49,11 +49,24 @@ def zone_bands(ax) -> None:
 
 
 def plot_training(events, out_dir: Path, plt) -> list:
+    """loss.png, r_layers.png and u.png in out_dir, each where the run logged what it shows;
+    returns the paths written."""
     trains = [e for e in events if e.get("event", "train") == "train"]
     evals = [e for e in events if e.get("event") == "eval"]
+    plots = ((_plot_loss, "loss.png"), (_plot_r_layers, "r_layers.png"), (_plot_u, "u.png"))
     written = []
+    for draw, name in plots:
+        fig = draw(trains, evals, plt)
+        if fig is not None:
+            written.append(_save(fig, out_dir / name, plt))
+    return written
+
+
+def _plot_loss(trains, evals, plt):
+    """Train loss (and CE where a regularizer makes them differ), val loss and PPL; None
+    without any loss."""
     if not any("loss" in e for e in trains) and not evals:
-        return written
+        return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key, style in (("loss", "-"), ("ce", ":")):
         x, y = _series(trains, key)
@@ -78,48 +91,55 @@ def plot_training(events, out_dir: Path, plt) -> list:
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("Loss")
     fig.tight_layout()
-    written.append(_save(fig, out_dir / "loss.png", plt))
+    return fig
 
+
+def _plot_r_layers(trains, evals, plt):
+    """R per layer over training over the zone bands; None without R."""
     layers = [e for e in trains if e.get("R_layers")]
-    if layers:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        zone_bands(ax)
-        n_layers = len(layers[0]["R_layers"])
-        steps = [e["step"] for e in layers]
-        for i in range(n_layers):
-            ax.plot(steps, [e["R_layers"][i] for e in layers], lw=1.3, label=f"layer {i}")
-        x, y = _series(evals, "val_R")
-        if x:
-            ax.plot(x, y, "ko--", ms=3, lw=1, label="val R (mean)")
-        ax.set_xlabel("step")
-        ax.set_ylabel("R (order parameter)")
-        ax.set_title("R per layer over training, with zones")
-        ax.legend(loc="upper left", fontsize=8, ncol=2)
-        fig.tight_layout()
-        written.append(_save(fig, out_dir / "r_layers.png", plt))
-
-    x, y = _series(trains, "u")
+    if not layers:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    zone_bands(ax)
+    steps = [e["step"] for e in layers]
+    for i in range(len(layers[0]["R_layers"])):
+        ax.plot(steps, [e["R_layers"][i] for e in layers], lw=1.3, label=f"layer {i}")
+    x, y = _series(evals, "val_R")
     if x:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.plot(x, y, lw=1.3, label="u_val (train)")
-        xv, yv = _series(evals, "val_u")
-        if xv:
-            ax.plot(xv, yv, "o--", ms=3, label="u (val)")
-        for bound in (0.1, 10.0):
-            ax.axhline(bound, color="tab:red", ls=":", lw=1)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("u (bistable regime 0.1 .. 10)")
-        xb, yb = _series(trains, "u_at_bound")
-        if xb:
-            ax2 = ax.twinx()
-            ax2.plot(xb, [100 * v for v in yb], color="tab:gray", lw=0.8, alpha=0.7)
-            ax2.set_ylabel("% positions at the bound", color="tab:gray")
-        ax.legend(loc="upper right", fontsize=8)
-        ax.set_title("u_val")
-        fig.tight_layout()
-        written.append(_save(fig, out_dir / "u.png", plt))
-    return written
+        ax.plot(x, y, "ko--", ms=3, lw=1, label="val R (mean)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("R (order parameter)")
+    ax.set_title("R per layer over training, with zones")
+    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_u(trains, evals, plt):
+    """v3's u over training, its bounds, and the share of positions at a bound; None
+    without u."""
+    x, y = _series(trains, "u")
+    if not x:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(x, y, lw=1.3, label="u_val (train)")
+    xv, yv = _series(evals, "val_u")
+    if xv:
+        ax.plot(xv, yv, "o--", ms=3, label="u (val)")
+    for bound in (0.1, 10.0):
+        ax.axhline(bound, color="tab:red", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("u (bistable regime 0.1 .. 10)")
+    xb, yb = _series(trains, "u_at_bound")
+    if xb:
+        ax2 = ax.twinx()
+        ax2.plot(xb, [100 * v for v in yb], color="tab:gray", lw=0.8, alpha=0.7)
+        ax2.set_ylabel("% positions at the bound", color="tab:gray")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("u_val")
+    fig.tight_layout()
+    return fig
 
 
 def plot_intervention(sweep: dict, path: Path, plt, title: str = "") -> Path:
