@@ -12,7 +12,14 @@ import click
 from .._cli import CONTEXT, one_line_errors
 from ..kernels import KERNEL_MODES
 from ..models.presets import PRESETS
-from .config import STAGE_STEPS
+from .config import STAGE_STEPS, TrainConfig
+
+def with_default(text: str, field: str, also: str = "") -> str:
+    """Help text ending in TrainConfig's default for `field` (the flags default to None, so
+    that --resume can tell what the user set; click cannot show the default itself)."""
+    default = getattr(TrainConfig(), field)
+    return f"{text}  [default: {default}{', ' + also if also else ''}]"
+
 
 TRAIN_HELP = f"""Train a model, with evaluation, checkpoints, exact resume, a lock and health gates.
 
@@ -55,25 +62,32 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 @click.option("--preset", help="preset name (see --list-presets)")
 @click.option("--model", help="model folder to start from (exported, run, or checkpoint)")
 @click.option("--data", help="prepared data folder (what `data prepare --out` wrote)")
-@click.option("--output-dir", help="run folder  [default: runs/run]")
+@click.option("--output-dir", help=with_default("run folder", "output_dir"))
 @click.option("--batch-size", type=int, help="sequences per step per process [preset default]")
 @click.option("--seq-len", type=int, help="tokens per sequence [preset default]")
-@click.option("--max-steps", type=int, help="optimizer steps  [default: 1000, or the stage's]")
+@click.option("--max-steps", type=int,
+              help=with_default("optimizer steps", "max_steps", "or the stage's"))
 @click.option("--schedule-steps", type=int, help="LR cosine horizon if longer than "
               "--max-steps (train the start of a longer plan)")
 @click.option("--learning-rate", type=float, help="peak LR [preset default]")
-@click.option("--warmup-steps", type=int, help="linear warmup steps  [default: 100]")
-@click.option("--grad-accum", type=int, help="micro-batches per step  [default: 1]")
-@click.option("--grad-clip", type=float, help="max gradient norm, 0 = off  [default: 1.0]")
-@click.option("--weight-decay", type=float, help="[default: 0.01]")
-@click.option("--steps-per-report", type=int, help="[default: 10]")
-@click.option("--steps-per-eval", type=int, help="[default: 200]")
-@click.option("--val-batches", type=int, help="validation batches per evaluation  [default: 20]")
-@click.option("--save-every", type=int, help="checkpoint interval in steps  [default: 500]")
-@click.option("--keep-last", type=int, help="step checkpoints kept (plus best/)  [default: 3]")
-@click.option("--patience", type=int, help="evals without val improvement before stopping; "
-              "0 = never  [default: 0]")
-@click.option("--seed", type=int, help="init and data seed  [default: 0]")
+@click.option("--warmup-steps", type=int, help=with_default("linear warmup steps", "warmup_steps"))
+@click.option("--grad-accum", type=int, help=with_default("micro-batches per step", "grad_accum"))
+@click.option("--grad-clip", type=float,
+              help=with_default("max gradient norm, 0 = off", "grad_clip"))
+@click.option("--weight-decay", type=float, help=with_default("AdamW's", "weight_decay"))
+@click.option("--steps-per-report", type=int,
+              help=with_default("steps between report lines", "steps_per_report"))
+@click.option("--steps-per-eval", type=int,
+              help=with_default("steps between evaluations", "steps_per_eval"))
+@click.option("--val-batches", type=int,
+              help=with_default("validation batches per evaluation", "val_batches"))
+@click.option("--save-every", type=int,
+              help=with_default("checkpoint interval in steps", "save_every"))
+@click.option("--keep-last", type=int,
+              help=with_default("step checkpoints kept (plus best/)", "keep_last"))
+@click.option("--patience", type=int, help=with_default(
+    "evals without val improvement before stopping; 0 = never", "patience"))
+@click.option("--seed", type=int, help=with_default("init and data seed", "seed"))
 @click.option("--resume", is_flag=True, default=None, help="continue the run in --output-dir")
 @click.option("--kernel", type=click.Choice(KERNEL_MODES),
               help="scan implementation: auto = the fused Metal or CUDA kernel of the GPU "
