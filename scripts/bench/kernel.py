@@ -1,6 +1,6 @@
 """Phase-coupling scan throughput -> JSON.
 
-    python scripts/bench/kernel.py [--batch 8 --seq 512 --groups 8 --osc 16] [--out FILE]
+    python scripts/bench/kernel.py [--batch 8 --seq 512 --groups 32 --osc 4] [--out FILE]
 
 - reference: the pure-MLX sequential scan (compiled with mx.compile, as the trainer runs it)
   on the default device, tokens/s (batch * seq / seconds) for forward and forward+backward
@@ -73,8 +73,10 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--groups", type=int, default=8)   # the v2 bank: 8 groups x 16 oscillators
-    p.add_argument("--osc", type=int, default=16)
+    # the v2 preset's bank (0.2): 32 groups x 4 oscillators; 0.1's was 8 x 16. On a GPU,
+    # n = 4 leaves most lanes of a 32-wide group idle: measure both shapes there.
+    p.add_argument("--groups", type=int, default=32)
+    p.add_argument("--osc", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-emulation", action="store_true")
     p.add_argument("--out", default=None)

@@ -16,8 +16,9 @@ Parts:
   generation  stateful decoding vs recompute-the-context (scripts/bench/generation.py)
   data        scripts/bench/data.py (data pipeline)
   kernel      scripts/bench/kernel.py (scan; CPU reference figures without a GPU)
-  ablation    the quality path on char-level Shakespeare, one change per row, 3 seeds
-              (scripts/bench/ablate.py; reuses finished runs in bench/out/table)
+  ablation    the quality path on char-level Shakespeare, one change per row (seed 0, from
+              bench/out/ablate/rows.jsonl) and the 0.1 design over 3 seeds (scripts/bench/
+              ablate.py; reuses finished runs in bench/out/table)
   screening   single changes tried first, summarized from their rows (scripts/bench/
               ablation_rows.py; measured by the code at 45f9fa4, see ablate.py)
   study       the final comparison: mlx-kssm study of v1-char and its controls, 3 seeds
@@ -45,9 +46,13 @@ PY = sys.executable
 PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "screening", "study",
          "bpe", "speed", "v3")
 CHARS = "data/prepared/chars"  # bytes, --val-fraction 0.1: the quality issue's recipe
-PATH_ROWS = "d1,fixrot,fixrot_gate,d2,d2_h2,d2_h1,d2_g32n4h1"
-SCREENING = "base,grp,gate,rotfix,cayley,softsign,fnorm,lr3,rg,rg_kinit,rg_loglam,rg_lr3"
-SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr1,tf4_ffn512_lr2"
+# the path from 0.1's v1-char to the preset, one change per row, as measured (seed 0) in
+# bench/out/ablate/rows.jsonl; d1 (= base) again over 3 seeds in bench/out/table for the noise
+PATH_ROWS = "base,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,bolted_c4_l4,tf4_ffn512_lr1"
+SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
+SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr2"
+ROWS = "bench/out/ablate/rows.jsonl"
+STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
 BYTES = "data/prepared/shakespeare-bytes"
 COMPACT = "data/prepared/shakespeare-compact"
@@ -166,17 +171,19 @@ def quality_issue_parts() -> dict:
     ablate = [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
               "--seq", "64"]
     return {
-        "ablation": [("path", ablate + ["--variants", PATH_ROWS, "--seeds", "0,1,2",
-                                        "--out-dir", "bench/out/table"], 36000),
-                     ("side", ablate + ["--variants", SIDE_ROWS, "--seeds", "0",
-                                        "--out-dir", "bench/out/ablate"], 36000)],
-        "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows",
-                                   "bench/out/ablate/rows.jsonl", "--variants", SCREENING], 60)],
+        "ablation": [("path", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
+                               "--variants", PATH_ROWS, "--commit", "several"], 60),
+                     ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
+                               "--variants", SIDE_ROWS, "--commit", "several"], 60),
+                     ("noise", ablate + ["--variants", "d1", "--seeds", "0,1,2",
+                                         "--out-dir", "bench/out/table"], 36000)],
+        "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
+                                   "--variants", SCREENING], 60)],
         "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
                             "--seeds", "3", "--steps", "2000", "--batch", "12", "--seq", "64",
-                            "--out", "bench/out/study_char"], 36000)],
+                            "--models", STUDY_MODELS, "--out", "bench/out/study_char"], 36000)],
         "bpe": [("tiny", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
-                          "--variants", "bpe_tiny,bpe_tf_tiny,bpe_tiny_d1", "--seeds", "0,1,2",
+                          "--variants", "bpe_tiny,bpe_tf_tiny", "--seeds", "0",
                           "--steps", "500", "--batch", "16", "--seq", "128", "--val-batches", "30",
                           "--out-dir", "bench/out/ablate_bpe"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
@@ -377,7 +384,7 @@ def _mean_sd(v: dict) -> str:
 
 
 def _ablation_rows(variants: dict, notes: dict) -> list:
-    rows = ["| row | what changes | params | val loss, mean ± std (seeds 0, 1, 2) | each seed | val R |",
+    rows = ["| row | what changes | params | val loss (mean ± std over the seeds run) | each seed | val R |",
             "|---|---|---:|---|---|---:|"]
     for name, v in variants.items():
         r = v.get("val_R")
@@ -399,12 +406,17 @@ PATH_NOTES = {
     "d2_g16n8h1": "16 groups of 8, 1 harmonic", "d2_g64n2h1": "64 groups of 2, 1 harmonic",
     "d2_g16n8h2": "16 groups of 8, 2 harmonics", "d2_g32n4h2": "32 groups of 4, 2 harmonics",
     "d2_h2_l4": "8 x 16, 2 harmonics, 4 layers",
-    "tf4_ffn512_lr1": "transformer 4 x 128, FFN 512, LR 1e-3 (the issue's reference)",
+    "tf4_ffn512_lr1": "transformer 4 x 128, FFN 512, LR 1e-3 (the issue's reference, 0.82M)",
     "tf4_ffn512_lr2": "the same transformer at LR 2e-3",
-    "base": "v1-char 0.1 (= d1)", "grp": "damping, rotation, coupling per group",
-    "gate": "+ gate (silu)", "rotfix": "fixed rotation", "cayley": "input rotation, Cayley form",
+    "base": "v1-char as 0.1 shipped it: design 1, 2 layers, 8 groups x 16, 4 harmonics",
+    "rg_algall": "+ algebraic squashes, gate included (no exp): design 2",
+    "c4_l4": "4 layers: the v1-char preset (893k parameters)",
+    "bolted_c4_l4": "control-bolted-char: the same, output reads the raw state (R bypassed)",
+    "rg_alg": "rg, algebraic drive and damping (gate still silu)",
+    "rg_h2": "rg, 2 harmonics", "grp": "damping, rotation, coupling per group",
+    "gate": "+ gate (silu)", "rotfix": "fixed rotation per oscillator (no input-dependent frequency)", "cayley": "input rotation, Cayley form",
     "softsign": "drive bound softsign", "fnorm": "RMSNorm on the features",
-    "lr3": "LR 3e-3", "rg": "fixed rotation + gate", "rg_kinit": "rg, coupling starts at K = 0.12",
+    "lr3": "LR 3e-3", "rg": "+ output gate from the current layer input", "rg_kinit": "rg, coupling starts at K = 0.12",
     "rg_loglam": "rg, damping spread log-uniform in 1 - lambda", "rg_lr3": "rg, LR 3e-3",
 }
 
@@ -415,24 +427,39 @@ def md_ablation(part: dict, screening: dict | None) -> list:
          "(4 plays held out: 4.61M train / 444k val bytes), the project's trainer, 2,000 steps x "
          "batch 12 x seq 64 (1.54M tokens), AdamW, warmup 100, cosine to 0.1x, clip 1.0, each "
          "preset's own LR (K-SSM 2e-3, transformer 1e-3); val loss over the same 100 fixed "
-         "batches of the val split at the end. Seeds 0, 1, 2 (init and batches) for every row. "
-         "Each row of the path changes one thing from the row above.", ""]
+         "batches of the val split at the end.", ""]
     res, run = _result(part, "path")
     if res:
+        L += ["The path from 0.1's `v1-char` to the 0.2 preset, one change per row from the row "
+              "above, **seed 0 only** (each row is a single run that chose the next step; the "
+              "seed-to-seed spread, measured on the first and last rows, is ~0.01 nats, so "
+              "steps smaller than ~0.02 are not resolved). The last three rows are the preset's "
+              "bolted control and the matched transformer at the same budget. The rows were "
+              "measured by the code of their time (the screening options at commit 45f9fa4, "
+              "design 2 and the presets by main); `rows.jsonl` records each run's machine.", ""]
+        L += _ablation_rows(res["variants"], PATH_NOTES)
+        L += ["", f"Command: `{run['command']}` (summarizes bench/out/ablate/rows.jsonl, which "
+              "`scripts/bench/ablate.py --variants NAME --seeds 0 --out-dir bench/out/ablate` "
+              "appended)", ""]
+    res, run = _result(part, "noise")
+    if res:
+        L += ["Seed noise: the first row (0.1's design) over seeds 0, 1, 2; the last K-SSM row "
+              "over 3 seeds is `v1-char` in section 7.", ""]
         L += _ablation_rows(res["variants"], PATH_NOTES)
         L += ["", f"Command: `{run['command']}`", ""]
     res, run = _result(part, "side")
     if res:
-        L += ["Beside the path (seed 0 only: single runs that chose the next step):", ""]
+        L += ["Beside the path (seed 0): banks and harmonics at 2 layers, and the transformer's "
+              "LR.", ""]
         L += _ablation_rows(res["variants"], PATH_NOTES)
         L += ["", f"Command: `{run['command']}`", ""]
     if screening:
         res, run = _result(screening)
         if res:
-            L += ["Screening: single changes on the 0.1 design, tried first, measured by the "
-                  f"code at commit {res['measured_at']} (branch `ablation-snapshot`: the options "
-                  "that lost were removed afterwards). `base` is `d1` above; the `rg*` rows "
-                  "change one thing from `rg`.", ""]
+            L += ["Screening (seed 0): single changes on the 0.1 design, tried first, measured "
+                  f"by the code at commit {res['measured_at']} (branch `ablation-snapshot`: the "
+                  "options that lost were removed afterwards). Compare with `base` above; the "
+                  "`rg_*` rows change one thing from `rg`.", ""]
             L += _ablation_rows(res["variants"], PATH_NOTES)
             L += ["", f"Command: `{run['command']}`", ""]
     return L
@@ -569,12 +596,62 @@ def md_summary(parts: dict) -> list:
     return L
 
 
+# parts whose section a rebuild keeps from the previous RESULTS.md when their JSON is gone:
+# (section heading, prefix of their summary lines)
+CARRIED = {"quality": ("## 1. ", "- Quality, "), "torch": ("## 2. ", "- Train step "),
+           "generation": ("## 3. ", "- Generation "), "data": ("## 4. ", None),
+           "kernel": ("## 5. ", None)}
+
+
+def carried_over(previous: str, parts: dict) -> dict:
+    """What the previous RESULTS.md said for the CARRIED parts that have no JSON now:
+    {"header": [...], "summary": [...], "sections": {part: [...]}, "versions": line}.
+    Nothing is recomputed: the lines are kept as they were, under a note saying so."""
+    lines = previous.splitlines()
+    kept = {"header": [], "summary": [], "sections": {}, "versions": ""}
+    for line in lines:
+        if line.startswith("- Versions: "):
+            kept["versions"] = line[len("- Versions: "):]
+    for name, (heading, summary_prefix) in CARRIED.items():
+        if name in parts:
+            continue
+        kept["header"] += [l for l in lines if l.startswith(f"- `{name}`: ")]
+        if summary_prefix:
+            kept["summary"] += [l for l in lines if l.startswith(summary_prefix)]
+        start = next((i for i, l in enumerate(lines) if l.startswith(heading)), None)
+        if start is not None:
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                       len(lines))
+            kept["sections"][name] = lines[start:end]
+    return kept
+
+
+CARRIED_MARK = " (carried over)"
+
+
+def _mark(lines: list) -> list:
+    return [l if l.endswith(CARRIED_MARK) else l + CARRIED_MARK for l in lines]
+
+
+def _carried_section(kept: dict, name: str) -> list:
+    section = kept["sections"].get(name)
+    if not section:
+        return []
+    if any(l.startswith("*Carried over") for l in section):  # carried before: keep its note
+        return section
+    return [section[0], "", f"*Carried over unchanged from the previous RESULTS.md ({kept['versions'].rstrip('.')}): "
+            "its JSON is not in bench/out, so this part was not rerun for this version; its "
+            "K-SSM rows are that version's design.*", *section[1:]]
+
+
 def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
     parts = {}
     for name in PARTS:
         f = out_dir / f"{name}.json"
         if f.is_file():
             parts[name] = json.loads(f.read_text())
+    previous = results_path.read_text() if results_path.is_file() else ""
+    kept = carried_over(previous, parts)
     sys.path.insert(0, str(HERE))
     import mlx_kssm  # noqa: F401
     from _common import machine
@@ -608,18 +685,23 @@ def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
             p = parts[name]
             L.append(f"- `{name}`: {p.get('mode')} run, finished {p.get('finished', '?')}, "
                      f"{p.get('seconds', 0):.0f} s, by `{p.get('invocation', '?')}`")
+    L += _mark(kept["header"])
     L.append("")
     L += md_summary(parts)
-    if "quality" in parts:
-        L += md_quality(parts["quality"])
-    if "torch" in parts:
-        L += md_torch(parts["torch"])
-    if "generation" in parts:
-        L += md_generation(parts["generation"])
+    if kept["summary"]:
+        L[-1:-1] = _mark(kept["summary"])
+    L += md_quality(parts["quality"]) if "quality" in parts else _carried_section(kept, "quality")
+    L += md_torch(parts["torch"]) if "torch" in parts else _carried_section(kept, "torch")
+    L += (md_generation(parts["generation"]) if "generation" in parts
+          else _carried_section(kept, "generation"))
     if "data" in parts:
         L += md_json_part(parts["data"], "## 4. Data pipeline",
                           "From scripts/bench/data.py (owned by the data issue), included verbatim.")
-    if "kernel" in parts:
+    else:
+        L += _carried_section(kept, "data")
+    if "kernel" not in parts:
+        L += _carried_section(kept, "kernel")
+    else:
         L += md_json_part(parts["kernel"], "## 5. Scan kernel (CPU reference figures)",
                           "From scripts/bench/kernel.py. No GPU in this run: these are the pure-MLX "
                           "reference scan on the CPU (and the Metal source's CPU emulation as an "

@@ -36,8 +36,11 @@ def main():
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-batches", type=int, default=100)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--models", default=None,
+                    help="comma-separated (default: the preset, its three comparisons, random-init)")
     args = ap.parse_args()
-    config = StudyConfig(data=args.data, output_dir=args.out, preset=args.preset,
+    models = [m for m in args.models.split(",") if m] if args.models else None
+    config = StudyConfig(data=args.data, output_dir=args.out, preset=args.preset, models=models,
                          seeds=args.seeds, max_steps=args.steps, batch_size=args.batch,
                          seq_len=args.seq, steps_per_eval=args.eval_every,
                          eval_batches=args.eval_batches)
