@@ -531,9 +531,47 @@ def md_v3(part: dict) -> list:
     return L + [""]
 
 
+def _sd(interval: dict | None) -> str:
+    if not interval:
+        return "—"
+    sd = interval.get("sd")
+    return f"{interval['mean']:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+
+def summary_quality_issue(parts: dict) -> list:
+    """The quality issue's parts in one line each: the 3-seed study, cl100k tiny, speed, v3."""
+    L = []
+    res, _ = _result(parts.get("study", {}))
+    summary = (res or {}).get("summary") or {}
+    k, t = summary.get("v1-char"), summary.get("transformer-char")
+    if k and t:
+        c, u = summary.get("control-bolted-char"), summary.get("upstream-v3-char")
+        verdicts = k["verdicts"].get("overall") or []
+        L.append(f"- Char-level study ({len(k['seeds'])} seeds, 2,000 x 12 x 64): v1-char "
+                 f"{_sd(k['val_loss'])} vs transformer-char {_sd(t['val_loss'])} nats/token "
+                 "(mean ± sd over seeds)"
+                 + (f"; control-bolted-char {_sd(c['val_loss'])}" if c else "")
+                 + (f"; upstream-v3-char {_sd(u['val_loss'])}" if u else "")
+                 + f"; v1-char causality verdicts per seed: {', '.join(verdicts) or '—'}.")
+    res, _ = _result(parts.get("bpe", {}))
+    v = (res or {}).get("variants") or {}
+    if "bpe_tiny" in v and "bpe_tf_tiny" in v:
+        L.append(f"- Compacted cl100k, tiny, 1,024,000 tokens each (seeds {v['bpe_tiny']['seeds']}):"
+                 f" tiny {_mean_sd(v['bpe_tiny'])} vs transformer-tiny "
+                 f"{_mean_sd(v['bpe_tf_tiny'])} nats/token.")
+    res, _ = _result(parts.get("speed", {}))
+    for r in (res or {}).get("results", []):
+        q = r["kssm_over_transformer"]
+        L.append(f"- Train step time, {res['presets']['kssm']} / {res['presets']['transformer']} "
+                 f"at seq {r['seq_len']}: {mmm(q, 3)} (median [min–max] over rounds; target "
+                 "<= 1.25).")
+    return L
+
+
 def md_summary(parts: dict) -> list:
     """Conclusions computed from the numbers (so they can never disagree with the tables)."""
     L = ["## Summary (computed from the tables below)", ""]
+    L += summary_quality_issue(parts)
     for run in parts.get("quality", {}).get("runs", []):
         r = run.get("result")
         if not r:
