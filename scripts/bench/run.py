@@ -528,6 +528,10 @@ def md_v3(part: dict) -> list:
                  f"{r['windows_clipped']:.0%} | {r['grad_norm_median']:.2f} | "
                  + (f"{fu['inside_regime']:.1%}; " + " / ".join(f"{x:.2f}" for x in q)
                     if q else "—") + " |")
+    clipped = [r["label"] for r in res["runs"] if r["windows_clipped"] > 0.5]
+    if clipped:
+        L += ["", f"Sustained clipping (the mean gradient norm above the clip in more than half "
+              f"the report windows): {', '.join(clipped)}. Those runs are not healthy yet."]
     return L + [""]
 
 
