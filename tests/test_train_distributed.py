@@ -15,7 +15,8 @@ import pytest
 from mlx_kssm.data.prepare import prepare
 from mlx_kssm.train import TrainConfig, read_history, train
 
-LAUNCH = shutil.which("mlx.launch")
+# on PATH, or beside this Python (a venv that is not activated)
+LAUNCH = shutil.which("mlx.launch") or shutil.which("mlx.launch", path=os.path.dirname(sys.executable))
 
 
 @pytest.fixture(scope="module")
