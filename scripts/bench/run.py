@@ -421,6 +421,15 @@ PATH_NOTES = {
 }
 
 
+def _rows_section(result: tuple, intro: str, command_note: str = "") -> list:
+    """An intro, the rows of one ablation result, and the command that produced them."""
+    res, run = result
+    if not res:
+        return []
+    return ([intro, ""] + _ablation_rows(res["variants"], PATH_NOTES)
+            + ["", f"Command: `{run['command']}`{command_note}", ""])
+
+
 def md_ablation(part: dict, screening: dict | None) -> list:
     L = ["## 6. Quality: the ablation path (char-level Shakespeare)", "",
          "Recipe: bytes tokenizer, the `shakespeare` corpus prepared with `--val-fraction 0.1` "
@@ -428,40 +437,30 @@ def md_ablation(part: dict, screening: dict | None) -> list:
          "batch 12 x seq 64 (1.54M tokens), AdamW, warmup 100, cosine to 0.1x, clip 1.0, each "
          "preset's own LR (K-SSM 2e-3, transformer 1e-3); val loss over the same 100 fixed "
          "batches of the val split at the end.", ""]
-    res, run = _result(part, "path")
-    if res:
-        L += ["The path from 0.1's `v1-char` to the 0.2 preset, one change per row from the row "
-              "above, **seed 0 only** (each row is a single run that chose the next step; the "
-              "seed-to-seed spread, measured on the first and last rows, is ~0.01 nats, so "
-              "steps smaller than ~0.02 are not resolved). The last three rows are the preset's "
-              "bolted control and the matched transformer at the same budget. The rows were "
-              "measured by the code of their time (the screening options at commit 45f9fa4, "
-              "design 2 and the presets by main); `rows.jsonl` records each run's machine.", ""]
-        L += _ablation_rows(res["variants"], PATH_NOTES)
-        L += ["", f"Command: `{run['command']}` (summarizes bench/out/ablate/rows.jsonl, which "
-              "`scripts/bench/ablate.py --variants NAME --seeds 0 --out-dir bench/out/ablate` "
-              "appended)", ""]
-    res, run = _result(part, "noise")
-    if res:
-        L += ["Seed noise: the first row (0.1's design) over seeds 0, 1, 2; the last K-SSM row "
-              "over 3 seeds is `v1-char` in section 7.", ""]
-        L += _ablation_rows(res["variants"], PATH_NOTES)
-        L += ["", f"Command: `{run['command']}`", ""]
-    res, run = _result(part, "side")
-    if res:
-        L += ["Beside the path (seed 0): banks and harmonics at 2 layers, and the transformer's "
-              "LR.", ""]
-        L += _ablation_rows(res["variants"], PATH_NOTES)
-        L += ["", f"Command: `{run['command']}`", ""]
+    path_intro = ("The path from 0.1's `v1-char` to the 0.2 preset, one change per row from the "
+                  "row above, **seed 0 only** (each row is a single run that chose the next step; "
+                  "the seed-to-seed spread, measured on the first and last rows, is ~0.01 nats, "
+                  "so steps smaller than ~0.02 are not resolved). The last three rows are the "
+                  "preset's bolted control and the matched transformer at the same budget. The "
+                  "rows were measured by the code of their time (the screening options at commit "
+                  "45f9fa4, design 2 and the presets by main); `rows.jsonl` records each run's "
+                  "machine.")
+    rows_note = (" (summarizes bench/out/ablate/rows.jsonl, which `scripts/bench/ablate.py "
+                 "--variants NAME --seeds 0 --out-dir bench/out/ablate` appended)")
+    L += _rows_section(_result(part, "path"), path_intro, rows_note)
+    L += _rows_section(_result(part, "noise"),
+                       "Seed noise: the first row (0.1's design) over seeds 0, 1, 2; the last "
+                       "K-SSM row over 3 seeds is `v1-char` in section 7.")
+    L += _rows_section(_result(part, "side"), "Beside the path (seed 0): banks and harmonics at "
+                       "2 layers, and the transformer's LR.")
     if screening:
-        res, run = _result(screening)
+        res, _ = screen = _result(screening)
         if res:
-            L += ["Screening (seed 0): single changes on the 0.1 design, tried first, measured "
-                  f"by the code at commit {res['measured_at']} (branch `ablation-snapshot`: the "
-                  "options that lost were removed afterwards). Compare with `base` above; the "
-                  "`rg_*` rows change one thing from `rg`.", ""]
-            L += _ablation_rows(res["variants"], PATH_NOTES)
-            L += ["", f"Command: `{run['command']}`", ""]
+            L += _rows_section(screen, "Screening (seed 0): single changes on the 0.1 design, "
+                               f"tried first, measured by the code at commit {res['measured_at']}"
+                               " (branch `ablation-snapshot`: the options that lost were removed "
+                               "afterwards). Compare with `base` above; the `rg_*` rows change "
+                               "one thing from `rg`.")
     return L
 
 
@@ -566,7 +565,7 @@ def summary_quality_issue(parts: dict) -> list:
     res, _ = _result(parts.get("speed", {}))
     for r in (res or {}).get("results", []):
         q = r["kssm_over_transformer"]
-        L.append(f"- Train step time, {res['presets']['kssm']} / {res['presets']['transformer']} "
+        L.append(f"- Step time ratio, {res['presets']['kssm']} / {res['presets']['transformer']} "
                  f"at seq {r['seq_len']}: {mmm(q, 3)} (median [min–max] over rounds; target "
                  "<= 1.25).")
     return L
