@@ -139,23 +139,21 @@ def test_dispatch_routes_to_kernel_when_it_passes_its_check(monkeypatch, emulato
 METAL_BARRIER = "metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);"
 NO_STEP = dict(step_check=False)
 FORWARD_ONLY = dict(B=1, T=24, G=8, n=40, grads=False, step_check=False)
+# the adjoint body is one text for both backends (kernels/source_common.py): its bugs are
+# planted in each backend's generated source
+SHARED_VJP_BUGS = {
+    "reverse scan stops one step early": (
+        "SCAN_VJP_SOURCE", "for (int t = T - 1; t >= 0; --t)", "for (int t = T - 1; t > 0; --t)",
+        dict(B=2, T=9, G=4, n=16, **NO_STEP)),
+    "reverse scan reads z_t for z_(t-1)": (
+        "SCAN_VJP_SOURCE", "pr = (t > 0) ? zr[idx - step] : z0r[s0];",
+        "pr = (t > 0) ? zr[idx] : z0r[s0];", dict(B=2, T=9, G=4, n=16, **NO_STEP)),
+}
 PLANTED = {
-    ("metal", "missing barrier"): (
-        "HEADER", METAL_BARRIER, "", FORWARD_ONLY),
-    ("metal", "reverse scan stops one step early"): (
-        "SCAN_VJP_SOURCE", "for (int t = T - 1; t >= 0; --t)", "for (int t = T - 1; t > 0; --t)",
-        dict(B=2, T=9, G=4, n=16, **NO_STEP)),
-    ("metal", "reverse scan reads z_t for z_(t-1)"): (
-        "SCAN_VJP_SOURCE", "pr = (t > 0) ? zr[idx - step] : z0r[s0];",
-        "pr = (t > 0) ? zr[idx] : z0r[s0];", dict(B=2, T=9, G=4, n=16, **NO_STEP)),
-    ("cuda", "missing barrier"): (
-        "HEADER", "__syncthreads();", "", FORWARD_ONLY),
-    ("cuda", "reverse scan stops one step early"): (
-        "SCAN_VJP_SOURCE", "for (int t = T - 1; t >= 0; --t)", "for (int t = T - 1; t > 0; --t)",
-        dict(B=2, T=9, G=4, n=16, **NO_STEP)),
-    ("cuda", "reverse scan reads z_t for z_(t-1)"): (
-        "SCAN_VJP_SOURCE", "pr = (t > 0) ? zr[idx - step] : z0r[s0];",
-        "pr = (t > 0) ? zr[idx] : z0r[s0];", dict(B=2, T=9, G=4, n=16, **NO_STEP)),
+    ("metal", "missing barrier"): ("HEADER", METAL_BARRIER, "", FORWARD_ONLY),
+    ("cuda", "missing barrier"): ("HEADER", "__syncthreads();", "", FORWARD_ONLY),
+    **{(backend, name): bug for backend in ("metal", "cuda")
+       for name, bug in SHARED_VJP_BUGS.items()},
     ("cuda", "butterfly skips the widest shuffle"): (
         "HEADER", "for (int offset = 16; offset > 0; offset >>= 1)",
         "for (int offset = 8; offset > 0; offset >>= 1)", dict(FORWARD_ONLY, T=6, G=2)),

@@ -421,12 +421,13 @@ PATH_NOTES = {
 }
 
 
-def _rows_section(result: tuple, intro: str, command_note: str = "") -> list:
+def _rows_section(result: tuple, intro: str, command_note: str = "",
+                  notes: dict = PATH_NOTES) -> list:
     """An intro, the rows of one ablation result, and the command that produced them."""
     res, run = result
     if not res:
         return []
-    return ([intro, ""] + _ablation_rows(res["variants"], PATH_NOTES)
+    return ([intro, ""] + _ablation_rows(res["variants"], notes)
             + ["", f"Command: `{run['command']}`{command_note}", ""])
 
 
@@ -480,16 +481,13 @@ def md_study(part: dict) -> list:
 
 
 def md_bpe(part: dict) -> list:
-    res, run = _result(part)
-    if not res:
-        return []
     notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic)",
              "bpe_tf_tiny": "transformer-tiny (parameter-matched)",
              "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
-    return (["## 8. Quality: compacted cl100k Shakespeare, tiny scale", "",
-             "cl100k_base compacted to the 21,075 ids the corpus uses; 500 steps x 16 x 128 = "
-             "1,024,000 tokens each, LR 3e-3 (the tiny presets' own), val over 30 fixed batches.",
-             ""] + _ablation_rows(res["variants"], notes) + ["", f"Command: `{run['command']}`", ""])
+    rows = _rows_section(_result(part), "cl100k_base compacted to the 21,075 ids the corpus "
+                         "uses; 500 steps x 16 x 128 = 1,024,000 tokens each, LR 3e-3 (the tiny "
+                         "presets' own), val over 30 fixed batches.", notes=notes)
+    return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows if rows else []
 
 
 def md_speed(part: dict) -> list:
