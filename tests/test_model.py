@@ -277,6 +277,47 @@ def test_v3_bound_passes_gradient_and_reports_fraction_at_bound():
     assert aux["reg"].item() > 0
 
 
+def test_v3_boxed_core_keeps_u_in_the_regime_and_off_the_pole():
+    """With the box (v3's default, s = 0.45) any projections, however large, give a..j whose
+    denominator, numerator and Delta are >= 1 - 2s, so u lies in [0.1, 10] with a bounded
+    gradient, and both ends of the regime are reachable; raw projections reach the pole."""
+    from mlx_kssm.models.bistable import CORE_BOX, core_projections, raw_u
+    floor = 1 - 2 * CORE_BOX
+    p = 30 * mx.random.normal((4096, 10), key=mx.random.key(0))
+    q = np.array(core_projections(p, CORE_BOX))
+    a, b, c, d, e, f, g, h = (q[:, i] for i in range(8))
+    for name, value in (("denominator", a * g - c * e), ("numerator", d * g - c * h),
+                        ("Delta", b * g - c * f)):
+        assert value.min() >= floor - 1e-5, name
+    u = np.array(raw_u(core_projections(p, CORE_BOX)))
+    assert u.min() >= 0.1 - 1e-5 and u.max() <= 10 + 1e-4
+    grad = np.array(mx.grad(lambda x: raw_u(core_projections(x, CORE_BOX)).sum())(p))
+    assert np.isfinite(grad).all() and np.abs(grad).max() < 1 / floor ** 2
+    # two corners of the box: a = g = 1 - s, d = 1 + s, c = e = -h = s gives
+    # u = ((1 + s)(1 - s) + s^2) / ((1 - s)^2 - s^2) = 1 / (1 - 2s); the mirror corner 1 - 2s
+    big = 1e4
+    top = mx.array([[-big, 0, big, big, big, 0, -big, -big, 0, 0]], dtype=mx.float32)
+    bottom = mx.array([[big, 0, big, -big, -big, 0, -big, big, 0, 0]], dtype=mx.float32)
+    assert abs(raw_u(core_projections(top, CORE_BOX)).item() - 10) < 1e-2
+    assert abs(raw_u(core_projections(bottom, CORE_BOX)).item() - 0.1) < 1e-3
+    assert np.abs(np.array(raw_u(p))).max() > 10, "raw projections are not kept off the pole"
+
+
+def test_v3_folder_saved_before_the_box_loads_with_raw_projections(tmp_path):
+    from mlx_kssm import load, save_model
+    raw = build_model("v3", vocab_size=V, seed=0, d_model=32, n_layers=1, core_box=0.0)
+    save_model(tmp_path / "m", raw)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["core_box"] == 0.0
+    del cfg["core_box"]  # as config.json was written before the box
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    loaded, _ = load(tmp_path / "m")
+    assert loaded.args.core_box == 0.0
+    x = tokens(12)
+    assert np.array_equal(np.array(loaded(x)), np.array(raw(x)))
+    assert build_model("v3", vocab_size=V, seed=0).args.core_box == 0.45
+
+
 def test_config_round_trip_gives_same_parameter_shapes(tmp_path):
     for name in ("tiny", "v3", "transformer-tiny", "upstream-v3-tiny", "control-bolted-tiny"):
         args = preset_args(name, vocab_size=V)

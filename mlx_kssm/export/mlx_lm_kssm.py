@@ -55,8 +55,8 @@ from mlx_lm.models.cache import ArraysCache
 from ..kernels.reference import PHASE_EPS, coupling_field, scan_sequential, scan_step
 from ..kernels.cpu import _complex, _forward, _steps
 from ..models.order_params import order_parameters, unit_phasors
-from ..models.bistable import (DELTA_EPS, N_PROJECTIONS, U_HI, U_LEAK, U_LO, U_SHARPNESS,
-                               bistable_core, bound_u, raw_u)
+from ..models.bistable import (CORE_CENTER, DELTA_EPS, N_PROJECTIONS, U_HI, U_LEAK, U_LO,
+                               U_SHARPNESS, bistable_core, bound_u, core_projections, raw_u)
 from ..models.kssm import OscillatorBankBase, algebraic_unit, projection_sizes
 from ..models.base import MLP
 
@@ -88,6 +88,7 @@ class ModelArgs(BaseModelArgs):
     u_bound: str = "soft"
     lambda_delta: float = 1e-3  # v3's regularizer weights: training only
     lambda_logu: float = 1e-2
+    core_box: float = 0.0  # v3's boxed projections; absent from folders saved before the box
     force_r: Optional[object] = None
     vocab_compaction: Optional[dict] = None
 

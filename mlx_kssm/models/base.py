@@ -59,6 +59,11 @@ class ModelArgs:
     u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp
     lambda_delta: float = 1e-3  # weight of 1/(|Delta| + eps)
     lambda_logu: float = 1e-2  # weight of -log u
+    # K-SSM v3: a..j centred on u = 1 and squashed to +-core_box, which keeps u in
+    # [1 - 2 core_box, 1 / (1 - 2 core_box)] and away from the ratio's pole (models/bistable.py);
+    # 0: raw projections (upstream-v3, and K-SSM v3 folders saved before the box: their
+    # config.json has no core_box)
+    core_box: float = 0.45
     # transformer
     n_heads: int = 4
     max_seq_len: int = 4096  # transformer/upstream positions
@@ -73,11 +78,15 @@ class ModelArgs:
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         """Build from a saved config.json. A K-SSM config without "design" was written by
-        mlx-kssm 0.1, before designs were recorded: it is design 1."""
+        mlx-kssm 0.1, before designs were recorded: it is design 1. One without "core_box"
+        predates the boxed core: its v3 projections are raw (core_box 0)."""
         if not isinstance(config, dict):
             raise ValueError(f"a model config must be a JSON object, got {type(config).__name__}")
-        if "design" not in config and config.get("model_type", "kssm") == "kssm":
-            config = {**DESIGNS[1], **config}
+        if config.get("model_type", "kssm") == "kssm":
+            if "design" not in config:
+                config = {**DESIGNS[1], **config}
+            if "core_box" not in config:
+                config = {**config, "core_box": 0.0}
         return cls.from_dict(config)
 
     def to_dict(self) -> dict:
@@ -98,6 +107,8 @@ class ModelArgs:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.u_bound not in ("soft", "hard"):
             raise ValueError(f"u_bound must be 'soft' or 'hard', got {self.u_bound!r}")
+        if not 0.0 <= self.core_box < 0.5:  # 1 - 2 core_box is the bound on the denominator
+            raise ValueError(f"core_box must lie in [0, 0.5), got {self.core_box}")
         for name in ("vocab_size", "d_model", "n_layers", "n_groups", "osc_per_group",
                      "harmonics", "ffn_hidden", "n_heads"):
             if getattr(self, name) < 1:

@@ -7,6 +7,15 @@
 K-SSM v3 couples its oscillators with K = 2 sigma(u), so K lies in [1.05, 2) inside the regime.
 The bound on u passes gradient everywhere ("soft"); the earlier project's hard clamp, which
 froze u at the floor, stays available as u_bound="hard" for comparison.
+
+Boxed projections (core_box s, v3's default 0.45). Raw linear projections make u a ratio of
+two products that training drives across its pole: whole layers of u went negative within 50
+steps and the gradient norm reached 15-1400 (bench/RESULTS.md, v3). So K-SSM v3 centres the
+ten projections on the point where u = 1 and Delta = 1 and squashes each to within +-s of it:
+a, b, d, g in [1 - s, 1 + s] and c, e, f, h in [-s, s]. Then the denominator, the numerator and
+Delta are all >= (1 - s)^2 - s^2 = 1 - 2s > 0, and u lies in [1 - 2s, 1 / (1 - 2s)]: with
+s = 0.45 exactly the regime [0.1, 10], with every value reachable. upstream-v3 keeps the raw
+projections (s = 0), as the earlier project had them.
 """
 
 from __future__ import annotations
@@ -19,12 +28,22 @@ U_SHARPNESS = 10.0  # softplus sharpness of the soft bound: identity ~0.3 inside
 U_LEAK = 0.01  # gradient that always passes the bound (value unchanged)
 DELTA_EPS = 1e-2
 N_PROJECTIONS = 10  # a..j (i and j are unused, as in the earlier v3)
-# Initial biases of a..j: u = (1*1 - 0)/(1*1 - 0) = 1 and Delta = 1*1 at init, so every position
-# starts inside the regime and the 1/(|Delta| + eps) term starts small (with zero biases u is a
-# ratio of two near-zero products: Cauchy-like, about half the positions beyond the bounds, and
-# the regularizer's gradient reaches 1/eps^2).
-INIT_BIAS = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+# a..j where u = (1*1 - 0)/(1*1 - 0) = 1 and Delta = 1*1: the centre of the box, and the raw
+# projections' initial biases, so every position starts inside the regime and the
+# 1/(|Delta| + eps) term starts small (with zero biases u is a ratio of two near-zero products:
+# Cauchy-like, about half the positions beyond the bounds, and the regularizer's gradient
+# reaches 1/eps^2).
+CORE_CENTER = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
 INIT_WEIGHT_SCALE = 0.1
+CORE_BOX = 0.45  # u's range over the box, [1 - 2s, 1 / (1 - 2s)], is then [0.1, 10]
+
+
+def core_projections(p, box: float):
+    """a..j (..., 10) from the linear projections p: p itself (box 0: raw), or CORE_CENTER +
+    box * p / sqrt(1 + p^2) (the bank's algebraic squash) when box > 0."""
+    if not box:
+        return p
+    return mx.array(CORE_CENTER) + box * (p * mx.rsqrt(1 + p * p))
 
 
 def bound_u(u_raw, mode: str):
@@ -48,10 +67,11 @@ def raw_u(p):
     return num / den
 
 
-def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float):
-    """From the projections p (..., 10): (u bounded, aux) with aux = {"u": mean u,
+def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float, box: float = 0.0):
+    """From the linear projections p (..., 10): (u bounded, aux) with aux = {"u": mean u,
     "u_at_bound": fraction of positions whose raw u lies outside the regime, "reg": the
-    regularizer}."""
+    regularizer}. box: see core_projections."""
+    p = core_projections(p, box)
     u_raw = raw_u(p)
     u = bound_u(u_raw, mode)
     b, c, f, g = (p[..., i] for i in (1, 2, 5, 6))
@@ -62,10 +82,13 @@ def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float):
     return u, {"u": mx.mean(u), "u_at_bound": at_bound, "reg": reg}
 
 
-def init_core_projection(linear: nn.Linear, start: int) -> None:
-    """Set the ten core outputs [start, start + 10) of `linear` to the in-regime init."""
+def init_core_projection(linear: nn.Linear, start: int, box: float) -> None:
+    """Set the ten core outputs [start, start + 10) of `linear` to the in-regime init: small
+    weights, and biases that put a..j at CORE_CENTER (0 when boxed, the centre itself when
+    raw)."""
     stop = start + N_PROJECTIONS
     weight, bias = linear.weight, linear.bias
+    center = mx.zeros((N_PROJECTIONS,)) if box else mx.array(CORE_CENTER)
     linear.weight = mx.concatenate(
         [weight[:start], INIT_WEIGHT_SCALE * weight[start:stop], weight[stop:]])
-    linear.bias = mx.concatenate([bias[:start], mx.array(INIT_BIAS), bias[stop:]])
+    linear.bias = mx.concatenate([bias[:start], center, bias[stop:]])

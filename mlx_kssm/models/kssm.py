@@ -91,7 +91,7 @@ class OscillatorBankBase(nn.Module):
         aux = {}
         if self.args.bistable:
             u, aux = bistable_core(parts[3], self.args.u_bound, self.args.lambda_delta,
-                                   self.args.lambda_logu)
+                                   self.args.lambda_logu, self.args.core_box)
             k = mx.broadcast_to((2 * mx.sigmoid(u))[..., None, None], (B, T, self.G, 1))
         else:
             k = mx.sigmoid(parts[3])[..., None]
@@ -135,7 +135,7 @@ class OscillatorBank(OscillatorBankBase):
         self.in_proj = nn.Linear(args.d_model, sum(sizes))
         coupling_start = sum(sizes[:-2 if args.gate else -1])
         if args.bistable:
-            init_core_projection(self.in_proj, coupling_start)
+            init_core_projection(self.in_proj, coupling_start, args.core_box)
         elif args.coupling_bias:
             b = self.in_proj.bias
             self.in_proj.bias = mx.concatenate([b[:coupling_start], mx.full((G,), args.coupling_bias),

@@ -51,7 +51,7 @@ _COMPARISON_NAMES = {
 _COMPARISON_ARGS = {
     "transformer": dict(model_type="transformer", n_heads=4, bistable=False),
     "control-bolted": dict(readout="bolted"),
-    "upstream-v3": dict(model_type="upstream_v3", bistable=True),
+    "upstream-v3": dict(model_type="upstream_v3", bistable=True, core_box=0.0),
 }
 # training defaults a comparison preset does not share with its K-SSM: (kind, base) -> options
 _COMPARISON_TRAIN = {

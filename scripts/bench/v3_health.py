@@ -1,12 +1,15 @@
 """Is v3's bistable regime used, and is its training healthy? -> JSON on stdout (and --out).
 
 Trains the v3 preset (or --preset) through the real trainer twice on the same data, batches and
-seed, and --reference (v2: the same model with a plain coupling logit) once for comparison: with the core's in-regime initialization (what the preset does now: u = 1, Delta = 1 at
-init) and with the earlier default initialization of those ten projections (nn.Linear's, as
-mlx-kssm 0.1 had it). For each run it reports, over training, the fraction of positions whose
-raw u lies outside [0.1, 10], the mean u, the gradient norm before clipping (and the share of
-report windows whose mean exceeds the clip), and at the end the distribution of u over the
-validation windows (quantiles, share inside the regime, spread across positions).
+seed, and --reference (v2: the same model with a plain coupling logit) once for comparison:
+with the boxed core (what the preset does now: a..j squashed to +-0.45 around u = 1, Delta = 1,
+so u stays in [0.1, 10] by construction) and with raw projections (core_box 0: the same
+in-regime start, no box; the preset before the box). For each run it reports, over training,
+the fraction of positions whose raw u lies outside [0.1, 10], the mean u, the gradient norm
+before clipping (and the share of report windows whose mean exceeds the clip), and at the end
+the distribution of u over the validation windows: quantiles, the share inside the regime, the
+share near its ends (u < 0.12 or u > 8.3, within 8% of an end in log u), per layer the median
+and the 10-90% spread.
 
     python scripts/bench/v3_health.py --data data/prepared/bpe --steps 300 --batch 8 --seq 128
 """
@@ -26,52 +29,41 @@ sys.path.insert(0, HERE)
 
 import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 
 from _common import emit, machine  # noqa: E402
 
 
-def earlier_core_init(model, seed: int) -> None:
-    """Give the ten core projections nn.Linear's default init again (mlx-kssm 0.1's)."""
-    from mlx_kssm.models.bistable import N_PROJECTIONS
-    from mlx_kssm.models.kssm import projection_sizes
-
-    mx.random.seed(seed + 1000)
-    sizes = projection_sizes(model.args)
-    start = sum(sizes[:-2 if model.args.gate else -1])
-    stop = start + N_PROJECTIONS
-    for layer in model.layers:
-        lin = layer.bank.in_proj
-        fresh = nn.Linear(lin.weight.shape[1], N_PROJECTIONS)
-        lin.weight = mx.concatenate([lin.weight[:start], fresh.weight, lin.weight[stop:]])
-        lin.bias = mx.concatenate([lin.bias[:start], fresh.bias, lin.bias[stop:]])
-    mx.eval(model.parameters())
-
-
 def u_distribution(model, batches) -> dict:
-    """Raw u of every layer at every validation position (no bound applied)."""
+    """Raw u (no bound applied) of every layer at every validation position."""
+    from mlx_kssm.models.bistable import core_projections
     from mlx_kssm.models.kssm import projection_sizes
 
     sizes = projection_sizes(model.args)
     start = sum(sizes[:-2 if model.args.gate else -1])
-    values = []
+    per_layer = [[] for _ in model.layers]
     for inputs, _ in batches:
         x = model.embed(mx.array(inputs))
-        for layer in model.layers:
+        for i, layer in enumerate(model.layers):
             bank = layer.bank
-            p = bank.in_proj(bank.norm(x))[..., start:start + 10]
+            p = core_projections(bank.in_proj(bank.norm(x))[..., start:start + 10],
+                                 model.args.core_box)
             a, b, c, d, e, f, g, h = (p[..., i] for i in range(8))
-            values.append(np.array((d * g - c * h) / (a * g - c * e)).ravel())
+            per_layer[i].append(np.array((d * g - c * h) / (a * g - c * e)).ravel())
             x, _, _ = layer(x)
-    u = np.concatenate(values)
+    per_layer = [np.concatenate(v) for v in per_layer]
+    u = np.concatenate(per_layer)
     inside = (u >= 0.1) & (u <= 10)
+    near_ends = inside & ((u < 0.12) | (u > 8.3))
     q = np.quantile(u, [0.01, 0.1, 0.5, 0.9, 0.99]).tolist()
     return {"positions": int(u.size), "inside_regime": float(inside.mean()),
-            "quantiles_1_10_50_90_99": q, "std_inside": float(u[inside].std()) if inside.any() else None}
+            "near_ends": float(near_ends.mean()), "quantiles_1_10_50_90_99": q,
+            "std_inside": float(u[inside].std()) if inside.any() else None,
+            "layers_median_10_90": [np.quantile(v, [0.5, 0.1, 0.9]).round(3).tolist()
+                                    for v in per_layer]}
 
 
-def run(label: str, args, earlier: bool, preset: str | None = None) -> dict:
+def run(label: str, args, overrides: dict, preset: str | None = None) -> dict:
     from mlx_kssm import build_model, save_model
     from mlx_kssm.data import TokenDataset, eval_batches
     from mlx_kssm.train import TrainConfig, train
@@ -81,9 +73,7 @@ def run(label: str, args, earlier: bool, preset: str | None = None) -> dict:
     if root.exists():
         shutil.rmtree(root)
     vocab = TokenDataset(args.data, "train").vocab_size
-    model = build_model(preset or args.preset, vocab_size=vocab, seed=args.seed)
-    if earlier:
-        earlier_core_init(model, args.seed)
+    model = build_model(preset or args.preset, vocab_size=vocab, seed=args.seed, **overrides)
     save_model(root / "init", model)
     config = TrainConfig(model=str(root / "init"), data=args.data, output_dir=str(root / "run"),
                          max_steps=args.steps, batch_size=args.batch, seq_len=args.seq,
@@ -126,9 +116,9 @@ def main():
     ap.add_argument("--runs-dir", default="bench/out/v3_health")
     ap.add_argument("--out")
     args = ap.parse_args()
-    runs = [run("in-regime init", args, earlier=False), run("earlier init", args, earlier=True)]
+    runs = [run("boxed core", args, {}), run("raw projections", args, {"core_box": 0.0})]
     if args.reference:
-        runs.append(run(f"reference {args.reference}", args, earlier=False, preset=args.reference))
+        runs.append(run(f"reference {args.reference}", args, {}, preset=args.reference))
     emit({"part": "v3_health", "command": "python scripts/bench/v3_health.py " + " ".join(sys.argv[1:]),
           "machine": machine(), "preset": args.preset, "runs": runs}, args.out)
 
