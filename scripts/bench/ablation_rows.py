@@ -38,13 +38,16 @@ def summarize(rows: list, variants: list) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rows", required=True)
+    ap.add_argument("--rows", required=True, action="append",
+                    help="a rows.jsonl; repeat to summarize rows from several out-dirs")
     ap.add_argument("--variants", required=True)
     ap.add_argument("--commit", default="45f9fa4", help="the code that measured the rows")
     args = ap.parse_args()
-    with open(args.rows) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    emit({"part": "screening", "rows_file": args.rows, "measured_at": args.commit,
+    rows = []
+    for path in args.rows:
+        with open(path) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    emit({"part": "screening", "rows_file": ", ".join(args.rows), "measured_at": args.commit,
           "variants": summarize(rows, args.variants.split(","))}, None)
 
 

@@ -46,9 +46,10 @@ PY = sys.executable
 PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "screening", "study",
          "bpe", "speed", "v3")
 CHARS = "data/prepared/chars"  # bytes, --val-fraction 0.1: the quality issue's recipe
-# the path from 0.1's v1-char to the preset, one change per row, as measured (seed 0) in
-# bench/out/ablate/rows.jsonl; d1 (= base) again over 3 seeds in bench/out/table for the noise
-PATH_ROWS = "base,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,bolted_c4_l4,tf4_ffn512_lr1"
+# the path from 0.1's v1-char to the preset, one change per row, as measured in
+# bench/out/ablate/rows.jsonl and (d1: 0.1's design) bench/out/table/rows.jsonl
+PATH_ROWS = "d1,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,bolted_c4_l4,tf4_ffn512_lr1"
+TABLE_ROWS = "bench/out/table/rows.jsonl"
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
 SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr2"
 ROWS = "bench/out/ablate/rows.jsonl"
@@ -171,12 +172,13 @@ def quality_issue_parts() -> dict:
     ablate = [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
               "--seq", "64"]
     return {
-        "ablation": [("path", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
-                               "--variants", PATH_ROWS, "--commit", "several"], 60),
+        # "d1" first: it (re)fills bench/out/table, which the path's first row reads
+        "ablation": [("d1", ablate + ["--variants", "d1", "--seeds", "0,1,2",
+                                      "--out-dir", "bench/out/table"], 36000),
+                     ("path", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS, "--rows",
+                               TABLE_ROWS, "--variants", PATH_ROWS, "--commit", "several"], 60),
                      ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
-                               "--variants", SIDE_ROWS, "--commit", "several"], 60),
-                     ("noise", ablate + ["--variants", "d1", "--seeds", "0,1,2",
-                                         "--out-dir", "bench/out/table"], 36000)],
+                               "--variants", SIDE_ROWS, "--commit", "several"], 60)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
         "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
@@ -388,8 +390,11 @@ def _ablation_rows(variants: dict, notes: dict) -> list:
             "|---|---|---:|---|---|---:|"]
     for name, v in variants.items():
         r = v.get("val_R")
+        seeds = v.get("seeds")
+        which = "" if seeds in (None, [0, 1, 2]) else f" (seed{'s' if len(seeds) > 1 else ''} " \
+            f"{', '.join(map(str, seeds))})"
         rows.append(f"| `{name}` | {notes.get(name, '')} | {v['n_parameters']:,} | {_mean_sd(v)} | "
-                    f"{' '.join(f'{x:.4f}' for x in v['val_loss'])} | "
+                    f"{' '.join(f'{x:.4f}' for x in v['val_loss'])}{which} | "
                     f"{'—' if r is None else f'{r:.3f}'} |")
     return rows
 
@@ -439,19 +444,17 @@ def md_ablation(part: dict, screening: dict | None) -> list:
          "preset's own LR (K-SSM 2e-3, transformer 1e-3); val loss over the same 100 fixed "
          "batches of the val split at the end.", ""]
     path_intro = ("The path from 0.1's `v1-char` to the 0.2 preset, one change per row from the "
-                  "row above, **seed 0 only** (each row is a single run that chose the next step; "
-                  "the seed-to-seed spread, measured on the first and last rows, is ~0.01 nats, "
-                  "so steps smaller than ~0.02 are not resolved). The last three rows are the "
-                  "preset's bolted control and the matched transformer at the same budget. The "
-                  "rows were measured by the code of their time (the screening options at commit "
-                  "45f9fa4, design 2 and the presets by main); `rows.jsonl` records each run's "
-                  "machine.")
-    rows_note = (" (summarizes bench/out/ablate/rows.jsonl, which `scripts/bench/ablate.py "
-                 "--variants NAME --seeds 0 --out-dir bench/out/ablate` appended)")
+                  "row above, each row over the seeds its `each seed` column lists (0, 1, 2 "
+                  "unless it says otherwise; the same seeds, so the same initial weights per "
+                  "seed within a design and the same batches, for every row). The last two rows "
+                  "are the preset's bolted control and the issue's 0.82M transformer, seed 0 (the "
+                  "matched transformer and the control over 3 seeds are in section 7). The rows "
+                  "were measured by the code of their time (`rotfix`, `rg`, `rg_algall` by the "
+                  "screening code at commit 45f9fa4, the others by main); `rows.jsonl` records "
+                  "each run's machine.")
+    rows_note = (" (summarizes bench/out/ablate/rows.jsonl and bench/out/table/rows.jsonl, which "
+                 "`scripts/bench/ablate.py --variants NAME --seeds 0,1,2 --out-dir ...` appended)")
     L += _rows_section(_result(part, "path"), path_intro, rows_note)
-    L += _rows_section(_result(part, "noise"),
-                       "Seed noise: the first row (0.1's design) over seeds 0, 1, 2; the last "
-                       "K-SSM row over 3 seeds is `v1-char` in section 7.")
     L += _rows_section(_result(part, "side"), "Beside the path (seed 0): banks and harmonics at "
                        "2 layers, and the transformer's LR.")
     if screening:
@@ -512,23 +515,36 @@ def md_v3(part: dict) -> list:
     if not res:
         return []
     L = ["## 10. v3: is the bistable regime used, is training healthy?", "",
-         f"Command: `{run['command']}`.", "",
+         f"Command: `{run['command']}`. \"Boxed core\" is the preset (a..j squashed to +-0.45 "
+         "around u = 1, Delta = 1, so u lies in [0.1, 10] by construction: docs/model.md §7); "
+         "\"raw projections\" is the same model with core_box 0, as the preset was before the box.",
+         "",
          "| run | val loss | raw u outside [0.1, 10], first -> last report | report windows "
-         "with mean grad norm > clip | median grad norm | u at the end: inside the regime, "
-         "quantiles 1/10/50/90/99% |", "|---|---:|---|---:|---:|---|"]
+         "with mean grad norm > clip | median grad norm | u at the end: inside the regime; "
+         "near an end (u < 0.12 or u > 8.3); quantiles 1/10/50/90/99% | u per layer: median "
+         "[10%–90%] |", "|---|---:|---|---:|---:|---|---|"]
     for r in res["runs"]:
         fu = r.get("final_u") or {}
         bound = (f"{r['u_at_bound'][0]:.0%} -> {r['u_at_bound'][-1]:.0%}"
                  if r.get("u_at_bound") else "—")
         q = fu.get("quantiles_1_10_50_90_99")
+        ends = f"{fu['near_ends']:.0%}; " if "near_ends" in fu else ""
+        layers = "; ".join(f"{m:.2f} [{lo:.2f}–{hi:.2f}]"
+                           for m, lo, hi in fu.get("layers_median_10_90", [])) or "—"
         L.append(f"| {r['label']} | {fmt(r['val_loss'], 3)} | {bound} | "
                  f"{r['windows_clipped']:.0%} | {r['grad_norm_median']:.2f} | "
-                 + (f"{fu['inside_regime']:.1%}; " + " / ".join(f"{x:.2f}" for x in q)
-                    if q else "—") + " |")
+                 + (f"{fu['inside_regime']:.1%}; {ends}" + " / ".join(f"{x:.2f}" for x in q)
+                    if q else "—") + f" | {layers} |")
     clipped = [r["label"] for r in res["runs"] if r["windows_clipped"] > 0.5]
     if clipped:
         L += ["", f"Sustained clipping (the mean gradient norm above the clip in more than half "
-              f"the report windows): {', '.join(clipped)}. Those runs are not healthy yet."]
+              f"the report windows): {', '.join(clipped)}. Those runs are not healthy."]
+    at_ends = [r["label"] for r in res["runs"]
+               if ((r.get("final_u") or {}).get("near_ends") or 0) > 0.5]
+    if at_ends:
+        L += ["", "Most positions near an end of the regime (u < 0.12 or u > 8.3): "
+              f"{', '.join(at_ends)}. Near u = 10 (u > 8.3), K = 2 sigma(u) is within 5e-4 of 2 and barely moves with u: u is "
+              "inside the regime there, but the coupling it gives is close to a constant."]
     return L + [""]
 
 

@@ -8,7 +8,7 @@ in-regime start, no box; the preset before the box). For each run it reports, ov
 the fraction of positions whose raw u lies outside [0.1, 10], the mean u, the gradient norm
 before clipping (and the share of report windows whose mean exceeds the clip), and at the end
 the distribution of u over the validation windows: quantiles, the share inside the regime, the
-share near its ends (u < 0.12 or u > 8.3, within 8% of an end in log u), per layer the median
+share near its ends (u < 0.12 or u > 8.3), per layer the median
 and the 10-90% spread.
 
     python scripts/bench/v3_health.py --data data/prepared/bpe --steps 300 --batch 8 --seq 128
