@@ -98,11 +98,17 @@ def _model_table(model, tokenizer, force_r) -> str:
                                               f" ({a.harmonics} harmonics), d_model {a.d_model}"),
             ("readout", "order parameters" if a.readout == "order_params"
              else "bolted (negative control: R bypassed)"),
-            ("coupling", "bistable core (v3), u bound " + a.u_bound if a.bistable
-             else "sigmoid"),
+            ("coupling", _coupling(a)),
             ("tokenizer", describe_tokenizer(tokenizer.spec)),
             ("forced R", "none" if force_r is None else json.dumps(force_r))]
     return "## Model\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def _coupling(a) -> str:
+    if not a.bistable:
+        return "sigmoid"
+    box = f"projections boxed to +-{a.core_box:g}" if a.core_box else "raw projections"
+    return f"bistable core (v3), {box}, u bound {a.u_bound}"
 
 
 def _training(model_folder: Path, run: Path | None) -> str:

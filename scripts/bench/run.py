@@ -34,6 +34,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -185,7 +186,7 @@ def quality_issue_parts() -> dict:
                             "--seeds", "3", "--steps", "2000", "--batch", "12", "--seq", "64",
                             "--models", STUDY_MODELS, "--out", "bench/out/study_char"], 36000)],
         "bpe": [("tiny", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
-                          "--variants", "bpe_tiny,bpe_tf_tiny", "--seeds", "0",
+                          "--variants", "bpe_tiny,bpe_tf_tiny", "--seeds", "0,1,2",
                           "--steps", "500", "--batch", "16", "--seq", "128", "--val-batches", "30",
                           "--out-dir", "bench/out/ablate_bpe"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
@@ -445,10 +446,11 @@ def md_ablation(part: dict, screening: dict | None) -> list:
          "batches of the val split at the end.", ""]
     path_intro = ("The path from 0.1's `v1-char` to the 0.2 preset, one change per row from the "
                   "row above, each row over the seeds its `each seed` column lists (0, 1, 2 "
-                  "unless it says otherwise; the same seeds, so the same initial weights per "
-                  "seed within a design and the same batches, for every row). The last two rows "
-                  "are the preset's bolted control and the issue's 0.82M transformer, seed 0 (the "
-                  "matched transformer and the control over 3 seeds are in section 7). The rows "
+                  "unless it says otherwise; the same seeds, so the same batches, for every "
+                  "row). The last two rows "
+                  "are the preset's bolted control and the issue's 0.82M transformer, seed 0. "
+                  "`c4_l4` is the `v1-char` preset: it, its control and its matched transformer "
+                  "over 3 seeds are the study in section 7 (same recipe and seeds). The rows "
                   "were measured by the code of their time (`rotfix`, `rg`, `rg_algall` by the "
                   "screening code at commit 45f9fa4, the others by main); `rows.jsonl` records "
                   "each run's machine.")
@@ -490,7 +492,16 @@ def md_bpe(part: dict) -> list:
     rows = _rows_section(_result(part), "cl100k_base compacted to the 21,075 ids the corpus "
                          "uses; 500 steps x 16 x 128 = 1,024,000 tokens each, LR 3e-3 (the tiny "
                          "presets' own), val over 30 fixed batches.", notes=notes)
-    return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows if rows else []
+    if not rows:
+        return []
+    v = _result(part)[0]["variants"]
+    k, t = v.get("bpe_tiny"), v.get("bpe_tf_tiny")
+    if k and t and k["seeds"] == t["seeds"] and len(k["seeds"]) > 1:
+        diffs = [a - b for a, b in zip(k["val_loss"], t["val_loss"])]
+        rows += [f"Paired by seed (same batches), tiny minus transformer-tiny: "
+                 f"{', '.join(f'{d:+.3f}' for d in diffs)}; mean {statistics.mean(diffs):+.3f} "
+                 f"± {statistics.stdev(diffs):.3f} (sd).", ""]
+    return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
 def md_speed(part: dict) -> list:
