@@ -17,7 +17,6 @@ and the 10-90% spread.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
