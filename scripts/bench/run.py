@@ -489,13 +489,14 @@ def md_bpe(part: dict) -> list:
     notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic)",
              "bpe_tf_tiny": "transformer-tiny (parameter-matched)",
              "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
-    rows = _rows_section(_result(part), "cl100k_base compacted to the 21,075 ids the corpus "
+    result = _result(part)
+    rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
                          "uses; 500 steps x 16 x 128 = 1,024,000 tokens each, LR 3e-3 (the tiny "
                          "presets' own), val over 30 fixed batches.", notes=notes)
     if not rows:
         return []
-    v = _result(part)[0]["variants"]
-    k, t = v.get("bpe_tiny"), v.get("bpe_tf_tiny")
+    variants = result[0]["variants"]
+    k, t = variants.get("bpe_tiny"), variants.get("bpe_tf_tiny")
     if k and t and k["seeds"] == t["seeds"] and len(k["seeds"]) > 1:
         diffs = [a - b for a, b in zip(k["val_loss"], t["val_loss"])]
         rows += [f"Paired by seed (same batches), tiny minus transformer-tiny: "
