@@ -10,6 +10,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from .bistable import CORE_BOX
 from .force import ForceR
 
 MODEL_TYPES = ("kssm", "transformer", "upstream_v3")
@@ -63,7 +64,7 @@ class ModelArgs:
     # [1 - 2 core_box, 1 / (1 - 2 core_box)] and away from the ratio's pole (models/bistable.py);
     # 0: raw projections (upstream-v3, and K-SSM v3 folders saved before the box: their
     # config.json has no core_box)
-    core_box: float = 0.45
+    core_box: float = CORE_BOX
     # transformer
     n_heads: int = 4
     max_seq_len: int = 4096  # transformer/upstream positions

@@ -9,8 +9,9 @@ The bound on u passes gradient everywhere ("soft"); the earlier project's hard c
 froze u at the floor, stays available as u_bound="hard" for comparison.
 
 Boxed projections (core_box s, v3's default 0.45). Raw linear projections make u a ratio of
-two products that training drives across its pole: whole layers of u went negative within 50
-steps and the gradient norm reached 15-1400 (bench/RESULTS.md, v3). So K-SSM v3 centres the
+two products that training drives across its pole: in bench/RESULTS.md §10 whole layers of u
+ended negative and the gradient norm (median 16, up to 741) was clipped in every report
+window. So K-SSM v3 centres the
 ten projections on the point where u = 1 and Delta = 1 and squashes each to within +-s of it:
 a, b, d, g in [1 - s, 1 + s] and c, e, f, h in [-s, s]. Then the denominator, the numerator and
 Delta are all >= (1 - s)^2 - s^2 = 1 - 2s > 0, and u lies in [1 - 2s, 1 / (1 - 2s)]: with

@@ -8,8 +8,7 @@ in-regime start, no box; the preset before the box). For each run it reports, ov
 the fraction of positions whose raw u lies outside [0.1, 10], the mean u, the gradient norm
 before clipping (and the share of report windows whose mean exceeds the clip), and at the end
 the distribution of u over the validation windows: quantiles, the share inside the regime, the
-share near its ends (u < 0.12 or u > 8.3), per layer the median
-and the 10-90% spread.
+share near its ends (u < 0.12 or u > 8.3), per layer the median and the 10-90% spread.
 
     python scripts/bench/v3_health.py --data data/prepared/bpe --steps 300 --batch 8 --seq 128
 """
@@ -35,7 +34,7 @@ from _common import emit, machine  # noqa: E402
 
 def u_distribution(model, batches) -> dict:
     """Raw u (no bound applied) of every layer at every validation position."""
-    from mlx_kssm.models.bistable import core_projections
+    from mlx_kssm.models.bistable import core_projections, raw_u
     from mlx_kssm.models.kssm import projection_sizes
 
     sizes = projection_sizes(model.args)
@@ -45,10 +44,8 @@ def u_distribution(model, batches) -> dict:
         x = model.embed(mx.array(inputs))
         for i, layer in enumerate(model.layers):
             bank = layer.bank
-            p = core_projections(bank.in_proj(bank.norm(x))[..., start:start + 10],
-                                 model.args.core_box)
-            a, b, c, d, e, f, g, h = (p[..., i] for i in range(8))
-            per_layer[i].append(np.array((d * g - c * h) / (a * g - c * e)).ravel())
+            p = bank.in_proj(bank.norm(x))[..., start:start + 10]
+            per_layer[i].append(np.array(raw_u(core_projections(p, model.args.core_box))).ravel())
             x, _, _ = layer(x)
     per_layer = [np.concatenate(v) for v in per_layer]
     u = np.concatenate(per_layer)
