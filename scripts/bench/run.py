@@ -585,7 +585,7 @@ def summary_quality_issue(parts: dict) -> list:
     res, _ = _result(parts.get("bpe", {}))
     v = (res or {}).get("variants") or {}
     if "bpe_tiny" in v and "bpe_tf_tiny" in v:
-        L.append(f"- Compacted cl100k, tiny, 1,024,000 tokens each (seeds {v['bpe_tiny']['seeds']}):"
+        L.append(f"- Compacted cl100k, tiny, 1,024,000 tokens each (seeds {', '.join(map(str, v['bpe_tiny']['seeds']))}):"
                  f" tiny {_mean_sd(v['bpe_tiny'])} vs transformer-tiny "
                  f"{_mean_sd(v['bpe_tf_tiny'])} nats/token.")
     res, _ = _result(parts.get("speed", {}))
