@@ -16,7 +16,8 @@ _ARCHITECTURES = {"kssm": kssm.Model, "transformer": transformer.Model,
 
 def build_model(preset_or_args, vocab_size: int | None = None, seed: int | None = None, **overrides):
     """A model from a preset name, a ModelArgs, or a saved config dict (config.json: one
-    without a "design" is mlx-kssm 0.1's design 1). `seed` fixes the init."""
+    without a "design" is mlx-kssm 0.1's design 1, a v3 one without "core_box" has raw core
+    projections: ModelArgs.from_config). `seed` fixes the init."""
     if isinstance(preset_or_args, str):
         args = preset_args(preset_or_args, **overrides)
     elif isinstance(preset_or_args, dict):

@@ -79,14 +79,14 @@ class ModelArgs:
     @classmethod
     def from_config(cls, config: dict) -> "ModelArgs":
         """Build from a saved config.json. A K-SSM config without "design" was written by
-        mlx-kssm 0.1, before designs were recorded: it is design 1. One without "core_box"
-        predates the boxed core: its v3 projections are raw (core_box 0)."""
+        mlx-kssm 0.1, before designs were recorded: it is design 1. A v3 (bistable) one without
+        "core_box" predates the boxed core: its projections are raw (core_box 0)."""
         if not isinstance(config, dict):
             raise ValueError(f"a model config must be a JSON object, got {type(config).__name__}")
         if config.get("model_type", "kssm") == "kssm":
             if "design" not in config:
                 config = {**DESIGNS[1], **config}
-            if "core_box" not in config:
+            if config.get("bistable") and "core_box" not in config:
                 config = {**config, "core_box": 0.0}
         return cls.from_dict(config)
 
