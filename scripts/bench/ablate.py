@@ -66,6 +66,12 @@ VARIANTS: dict = {
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4}, {}),
     "bolted_c4_l4": ("control-bolted-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1,
                                              "n_layers": 4}, {}),
+    # a wider bank at the same parameter count: 256 oscillators (64 groups of 4), FFN 512 -> 256
+    "wide_g64": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
+    "wide_g80": ("v1-char", {"n_groups": 80, "ffn_hidden": 128}, {}),
+    "wide_g88": ("v1-char", {"n_groups": 88, "ffn_hidden": 64}, {}),
+    "bolted_wide_g64": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
+    "bolted_wide_g80": ("control-bolted-char", {"n_groups": 80, "ffn_hidden": 128}, {}),
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 
