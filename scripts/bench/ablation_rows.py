@@ -36,18 +36,42 @@ def summarize(rows: list, variants: list) -> dict:
     return out
 
 
+def study_rows(spec: str) -> list:
+    """Rows from a `mlx-kssm study` folder: spec is STUDY_JSON:MODEL=VARIANT. A study trains
+    and evaluates a preset exactly as ablate.py does a variant with the same settings (seed 0
+    of `v1-char` gives the same val loss to every digit both ways), so its seeds can fill a
+    row of the table."""
+    path, _, mapping = spec.rpartition(":")
+    model, _, variant = mapping.partition("=")
+    if not path or not model or not variant:
+        sys.exit(f"Error: --study wants STUDY_JSON:MODEL=VARIANT, got {spec!r}")
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    return [{"variant": variant, "seed": r["seed"], "val_loss": r["evaluation"]["val_loss"],
+             "n_parameters": r["n_parameters"]}
+            for r in runs if r["model"] == model and r.get("status") == "completed"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rows", required=True, action="append",
+    ap.add_argument("--rows", default=[], action="append",
                     help="a rows.jsonl; repeat to summarize rows from several out-dirs")
+    ap.add_argument("--study", default=[], action="append", metavar="STUDY_JSON:MODEL=VARIANT",
+                    help="also read MODEL's seeds from a study.json as rows of VARIANT; these "
+                         "replace the rows.jsonl rows of the same variant and seed; repeatable")
     ap.add_argument("--variants", required=True)
     ap.add_argument("--commit", default="45f9fa4", help="the code that measured the rows")
     args = ap.parse_args()
+    if not args.rows and not args.study:
+        sys.exit("Error: give at least one --rows or --study")
     rows = []
     for path in args.rows:
         with open(path) as f:
             rows += [json.loads(line) for line in f if line.strip()]
-    emit({"part": "screening", "rows_file": ", ".join(args.rows), "measured_at": args.commit,
+    for spec in args.study:
+        rows += study_rows(spec)
+    emit({"part": "screening", "rows_file": ", ".join(args.rows + args.study),
+          "measured_at": args.commit,
           "variants": summarize(rows, args.variants.split(","))}, None)
 
 

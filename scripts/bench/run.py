@@ -49,10 +49,18 @@ PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "screen
 CHARS = "data/prepared/chars"  # bytes, --val-fraction 0.1: the quality issue's recipe
 # the path from 0.1's v1-char to the preset, one change per row, as measured in
 # bench/out/ablate/rows.jsonl and (d1: 0.1's design) bench/out/table/rows.jsonl
-PATH_ROWS = "d1,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,bolted_c4_l4,tf4_ffn512_lr1"
+PATH_ROWS = ("d1,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,wide_g64,bolted_c4_l4,bolted_wide_g64,"
+             "tf4_ffn512_lr1")
 TABLE_ROWS = "bench/out/table/rows.jsonl"
+# The path's 4-layer rows over 3 seeds are the char studies' runs (a study trains and evaluates
+# exactly as ablate.py does): v1-char before the bank was widened (32 groups, FFN 512; studied
+# at commit 07bb294, its folder kept as study_char_g32) and after (the current study_char).
+STUDY_ROWS = ["bench/out/study_char_g32/study.json:v1-char=c4_l4",
+              "bench/out/study_char_g32/study.json:control-bolted-char=bolted_c4_l4",
+              "bench/out/study_char/study.json:v1-char=wide_g64",
+              "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g64"]
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
-SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr2"
+SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2"
 ROWS = "bench/out/ablate/rows.jsonl"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
@@ -177,7 +185,8 @@ def quality_issue_parts() -> dict:
         "ablation": [("d1", ablate + ["--variants", "d1", "--seeds", "0,1,2",
                                       "--out-dir", "bench/out/table"], 36000),
                      ("path", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS, "--rows",
-                               TABLE_ROWS, "--variants", PATH_ROWS, "--commit", "several"], 60),
+                               TABLE_ROWS, *[a for spec in STUDY_ROWS for a in ("--study", spec)],
+                               "--variants", PATH_ROWS, "--commit", "several"], 60),
                      ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                "--variants", SIDE_ROWS, "--commit", "several"], 60)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
@@ -416,8 +425,11 @@ PATH_NOTES = {
     "tf4_ffn512_lr2": "the same transformer at LR 2e-3",
     "base": "v1-char as 0.1 shipped it: design 1, 2 layers, 8 groups x 16, 4 harmonics",
     "rg_algall": "+ algebraic squashes, gate included (no exp): design 2",
-    "c4_l4": "4 layers: the v1-char preset (893k parameters)",
-    "bolted_c4_l4": "control-bolted-char: the same, output reads the raw state (R bypassed)",
+    "c4_l4": "4 layers (893k parameters): the v1-char preset until the bank was widened",
+    "wide_g64": "a bank twice as wide (64 groups of 4), FFN 512 -> 256: the v1-char preset (896k)",
+    "wide_g80": "4 layers, 80 groups of 4, FFN 128 (897k)",
+    "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
+    "bolted_wide_g64": "wide_g64's bolted control = control-bolted-char (1.06M parameters)",
     "rg_alg": "rg, algebraic drive and damping (gate still silu)",
     "rg_h2": "rg, 2 harmonics", "grp": "damping, rotation, coupling per group",
     "gate": "+ gate (silu)", "rotfix": "fixed rotation per oscillator (no input-dependent frequency)", "cayley": "input rotation, Cayley form",
@@ -447,18 +459,21 @@ def md_ablation(part: dict, screening: dict | None) -> list:
     path_intro = ("The path from 0.1's `v1-char` to the 0.2 preset, one change per row from the "
                   "row above, each row over the seeds its `each seed` column lists (0, 1, 2 "
                   "unless it says otherwise; the same seeds, so the same batches, for every "
-                  "row). The last two rows "
-                  "are the preset's bolted control and the issue's 0.82M transformer, seed 0. "
-                  "`c4_l4` is the `v1-char` preset: it, its control and its matched transformer "
-                  "over 3 seeds are the study in section 7 (same recipe and seeds). The rows "
+                  "row). The last three rows are the bolted controls of `c4_l4` and "
+                  "`wide_g64` and the issue's 0.82M transformer (seed 0). `wide_g64` is the "
+                  "`v1-char` preset, `c4_l4` the preset before it: their rows and their "
+                  "controls' take their 3 seeds from the char studies (section 7 now; the "
+                  "earlier one at commit 07bb294), which train and evaluate exactly as "
+                  "ablate.py does (seed 0 agrees to every digit). The rows "
                   "were measured by the code of their time (`rotfix`, `rg`, `rg_algall` by the "
                   "screening code at commit 45f9fa4, the others by main); `rows.jsonl` records "
                   "each run's machine.")
     rows_note = (" (summarizes bench/out/ablate/rows.jsonl and bench/out/table/rows.jsonl, which "
-                 "`scripts/bench/ablate.py --variants NAME --seeds 0,1,2 --out-dir ...` appended)")
+                 "`scripts/bench/ablate.py --variants NAME --seeds 0,1,2 --out-dir ...` appended, "
+                 "and the two studies' study.json)")
     L += _rows_section(_result(part, "path"), path_intro, rows_note)
     L += _rows_section(_result(part, "side"), "Beside the path (seed 0): banks and harmonics at "
-                       "2 layers, and the transformer's LR.")
+                       "2 layers, a still wider bank at 4 layers, and the transformer's LR.")
     if screening:
         res, _ = screen = _result(screening)
         if res:
