@@ -79,7 +79,6 @@ VARIANTS: dict = {
 
 def run_one(name: str, seed: int, args) -> dict:
     from mlx_kssm import build_model, save_model
-    from mlx_kssm.models import count_parameters
     from mlx_kssm.train import TrainConfig, train
 
     preset, model_over, train_over = VARIANTS[name]
