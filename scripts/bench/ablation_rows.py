@@ -45,8 +45,11 @@ def study_rows(spec: str) -> list:
     model, _, variant = mapping.partition("=")
     if not path or not model or not variant:
         sys.exit(f"Error: --study wants STUDY_JSON:MODEL=VARIANT, got {spec!r}")
-    with open(path) as f:
-        runs = json.load(f)["runs"]
+    try:
+        with open(path) as f:
+            runs = json.load(f)["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"Error: cannot read the study runs in {path}: {e}")
     return [{"variant": variant, "seed": r["seed"], "val_loss": r["evaluation"]["val_loss"],
              "n_parameters": r["n_parameters"]}
             for r in runs if r["model"] == model and r.get("status") == "completed"]
