@@ -51,6 +51,12 @@ def projection_sizes(args: "ModelArgs") -> tuple:  # quoted: the mlx-lm export c
         (args.d_model,) if args.gate else ())
 
 
+def coupling_offset(args: ModelArgs) -> int:
+    """Where the coupling outputs (G logits or the bistable a..j) start in in_proj's output."""
+    sizes = projection_sizes(args)
+    return sum(sizes[:-2 if args.gate else -1])
+
+
 def damping_spread(count: int, mode: str):
     """Initial damping lambda from 0.6 to 0.995: memories of ~2.5 to ~200 tokens."""
     if mode == "log":
@@ -133,7 +139,7 @@ class OscillatorBank(OscillatorBankBase):
         self.norm = nn.RMSNorm(args.d_model)
         sizes = projection_sizes(args)
         self.in_proj = nn.Linear(args.d_model, sum(sizes))
-        coupling_start = sum(sizes[:-2 if args.gate else -1])
+        coupling_start = coupling_offset(args)
         if args.bistable:
             init_core_projection(self.in_proj, coupling_start, args.core_box)
         elif args.coupling_bias:

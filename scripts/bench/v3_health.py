@@ -34,17 +34,16 @@ from _common import emit, machine  # noqa: E402
 
 def u_distribution(model, batches) -> dict:
     """Raw u (no bound applied) of every layer at every validation position."""
-    from mlx_kssm.models.bistable import core_projections, raw_u
-    from mlx_kssm.models.kssm import projection_sizes
+    from mlx_kssm.models.bistable import N_PROJECTIONS, core_projections, raw_u
+    from mlx_kssm.models.kssm import coupling_offset
 
-    sizes = projection_sizes(model.args)
-    start = sum(sizes[:-2 if model.args.gate else -1])
+    start = coupling_offset(model.args)
     per_layer = [[] for _ in model.layers]
     for inputs, _ in batches:
         x = model.embed(mx.array(inputs))
         for i, layer in enumerate(model.layers):
             bank = layer.bank
-            p = bank.in_proj(bank.norm(x))[..., start:start + 10]
+            p = bank.in_proj(bank.norm(x))[..., start:start + N_PROJECTIONS]
             per_layer[i].append(np.array(raw_u(core_projections(p, model.args.core_box))).ravel())
             x, _, _ = layer(x)
     per_layer = [np.concatenate(v) for v in per_layer]
