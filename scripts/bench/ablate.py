@@ -73,6 +73,10 @@ VARIANTS: dict = {
     "wide_g64": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
     "wide_g80": ("v1-char", {"n_groups": 80, "ffn_hidden": 128}, {}),
     "bolted_wide_g64": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
+    # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
+    # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
+    "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
+    "diag_g256n1": ("v1-char", {"n_groups": 256, "osc_per_group": 1, "ffn_hidden": 256}, {}),
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 
