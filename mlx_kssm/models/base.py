@@ -55,6 +55,9 @@ class ModelArgs:
     squash: str = "algebraic"
     damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
+    # each oscillator relaxes toward a learned rest point rho (starts at 0) instead of 0: the
+    # drive gains (1 - d_t) rho, so a phase also tells how far the state is from rho
+    rest_point: bool = False
     # v3 bistable core
     bistable: bool = False
     u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp

@@ -106,8 +106,13 @@ class OscillatorBankBase(nn.Module):
             g = parts[4]
             gate = g * self._prob(g)  # silu for "exp"
         drive = 1 - lam
-        scan_in = (lam * mx.cos(alpha), lam * mx.sin(alpha), k, drive * br, drive * bi)
-        return scan_in, gate, aux
+        dr, di = lam * mx.cos(alpha), lam * mx.sin(alpha)
+        cr, ci = drive * br, drive * bi
+        if self.args.rest_point:  # + (1 - d) rho: rho is the fixed point of z = d z + (1 - d) rho
+            rho_r, rho_i = self.rest[0], self.rest[1]
+            cr = cr + rho_r - (dr * rho_r - di * rho_i)
+            ci = ci + rho_i - (dr * rho_i + di * rho_r)
+        return (dr, di, k, cr, ci), gate, aux
 
     def _initial_state(self, B):
         z0 = mx.broadcast_to(self.z0[:, None], (2, B, self.G, self.n))
@@ -153,6 +158,8 @@ class OscillatorBank(OscillatorBankBase):
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
         self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
+        if args.rest_point:
+            self.rest = mx.zeros((2, G, n))  # rho (re, im) per oscillator
         if args.readout == "bolted":
             self.out_proj = nn.Linear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)

@@ -77,6 +77,9 @@ VARIANTS: dict = {
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
     "diag_g256n1": ("v1-char", {"n_groups": 256, "osc_per_group": 1, "ffn_hidden": 256}, {}),
+    # oscillators relax toward a learned rest point rho instead of 0 (models/kssm.py)
+    "rest": ("v1-char", {"rest_point": True}, {}),
+    "bolted_rest": ("control-bolted-char", {"rest_point": True}, {}),
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 
