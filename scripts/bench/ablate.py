@@ -78,8 +78,10 @@ VARIANTS: dict = {
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
     "diag_g256n1": ("v1-char", {"n_groups": 256, "osc_per_group": 1, "ffn_hidden": 256}, {}),
     # oscillators relax toward a learned rest point rho instead of 0 (models/kssm.py)
-    "rest": ("v1-char", {"rest_point": True}, {}),
-    "bolted_rest": ("control-bolted-char", {"rest_point": True}, {}),
+    "rest": ("v1-char", {"rest_radius": 0.0}, {}),
+    "bolted_rest": ("control-bolted-char", {"rest_radius": 0.0}, {}),
+    # a group is one driven state read through its synchrony: shared drive, rest points
+    "gdrive_g144": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 144}, {}),
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 
