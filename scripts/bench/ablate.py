@@ -77,11 +77,9 @@ VARIANTS: dict = {
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
     "diag_g256n1": ("v1-char", {"n_groups": 256, "osc_per_group": 1, "ffn_hidden": 256}, {}),
-    # oscillators relax toward a learned rest point rho instead of 0 (models/kssm.py)
-    "rest": ("v1-char", {"rest_radius": 0.0}, {}),
-    "bolted_rest": ("control-bolted-char", {"rest_radius": 0.0}, {}),
-    # a group is one driven state read through its synchrony: shared drive, rest points
-    "gdrive_g144": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 144}, {}),
+    # `rest` / `gdrive_g144` (rest points; a drive shared by each group's oscillators) were
+    # measured by the code at branch experiment-group-drive (commit 20ba43c), whose options were
+    # not kept: bench/RESULTS.md section 6, "Where the control's lead lives"
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 

@@ -61,6 +61,10 @@ STUDY_ROWS = ["bench/out/study_char_g32/study.json:v1-char=c4_l4",
               "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g64"]
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
 SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2"
+# where the bolted control's lead lives: v1-char, readouts that see more of the phases (one
+# outside the contract), rest points and a per-group drive (branch experiment-group-drive), and
+# the control
+LEAD_ROWS = "wide_g64,wide_g128n2,diag_g256n1,rest,gdrive_g144,bolted_wide_g64"
 ROWS = "bench/out/ablate/rows.jsonl"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
@@ -188,7 +192,10 @@ def quality_issue_parts() -> dict:
                                TABLE_ROWS, *[a for spec in STUDY_ROWS for a in ("--study", spec)],
                                "--variants", PATH_ROWS, "--commit", "several"], 60),
                      ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
-                               "--variants", SIDE_ROWS, "--commit", "several"], 60)],
+                               "--variants", SIDE_ROWS, "--commit", "several"], 60),
+                     ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
+                               *[a for spec in STUDY_ROWS[2:] for a in ("--study", spec)],
+                               "--variants", LEAD_ROWS, "--commit", "several"], 60)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
         "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
@@ -428,6 +435,12 @@ PATH_NOTES = {
     "c4_l4": "4 layers (893k parameters): the v1-char preset until the bank was widened",
     "wide_g64": "a bank twice as wide (64 groups of 4), FFN 512 -> 256: the v1-char preset (896k)",
     "wide_g80": "4 layers, 80 groups of 4, FFN 128 (897k)",
+    "wide_g128n2": "128 groups of 2 (a pair's Z_1 fixes both phases up to a swap), FFN 128 (896k)",
+    "diag_g256n1": "outside the contract: groups of 1, so the readout is every oscillator's "
+                   "unit phasor (R = 1), FFN 256 (1.29M)",
+    "rest": "each oscillator relaxes toward a learned rest point rho (from 0) instead of 0",
+    "gdrive_g144": "damping, rotation and drive per group, shared by its 4 oscillators, which "
+                   "differ by rest points (start 0.5 e^{2 pi i j/4}): 144 groups (893k)",
     "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
     "bolted_wide_g64": "wide_g64's bolted control = control-bolted-char (1.06M parameters)",
     "rg_alg": "rg, algebraic drive and damping (gate still silu)",
@@ -447,6 +460,19 @@ def _rows_section(result: tuple, intro: str, command_note: str = "",
         return []
     return ([intro, ""] + _ablation_rows(res["variants"], notes)
             + ["", f"Command: `{run['command']}`{command_note}", ""])
+
+
+LEAD_INTRO = (
+    "Where the bolted control's lead lives (4 layers, ~0.9M unless the row says). The control "
+    "reads each oscillator's raw state, amplitude and phase. `diag_g256n1` reads each "
+    "oscillator's phase and nothing else (groups of 1: outside the contract, since R is "
+    "always 1): if the averaging in a group were what costs, it would come near the control. "
+    "`rest` and `gdrive_g144` let amplitude reach the phases: a learned rest point rho makes "
+    "the phase of z tell how far z is from rho; with a drive shared by a group, the group's "
+    "oscillators differ only by their rest points, so its R grows with the strength of its "
+    "driven state (a strong common drive synchronizes them). Both were measured by the code "
+    "at branch `experiment-group-drive` (commit 20ba43c) and not kept. `wide_g64` (the preset) "
+    "and the control take their 3 seeds from the char study.")
 
 
 def md_ablation(part: dict, screening: dict | None) -> list:
@@ -474,6 +500,7 @@ def md_ablation(part: dict, screening: dict | None) -> list:
     L += _rows_section(_result(part, "path"), path_intro, rows_note)
     L += _rows_section(_result(part, "side"), "Beside the path (seed 0): banks and harmonics at "
                        "2 layers, a still wider bank at 4 layers, and the transformer's LR.")
+    L += _rows_section(_result(part, "lead"), LEAD_INTRO)
     if screening:
         res, _ = screen = _result(screening)
         if res:
