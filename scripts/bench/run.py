@@ -470,8 +470,9 @@ LEAD_INTRO = (
     "`rest` and `gdrive_g144` let amplitude reach the phases: a learned rest point rho makes "
     "the phase of z tell how far z is from rho; with a drive shared by a group, the group's "
     "oscillators differ only by their rest points, so its R grows with the strength of its "
-    "driven state (a strong common drive synchronizes them). Both were measured by the code "
-    "at branch `experiment-group-drive` (commit 20ba43c) and not kept. `wide_g64` (the preset) "
+    "driven state (a strong common drive synchronizes them). Both were measured by code in "
+    "main's history and not kept: `rest` at commit 934bf6c, `gdrive_g144` at 20ba43c (branch "
+    "`experiment-group-drive`; its `rest_radius` 0 is 934bf6c's `rest_point`). `wide_g64` (the preset) "
     "and the control take their 3 seeds from the char study.")
 
 
