@@ -48,11 +48,11 @@ def study_rows(spec: str) -> list:
     try:
         with open(path) as f:
             runs = json.load(f)["runs"]
-    except (OSError, ValueError, KeyError) as e:
-        sys.exit(f"Error: cannot read the study runs in {path}: {e}")
-    return [{"variant": variant, "seed": r["seed"], "val_loss": r["evaluation"]["val_loss"],
-             "n_parameters": r["n_parameters"]}
-            for r in runs if r["model"] == model and r.get("status") == "completed"]
+        return [{"variant": variant, "seed": r["seed"], "val_loss": r["evaluation"]["val_loss"],
+                 "n_parameters": r["n_parameters"]}
+                for r in runs if r["model"] == model and r.get("status") == "completed"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"Error: cannot read the study runs in {path}: {e!r}")
 
 
 def main():

@@ -55,10 +55,10 @@ TABLE_ROWS = "bench/out/table/rows.jsonl"
 # The path's 4-layer rows over 3 seeds are the char studies' runs (a study trains and evaluates
 # exactly as ablate.py does): v1-char before the bank was widened (32 groups, FFN 512; studied
 # at commit 07bb294, its folder kept as study_char_g32) and after (the current study_char).
-STUDY_ROWS = ["bench/out/study_char_g32/study.json:v1-char=c4_l4",
-              "bench/out/study_char_g32/study.json:control-bolted-char=bolted_c4_l4",
-              "bench/out/study_char/study.json:v1-char=wide_g64",
-              "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g64"]
+STUDY_ROWS_G32 = ["bench/out/study_char_g32/study.json:v1-char=c4_l4",
+                  "bench/out/study_char_g32/study.json:control-bolted-char=bolted_c4_l4"]
+STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g64",
+                  "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g64"]
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
 SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2"
 # where the bolted control's lead lives: v1-char, readouts that see more of the phases (one
@@ -179,6 +179,11 @@ def plan(quick: bool) -> dict:
     return p
 
 
+def _study_args(specs: list) -> list:
+    """ablation_rows.py's --study options for these STUDY_JSON:MODEL=VARIANT specs."""
+    return [a for spec in specs for a in ("--study", spec)]
+
+
 def quality_issue_parts() -> dict:
     """The quality issue's parts: every run is a normal run folder that is reused when it has
     finished, so a rerun only collects (hours of training when the folders are gone)."""
@@ -189,12 +194,12 @@ def quality_issue_parts() -> dict:
         "ablation": [("d1", ablate + ["--variants", "d1", "--seeds", "0,1,2",
                                       "--out-dir", "bench/out/table"], 36000),
                      ("path", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS, "--rows",
-                               TABLE_ROWS, *[a for spec in STUDY_ROWS for a in ("--study", spec)],
+                               TABLE_ROWS, *_study_args(STUDY_ROWS_G32 + STUDY_ROWS_NOW),
                                "--variants", PATH_ROWS, "--commit", "several"], 60),
                      ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                "--variants", SIDE_ROWS, "--commit", "several"], 60),
                      ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
-                               *[a for spec in STUDY_ROWS[2:] for a in ("--study", spec)],
+                               *_study_args(STUDY_ROWS_NOW),
                                "--variants", LEAD_ROWS, "--commit", "several"], 60)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
