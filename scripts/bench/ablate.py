@@ -78,8 +78,10 @@ VARIANTS: dict = {
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
     "diag_g256n1": ("v1-char", {"n_groups": 256, "osc_per_group": 1, "ffn_hidden": 256}, {}),
     # `rest` / `gdrive_g144` (rest points; a drive shared by each group's oscillators) were
-    # measured by the code at commits 934bf6c / 20ba43c (branch experiment-group-drive), whose
-    # options were not kept: bench/RESULTS.md section 6, "Where the control's lead lives"
+    # measured by the code at commits 934bf6c / 20ba43c (branch experiment-group-drive), and
+    # `gdrive_g128n2`, `rest05`, `omega_group`, `bolted_gdrive_g144` at f85c198 (the same
+    # branch, which defines them), whose options were not kept: bench/RESULTS.md section 6,
+    # "Where the control's lead lives"
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 

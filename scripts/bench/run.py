@@ -64,7 +64,8 @@ SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_f
 # where the bolted control's lead lives: v1-char, readouts that see more of the phases (one
 # outside the contract), rest points and a per-group drive (branch experiment-group-drive), and
 # the control
-LEAD_ROWS = "wide_g64,wide_g128n2,diag_g256n1,rest,gdrive_g144,bolted_wide_g64"
+LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
+             "gdrive_g128n2,bolted_wide_g64,bolted_gdrive_g144")
 ROWS = "bench/out/ablate/rows.jsonl"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
@@ -446,6 +447,14 @@ PATH_NOTES = {
     "rest": "each oscillator relaxes toward a learned rest point rho (from 0) instead of 0",
     "gdrive_g144": "damping, rotation and drive per group, shared by its 4 oscillators, which "
                    "differ by rest points (start 0.5 e^{2 pi i j/4}): 144 groups (893k)",
+    "rest05": "rest points as in `gdrive_g144` (start 0.5 e^{2 pi i j/4}), each oscillator "
+              "still driven on its own",
+    "omega_group": "a group's 4 oscillators start at one frequency (R is then invariant to "
+                   "their common rotation)",
+    "gdrive_g128n2": "the per-group drive at the preset's cost: 128 groups of 2 (256 "
+                     "oscillators, rest points +-0.5), FFN 320 (896k)",
+    "bolted_gdrive_g144": "gdrive_g144's bolted control: reads the raw state of its 576 "
+                          "oscillators (1.27M)",
     "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
     "bolted_wide_g64": "wide_g64's bolted control = control-bolted-char (1.06M parameters)",
     "rg_alg": "rg, algebraic drive and damping (gate still silu)",
@@ -472,13 +481,16 @@ LEAD_INTRO = (
     "reads each oscillator's raw state, amplitude and phase. `diag_g256n1` reads each "
     "oscillator's phase and nothing else (groups of 1: outside the contract, since R is "
     "always 1): if the averaging in a group were what costs, it would come near the control. "
-    "`rest` and `gdrive_g144` let amplitude reach the phases: a learned rest point rho makes "
+    "The `rest*` and `gdrive_*` rows let amplitude reach the phases: a rest point rho makes "
     "the phase of z tell how far z is from rho; with a drive shared by a group, the group's "
     "oscillators differ only by their rest points, so its R grows with the strength of its "
-    "driven state (a strong common drive synchronizes them). Both were measured by code in "
-    "main's history and not kept: `rest` at commit 934bf6c, `gdrive_g144` at 20ba43c (branch "
-    "`experiment-group-drive`; its `rest_radius` 0 is 934bf6c's `rest_point`). `wide_g64` (the preset) "
-    "and the control take their 3 seeds from the char study.")
+    "driven state (a strong common drive synchronizes them). `bolted_gdrive_g144` is "
+    "`gdrive_g144`'s own control. The rows from `rest` on, but for the preset's control, were "
+    "measured by code in main's history whose options were not kept: `rest` at commit "
+    "934bf6c, `gdrive_g144` at 20ba43c (branch `experiment-group-drive`; its `rest_radius` 0 "
+    "is 934bf6c's `rest_point`), `rest05`, `omega_group`, `gdrive_g128n2` and "
+    "`bolted_gdrive_g144` at f85c198, the branch's head, which defines them. `wide_g64` (the "
+    "preset) and its control take their 3 seeds from the char study.")
 
 
 def md_ablation(part: dict, screening: dict | None) -> list:
