@@ -63,6 +63,7 @@ class ModelArgs:
     # by its n oscillators, which then differ only by their rest points and the coupling: the
     # group's R tells how strong its driven state is against the spread of its rest points
     drive: str = "oscillator"
+    omega_init: str = "spread"  # screening: "group" starts a group's oscillators at one frequency
     # v3 bistable core
     bistable: bool = False
     u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp

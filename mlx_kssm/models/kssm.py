@@ -158,6 +158,9 @@ class OscillatorBank(OscillatorBankBase):
         driven = (G, 1) if args.drive == "group" else (G, n)  # who has its own dynamics
         count = driven[0] * driven[1]
         self.omega = mx.linspace(-math.pi, math.pi, count + 1)[:-1].reshape(driven)
+        if args.omega_init == "group":  # a group's oscillators start at one frequency
+            per_group = mx.linspace(-math.pi, math.pi, G + 1)[:-1]
+            self.omega = mx.broadcast_to(per_group[:, None], driven) + 0
         self.lambda_bias = self._logit(damping_spread(count, args.damping_init)).reshape(driven)
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))

@@ -82,6 +82,13 @@ VARIANTS: dict = {
     "bolted_rest": ("control-bolted-char", {"rest_radius": 0.0}, {}),
     # a group is one driven state read through its synchrony: shared drive, rest points
     "gdrive_g144": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 144}, {}),
+    "gdrive_g128n2": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 128,
+                                  "osc_per_group": 2, "ffn_hidden": 320}, {}),
+    "rest05": ("v1-char", {"rest_radius": 0.5}, {}),
+    "omega_group": ("v1-char", {"omega_init": "group"}, {}),
+    "bolted_gdrive_g144": ("control-bolted-char", {"drive": "group", "rest_radius": 0.5,
+                                                   "n_groups": 144}, {}),
+    "gdrive_g64": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 64}, {}),
     "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 
