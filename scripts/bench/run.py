@@ -62,8 +62,8 @@ STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g64",
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
 SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2"
 # where the bolted control's lead lives: v1-char, readouts that see more of the phases (one
-# outside the contract), rest points and a per-group drive (branch experiment-group-drive), and
-# the control
+# outside the contract), rest points, one frequency per group and a per-group drive (branch
+# experiment-group-drive), and the two controls (the preset's, the group drive's)
 LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
              "gdrive_g128n2,bolted_wide_g64,bolted_gdrive_g144")
 ROWS = "bench/out/ablate/rows.jsonl"
