@@ -73,6 +73,14 @@ VARIANTS: dict = {
     "wide_g64": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
     "wide_g80": ("v1-char", {"n_groups": 80, "ffn_hidden": 128}, {}),
     "bolted_wide_g64": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
+    # the control at the preset's size: its raw-state readout costs 166k more parameters, paid
+    # here by its MLP (FFN 256 -> 95: 896,384 vs the preset's 896,004), to tell whether its
+    # lead comes from reading the amplitudes or from being bigger
+    "bolted_wide_g64_ffn95": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 95}, {}),
+    # the preset's training options, one at a time (LR 2e-3, weight decay 0.01 in the preset)
+    "wide_g64_lr3": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"learning_rate": 3e-3}),
+    "wide_g64_lr14": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"learning_rate": 1.4e-3}),
+    "wide_g64_wd01": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"weight_decay": 0.1}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
