@@ -81,6 +81,9 @@ VARIANTS: dict = {
     "wide_g64_lr3": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"learning_rate": 3e-3}),
     "wide_g64_lr14": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"learning_rate": 1.4e-3}),
     "wide_g64_wd01": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"weight_decay": 0.1}),
+    "bolted_wide_g64_wd01": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 256},
+                             {"weight_decay": 0.1}),
+    "tf_char_wd01": ("transformer-char", {}, {"weight_decay": 0.1}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),

@@ -60,12 +60,14 @@ STUDY_ROWS_G32 = ["bench/out/study_char_g32/study.json:v1-char=c4_l4",
 STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g64",
                   "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g64"]
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
-SIDE_ROWS = "d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2"
+SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2,"
+             "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01")
 # where the bolted control's lead lives: v1-char, readouts that see more of the phases (one
 # outside the contract), rest points, one frequency per group and a per-group drive (branch
-# experiment-group-drive), and the two controls (the preset's, the group drive's)
+# experiment-group-drive), and the controls (the preset's, at its own size and at the
+# preset's, and the group drive's)
 LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
-             "gdrive_g128n2,bolted_wide_g64,bolted_gdrive_g144")
+             "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144")
 ROWS = "bench/out/ablate/rows.jsonl"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
@@ -457,6 +459,13 @@ PATH_NOTES = {
                           "oscillators (1.27M)",
     "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
     "bolted_wide_g64": "wide_g64's bolted control = control-bolted-char (1.06M parameters)",
+    "bolted_wide_g64_ffn95": "the same control at the preset's size: its MLP pays for the "
+                             "raw-state readout (FFN 256 -> 95, 896k)",
+    "wide_g64_lr3": "the v1-char preset at LR 3e-3 (its own: 2e-3)",
+    "wide_g64_lr14": "the v1-char preset at LR 1.4e-3",
+    "wide_g64_wd01": "the v1-char preset at weight decay 0.1 (its own: 0.01)",
+    "bolted_wide_g64_wd01": "its bolted control (control-bolted-char) at weight decay 0.1",
+    "tf_char_wd01": "transformer-char (its matched transformer, LR 1e-3) at weight decay 0.1",
     "rg_alg": "rg, algebraic drive and damping (gate still silu)",
     "rg_h2": "rg, 2 harmonics", "grp": "damping, rotation, coupling per group",
     "gate": "+ gate (silu)", "rotfix": "fixed rotation per oscillator (no input-dependent frequency)", "cayley": "input rotation, Cayley form",
@@ -516,8 +525,10 @@ def md_ablation(part: dict, screening: dict | None) -> list:
                  "`scripts/bench/ablate.py --variants NAME --seeds 0,1,2 --out-dir ...` appended, "
                  "and the two studies' study.json)")
     L += _rows_section(_result(part, "path"), path_intro, rows_note)
-    L += _rows_section(_result(part, "side"), "Beside the path (seed 0): banks and harmonics at "
-                       "2 layers, a still wider bank at 4 layers, and the transformer's LR.")
+    L += _rows_section(_result(part, "side"), "Beside the path (seed 0 unless the row says): "
+                       "banks and harmonics at 2 layers, a still wider bank at 4 layers, the "
+                       "transformer's LR, and the preset's LR and weight decay (the control and "
+                       "the matched transformer at the same weight decay).")
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
     if screening:
         res, _ = screen = _result(screening)
