@@ -86,6 +86,8 @@ VARIANTS: dict = {
     "tf_char_wd01": ("transformer-char", {}, {"weight_decay": 0.1}),
     # the two steps not yet taken, together: 80 groups, FFN 128, weight decay 0.1
     "wide_g80_wd01": ("v1-char", {"n_groups": 80, "ffn_hidden": 128}, {"weight_decay": 0.1}),
+    "bolted_wide_g80_wd01": ("control-bolted-char", {"n_groups": 80, "ffn_hidden": 128},
+                             {"weight_decay": 0.1}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),

@@ -62,7 +62,7 @@ STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g64",
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
 SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2,"
              "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01,"
-             "wide_g80_wd01")
+             "wide_g80_wd01,bolted_wide_g80_wd01")
 # where the bolted control's lead lives: v1-char, readouts that see more of the phases (one
 # outside the contract), rest points, one frequency per group and a per-group drive (branch
 # experiment-group-drive), and the controls (the preset's, at its own size and at the
@@ -468,6 +468,8 @@ PATH_NOTES = {
     "bolted_wide_g64_wd01": "its bolted control (control-bolted-char) at weight decay 0.1",
     "tf_char_wd01": "transformer-char (its matched transformer, LR 1e-3) at weight decay 0.1",
     "wide_g80_wd01": "wide_g80 at weight decay 0.1 (the two steps together)",
+    "bolted_wide_g80_wd01": "wide_g80_wd01's own bolted control (80 groups, FFN 128, weight "
+                            "decay 0.1)",
     "rg_alg": "rg, algebraic drive and damping (gate still silu)",
     "rg_h2": "rg, 2 harmonics", "grp": "damping, rotation, coupling per group",
     "gate": "+ gate (silu)", "rotfix": "fixed rotation per oscillator (no input-dependent frequency)", "cayley": "input rotation, Cayley form",
