@@ -34,6 +34,10 @@ EXP = {"squash": "exp"}
 # v1-char as mlx-kssm 0.1 shipped it: 2 layers, 8 groups of 16, 4 harmonics, FFN 512 (spelled
 # out, so the rows stay what they were when the preset moves)
 V010 = {"n_layers": 2, "n_groups": 8, "osc_per_group": 16, "harmonics": 4, "ffn_hidden": 512}
+# The v1-char preset's bank and MLP since the bank was widened (wide_g64), and the wider step
+# after it (wide_g80), spelled out for the same reason
+WIDE_G64 = {"n_groups": 64, "ffn_hidden": 256}
+WIDE_G80 = {"n_groups": 80, "ffn_hidden": 128}
 # The quality table (bench/RESULTS.md): each row changes one thing from the row before.
 VARIANTS: dict = {
     "d1": ("v1-char", {**V010, **DESIGN_1}, {}),
@@ -70,24 +74,22 @@ VARIANTS: dict = {
                                              "n_layers": 4, "ffn_hidden": 512}, {}),
     # a wider bank at the same parameter count: 256 oscillators (64 groups of 4), FFN 512 -> 256
     # (wide_g64, now the v1-char preset), or 320 and FFN 128 (wide_g80), and the control
-    "wide_g64": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
-    "wide_g80": ("v1-char", {"n_groups": 80, "ffn_hidden": 128}, {}),
-    "bolted_wide_g64": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 256}, {}),
+    "wide_g64": ("v1-char", WIDE_G64, {}),
+    "wide_g80": ("v1-char", WIDE_G80, {}),
+    "bolted_wide_g64": ("control-bolted-char", WIDE_G64, {}),
     # the control at the preset's size: its raw-state readout costs 166k more parameters, paid
     # here by its MLP (FFN 256 -> 95: 896,384 vs the preset's 896,004), to tell whether its
     # lead comes from reading the amplitudes or from being bigger
     "bolted_wide_g64_ffn95": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 95}, {}),
     # the preset's training options, one at a time (LR 2e-3, weight decay 0.01 in the preset)
-    "wide_g64_lr3": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"learning_rate": 3e-3}),
-    "wide_g64_lr14": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"learning_rate": 1.4e-3}),
-    "wide_g64_wd01": ("v1-char", {"n_groups": 64, "ffn_hidden": 256}, {"weight_decay": 0.1}),
-    "bolted_wide_g64_wd01": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 256},
-                             {"weight_decay": 0.1}),
+    "wide_g64_lr3": ("v1-char", WIDE_G64, {"learning_rate": 3e-3}),
+    "wide_g64_lr14": ("v1-char", WIDE_G64, {"learning_rate": 1.4e-3}),
+    "wide_g64_wd01": ("v1-char", WIDE_G64, {"weight_decay": 0.1}),
+    "bolted_wide_g64_wd01": ("control-bolted-char", WIDE_G64, {"weight_decay": 0.1}),
     "tf_char_wd01": ("transformer-char", {}, {"weight_decay": 0.1}),
     # the two steps not yet taken, together: 80 groups, FFN 128, weight decay 0.1
-    "wide_g80_wd01": ("v1-char", {"n_groups": 80, "ffn_hidden": 128}, {"weight_decay": 0.1}),
-    "bolted_wide_g80_wd01": ("control-bolted-char", {"n_groups": 80, "ffn_hidden": 128},
-                             {"weight_decay": 0.1}),
+    "wide_g80_wd01": ("v1-char", WIDE_G80, {"weight_decay": 0.1}),
+    "bolted_wide_g80_wd01": ("control-bolted-char", WIDE_G80, {"weight_decay": 0.1}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),

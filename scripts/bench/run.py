@@ -462,9 +462,9 @@ PATH_NOTES = {
     "bolted_wide_g64": "wide_g64's bolted control = control-bolted-char (1.06M parameters)",
     "bolted_wide_g64_ffn95": "the same control at the preset's size: its MLP pays for the "
                              "raw-state readout (FFN 256 -> 95, 896k)",
-    "wide_g64_lr3": "the v1-char preset at LR 3e-3 (its own: 2e-3)",
-    "wide_g64_lr14": "the v1-char preset at LR 1.4e-3",
-    "wide_g64_wd01": "the v1-char preset at weight decay 0.1 (its own: 0.01)",
+    "wide_g64_lr3": "wide_g64 (the v1-char preset) at LR 3e-3 (its own: 2e-3)",
+    "wide_g64_lr14": "wide_g64 at LR 1.4e-3",
+    "wide_g64_wd01": "wide_g64 at weight decay 0.1 (its own: 0.01)",
     "bolted_wide_g64_wd01": "its bolted control (control-bolted-char) at weight decay 0.1",
     "tf_char_wd01": "transformer-char (its matched transformer, LR 1e-3) at weight decay 0.1",
     "wide_g80_wd01": "wide_g80 at weight decay 0.1 (the two steps together)",
@@ -531,8 +531,9 @@ def md_ablation(part: dict, screening: dict | None) -> list:
     L += _rows_section(_result(part, "path"), path_intro, rows_note)
     L += _rows_section(_result(part, "side"), "Beside the path (seed 0 unless the row says): "
                        "banks and harmonics at 2 layers, a still wider bank at 4 layers, the "
-                       "transformer's LR, and the preset's LR and weight decay (the control and "
-                       "the matched transformer at the same weight decay).")
+                       "transformer's LR, the preset's LR and weight decay (the control and the "
+                       "matched transformer at the same weight decay), and wide_g80 at weight "
+                       "decay 0.1 with its own control.")
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
     if screening:
         res, _ = screen = _result(screening)
