@@ -70,6 +70,21 @@ def test_config_precedence_and_files(tmp_path):
     assert TrainConfig.from_dict(TrainConfig(preset="tiny").to_dict()) == TrainConfig(preset="tiny")
 
 
+def test_weight_decay_is_the_presets_unless_the_run_sets_it():
+    from mlx_kssm.models import preset_train_defaults
+    from mlx_kssm.train.config import DEFAULT_WEIGHT_DECAY, fill_preset_defaults
+
+    def decay(preset, **given):
+        config = TrainConfig(preset=preset, data="d", **given)
+        return fill_preset_defaults(config, preset_train_defaults(preset)).weight_decay
+    # the char presets (K-SSM and its comparisons alike) recommend 0.1; the others name none
+    assert decay("v1-char") == decay("transformer-char") == decay("control-bolted-char") == 0.1
+    assert decay("tiny") == decay("v2") == DEFAULT_WEIGHT_DECAY == 0.01
+    assert decay("v1-char", weight_decay=0.0) == 0.0  # the run's own setting wins, 0 included
+    with pytest.raises(ValueError, match="--weight-decay"):
+        TrainConfig(preset="tiny", data="d", weight_decay=-0.1).validate()
+
+
 # ------------------------------------------------------------------ lock
 
 def test_lock_refuses_live_holder_and_takes_over_stale(tmp_path):

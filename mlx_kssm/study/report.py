@@ -61,7 +61,9 @@ def _summarize_model(entries: list) -> dict:
            "n_parameters": next((e.get("n_parameters") for e in entries
                                  if e.get("n_parameters")), None),
            "learning_rate": next((e.get("learning_rate") for e in entries
-                                  if e.get("learning_rate")), None)}
+                                  if e.get("learning_rate")), None),
+           "weight_decay": next((e["weight_decay"] for e in entries
+                                 if e.get("weight_decay") is not None), None)}
     for key in ("val_loss", "val_ppl"):
         out[key] = _interval([e["evaluation"][key] for e in done])
     out["tokens_per_sec"] = _interval([e["tokens_per_sec"] for e in done
@@ -101,9 +103,10 @@ def _table(header: list, rows: list) -> list:
 def loss_table(summary: dict) -> list:
     rows = [[m, len(s["seeds"]), _pm(s["val_loss"]), _pm(s["val_ppl"], ".2f"),
              format(s["learning_rate"], "g") if s.get("learning_rate") else "—",
+             "—" if s.get("weight_decay") is None else format(s["weight_decay"], "g"),
              ", ".join(str(x) for x in s["failed_seeds"]) or "—"] for m, s in summary.items()]
     return _table(["model", "seeds", "val loss (nats/token)", "val PPL", "learning rate",
-                   "diverged seeds"], rows)
+                   "weight decay", "diverged seeds"], rows)
 
 
 def effects_table(summary: dict) -> list:
@@ -166,6 +169,7 @@ def study_markdown(record: dict) -> str:
     env = record["commands"][-1]["environment"] if record["commands"] else {}
     lr = config["learning_rate"]
     lr_text = "each model's preset default" if lr is None else format(lr, "g")
+    lr_text += ", weight decay each model's preset default"
     lines = [f"# Study: {config['preset']} and its comparisons", "",
              f"- data: `{config['data']}` (meta.json sha256 {config['data_fingerprint'][:12]})",
              f"- budget: {config['max_steps']} steps x batch {config['batch_size']} x seq "

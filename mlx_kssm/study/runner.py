@@ -33,7 +33,7 @@ from ..evaluation import EvalConfig, evaluate
 from ..models.presets import KSSM_PRESETS, PRESETS, comparison_presets, preset_train_defaults
 from ..train import checkpoint as ckpt
 from ..train import lock
-from ..train.config import TrainConfig
+from ..train.config import DEFAULT_WEIGHT_DECAY, TrainConfig
 from ..train.trainer import read_history, train
 
 RANDOM_INIT = "random-init"
@@ -141,6 +141,12 @@ def model_learning_rate(model: str, config: StudyConfig) -> float:
         return config.learning_rate
     preset = config.preset if model == RANDOM_INIT else model
     return preset_train_defaults(preset)["learning_rate"]
+
+
+def model_weight_decay(model: str, config: StudyConfig) -> float:
+    """The weight decay `model` trains with in this study: its preset's (a study sets none)."""
+    preset = config.preset if model == RANDOM_INIT else model
+    return preset_train_defaults(preset).get("weight_decay", DEFAULT_WEIGHT_DECAY)
 
 
 def flag(name: str) -> str:
@@ -310,6 +316,7 @@ def do_run(run: PlannedRun, config: StudyConfig, study_dir: Path, tag: str, echo
              "run_dir": str(run.folder.relative_to(study_dir))}
     if run.trained:
         entry["learning_rate"] = model_learning_rate(run.model, config)
+        entry["weight_decay"] = model_weight_decay(run.model, config)
     if run.trained:
         status, exit_code = train_run(run, config, tag, echo)
         if status == "interrupted":
@@ -383,7 +390,7 @@ def run_commands(run: PlannedRun, config: StudyConfig) -> dict:
     train_cmd = ["mlx-kssm", "train", "--preset", run.model, "--data", c.data, "--output-dir",
                  run.folder, "--max-steps", c.max_steps, "--batch-size", c.batch_size,
                  "--seq-len", c.seq_len, "--learning-rate", model_learning_rate(run.model, c),
-                 "--warmup-steps",
+                 "--weight-decay", model_weight_decay(run.model, c), "--warmup-steps",
                  c.warmup_steps, "--steps-per-eval", c.steps_per_eval, "--steps-per-report",
                  c.steps_per_report, "--val-batches", c.val_batches, "--save-every",
                  c.save_every, "--seed", run.seed]

@@ -1,7 +1,8 @@
 """TrainConfig: every knob of a training run, one dataclass, saved as the run's config.json.
 
 Precedence when a run starts: the dataclass defaults < the preset's training defaults
-(batch size, sequence length, learning rate) < `--config run.toml|json` < explicit flags.
+(batch size, sequence length, learning rate, weight decay) < `--config run.toml|json` <
+explicit flags.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Optional
 # --stage N trains this many steps and judges the run with stage N's rows (docs/training.md).
 STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
 OPTIMIZERS = ("adamw", "muon")
+# the options a preset may recommend (presets.py); the run's own setting wins
+PRESET_TRAIN_FIELDS = ("batch_size", "seq_len", "learning_rate", "weight_decay")
 # Flags whose change on --resume makes the run leave the uninterrupted trajectory.
 TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "optimizer",
                      "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "grokfast",
@@ -39,7 +42,7 @@ class TrainConfig:
     schedule_steps: Optional[int] = None
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    weight_decay: float = 0.01
+    weight_decay: Optional[float] = None  # None: the preset's (0.01 where it names none)
     grad_accum: int = 1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     optimizer: str = "adamw"
@@ -94,6 +97,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.schedule_steps is not None and self.schedule_steps < 1:
             raise ValueError(f"--schedule-steps must be >= 1, got {self.schedule_steps}")
         if self.warmup_steps < 0 or self.patience < 0 or self.grad_clip < 0:
@@ -146,7 +151,13 @@ def config_from_options(config_file, flags: dict) -> tuple:
     return build_config(file_options, flags), explicit
 
 
+# AdamW's weight decay where neither the run nor its preset names one
+DEFAULT_WEIGHT_DECAY = 0.01
+
+
 def fill_preset_defaults(config: TrainConfig, defaults: dict) -> TrainConfig:
-    """Batch size, sequence length and learning rate the preset recommends, where not set."""
-    return config.replace(**{k: defaults[k] for k in ("batch_size", "seq_len", "learning_rate")
+    """Batch size, sequence length, learning rate and weight decay the preset recommends,
+    where not set."""
+    defaults = {"weight_decay": DEFAULT_WEIGHT_DECAY, **defaults}
+    return config.replace(**{k: defaults[k] for k in PRESET_TRAIN_FIELDS
                              if getattr(config, k) is None and k in defaults})

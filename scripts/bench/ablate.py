@@ -38,6 +38,11 @@ V010 = {"n_layers": 2, "n_groups": 8, "osc_per_group": 16, "harmonics": 4, "ffn_
 # after it (wide_g80), spelled out for the same reason
 WIDE_G64 = {"n_groups": 64, "ffn_hidden": 256}
 WIDE_G80 = {"n_groups": 80, "ffn_hidden": 128}
+# transformer-char's FFN while it was matched to wide_g64 (896,028 parameters)
+TF_G64 = {"ffn_hidden": 583}
+# the recipe's AdamW weight decay: a variant that names none trains at this, whatever its
+# preset recommends (the char presets: 0.1 since wide_g80_wd01), so a row stays what it was
+RECIPE_WEIGHT_DECAY = 0.01
 # The quality table (bench/RESULTS.md): each row changes one thing from the row before.
 VARIANTS: dict = {
     "d1": ("v1-char", {**V010, **DESIGN_1}, {}),
@@ -47,7 +52,7 @@ VARIANTS: dict = {
     "d2_h2": ("v1-char", {**V010, "harmonics": 2}, {}),
     "d2_h1": ("v1-char", {**V010, "harmonics": 1}, {}),
     "d2_g32n4h1": ("v1-char", {**V010, "n_groups": 32, "osc_per_group": 4, "harmonics": 1}, {}),
-    "v1char": ("v1-char", {}, {}),  # the preset as it is now (wide_g64)
+    "v1char": ("v1-char", {}, {}),  # the preset's model as it is now, at the recipe's decay
     # single changes beside the path
     "d1_gate": ("v1-char", {**V010, **DESIGN_1, "gate": True}, {}),
     "d2_g16n8h1": ("v1-char", {**V010, "n_groups": 16, "osc_per_group": 8, "harmonics": 1}, {}),
@@ -73,21 +78,24 @@ VARIANTS: dict = {
     "bolted_c4_l4": ("control-bolted-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1,
                                              "n_layers": 4, "ffn_hidden": 512}, {}),
     # a wider bank at the same parameter count: 256 oscillators (64 groups of 4), FFN 512 -> 256
-    # (wide_g64, now the v1-char preset), or 320 and FFN 128 (wide_g80), and the control
+    # (wide_g64), or 320 and FFN 128 (wide_g80: with weight decay 0.1, the v1-char preset), and
+    # the control
     "wide_g64": ("v1-char", WIDE_G64, {}),
     "wide_g80": ("v1-char", WIDE_G80, {}),
     "bolted_wide_g64": ("control-bolted-char", WIDE_G64, {}),
-    # the control at the preset's size: its raw-state readout costs 166k more parameters, paid
-    # here by its MLP (FFN 256 -> 95: 896,384 vs the preset's 896,004), to tell whether its
+    # wide_g64's control at wide_g64's size: its raw-state readout costs 166k more parameters,
+    # paid here by its MLP (FFN 256 -> 95: 896,384 vs wide_g64's 896,004), to tell whether its
     # lead comes from reading the amplitudes or from being bigger
     "bolted_wide_g64_ffn95": ("control-bolted-char", {"n_groups": 64, "ffn_hidden": 95}, {}),
-    # the preset's training options, one at a time (LR 2e-3, weight decay 0.01 in the preset)
+    # wide_g64's training options, one at a time (LR 2e-3, weight decay 0.01 when it was the
+    # preset)
     "wide_g64_lr3": ("v1-char", WIDE_G64, {"learning_rate": 3e-3}),
     "wide_g64_lr14": ("v1-char", WIDE_G64, {"learning_rate": 1.4e-3}),
     "wide_g64_wd01": ("v1-char", WIDE_G64, {"weight_decay": 0.1}),
     "bolted_wide_g64_wd01": ("control-bolted-char", WIDE_G64, {"weight_decay": 0.1}),
-    "tf_char_wd01": ("transformer-char", {}, {"weight_decay": 0.1}),
-    # the two steps not yet taken, together: 80 groups, FFN 128, weight decay 0.1
+    "tf_char_wd01": ("transformer-char", TF_G64, {"weight_decay": 0.1}),
+    # the two steps together, 80 groups with FFN 128 and weight decay 0.1: the v1-char preset
+    # since (the char study's runs: its v1-char and control-bolted-char)
     "wide_g80_wd01": ("v1-char", WIDE_G80, {"weight_decay": 0.1}),
     "bolted_wide_g80_wd01": ("control-bolted-char", WIDE_G80, {"weight_decay": 0.1}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
@@ -125,7 +133,7 @@ def run_one(name: str, seed: int, args) -> dict:
             max_steps=args.steps, batch_size=args.batch, seq_len=args.seq,
             learning_rate=train_over.get("learning_rate", args.lr),
             warmup_steps=train_over.get("warmup_steps", args.warmup),
-            weight_decay=train_over.get("weight_decay", 0.01),
+            weight_decay=train_over.get("weight_decay", RECIPE_WEIGHT_DECAY),
             steps_per_report=50, steps_per_eval=args.steps // 2, val_batches=args.val_batches,
             save_every=500, keep_last=1, seed=seed, resume=resume,
             sample_prompts=["ROMEO:"], sample_tokens=60)
