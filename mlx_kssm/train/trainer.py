@@ -133,7 +133,7 @@ class _Loop:
                  f"({n_params:,} parameters) on {c.data}: {c.max_steps} steps, batch "
                  f"{c.batch_size} x seq {c.seq_len} x accum {c.grad_accum} x {run.world} "
                  f"process(es), {c.optimizer}{' + grokfast' if c.grokfast else ''}, "
-                 f"lr {c.learning_rate:g}")
+                 f"lr {c.learning_rate:g}, weight decay {c.weight_decay:g}")
         return loop
 
     def open_history(self) -> None:

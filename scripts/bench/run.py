@@ -49,24 +49,26 @@ PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "screen
 CHARS = "data/prepared/chars"  # bytes, --val-fraction 0.1: the quality issue's recipe
 # the path from 0.1's v1-char to the preset, one change per row, as measured in
 # bench/out/ablate/rows.jsonl and (d1: 0.1's design) bench/out/table/rows.jsonl
-PATH_ROWS = ("d1,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,wide_g64,bolted_c4_l4,bolted_wide_g64,"
-             "tf4_ffn512_lr1")
+PATH_ROWS = ("d1,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,wide_g64,wide_g80,wide_g80_wd01,"
+             "bolted_c4_l4,bolted_wide_g64,bolted_wide_g80_wd01,tf4_ffn512_lr1")
 TABLE_ROWS = "bench/out/table/rows.jsonl"
 # The path's 4-layer rows over 3 seeds are the char studies' runs (a study trains and evaluates
-# exactly as ablate.py does): v1-char before the bank was widened (32 groups, FFN 512; studied
-# at commit 07bb294, its folder kept as study_char_g32) and after (the current study_char).
+# exactly as ablate.py does): v1-char with 32 groups and FFN 512 (studied at commit 07bb294,
+# its folder kept as study_char_g32), with 64 groups and FFN 256 (at fb5bcac, kept as
+# study_char_g64), and the current preset, 80 groups at weight decay 0.1 (study_char).
 STUDY_ROWS_G32 = ["bench/out/study_char_g32/study.json:v1-char=c4_l4",
                   "bench/out/study_char_g32/study.json:control-bolted-char=bolted_c4_l4"]
-STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g64",
-                  "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g64"]
+STUDY_ROWS_G64 = ["bench/out/study_char_g64/study.json:v1-char=wide_g64",
+                  "bench/out/study_char_g64/study.json:control-bolted-char=bolted_wide_g64"]
+STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g80_wd01",
+                  "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g80_wd01"]
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
-SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,wide_g80,tf4_ffn512_lr2,"
-             "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01,"
-             "wide_g80_wd01,bolted_wide_g80_wd01")
-# where the bolted control's lead lives: v1-char, readouts that see more of the phases (one
-# outside the contract), rest points, one frequency per group and a per-group drive (branch
-# experiment-group-drive), and the controls (the preset's, at its own size and at the
-# preset's, and the group drive's)
+SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr2,"
+             "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01")
+# where the bolted control's lead lives: wide_g64 (v1-char when these ran), readouts that see
+# more of the phases (one outside the contract), rest points, one frequency per group and a
+# per-group drive (branch experiment-group-drive), and the controls (wide_g64's, at its own
+# size and at wide_g64's, and the group drive's)
 LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
              "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144")
 ROWS = "bench/out/ablate/rows.jsonl"
@@ -198,12 +200,12 @@ def quality_issue_parts() -> dict:
         "ablation": [("d1", ablate + ["--variants", "d1", "--seeds", "0,1,2",
                                       "--out-dir", "bench/out/table"], 36000),
                      ("path", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS, "--rows",
-                               TABLE_ROWS, *_study_args(STUDY_ROWS_G32 + STUDY_ROWS_NOW),
+                               TABLE_ROWS, *_study_args(STUDY_ROWS_G32 + STUDY_ROWS_G64 + STUDY_ROWS_NOW),
                                "--variants", PATH_ROWS, "--commit", "several"], 60),
                      ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                "--variants", SIDE_ROWS, "--commit", "several"], 60),
                      ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
-                               *_study_args(STUDY_ROWS_NOW),
+                               *_study_args(STUDY_ROWS_G64),
                                "--variants", LEAD_ROWS, "--commit", "several"], 60)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
@@ -442,8 +444,10 @@ PATH_NOTES = {
     "base": "v1-char as 0.1 shipped it: design 1, 2 layers, 8 groups x 16, 4 harmonics",
     "rg_algall": "+ algebraic squashes, gate included (no exp): design 2",
     "c4_l4": "4 layers (893k parameters): the v1-char preset until the bank was widened",
-    "wide_g64": "a bank twice as wide (64 groups of 4), FFN 512 -> 256: the v1-char preset (896k)",
-    "wide_g80": "4 layers, 80 groups of 4, FFN 128 (897k)",
+    "wide_g64": "a bank twice as wide (64 groups of 4), FFN 512 -> 256 (896k): the v1-char "
+                "preset until 80 groups",
+    "wide_g80": "80 groups of 4, FFN 256 -> 128 (897k)",
+    "wide_g80_wd01": "+ weight decay 0.1 instead of 0.01: the v1-char preset (897k)",
     "wide_g128n2": "128 groups of 2 (a pair's Z_1 fixes both phases up to a swap), FFN 128 (896k)",
     "diag_g256n1": "outside the contract: groups of 1, so the readout is every oscillator's "
                    "unit phasor (R = 1), FFN 256 (1.29M)",
@@ -454,22 +458,22 @@ PATH_NOTES = {
               "still driven on its own",
     "omega_group": "a group's 4 oscillators start at one frequency (R is then invariant to "
                    "their common rotation)",
-    "gdrive_g128n2": "the per-group drive at the preset's cost: 128 groups of 2 (256 "
+    "gdrive_g128n2": "the per-group drive at wide_g64's cost: 128 groups of 2 (256 "
                      "oscillators, rest points +-0.5), FFN 320 (896k)",
     "bolted_gdrive_g144": "gdrive_g144's bolted control: reads the raw state of its 576 "
                           "oscillators (1.27M)",
     "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
-    "bolted_wide_g64": "wide_g64's bolted control = control-bolted-char (1.06M parameters)",
-    "bolted_wide_g64_ffn95": "the same control at the preset's size: its MLP pays for the "
+    "bolted_wide_g64": "wide_g64's bolted control (control-bolted-char until 80 groups, 1.06M)",
+    "bolted_wide_g64_ffn95": "the same control at wide_g64's size: its MLP pays for the "
                              "raw-state readout (FFN 256 -> 95, 896k)",
-    "wide_g64_lr3": "wide_g64 (the v1-char preset) at LR 3e-3 (its own: 2e-3)",
+    "wide_g64_lr3": "wide_g64 (v1-char then) at LR 3e-3 (its own: 2e-3)",
     "wide_g64_lr14": "wide_g64 at LR 1.4e-3",
     "wide_g64_wd01": "wide_g64 at weight decay 0.1 (its own: 0.01)",
-    "bolted_wide_g64_wd01": "its bolted control (control-bolted-char) at weight decay 0.1",
-    "tf_char_wd01": "transformer-char (its matched transformer, LR 1e-3) at weight decay 0.1",
-    "wide_g80_wd01": "wide_g80 at weight decay 0.1 (the two steps together)",
-    "bolted_wide_g80_wd01": "wide_g80_wd01's own bolted control (80 groups, FFN 128, weight "
-                            "decay 0.1)",
+    "bolted_wide_g64_wd01": "its bolted control at weight decay 0.1",
+    "tf_char_wd01": "its matched transformer (transformer-char then: FFN 583, 896k, LR 1e-3) at "
+                    "weight decay 0.1",
+    "bolted_wide_g80_wd01": "wide_g80_wd01's bolted control = control-bolted-char (80 groups, "
+                            "FFN 128, weight decay 0.1, 1.10M)",
     "rg_alg": "rg, algebraic drive and damping (gate still silu)",
     "rg_h2": "rg, 2 harmonics", "grp": "damping, rotation, coupling per group",
     "gate": "+ gate (silu)", "rotfix": "fixed rotation per oscillator (no input-dependent frequency)", "cayley": "input rotation, Cayley form",
@@ -490,7 +494,8 @@ def _rows_section(result: tuple, intro: str, command_note: str = "",
 
 
 LEAD_INTRO = (
-    "Where the bolted control's lead lives (4 layers, ~0.9M unless the row says). The control "
+    "Where the bolted control's lead lives (4 layers, ~0.9M unless the row says; measured "
+    "while `wide_g64` was the preset, at weight decay 0.01). The control "
     "reads each oscillator's raw state, amplitude and phase. `diag_g256n1` reads each "
     "oscillator's phase and nothing else (groups of 1: outside the contract, since R is "
     "always 1): if the averaging in a group were what costs, it would come near the control. "
@@ -498,12 +503,12 @@ LEAD_INTRO = (
     "the phase of z tell how far z is from rho; with a drive shared by a group, the group's "
     "oscillators differ only by their rest points, so its R grows with the strength of its "
     "driven state (a strong common drive synchronizes them). `bolted_gdrive_g144` is "
-    "`gdrive_g144`'s own control. The rows from `rest` on, but for the preset's control, were "
+    "`gdrive_g144`'s own control. The rows from `rest` on, but for wide_g64's control, were "
     "measured by code in main's history whose options were not kept: `rest` at commit "
     "934bf6c, `gdrive_g144` at 20ba43c (branch `experiment-group-drive`; its `rest_radius` 0 "
     "is 934bf6c's `rest_point`), `rest05`, `omega_group`, `gdrive_g128n2` and "
-    "`bolted_gdrive_g144` at f85c198, the branch's head, which defines them. `wide_g64` (the "
-    "preset) and its control take their 3 seeds from the char study.")
+    "`bolted_gdrive_g144` at f85c198, the branch's head, which defines them. `wide_g64` and "
+    "its control take their 3 seeds from its char study (commit fb5bcac).")
 
 
 def md_ablation(part: dict, screening: dict | None) -> list:
@@ -511,29 +516,28 @@ def md_ablation(part: dict, screening: dict | None) -> list:
          "Recipe: bytes tokenizer, the `shakespeare` corpus prepared with `--val-fraction 0.1` "
          "(4 plays held out: 4.61M train / 444k val bytes), the project's trainer, 2,000 steps x "
          "batch 12 x seq 64 (1.54M tokens), AdamW, warmup 100, cosine to 0.1x, clip 1.0, each "
-         "preset's own LR (K-SSM 2e-3, transformer 1e-3); val loss over the same 100 fixed "
-         "batches of the val split at the end.", ""]
+         "preset's own LR (K-SSM 2e-3, transformer 1e-3), weight decay 0.01 unless the row "
+         "says; val loss over the same 100 fixed batches of the val split at the end.", ""]
     path_intro = ("The path from 0.1's `v1-char` to the 0.2 preset, one change per row from the "
                   "row above, each row over the seeds its `each seed` column lists (0, 1, 2 "
                   "unless it says otherwise; the same seeds, so the same batches, for every "
-                  "row). The last three rows are the bolted controls of `c4_l4` and "
-                  "`wide_g64` and the issue's 0.82M transformer (seed 0). `wide_g64` is the "
-                  "`v1-char` preset, `c4_l4` the preset before it: their rows and their "
-                  "controls' take their 3 seeds from the char studies (section 7 now; the "
-                  "earlier one at commit 07bb294), which train and evaluate exactly as "
-                  "ablate.py does (seed 0 agrees to every digit). The rows "
+                  "row). The last four rows are the bolted controls of `c4_l4`, `wide_g64` and "
+                  "`wide_g80_wd01` and the issue's 0.82M transformer (seed 0). "
+                  "`wide_g80_wd01` is the `v1-char` preset, `wide_g64` and `c4_l4` the presets "
+                  "before it: their rows and their controls' take their 3 seeds from the char "
+                  "studies (section 7 now; the earlier ones at commits fb5bcac and 07bb294), "
+                  "which train and evaluate exactly as ablate.py does. The rows "
                   "were measured by the code of their time (`rotfix`, `rg`, `rg_algall` by the "
                   "screening code at commit 45f9fa4, the others by main); `rows.jsonl` records "
                   "each run's machine.")
     rows_note = (" (summarizes bench/out/ablate/rows.jsonl and bench/out/table/rows.jsonl, which "
                  "`scripts/bench/ablate.py --variants NAME --seeds 0,1,2 --out-dir ...` appended, "
-                 "and the two studies' study.json)")
+                 "and the three studies' study.json)")
     L += _rows_section(_result(part, "path"), path_intro, rows_note)
     L += _rows_section(_result(part, "side"), "Beside the path (seed 0 unless the row says): "
-                       "banks and harmonics at 2 layers, a still wider bank at 4 layers, the "
-                       "transformer's LR, the preset's LR and weight decay (the control and the "
-                       "matched transformer at the same weight decay), and wide_g80 at weight "
-                       "decay 0.1 with its own control.")
+                       "banks and harmonics at 2 layers, the transformer's LR, and `wide_g64`'s "
+                       "LR and weight decay, with its control and its matched transformer at "
+                       "the same weight decay.")
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
     if screening:
         res, _ = screen = _result(screening)
