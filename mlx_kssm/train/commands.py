@@ -74,7 +74,8 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 @click.option("--grad-accum", type=int, help=with_default("micro-batches per step", "grad_accum"))
 @click.option("--grad-clip", type=float,
               help=with_default("max gradient norm, 0 = off", "grad_clip"))
-@click.option("--weight-decay", type=float, help="AdamW's weight decay [preset default; 0.01 where it names none]")
+@click.option("--weight-decay", type=float,
+              help="AdamW's weight decay [preset default; 0.01 where it names none]")
 @click.option("--steps-per-report", type=int,
               help=with_default("steps between report lines", "steps_per_report"))
 @click.option("--steps-per-eval", type=int,
