@@ -64,7 +64,8 @@ STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g80_wd01",
                   "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g80_wd01"]
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
 SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr2,"
-             "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01")
+             "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01,"
+             "wide_g80_wd02")
 # where the bolted control's lead lives: wide_g64 (v1-char when these ran), readouts that see
 # more of the phases (one outside the contract), rest points, one frequency per group and a
 # per-group drive (branch experiment-group-drive), and the controls (wide_g64's, at its own
@@ -473,6 +474,7 @@ PATH_NOTES = {
     "bolted_wide_g64_wd01": "its bolted control at weight decay 0.1",
     "tf_char_wd01": "its matched transformer (transformer-char then: FFN 583, 896k, LR 1e-3) at "
                     "weight decay 0.1",
+    "wide_g80_wd02": "wide_g80 at weight decay 0.2 (the v1-char preset: 0.1)",
     "bolted_wide_g80_wd01": "wide_g80_wd01's bolted control = control-bolted-char (80 groups, "
                             "FFN 128, weight decay 0.1, 1.10M)",
     "rg_alg": "rg, algebraic drive and damping (gate still silu)",
@@ -538,7 +540,7 @@ def md_ablation(part: dict, screening: dict | None) -> list:
     L += _rows_section(_result(part, "side"), "Beside the path (seed 0 unless the row says): "
                        "banks and harmonics at 2 layers, the transformer's LR, and `wide_g64`'s "
                        "LR and weight decay, with its control and its matched transformer at "
-                       "the same weight decay.")
+                       "the same weight decay, and the preset at a higher weight decay.")
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
     if screening:
         res, _ = screen = _result(screening)
