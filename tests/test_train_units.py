@@ -72,7 +72,8 @@ def test_config_precedence_and_files(tmp_path):
 
 def test_weight_decay_is_the_presets_unless_the_run_sets_it():
     from mlx_kssm.models import preset_train_defaults
-    from mlx_kssm.train.config import DEFAULT_WEIGHT_DECAY, fill_preset_defaults
+    from mlx_kssm.models.presets import DEFAULT_WEIGHT_DECAY
+    from mlx_kssm.train.config import fill_preset_defaults
 
     def decay(preset, **given):
         config = TrainConfig(preset=preset, data="d", **given)

@@ -105,8 +105,14 @@ def comparison_presets(name: str) -> dict:
     return {kind: names[name] for kind, names in _COMPARISON_NAMES.items()}
 
 
+# AdamW's weight decay for a preset that names none (the char presets name 0.1)
+DEFAULT_WEIGHT_DECAY = 0.01
+
+
 def preset_train_defaults(name: str) -> dict:
-    return dict(_lookup(name)[2])
+    """Preset `name`'s training defaults: tokenizer, batch size, sequence length, learning
+    rate and weight decay."""
+    return {"weight_decay": DEFAULT_WEIGHT_DECAY, **_lookup(name)[2]}
 
 
 def _lookup(name: str):

@@ -169,7 +169,7 @@ def study_markdown(record: dict) -> str:
     env = record["commands"][-1]["environment"] if record["commands"] else {}
     lr = config["learning_rate"]
     lr_text = "each model's preset default" if lr is None else format(lr, "g")
-    lr_text += ", weight decay each model's preset default"
+    lr_text += ", weight decay each model's preset default"  # a study sets no weight decay
     lines = [f"# Study: {config['preset']} and its comparisons", "",
              f"- data: `{config['data']}` (meta.json sha256 {config['data_fingerprint'][:12]})",
              f"- budget: {config['max_steps']} steps x batch {config['batch_size']} x seq "

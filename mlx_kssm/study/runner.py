@@ -33,7 +33,7 @@ from ..evaluation import EvalConfig, evaluate
 from ..models.presets import KSSM_PRESETS, PRESETS, comparison_presets, preset_train_defaults
 from ..train import checkpoint as ckpt
 from ..train import lock
-from ..train.config import DEFAULT_WEIGHT_DECAY, TrainConfig
+from ..train.config import TrainConfig
 from ..train.trainer import read_history, train
 
 RANDOM_INIT = "random-init"
@@ -146,7 +146,7 @@ def model_learning_rate(model: str, config: StudyConfig) -> float:
 def model_weight_decay(model: str, config: StudyConfig) -> float:
     """The weight decay `model` trains with in this study: its preset's (a study sets none)."""
     preset = config.preset if model == RANDOM_INIT else model
-    return preset_train_defaults(preset).get("weight_decay", DEFAULT_WEIGHT_DECAY)
+    return preset_train_defaults(preset)["weight_decay"]
 
 
 def flag(name: str) -> str:
@@ -317,7 +317,6 @@ def do_run(run: PlannedRun, config: StudyConfig, study_dir: Path, tag: str, echo
     if run.trained:
         entry["learning_rate"] = model_learning_rate(run.model, config)
         entry["weight_decay"] = model_weight_decay(run.model, config)
-    if run.trained:
         status, exit_code = train_run(run, config, tag, echo)
         if status == "interrupted":
             return exit_code

@@ -42,7 +42,7 @@ class TrainConfig:
     schedule_steps: Optional[int] = None
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    weight_decay: Optional[float] = None  # None: the preset's (0.01 where it names none)
+    weight_decay: Optional[float] = None  # None: the preset's (presets.DEFAULT_WEIGHT_DECAY)
     grad_accum: int = 1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     optimizer: str = "adamw"
@@ -151,13 +151,8 @@ def config_from_options(config_file, flags: dict) -> tuple:
     return build_config(file_options, flags), explicit
 
 
-# AdamW's weight decay where neither the run nor its preset names one
-DEFAULT_WEIGHT_DECAY = 0.01
-
-
 def fill_preset_defaults(config: TrainConfig, defaults: dict) -> TrainConfig:
     """Batch size, sequence length, learning rate and weight decay the preset recommends,
     where not set."""
-    defaults = {"weight_decay": DEFAULT_WEIGHT_DECAY, **defaults}
     return config.replace(**{k: defaults[k] for k in PRESET_TRAIN_FIELDS
                              if getattr(config, k) is None and k in defaults})

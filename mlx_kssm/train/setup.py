@@ -18,7 +18,7 @@ from ..data.loader import BatchSampler, TokenDataset, check_tokenizer, check_voc
 from ..io import apply_weights, load_model, resolve_model_dir
 from ..kernels import check_kernel, use_kernel
 from ..models import build_model, preset_train_defaults
-from ..models.presets import PRESETS
+from ..models.presets import DEFAULT_WEIGHT_DECAY, PRESETS
 from . import checkpoint as ckpt
 from .config import TRAJECTORY_FIELDS, TrainConfig, fill_preset_defaults
 from .optim import Grokfast, build_optimizer, restore_checkpoint_arrays
@@ -26,7 +26,9 @@ from .runlog import RUN_CONFIG
 from .schedule import Schedule
 from .state import TrainerState
 
-FALLBACK_DEFAULTS = dict(seq_len=256, batch_size=8, learning_rate=1e-3)  # a model not a preset
+# a model not a preset
+FALLBACK_DEFAULTS = dict(seq_len=256, batch_size=8, learning_rate=1e-3,
+                         weight_decay=DEFAULT_WEIGHT_DECAY)
 
 
 @dataclass(kw_only=True)
