@@ -20,6 +20,10 @@ from .base import ModelArgs
 # Banks of groups of 4 oscillators read through their first order parameter Z_1 alone
 # (harmonics=1: Re Z_1, Im Z_1 and R per group): on character-level Shakespeare this beat 8 or
 # 16 oscillators per group and 2-4 harmonics at the same oscillator count (bench/RESULTS.md).
+# tiny keeps 16 groups and an FFN of 256: on compacted cl100k (1,024,000 tokens, 3 seeds) the
+# same parameters spent as v1-char spends them (40 groups, FFN 60) or the other way (8 groups,
+# FFN 321) did no better (bench/RESULTS.md section 8; its embeddings are 1.35M of its 1.46M
+# parameters there, so both changes move only a few percent of the model).
 _TINY = dict(d_model=64, n_layers=2, ffn_hidden=256, n_groups=16, osc_per_group=4, harmonics=1)
 # v1-char spends most of its MLP on a bank 2.5x as wide as the first 4-layer preset's (80
 # groups, 320 oscillators, FFN 128 instead of 512, the same parameter count): the readout's

@@ -38,6 +38,11 @@ V010 = {"n_layers": 2, "n_groups": 8, "osc_per_group": 16, "harmonics": 4, "ffn_
 # after it (wide_g80), spelled out for the same reason
 WIDE_G64 = {"n_groups": 64, "ffn_hidden": 256}
 WIDE_G80 = {"n_groups": 80, "ffn_hidden": 128}
+# tiny's bank and MLP (spelled out, so bpe_tiny stays what it was if the preset moves), the
+# same parameters spent on a bank 2.5x as wide, and on one half as wide
+TINY_G16 = {"n_groups": 16, "ffn_hidden": 256}
+TINY_G40 = {"n_groups": 40, "ffn_hidden": 60}
+TINY_G8 = {"n_groups": 8, "ffn_hidden": 321}
 # transformer-char's FFN while it was matched to wide_g64 (896,028 parameters)
 TF_G64 = {"ffn_hidden": 583}
 # the recipe's AdamW weight decay: a variant that names none trains at this, whatever its
@@ -69,7 +74,12 @@ VARIANTS: dict = {
     # compacted cl100k Shakespeare (run with --data data/prepared/bpe --steps 500 --batch 16
     # --seq 128 --lr 3e-3 --val-batches 30): 1,024,000 tokens each
     "bpe_tiny_d1": ("tiny", {**DESIGN_1, "n_groups": 8, "osc_per_group": 8, "harmonics": 3}, {}),
-    "bpe_tiny": ("tiny", {}, {}),
+    "bpe_tiny": ("tiny", TINY_G16, {}),
+    # the char preset's proportions at tiny's width: a bank 2.5x as wide (40 groups of 4 at
+    # d_model 64, as 80 at 128), its MLP narrowed to keep the parameter count (FFN 256 -> 60)
+    "bpe_tiny_g40": ("tiny", TINY_G40, {}),
+    # and the other way: half the bank, its parameters given to the MLP (FFN 256 -> 321)
+    "bpe_tiny_g8": ("tiny", TINY_G8, {}),
     "bpe_tf_tiny": ("transformer-tiny", {}, {}),
     "bpe_bolted_tiny": ("control-bolted-tiny", {}, {}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
@@ -109,7 +119,7 @@ VARIANTS: dict = {
     # `gdrive_g128n2`, `rest05`, `omega_group`, `bolted_gdrive_g144` at f85c198 (the same
     # branch, which defines them), whose options were not kept: bench/RESULTS.md section 6,
     # "Where the control's lead lives"
-    "bpe_tiny_c4": ("tiny", {"n_groups": 16, "osc_per_group": 4, "harmonics": 1}, {}),
+    "bpe_tiny_c4": ("tiny", {**TINY_G16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 
 

@@ -73,6 +73,9 @@ SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr
 LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
              "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144")
 ROWS = "bench/out/ablate/rows.jsonl"
+# compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
+# proportions (a bank 2.5x as wide, the MLP narrowed to pay for it) and with half the bank
+BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
 BYTES = "data/prepared/shakespeare-bytes"
@@ -215,7 +218,7 @@ def quality_issue_parts() -> dict:
                             "--seeds", "3", "--steps", "2000", "--batch", "12", "--seq", "64",
                             "--models", STUDY_MODELS, "--out", "bench/out/study_char"], 36000)],
         "bpe": [("tiny", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
-                          "--variants", "bpe_tiny,bpe_tf_tiny", "--seeds", "0,1,2",
+                          "--variants", BPE_ROWS, "--seeds", "0,1,2",
                           "--steps", "500", "--batch", "16", "--seq", "128", "--val-batches", "30",
                           "--out-dir", "bench/out/ablate_bpe"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
@@ -569,8 +572,10 @@ def md_study(part: dict) -> list:
 
 
 def md_bpe(part: dict) -> list:
-    notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic)",
+    notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic, FFN 256)",
              "bpe_tf_tiny": "transformer-tiny (parameter-matched)",
+             "bpe_tiny_g40": "tiny with v1-char's proportions: 40 groups of 4, FFN 60",
+             "bpe_tiny_g8": "tiny with half the bank: 8 groups of 4, FFN 321",
              "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
     result = _result(part)
     rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
@@ -579,12 +584,15 @@ def md_bpe(part: dict) -> list:
     if not rows:
         return []
     variants = result[0]["variants"]
-    k, t = variants.get("bpe_tiny"), variants.get("bpe_tf_tiny")
-    if k and t and k["seeds"] == t["seeds"] and len(k["seeds"]) > 1:
-        diffs = [a - b for a, b in zip(k["val_loss"], t["val_loss"])]
-        rows += [f"Paired by seed (same batches), tiny minus transformer-tiny: "
-                 f"{', '.join(f'{d:+.3f}' for d in diffs)}; mean {statistics.mean(diffs):+.3f} "
-                 f"± {statistics.stdev(diffs):.3f} (sd).", ""]
+    for row, base, what in [("bpe_tiny", "bpe_tf_tiny", "tiny minus transformer-tiny"),
+                            ("bpe_tiny_g40", "bpe_tiny", "40 groups minus 16 (tiny)"),
+                            ("bpe_tiny_g8", "bpe_tiny", "8 groups minus 16 (tiny)")]:
+        k, t = variants.get(row), variants.get(base)
+        if k and t and k["seeds"] == t["seeds"] and len(k["seeds"]) > 1:
+            diffs = [a - b for a, b in zip(k["val_loss"], t["val_loss"])]
+            rows += [f"Paired by seed (same batches), {what}: "
+                     f"{', '.join(f'{d:+.3f}' for d in diffs)}; mean "
+                     f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (sd).", ""]
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
