@@ -80,6 +80,8 @@ VARIANTS: dict = {
     "bpe_tiny_g40": ("tiny", TINY_G40, {}),
     # and the other way: half the bank, its parameters given to the MLP (FFN 256 -> 321)
     "bpe_tiny_g8": ("tiny", TINY_G8, {}),
+    # tiny at the char presets' weight decay (0.1 instead of 0.01)
+    "bpe_tiny_wd01": ("tiny", TINY_G16, {"weight_decay": 0.1}),
     "bpe_tf_tiny": ("transformer-tiny", {}, {}),
     "bpe_bolted_tiny": ("control-bolted-tiny", {}, {}),
     # earlier screening names kept for bench/out/ablate's single-seed rows

@@ -74,8 +74,9 @@ LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g1
              "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144")
 ROWS = "bench/out/ablate/rows.jsonl"
 # compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
-# proportions (a bank 2.5x as wide, the MLP narrowed to pay for it) and with half the bank
-BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8"
+# proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and at
+# the char presets' weight decay
+BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8,bpe_tiny_wd01"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
 BYTES = "data/prepared/shakespeare-bytes"
@@ -576,6 +577,7 @@ def md_bpe(part: dict) -> list:
              "bpe_tf_tiny": "transformer-tiny (parameter-matched)",
              "bpe_tiny_g40": "tiny with v1-char's proportions: 40 groups of 4, FFN 60",
              "bpe_tiny_g8": "tiny with half the bank: 8 groups of 4, FFN 321",
+             "bpe_tiny_wd01": "tiny at weight decay 0.1 (the others 0.01)",
              "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
     result = _result(part)
     rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
@@ -586,7 +588,8 @@ def md_bpe(part: dict) -> list:
     variants = result[0]["variants"]
     for row, base, what in [("bpe_tiny", "bpe_tf_tiny", "tiny minus transformer-tiny"),
                             ("bpe_tiny_g40", "bpe_tiny", "40 groups minus 16 (tiny)"),
-                            ("bpe_tiny_g8", "bpe_tiny", "8 groups minus 16 (tiny)")]:
+                            ("bpe_tiny_g8", "bpe_tiny", "8 groups minus 16 (tiny)"),
+                            ("bpe_tiny_wd01", "bpe_tiny", "weight decay 0.1 minus 0.01 (tiny)")]:
         k, t = variants.get(row), variants.get(base)
         if k and t and k["seeds"] == t["seeds"] and len(k["seeds"]) > 1:
             diffs = [a - b for a, b in zip(k["val_loss"], t["val_loss"])]
