@@ -121,7 +121,6 @@ VARIANTS: dict = {
     # `gdrive_g128n2`, `rest05`, `omega_group`, `bolted_gdrive_g144` at f85c198 (the same
     # branch, which defines them), whose options were not kept: bench/RESULTS.md section 6,
     # "Where the control's lead lives"
-    "bpe_tiny_c4": ("tiny", {**TINY_G16, "osc_per_group": 4, "harmonics": 1}, {}),
 }
 
 
