@@ -78,9 +78,10 @@ def test_weight_decay_is_the_presets_unless_the_run_sets_it():
     def decay(preset, **given):
         config = TrainConfig(preset=preset, data="d", **given)
         return fill_preset_defaults(config, preset_train_defaults(preset)).weight_decay
-    # the char presets (K-SSM and its comparisons alike) recommend 0.1; the others name none
+    # the char and tiny presets (K-SSM and its comparisons alike) recommend 0.1; v2's name none
     assert decay("v1-char") == decay("transformer-char") == decay("control-bolted-char") == 0.1
-    assert decay("tiny") == decay("v2") == DEFAULT_WEIGHT_DECAY == 0.01
+    assert decay("tiny") == decay("transformer-tiny") == decay("control-bolted-tiny") == 0.1
+    assert decay("v2") == decay("transformer") == DEFAULT_WEIGHT_DECAY == 0.01
     assert decay("v1-char", weight_decay=0.0) == 0.0  # the run's own setting wins, 0 included
     with pytest.raises(ValueError, match="--weight-decay"):
         TrainConfig(preset="tiny", data="d", weight_decay=-0.1).validate()

@@ -46,7 +46,8 @@ TINY_G8 = {"n_groups": 8, "ffn_hidden": 321}
 # transformer-char's FFN while it was matched to wide_g64 (896,028 parameters)
 TF_G64 = {"ffn_hidden": 583}
 # the recipe's AdamW weight decay: a variant that names none trains at this, whatever its
-# preset recommends (the char presets: 0.1 since wide_g80_wd01), so a row stays what it was
+# preset recommends (the char presets: 0.1 since wide_g80_wd01; the tiny presets: 0.1 since
+# bpe_tiny_wd01 and bpe_tf_tiny_wd01), so a row stays what it was
 RECIPE_WEIGHT_DECAY = 0.01
 # The quality table (bench/RESULTS.md): each row changes one thing from the row before.
 VARIANTS: dict = {
@@ -83,6 +84,8 @@ VARIANTS: dict = {
     # tiny at the char presets' weight decay (0.1 instead of 0.01)
     "bpe_tiny_wd01": ("tiny", TINY_G16, {"weight_decay": 0.1}),
     "bpe_tf_tiny": ("transformer-tiny", {}, {}),
+    # its matched transformer at 0.1 too: the weight decay moves both BPE tiny presets or neither
+    "bpe_tf_tiny_wd01": ("transformer-tiny", {}, {"weight_decay": 0.1}),
     "bpe_bolted_tiny": ("control-bolted-tiny", {}, {}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,

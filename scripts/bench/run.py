@@ -76,7 +76,7 @@ ROWS = "bench/out/ablate/rows.jsonl"
 # compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
 # proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and at
 # the char presets' weight decay
-BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8,bpe_tiny_wd01"
+BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8,bpe_tiny_wd01,bpe_tf_tiny_wd01"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
 BYTES = "data/prepared/shakespeare-bytes"
@@ -573,23 +573,31 @@ def md_study(part: dict) -> list:
 
 
 def md_bpe(part: dict) -> list:
-    notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic, FFN 256)",
-             "bpe_tf_tiny": "transformer-tiny (parameter-matched)",
+    notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic, FFN 256), weight decay 0.01",
+             "bpe_tf_tiny": "transformer-tiny (parameter-matched), weight decay 0.01",
              "bpe_tiny_g40": "tiny with v1-char's proportions: 40 groups of 4, FFN 60",
              "bpe_tiny_g8": "tiny with half the bank: 8 groups of 4, FFN 321",
-             "bpe_tiny_wd01": "tiny at weight decay 0.1 (the others 0.01)",
+             "bpe_tiny_wd01": "tiny at weight decay 0.1 (the tiny presets' default since)",
+             "bpe_tf_tiny_wd01": "transformer-tiny at weight decay 0.1",
              "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
     result = _result(part)
     rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
                          "uses; 500 steps x 16 x 128 = 1,024,000 tokens each, LR 3e-3 (the tiny "
-                         "presets' own), val over 30 fixed batches.", notes=notes)
+                         "presets' own), val over 30 fixed batches, weight decay 0.01 unless "
+                         "the row says (the tiny presets' default was 0.01 until the last two "
+                         "rows, 0.1 since).", notes=notes)
     if not rows:
         return []
     variants = result[0]["variants"]
     for row, base, what in [("bpe_tiny", "bpe_tf_tiny", "tiny minus transformer-tiny"),
                             ("bpe_tiny_g40", "bpe_tiny", "40 groups minus 16 (tiny)"),
                             ("bpe_tiny_g8", "bpe_tiny", "8 groups minus 16 (tiny)"),
-                            ("bpe_tiny_wd01", "bpe_tiny", "weight decay 0.1 minus 0.01 (tiny)")]:
+                            ("bpe_tiny_wd01", "bpe_tiny", "weight decay 0.1 minus 0.01 (tiny)"),
+                            ("bpe_tf_tiny_wd01", "bpe_tf_tiny",
+                             "weight decay 0.1 minus 0.01 (transformer-tiny)"),
+                            ("bpe_tiny_wd01", "bpe_tf_tiny_wd01",
+                             "tiny minus transformer-tiny, both at weight decay 0.1 (the presets' "
+                             "default)")]:
         k, t = variants.get(row), variants.get(base)
         if k and t and k["seeds"] == t["seeds"] and len(k["seeds"]) > 1:
             diffs = [a - b for a, b in zip(k["val_loss"], t["val_loss"])]
@@ -678,10 +686,12 @@ def summary_quality_issue(parts: dict) -> list:
                  + f"; v1-char causality verdicts per seed: {', '.join(verdicts) or '—'}.")
     res, _ = _result(parts.get("bpe", {}))
     v = (res or {}).get("variants") or {}
-    if "bpe_tiny" in v and "bpe_tf_tiny" in v:
-        L.append(f"- Compacted cl100k, tiny, 1,024,000 tokens each (seeds {', '.join(map(str, v['bpe_tiny']['seeds']))}):"
-                 f" tiny {_mean_sd(v['bpe_tiny'])} vs transformer-tiny "
-                 f"{_mean_sd(v['bpe_tf_tiny'])} nats/token.")
+    for kssm, tf, decay in [("bpe_tiny_wd01", "bpe_tf_tiny_wd01", "0.1, the presets' default"),
+                            ("bpe_tiny", "bpe_tf_tiny", "0.01")]:
+        if kssm in v and tf in v:
+            L.append(f"- Compacted cl100k, tiny, 1,024,000 tokens each, weight decay {decay} "
+                     f"(seeds {', '.join(map(str, v[kssm]['seeds']))}): tiny "
+                     f"{_mean_sd(v[kssm])} vs transformer-tiny {_mean_sd(v[tf])} nats/token.")
     res, _ = _result(parts.get("speed", {}))
     for r in (res or {}).get("results", []):
         q = r["kssm_over_transformer"]
