@@ -122,8 +122,11 @@ VARIANTS: dict = {
     # `rest` / `gdrive_g144` (rest points; a drive shared by each group's oscillators) were
     # measured by the code at commits 934bf6c / 20ba43c (branch experiment-group-drive), and
     # `gdrive_g128n2`, `rest05`, `omega_group`, `bolted_gdrive_g144` at f85c198 (the same
-    # branch, which defines them), whose options were not kept: bench/RESULTS.md section 6,
-    # "Where the control's lead lives"
+    # branch, which defines them), whose options were not kept; `gdrive_g144_wd01`,
+    # `gdrive_g144_r2_wd01` and `gdrive_g176n3_wd01` at 7b620ea, `prev_wd01` and
+    # `prev_g67_wd01` (readout_prev: Z_1 of the state before the token too) at 3327f57
+    # (branch experiment-gdrive2, the same options on a later main): bench/RESULTS.md
+    # section 6, "Where the control's lead lives"
 }
 
 

@@ -69,9 +69,12 @@ SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr
 # where the bolted control's lead lives: wide_g64 (v1-char when these ran), readouts that see
 # more of the phases (one outside the contract), rest points, one frequency per group and a
 # per-group drive (branch experiment-group-drive), and the controls (wide_g64's, at its own
-# size and at wide_g64's, and the group drive's)
+# size and at wide_g64's, and the group drive's); then the group drive at weight decay 0.1
+# beside the preset (wide_g80_wd01) and its control (branch experiment-gdrive2)
 LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
-             "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144")
+             "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144,"
+             "wide_g80_wd01,gdrive_g144_wd01,gdrive_g144_r2_wd01,gdrive_g176n3_wd01,"
+             "prev_wd01,prev_g67_wd01,bolted_wide_g80_wd01")
 ROWS = "bench/out/ablate/rows.jsonl"
 # compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
 # proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and at
@@ -211,7 +214,7 @@ def quality_issue_parts() -> dict:
                      ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                "--variants", SIDE_ROWS, "--commit", "several"], 60),
                      ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
-                               *_study_args(STUDY_ROWS_G64),
+                               *_study_args(STUDY_ROWS_G64 + STUDY_ROWS_NOW),
                                "--variants", LEAD_ROWS, "--commit", "several"], 60)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
@@ -468,6 +471,17 @@ PATH_NOTES = {
                      "oscillators, rest points +-0.5), FFN 320 (896k)",
     "bolted_gdrive_g144": "gdrive_g144's bolted control: reads the raw state of its 576 "
                           "oscillators (1.27M)",
+    "gdrive_g144_wd01": "gdrive_g144 at weight decay 0.1 (893k)",
+    "gdrive_g144_r2_wd01": "its rest points 4x as far out (start 2 e^{2 pi i j/4}): Z_1 stays "
+                           "near-linear in the driven state (R ~0.25 instead of ~0.7)",
+    "prev_wd01": "the preset (wide_g80_wd01), its readout also taking Z_1 and R of the state "
+                 "before the current token: how far the token turned the phases depends on "
+                 "the amplitudes it met (1.02M)",
+    "prev_g67_wd01": "the same at the preset's size: 67 groups pay for the second readout "
+                     "(892k)",
+    "gdrive_g176n3_wd01": "gdrive_g144_wd01 with groups of 3 (the fewest whose Z_1 reads the "
+                          "driven state in every direction) and the MLP's share spent on "
+                          "them: 176 groups, FFN 128 (876k)",
     "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
     "bolted_wide_g64": "wide_g64's bolted control (control-bolted-char until 80 groups, 1.06M)",
     "bolted_wide_g64_ffn95": "the same control at wide_g64's size: its MLP pays for the "
@@ -515,7 +529,11 @@ LEAD_INTRO = (
     "934bf6c, `gdrive_g144` at 20ba43c (branch `experiment-group-drive`; its `rest_radius` 0 "
     "is 934bf6c's `rest_point`), `rest05`, `omega_group`, `gdrive_g128n2` and "
     "`bolted_gdrive_g144` at f85c198, the branch's head, which defines them. `wide_g64` and "
-    "its control take their 3 seeds from its char study (commit fb5bcac).")
+    "its control take their 3 seeds from its char study (commit fb5bcac). From "
+    "`wide_g80_wd01` on, at weight decay 0.1: the preset and its control (their char study, "
+    "section 7) beside the group drive, measured at 7b620ea, and the readout of the state "
+    "before each token (`prev_*`), measured at 3327f57 (branch `experiment-gdrive2`: the "
+    "options on the main of 2026-11-22, which defines them).")
 
 
 def md_ablation(part: dict, screening: dict | None) -> list:
