@@ -55,6 +55,15 @@ class ModelArgs:
     squash: str = "algebraic"
     damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
+    # rest points: each oscillator relaxes toward a learned point rho_j instead of 0 (the drive
+    # gains (1 - d_t) rho_j). None: none; a number a: rho starts at a e^{2 pi i j / n} in each
+    # group (0: all at 0)
+    rest_radius: Optional[float] = None
+    # "oscillator": damping, rotation and drive per oscillator; "group": one per group, shared
+    # by its n oscillators, which then differ only by their rest points and the coupling: the
+    # group's R tells how strong its driven state is against the spread of its rest points
+    drive: str = "oscillator"
+    omega_init: str = "spread"  # screening: "group" starts a group's oscillators at one frequency
     # v3 bistable core
     bistable: bool = False
     u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp

@@ -45,7 +45,7 @@ def algebraic_unit(v):
 def projection_sizes(args: "ModelArgs") -> tuple:  # quoted: the mlx-lm export copies it
     """Widths of in_proj's outputs, in order: [Delta (rotation "input")], damping logit, drive
     re, drive im, coupling (G logits, or the 10 bistable projections), [gate (args.gate)]."""
-    N = args.n_oscillators
+    N = args.n_groups if args.drive == "group" else args.n_oscillators
     coupling = N_PROJECTIONS if args.bistable else args.n_groups
     return ((N,) if args.rotation == "input" else ()) + (N, N, N, coupling) + (
         (args.d_model,) if args.gate else ())
@@ -83,7 +83,7 @@ class OscillatorBankBase(nn.Module):
         """Scan inputs (dr, di, k, cr, ci), each (B, T, G, n) or (B, T, G, 1) for k, the gate
         (B, T, D) or None, and aux (v3's u statistics and regularizer), for all positions."""
         B, T, _ = x.shape
-        shape = (B, T, self.G, self.n)
+        shape = (B, T, self.G, 1 if self.args.drive == "group" else self.n)
         sizes = projection_sizes(self.args)
         parts = mx.split(self.in_proj(self.norm(x)),
                          [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)], axis=-1)
@@ -106,8 +106,15 @@ class OscillatorBankBase(nn.Module):
             g = parts[4]
             gate = g * self._prob(g)  # silu for "exp"
         drive = 1 - lam
-        scan_in = (lam * mx.cos(alpha), lam * mx.sin(alpha), k, drive * br, drive * bi)
-        return scan_in, gate, aux
+        dr, di = lam * mx.cos(alpha), lam * mx.sin(alpha)
+        cr, ci = drive * br, drive * bi
+        if self.args.rest_radius is not None:  # + (1 - d) rho: the fixed point of z = d z + (1 - d) rho
+            rho_r, rho_i = self.rest[0], self.rest[1]
+            cr = cr + rho_r - (dr * rho_r - di * rho_i)
+            ci = ci + rho_i - (dr * rho_i + di * rho_r)
+        full = (B, T, self.G, self.n)  # a group's shared inputs reach each of its oscillators
+        dr, di, cr, ci = (mx.broadcast_to(a, full) for a in (dr, di, cr, ci))
+        return (dr, di, k, cr, ci), gate, aux
 
     def _initial_state(self, B):
         z0 = mx.broadcast_to(self.z0[:, None], (2, B, self.G, self.n))
@@ -148,11 +155,20 @@ class OscillatorBank(OscillatorBankBase):
                                                 b[coupling_start + G:]])
         # natural frequencies spread over (-pi, pi); damping spread so the bank has memories
         # from a few tokens to a few hundred (like S4D/LRU initializations)
-        self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
-        self.lambda_bias = self._logit(damping_spread(N, args.damping_init)).reshape(G, n)
+        driven = (G, 1) if args.drive == "group" else (G, n)  # who has its own dynamics
+        count = driven[0] * driven[1]
+        self.omega = mx.linspace(-math.pi, math.pi, count + 1)[:-1].reshape(driven)
+        if args.omega_init == "group":  # a group's oscillators start at one frequency
+            per_group = mx.linspace(-math.pi, math.pi, G + 1)[:-1]
+            self.omega = mx.broadcast_to(per_group[:, None], driven) + 0
+        self.lambda_bias = self._logit(damping_spread(count, args.damping_init)).reshape(driven)
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
         self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
+        if args.rest_radius is not None:  # rho (re, im) per oscillator, evenly on a circle
+            spoke = 2 * math.pi * mx.arange(n) / n
+            self.rest = args.rest_radius * mx.broadcast_to(
+                mx.stack([mx.cos(spoke), mx.sin(spoke)])[:, None], (2, G, n))
         if args.readout == "bolted":
             self.out_proj = nn.Linear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)

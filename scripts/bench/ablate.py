@@ -116,6 +116,27 @@ VARIANTS: dict = {
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
     "diag_g256n1": ("v1-char", {"n_groups": 256, "osc_per_group": 1, "ffn_hidden": 256}, {}),
+    # a group is one driven state read through its synchrony (shared drive, rest points at
+    # 0.5 e^{2 pi i j/n}; options of this branch): gdrive_g144 (as at 20ba43c) at the preset's
+    # weight decay, and the MLP's share spent on groups of 3 (the fewest whose Z_1 reads the
+    # driven state isotropically: sum_j e^{2 i phi_j} = 0 needs n >= 3)
+    "gdrive_g144": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 144,
+                                "ffn_hidden": 256}, {}),
+    "gdrive_g144_wd01": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 144,
+                                     "ffn_hidden": 256}, {"weight_decay": 0.1}),
+    # rest points 4x as far out: Z_1 ~ s / (2 a) stays near-linear in the driven state s (at
+    # a = 0.5 the trained gdrive_g144 has |s| ~ 0.8 and R ~ 0.7, well into the saturation)
+    "gdrive_g144_r2_wd01": ("v1-char", {"drive": "group", "rest_radius": 2.0, "n_groups": 144,
+                                        "ffn_hidden": 256}, {"weight_decay": 0.1}),
+    "bolted_gdrive_g144_wd01": ("control-bolted-char", {"drive": "group", "rest_radius": 0.5,
+                                                        "n_groups": 144, "ffn_hidden": 256},
+                                {"weight_decay": 0.1}),
+    "gdrive_g176n3_wd01": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 176,
+                                       "osc_per_group": 3, "ffn_hidden": 128},
+                           {"weight_decay": 0.1}),
+    "bolted_gdrive_g176n3_wd01": ("control-bolted-char", {
+        "drive": "group", "rest_radius": 0.5, "n_groups": 176, "osc_per_group": 3,
+        "ffn_hidden": 128}, {"weight_decay": 0.1}),
     # `rest` / `gdrive_g144` (rest points; a drive shared by each group's oscillators) were
     # measured by the code at commits 934bf6c / 20ba43c (branch experiment-group-drive), and
     # `gdrive_g128n2`, `rest05`, `omega_group`, `bolted_gdrive_g144` at f85c198 (the same
