@@ -63,6 +63,9 @@ class ModelArgs:
     # by its n oscillators, which then differ only by their rest points and the coupling: the
     # group's R tells how strong its driven state is against the spread of its rest points
     drive: str = "oscillator"
+    # screening: the readout also takes the order parameters of the state before the current
+    # token (z_{t-1}); how far the token turned the phases depends on the amplitudes it met
+    readout_prev: bool = False
     omega_init: str = "spread"  # screening: "group" starts a group's oscillators at one frequency
     # v3 bistable core
     bistable: bool = False

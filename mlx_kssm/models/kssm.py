@@ -173,7 +173,8 @@ class OscillatorBank(OscillatorBankBase):
             self.out_proj = nn.Linear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)
         else:
-            self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
+            reads = 2 if args.readout_prev else 1
+            self.out_proj = nn.Linear(3 * args.harmonics * G * reads, args.d_model)
         # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
         self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it
@@ -205,6 +206,11 @@ class OscillatorBank(OscillatorBankBase):
         if cache is not None:
             cache.state = (zr[:, -1], zi[:, -1])
         features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)
+        if self.args.readout_prev:  # the states before each token: z0 (or the cache's), z_<T-1
+            before_r = mx.concatenate([z0r[:, None], zr[:, :-1]], axis=1)
+            before_i = mx.concatenate([z0i[:, None], zi[:, :-1]], axis=1)
+            before, _ = order_parameters(*unit_phasors(before_r, before_i), self.H, force_r)
+            features = mx.concatenate([features, before], axis=-1)
         if self.ablate_readout:
             features = mx.zeros_like(features)
         return self._output(x, features, r, zr, zi, gate), r, aux

@@ -131,6 +131,12 @@ VARIANTS: dict = {
     "bolted_gdrive_g144_wd01": ("control-bolted-char", {"drive": "group", "rest_radius": 0.5,
                                                         "n_groups": 144, "ffn_hidden": 256},
                                 {"weight_decay": 0.1}),
+    # the preset, its readout also taking Z_1 of the state before the token (1.02M: a screen)
+    "prev_wd01": ("v1-char", {"n_groups": 80, "ffn_hidden": 128, "readout_prev": True},
+                  {"weight_decay": 0.1}),
+    # the same at the preset's size: 67 groups pay for the second readout (892k vs 897k)
+    "prev_g67_wd01": ("v1-char", {"n_groups": 67, "ffn_hidden": 128, "readout_prev": True},
+                      {"weight_decay": 0.1}),
     "gdrive_g176n3_wd01": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 176,
                                        "osc_per_group": 3, "ffn_hidden": 128},
                            {"weight_decay": 0.1}),
