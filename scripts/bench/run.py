@@ -69,16 +69,17 @@ SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr
 # where the bolted control's lead lives: wide_g64 (v1-char when these ran), readouts that see
 # more of the phases (one outside the contract), rest points, one frequency per group and a
 # per-group drive (branch experiment-group-drive), and the controls (wide_g64's, at its own
-# size and at wide_g64's, and the group drive's); then the group drive at weight decay 0.1
-# beside the preset (wide_g80_wd01) and its control (branch experiment-gdrive2)
+# size and at wide_g64's, and the group drive's); then, at weight decay 0.1, the group drive and
+# the readout of the state before each token (branch experiment-gdrive2) beside the preset
+# (wide_g80_wd01) and its control
 LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
              "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144,"
              "wide_g80_wd01,gdrive_g144_wd01,gdrive_g144_r2_wd01,gdrive_g176n3_wd01,"
              "prev_wd01,prev_g67_wd01,bolted_wide_g80_wd01")
 ROWS = "bench/out/ablate/rows.jsonl"
 # compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
-# proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and at
-# the char presets' weight decay
+# proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and
+# both tiny presets at weight decay 0.1 (their default since)
 BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8,bpe_tiny_wd01,bpe_tf_tiny_wd01"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
