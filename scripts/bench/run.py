@@ -475,14 +475,14 @@ PATH_NOTES = {
     "gdrive_g144_wd01": "gdrive_g144 at weight decay 0.1 (893k)",
     "gdrive_g144_r2_wd01": "its rest points 4x as far out (start 2 e^{2 pi i j/4}): Z_1 stays "
                            "near-linear in the driven state (R ~0.25 instead of ~0.7)",
+    "gdrive_g176n3_wd01": "gdrive_g144_wd01 with groups of 3 (the fewest whose Z_1 reads the "
+                          "driven state in every direction) and the MLP's share spent on "
+                          "them: 176 groups, FFN 128 (876k)",
     "prev_wd01": "the preset (wide_g80_wd01), its readout also taking Z_1 and R of the state "
                  "before the current token: how far the token turned the phases depends on "
                  "the amplitudes it met (1.02M)",
     "prev_g67_wd01": "the same at the preset's size: 67 groups pay for the second readout "
                      "(892k)",
-    "gdrive_g176n3_wd01": "gdrive_g144_wd01 with groups of 3 (the fewest whose Z_1 reads the "
-                          "driven state in every direction) and the MLP's share spent on "
-                          "them: 176 groups, FFN 128 (876k)",
     "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
     "bolted_wide_g64": "wide_g64's bolted control (control-bolted-char until 80 groups, 1.06M)",
     "bolted_wide_g64_ffn95": "the same control at wide_g64's size: its MLP pays for the "
