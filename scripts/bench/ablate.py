@@ -128,8 +128,10 @@ VARIANTS: dict = {
     # branch, which defines them), whose options were not kept; `gdrive_g144_wd01`,
     # `gdrive_g144_r2_wd01` and `gdrive_g176n3_wd01` at 7b620ea, `prev_wd01` and
     # `prev_g67_wd01` (readout_prev: Z_1 of the state before the token too) at 3327f57
-    # (branch experiment-gdrive2, the same options on a later main): bench/RESULTS.md
-    # section 6, "Where the control's lead lives"
+    # (branch experiment-gdrive2, the same options on a later main), `prevr_g75_wd01` and
+    # `prevu_g75_wd01` (only an R of that earlier state) at b1615d6 / 1d349dd (the same branch),
+    # `iso_wd01` and `iso0_wd01` (isochron phases) at 4b146e5 (branch experiment-isochron):
+    # bench/RESULTS.md section 6, "Where the control's lead lives"
 }
 
 

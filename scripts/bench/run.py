@@ -71,11 +71,13 @@ SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr
 # per-group drive (branch experiment-group-drive), and the controls (wide_g64's, at its own
 # size and at wide_g64's, and the group drive's); then, at weight decay 0.1, the group drive and
 # the readout of the state before each token (branch experiment-gdrive2) beside the preset
-# (wide_g80_wd01) and its control
+# (wide_g80_wd01) and its control, with two narrower reads of that earlier state and the
+# isochron phase (branch experiment-isochron)
 LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g144,"
              "gdrive_g128n2,bolted_wide_g64,bolted_wide_g64_ffn95,bolted_gdrive_g144,"
              "wide_g80_wd01,gdrive_g144_wd01,gdrive_g144_r2_wd01,gdrive_g176n3_wd01,"
-             "prev_wd01,prev_g67_wd01,bolted_wide_g80_wd01")
+             "prev_wd01,prev_g67_wd01,prevr_g75_wd01,prevu_g75_wd01,iso_wd01,iso0_wd01,"
+             "bolted_wide_g80_wd01")
 ROWS = "bench/out/ablate/rows.jsonl"
 # compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
 # proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and
@@ -489,6 +491,15 @@ PATH_NOTES = {
                  "the amplitudes it met (1.02M)",
     "prev_g67_wd01": "the same at the preset's size: 67 groups pay for the second readout "
                      "(892k)",
+    "prevr_g75_wd01": "only R of the state before the token, not its phase: the phase step "
+                      "between the two states stays hidden (75 groups, 894k)",
+    "prevu_g75_wd01": "R of each group's 8 phasors, its 4 now and its 4 before the token: the "
+                      "phase step reaches the readout only through that R (75 groups, 894k)",
+    "iso_wd01": "the preset reading each oscillator's isochron phase theta - c ln a (a its "
+                "amplitude, c learned, starting spread over [-1, 1] in each group), so a "
+                "group's R depends on its amplitudes, as a Stuart-Landau oscillator's with "
+                "shear c (899k)",
+    "iso0_wd01": "the same with c starting at 0 (the preset's readout at step 0)",
     "bolted_c4_l4": "c4_l4's bolted control: the output reads the raw state (R bypassed)",
     "bolted_wide_g64": "wide_g64's bolted control (control-bolted-char until 80 groups, 1.06M)",
     "bolted_wide_g64_ffn95": "the same control at wide_g64's size: its MLP pays for the "
@@ -540,7 +551,9 @@ LEAD_INTRO = (
     "`wide_g80_wd01` on, at weight decay 0.1: the preset and its control (their char study, "
     "section 7) beside the group drive, measured at 7b620ea, and the readout of the state "
     "before each token (`prev_*`), measured at 3327f57 (branch `experiment-gdrive2`: the "
-    "options on the main of 2026-11-22, which defines them).")
+    "options on the main of 2026-11-22, which defines them), `prevr_g75_wd01` at b1615d6 and "
+    "`prevu_g75_wd01` at 1d349dd (the same branch), and the isochron phase (`iso*`) at 4b146e5 "
+    "(branch `experiment-isochron`).")
 
 
 def md_ablation(part: dict, screening: dict | None) -> list:
