@@ -66,6 +66,9 @@ class ModelArgs:
     # screening: the readout also takes the order parameters of the state before the current
     # token (z_{t-1}); how far the token turned the phases depends on the amplitudes it met
     readout_prev: bool = False
+    # what of that earlier state: "z1" (Re, Im and R per harmonic) or "r" (R of Z_1 alone: the
+    # phase step between the two states stays hidden, so R is left to carry it)
+    readout_prev_what: str = "z1"
     omega_init: str = "spread"  # screening: "group" starts a group's oscillators at one frequency
     # v3 bistable core
     bistable: bool = False

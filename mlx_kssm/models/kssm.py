@@ -173,8 +173,10 @@ class OscillatorBank(OscillatorBankBase):
             self.out_proj = nn.Linear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)
         else:
-            reads = 2 if args.readout_prev else 1
-            self.out_proj = nn.Linear(3 * args.harmonics * G * reads, args.d_model)
+            per_group = 3 * args.harmonics
+            if args.readout_prev:
+                per_group += 1 if args.readout_prev_what == "r" else 3 * args.harmonics
+            self.out_proj = nn.Linear(per_group * G, args.d_model)
         # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
         self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it
@@ -210,6 +212,8 @@ class OscillatorBank(OscillatorBankBase):
             before_r = mx.concatenate([z0r[:, None], zr[:, :-1]], axis=1)
             before_i = mx.concatenate([z0i[:, None], zi[:, :-1]], axis=1)
             before, _ = order_parameters(*unit_phasors(before_r, before_i), self.H, force_r)
+            if self.args.readout_prev_what == "r":
+                before = before[..., 2:3]  # |Z_1| of each group (forced to r when forcing)
             features = mx.concatenate([features, before], axis=-1)
         if self.ablate_readout:
             features = mx.zeros_like(features)

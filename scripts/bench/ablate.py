@@ -137,6 +137,9 @@ VARIANTS: dict = {
     # the same at the preset's size: 67 groups pay for the second readout (892k vs 897k)
     "prev_g67_wd01": ("v1-char", {"n_groups": 67, "ffn_hidden": 128, "readout_prev": True},
                       {"weight_decay": 0.1}),
+    # only R of that earlier state (the phase step stays hidden): 75 groups keep the size (894k)
+    "prevr_g75_wd01": ("v1-char", {"n_groups": 75, "ffn_hidden": 128, "readout_prev": True,
+                                   "readout_prev_what": "r"}, {"weight_decay": 0.1}),
     "gdrive_g176n3_wd01": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 176,
                                        "osc_per_group": 3, "ffn_hidden": 128},
                            {"weight_decay": 0.1}),
