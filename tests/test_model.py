@@ -39,10 +39,11 @@ DESIGN_1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
 
 PREV = {"readout_prev": True}  # screening option: the readout also reads the state before t
 PREV_R = {**PREV, "readout_prev_what": "r"}  # only its R
+PREV_U = {**PREV, "readout_prev_what": "union_r"}  # R of the phasors now and before together
 
 
-@pytest.fixture(scope="module", params=[{}, DESIGN_1, PREV, PREV_R],
-                ids=["design2", "design1", "prev", "prev_r"])
+@pytest.fixture(scope="module", params=[{}, DESIGN_1, PREV, PREV_R, PREV_U],
+                ids=["design2", "design1", "prev", "prev_r", "prev_u"])
 def kssm_any(request):
     """The tiny K-SSM in the current design, in design 1 (mlx-kssm 0.1's) and with the
     readout of the state before each token."""
@@ -117,7 +118,7 @@ def test_unknown_design_is_one_clear_error(tmp_path):
 
 
 DECODE_CASES = [(preset, force_r) for preset in ("tiny", "tiny-design1", "tiny-prev", "tiny-prev-r",
-                                                 "v3",
+                                                 "tiny-prev-u", "v3",
                                                  "transformer-tiny",
                                                  "upstream-v3-tiny", "control-bolted-tiny")
                 for force_r in (None, 0.3)
@@ -133,6 +134,8 @@ def test_decode_with_cache_equals_full_forward(preset, force_r):
         preset, overrides = "tiny", PREV
     if preset == "tiny-prev-r":
         preset, overrides = "tiny", PREV_R
+    if preset == "tiny-prev-u":
+        preset, overrides = "tiny", PREV_U
     model = build_model(preset, vocab_size=V, seed=3, **overrides)
     x = tokens(3, (2, 10))
     full = model(x, force_r=force_r)

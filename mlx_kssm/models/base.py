@@ -67,7 +67,8 @@ class ModelArgs:
     # token (z_{t-1}); how far the token turned the phases depends on the amplitudes it met
     readout_prev: bool = False
     # what of that earlier state: "z1" (Re, Im and R per harmonic) or "r" (R of Z_1 alone: the
-    # phase step between the two states stays hidden, so R is left to carry it)
+    # phase step between the two states stays hidden), or "union_r" (R of the group's phasors
+    # now and before together: the phase step reaches the readout only through that R)
     readout_prev_what: str = "z1"
     omega_init: str = "spread"  # screening: "group" starts a group's oscillators at one frequency
     # v3 bistable core

@@ -175,7 +175,7 @@ class OscillatorBank(OscillatorBankBase):
         else:
             per_group = 3 * args.harmonics
             if args.readout_prev:
-                per_group += 1 if args.readout_prev_what == "r" else 3 * args.harmonics
+                per_group += 1 if args.readout_prev_what in ("r", "union_r") else 3 * args.harmonics
             self.out_proj = nn.Linear(per_group * G, args.d_model)
         # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
@@ -211,8 +211,15 @@ class OscillatorBank(OscillatorBankBase):
         if self.args.readout_prev:  # the states before each token: z0 (or the cache's), z_<T-1
             before_r = mx.concatenate([z0r[:, None], zr[:, :-1]], axis=1)
             before_i = mx.concatenate([z0i[:, None], zi[:, :-1]], axis=1)
-            before, _ = order_parameters(*unit_phasors(before_r, before_i), self.H, force_r)
-            if self.args.readout_prev_what == "r":
+            pb_r, pb_i = unit_phasors(before_r, before_i)
+            if self.args.readout_prev_what == "union_r":
+                # R of each group's 2n phasors, now and before: |Z_now + Z_before| / 2 holds the
+                # phase step between the two only through an R (forced to r when forcing)
+                pr, pi = unit_phasors(zr, zi)
+                pb_r, pb_i = (mx.concatenate([pr, pb_r], axis=-1),
+                              mx.concatenate([pi, pb_i], axis=-1))
+            before, _ = order_parameters(pb_r, pb_i, self.H, force_r)
+            if self.args.readout_prev_what in ("r", "union_r"):
                 before = before[..., 2:3]  # |Z_1| of each group (forced to r when forcing)
             features = mx.concatenate([features, before], axis=-1)
         if self.ablate_readout:

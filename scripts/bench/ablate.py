@@ -140,6 +140,9 @@ VARIANTS: dict = {
     # only R of that earlier state (the phase step stays hidden): 75 groups keep the size (894k)
     "prevr_g75_wd01": ("v1-char", {"n_groups": 75, "ffn_hidden": 128, "readout_prev": True,
                                    "readout_prev_what": "r"}, {"weight_decay": 0.1}),
+    # R of each group's phasors now and before together (the phase step only through an R)
+    "prevu_g75_wd01": ("v1-char", {"n_groups": 75, "ffn_hidden": 128, "readout_prev": True,
+                                   "readout_prev_what": "union_r"}, {"weight_decay": 0.1}),
     "gdrive_g176n3_wd01": ("v1-char", {"drive": "group", "rest_radius": 0.5, "n_groups": 176,
                                        "osc_per_group": 3, "ffn_hidden": 128},
                            {"weight_decay": 0.1}),
