@@ -43,6 +43,10 @@ class ModelArgs:
     # "order_params": output sees only the order parameters (the K-SSM contract);
     # "bolted": output reads the raw state, R only rescales it before a norm (negative control)
     readout: str = "order_params"
+    # Screening option (branch experiment-isochron): read each oscillator's isochron phase
+    # theta - c ln|z| (as a Stuart-Landau oscillator with shear c has) instead of theta, with c
+    # learned per oscillator from this value; None: the plain phase
+    isochron_shear: Optional[float] = None
     # K-SSM design (docs/model.md). Design 2: a fixed rotation per oscillator, an output gate
     # from the current layer input, algebraic squashes (no exp: see `squash`). Design 1 (folders
     # saved by mlx-kssm 0.1): an input-dependent rotation, no gate, sigmoid/tanh.

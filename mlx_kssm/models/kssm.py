@@ -27,6 +27,7 @@ import mlx.nn as nn
 from ..kernels import oscillator_scan, oscillator_step
 from .base import MLP, LanguageModel, ModelArgs
 from .bistable import N_PROJECTIONS, bistable_core, init_core_projection
+from ..kernels.reference import PHASE_EPS
 from .order_params import order_parameters, unit_phasors
 
 
@@ -153,6 +154,9 @@ class OscillatorBank(OscillatorBankBase):
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
         self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
+        if args.isochron_shear is not None:  # c per oscillator, spread over [-s, s] in a group
+            spread = mx.linspace(-1.0, 1.0, n) if n > 1 else mx.zeros((1,))
+            self.shear = args.isochron_shear * mx.broadcast_to(spread, (G, n)) + 0
         if args.readout == "bolted":
             self.out_proj = nn.Linear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)
@@ -188,10 +192,20 @@ class OscillatorBank(OscillatorBankBase):
                                      kernel=self.scan_kernel)
         if cache is not None:
             cache.state = (zr[:, -1], zi[:, -1])
-        features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)
+        features, r = order_parameters(*self._phasors(zr, zi), self.H, force_r)
         if self.ablate_readout:
             features = mx.zeros_like(features)
         return self._output(x, features, r, zr, zi, gate), r, aux
+
+
+    def _phasors(self, zr, zi):
+        """Each oscillator's unit phasor: e^{i theta}, or e^{i (theta - c ln|z|)} (isochron)."""
+        pr, pi = unit_phasors(zr, zi)
+        if self.args.isochron_shear is None:
+            return pr, pi
+        twist = 0.5 * self.shear * mx.log(zr * zr + zi * zi + PHASE_EPS)
+        c, s = mx.cos(twist), mx.sin(twist)
+        return pr * c + pi * s, pi * c - pr * s
 
 
 class Block(nn.Module):

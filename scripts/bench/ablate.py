@@ -116,6 +116,11 @@ VARIANTS: dict = {
     # since (the char study's runs: its v1-char and control-bolted-char)
     "wide_g80_wd01": ("v1-char", WIDE_G80, {"weight_decay": 0.1}),
     "bolted_wide_g80_wd01": ("control-bolted-char", WIDE_G80, {"weight_decay": 0.1}),
+    # screening (branch experiment-isochron): the readout takes each oscillator's isochron
+    # phase theta - c ln|z|, c learned per oscillator, starting spread over [-1, 1] in a group
+    # (iso_wd01) or at 0 (iso0_wd01): a group's R then depends on its amplitudes (+1,280 params)
+    "iso_wd01": ("v1-char", {**WIDE_G80, "isochron_shear": 1.0}, {"weight_decay": 0.1}),
+    "iso0_wd01": ("v1-char", {**WIDE_G80, "isochron_shear": 0.0}, {"weight_decay": 0.1}),
     # is 0.1 near the best weight decay for it? (the preset at 0.2)
     "wide_g80_wd02": ("v1-char", WIDE_G80, {"weight_decay": 0.2}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
