@@ -86,9 +86,13 @@ VARIANTS: dict = {
     "bpe_tiny_g8": ("tiny", TINY_G8, {}),
     # tiny at the char presets' weight decay (0.1 instead of 0.01)
     "bpe_tiny_wd01": ("tiny", TINY_G16, {"weight_decay": 0.1}),
+    # tiny at a higher LR (the tiny presets' own: 3e-3), and below, its transformer at it too
+    "bpe_tiny_wd01_lr5": ("tiny", TINY_G16, {"weight_decay": 0.1, "learning_rate": 5e-3}),
     "bpe_tf_tiny": ("transformer-tiny", TF_TINY, {}),
     # its matched transformer at 0.1 too: the weight decay moves both BPE tiny presets or neither
     "bpe_tf_tiny_wd01": ("transformer-tiny", TF_TINY, {"weight_decay": 0.1}),
+    "bpe_tf_tiny_wd01_lr5": ("transformer-tiny", TF_TINY, {"weight_decay": 0.1,
+                                                        "learning_rate": 5e-3}),
     "bpe_bolted_tiny": ("control-bolted-tiny", {}, {}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,

@@ -233,7 +233,12 @@ def quality_issue_parts() -> dict:
                 ("default", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
                              "--variants", BPE_DEFAULT_ROWS, "--seeds", "0,1,2,3,4",
                              "--steps", "500", "--batch", "16", "--seq", "128",
-                             "--val-batches", "30", "--out-dir", "bench/out/ablate_bpe"], 36000)],
+                             "--val-batches", "30", "--out-dir", "bench/out/ablate_bpe"], 36000),
+                # both at LR 5e-3 (their own: 3e-3), on two of those seeds
+                ("lr", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
+                        "--variants", "bpe_tiny_wd01_lr5,bpe_tf_tiny_wd01_lr5", "--seeds", "0,3",
+                        "--steps", "500", "--batch", "16", "--seq", "128",
+                        "--val-batches", "30", "--out-dir", "bench/out/ablate_bpe"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
         "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
@@ -611,15 +616,23 @@ def md_study(part: dict) -> list:
 
 
 def _paired_lines(variants: dict, pairs: list) -> list:
-    """One line per (row, base, what): row minus base seed by seed, with their mean and sd."""
+    """One line per (row, base, what): row minus base on the seeds both ran, with the mean and
+    sd of those differences (the seeds are named where one of the two ran others too)."""
     lines = []
     for row, base, what in pairs:
         k, t = variants.get(row), variants.get(base)
-        if k and t and k["seeds"] == t["seeds"] and len(k["seeds"]) > 1:
-            diffs = [a - b for a, b in zip(k["val_loss"], t["val_loss"])]
-            lines += [f"Paired by seed (same batches), {what}: "
-                      f"{', '.join(f'{d:+.3f}' for d in diffs)}; mean "
-                      f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (sd).", ""]
+        if not (k and t):
+            continue
+        by_seed = dict(zip(t["seeds"], t["val_loss"]))
+        seeds = [s for s in k["seeds"] if s in by_seed]
+        if len(seeds) < 2:
+            continue
+        diffs = [loss - by_seed[s] for s, loss in zip(k["seeds"], k["val_loss"]) if s in by_seed]
+        same = seeds == k["seeds"] == t["seeds"]
+        which = "" if same else f" (seeds {', '.join(map(str, seeds))})"
+        lines += [f"Paired by seed (same batches), {what}{which}: "
+                  f"{', '.join(f'{d:+.3f}' for d in diffs)}; mean "
+                  f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (sd).", ""]
     return lines
 
 
@@ -630,6 +643,8 @@ def md_bpe(part: dict) -> list:
              "bpe_tiny_g8": "tiny with half the bank: 8 groups of 4, FFN 321",
              "bpe_tiny_wd01": "tiny at weight decay 0.1 (the tiny presets' default since)",
              "bpe_tf_tiny_wd01": "transformer-tiny at weight decay 0.1",
+             "bpe_tiny_wd01_lr5": "tiny at weight decay 0.1 and LR 5e-3",
+             "bpe_tf_tiny_wd01_lr5": "transformer-tiny at weight decay 0.1 and LR 5e-3",
              "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
     result = _result(part)
     rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
@@ -654,6 +669,16 @@ def md_bpe(part: dict) -> list:
                               "added (seeds 0-2 are the runs above, reused).", notes=notes)
         rows += _paired_lines(more[0]["variants"], [
             ("bpe_tiny_wd01", "bpe_tf_tiny_wd01", "tiny minus transformer-tiny, 5 seeds")])
+    lr = _result(part, "lr")
+    if lr[0] and more[0]:
+        rows += _rows_section(lr, "Both tiny presets at LR 5e-3 instead of their 3e-3 (weight "
+                              "decay 0.1), on two of those seeds: a screen, not yet a "
+                              "comparison over the issue's 3 seeds.", notes=notes)
+        rows += _paired_lines({**more[0]["variants"], **lr[0]["variants"]}, [
+            ("bpe_tiny_wd01_lr5", "bpe_tiny_wd01", "LR 5e-3 minus 3e-3 (tiny)"),
+            ("bpe_tf_tiny_wd01_lr5", "bpe_tf_tiny_wd01", "LR 5e-3 minus 3e-3 (transformer-tiny)"),
+            ("bpe_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
+             "tiny minus transformer-tiny, both at LR 5e-3")])
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
