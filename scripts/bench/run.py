@@ -207,6 +207,10 @@ def quality_issue_parts() -> dict:
     finished, so a rerun only collects (hours of training when the folders are gone)."""
     ablate = [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
               "--seq", "64"]
+    # compacted cl100k at tiny scale: 1,024,000 tokens a run, 30 val batches
+    ablate_bpe = [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe", "--steps", "500",
+                  "--batch", "16", "--seq", "128", "--val-batches", "30",
+                  "--out-dir", "bench/out/ablate_bpe"]
     return {
         # "d1" first: it (re)fills bench/out/table, which the path's first row reads
         "ablation": [("d1", ablate + ["--variants", "d1", "--seeds", "0,1,2",
@@ -225,20 +229,13 @@ def quality_issue_parts() -> dict:
         "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
                             "--seeds", "3", "--steps", "2000", "--batch", "12", "--seq", "64",
                             "--models", STUDY_MODELS, "--out", "bench/out/study_char"], 36000)],
-        "bpe": [("tiny", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
-                          "--variants", BPE_ROWS, "--seeds", "0,1,2",
-                          "--steps", "500", "--batch", "16", "--seq", "128", "--val-batches", "30",
-                          "--out-dir", "bench/out/ablate_bpe"], 36000),
+        "bpe": [("tiny", ablate_bpe + ["--variants", BPE_ROWS, "--seeds", "0,1,2"], 36000),
                 # the defaults' comparison was a tie on 3 seeds: 2 more seeds each (0-2 reused)
-                ("default", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
-                             "--variants", BPE_DEFAULT_ROWS, "--seeds", "0,1,2,3,4",
-                             "--steps", "500", "--batch", "16", "--seq", "128",
-                             "--val-batches", "30", "--out-dir", "bench/out/ablate_bpe"], 36000),
+                ("default", ablate_bpe + ["--variants", BPE_DEFAULT_ROWS,
+                                          "--seeds", "0,1,2,3,4"], 36000),
                 # both at LR 5e-3 (their own: 3e-3), on two of those seeds
-                ("lr", [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe",
-                        "--variants", "bpe_tiny_wd01_lr5,bpe_tf_tiny_wd01_lr5", "--seeds", "0,3",
-                        "--steps", "500", "--batch", "16", "--seq", "128",
-                        "--val-batches", "30", "--out-dir", "bench/out/ablate_bpe"], 36000)],
+                ("lr", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr5,bpe_tf_tiny_wd01_lr5",
+                                     "--seeds", "0,3"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
         "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
@@ -623,11 +620,12 @@ def _paired_lines(variants: dict, pairs: list) -> list:
         k, t = variants.get(row), variants.get(base)
         if not (k and t):
             continue
-        by_seed = dict(zip(t["seeds"], t["val_loss"]))
-        seeds = [s for s in k["seeds"] if s in by_seed]
-        if len(seeds) < 2:
+        base_loss = dict(zip(t["seeds"], t["val_loss"]))
+        both = [(s, loss - base_loss[s]) for s, loss in zip(k["seeds"], k["val_loss"])
+                if s in base_loss]
+        if len(both) < 2:
             continue
-        diffs = [loss - by_seed[s] for s, loss in zip(k["seeds"], k["val_loss"]) if s in by_seed]
+        seeds, diffs = [s for s, _ in both], [d for _, d in both]
         same = seeds == k["seeds"] == t["seeds"]
         which = "" if same else f" (seeds {', '.join(map(str, seeds))})"
         lines += [f"Paired by seed (same batches), {what}{which}: "
