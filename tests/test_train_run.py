@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 from mlx_kssm.cli import main
 from mlx_kssm.data.prepare import prepare
 from mlx_kssm.io import load_model
+from mlx_kssm.models.presets import preset_train_defaults
 from mlx_kssm.train import TrainConfig, read_history, train
 from mlx_kssm.train import checkpoint as ckpt
 from mlx_kssm.train import step as step_mod
@@ -36,6 +37,9 @@ def data_dir(tmp_path_factory):
         (root / "src" / f"doc{d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
     prepare(root / "src", root / "prep", tokenizer="bytes", val_fraction=0.2, log=lambda m: None)
     return root / "prep"
+
+
+TINY_LR = preset_train_defaults("tiny")["learning_rate"]  # tiny_config trains at it
 
 
 def tiny_config(data_dir, out, **kw):
@@ -83,7 +87,7 @@ def test_extending_max_steps_replans_schedule(data_dir, tmp_path):
     assert any("horizon 8 -> 12" in m for m in logs)
     lrs = {s: v[3] for s, v in train_losses(tmp_path / "r").items()}
     assert lrs[4] * 0.8 < lrs[5] <= lrs[4]  # continues from the step-4 LR ...
-    assert lrs[12] == pytest.approx(3e-3 * 0.1) and lrs[8] > lrs[12]  # ... to the floor at 12
+    assert lrs[12] == pytest.approx(TINY_LR * 0.1) and lrs[8] > lrs[12]  # ... to the floor at 12
 
 
 def test_resume_with_a_new_learning_rate_scales_the_schedule(data_dir, tmp_path):
@@ -93,9 +97,10 @@ def test_resume_with_a_new_learning_rate_scales_the_schedule(data_dir, tmp_path)
     train(tiny_config(data_dir, tmp_path / "r", max_steps=4, schedule_steps=8),
           echo=lambda m: None)
     logs = []
-    train(tiny_config(data_dir, tmp_path / "r", max_steps=8, resume=True, learning_rate=3e-4),
+    train(tiny_config(data_dir, tmp_path / "r", max_steps=8, resume=True,
+                      learning_rate=TINY_LR / 10),
           explicit={"learning_rate", "max_steps", "resume"}, echo=logs.append)
-    assert any("learning rate 0.003 -> 0.0003" in m for m in logs)
+    assert any(f"learning rate {TINY_LR:g} -> {TINY_LR / 10:g}" in m for m in logs)
     full = {s: v[3] for s, v in train_losses(tmp_path / "full").items()}
     resumed = {s: v[3] for s, v in train_losses(tmp_path / "r").items()}
     assert [resumed[s] for s in range(1, 5)] == [full[s] for s in range(1, 5)]
