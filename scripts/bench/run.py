@@ -663,9 +663,9 @@ def md_bpe(part: dict) -> list:
          "tiny minus transformer-tiny, both at weight decay 0.1 (the presets' default)")])
     more = _result(part, "default")
     if more[0]:
-        rows += _rows_section(more, "Weight decay 0.1 (the presets' default) at LR 3e-3, over 5 seeds: "
-                              "the 3-seed comparison above was a tie, so seeds 3 and 4 were "
-                              "added (seeds 0-2 are the runs above, reused).", notes=notes)
+        rows += _rows_section(more, "Weight decay 0.1 (the presets' default) at LR 3e-3, over 5 "
+                              "seeds: the 3-seed comparison above was a tie, so seeds 3 and 4 "
+                              "were added (seeds 0-2 are the runs above, reused).", notes=notes)
         rows += _paired_lines(more[0]["variants"], [
             ("bpe_tiny_wd01", "bpe_tf_tiny_wd01", "tiny minus transformer-tiny, 5 seeds")])
     lr = _result(part, "lr")
