@@ -99,6 +99,10 @@ VARIANTS: dict = {
                                                     "learning_rate": BPE_LR}),
     "bpe_tf_tiny_wd01_lr5": ("transformer-tiny", TF_TINY, {"weight_decay": 0.1,
                                                         "learning_rate": 5e-3}),
+    # a screen above the presets' 5e-3 (seed 0): is either one's best LR higher still?
+    "bpe_tiny_wd01_lr8": ("tiny", TINY_G16, {"weight_decay": 0.1, "learning_rate": 8e-3}),
+    "bpe_tf_tiny_wd01_lr8": ("transformer-tiny", TF_TINY, {"weight_decay": 0.1,
+                                                        "learning_rate": 8e-3}),
     "bpe_bolted_tiny": ("control-bolted-tiny", {}, {"learning_rate": BPE_LR}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,

@@ -235,7 +235,10 @@ def quality_issue_parts() -> dict:
                                           "--seeds", "0,1,2,3,4"], 36000),
                 # both at LR 5e-3 (their own was 3e-3), on the same 5 seeds
                 ("lr", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr5,bpe_tf_tiny_wd01_lr5",
-                                     "--seeds", "0,1,2,3,4"], 36000)],
+                                     "--seeds", "0,1,2,3,4"], 36000),
+                # and a screen above it (seed 0)
+                ("lr8", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr8,bpe_tf_tiny_wd01_lr8",
+                                      "--seeds", "0"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
         "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
@@ -624,14 +627,16 @@ def _paired_lines(variants: dict, pairs: list) -> list:
         base_loss = dict(zip(t["seeds"], t["val_loss"]))
         both = [(s, loss - base_loss[s]) for s, loss in zip(k["seeds"], k["val_loss"])
                 if s in base_loss]
-        if len(both) < 2:
+        if not both:
             continue
         seeds, diffs = [s for s, _ in both], [d for _, d in both]
         same = seeds == k["seeds"] == t["seeds"]
-        which = "" if same else f" (seeds {', '.join(map(str, seeds))})"
+        which = "" if same else f" (seed{'s' if len(seeds) > 1 else ''} " \
+            f"{', '.join(map(str, seeds))})"
+        spread = (f"; mean {statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (sd)"
+                  if len(diffs) > 1 else "")  # a one-seed screen has no spread to give
         lines += [f"Paired by seed (same batches), {what}{which}: "
-                  f"{', '.join(f'{d:+.3f}' for d in diffs)}; mean "
-                  f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (sd).", ""]
+                  f"{', '.join(f'{d:+.3f}' for d in diffs)}{spread}.", ""]
     return lines
 
 
@@ -644,6 +649,8 @@ def md_bpe(part: dict) -> list:
              "bpe_tf_tiny_wd01": "transformer-tiny at weight decay 0.1",
              "bpe_tiny_wd01_lr5": "tiny at weight decay 0.1 and LR 5e-3",
              "bpe_tf_tiny_wd01_lr5": "transformer-tiny at weight decay 0.1 and LR 5e-3",
+             "bpe_tiny_wd01_lr8": "tiny at weight decay 0.1 and LR 8e-3",
+             "bpe_tf_tiny_wd01_lr8": "transformer-tiny at weight decay 0.1 and LR 8e-3",
              "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
     result = _result(part)
     rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
@@ -678,6 +685,16 @@ def md_bpe(part: dict) -> list:
             ("bpe_tf_tiny_wd01_lr5", "bpe_tf_tiny_wd01", "LR 5e-3 minus 3e-3 (transformer-tiny)"),
             ("bpe_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
              "tiny minus transformer-tiny, both at LR 5e-3 (the presets' default)")])
+    lr8 = _result(part, "lr8")
+    if lr8[0] and lr[0]:
+        rows += _rows_section(lr8, "Both at LR 8e-3 on seed 0: a screen above the presets' "
+                              "5e-3.", notes=notes)
+        rows += _paired_lines({**lr[0]["variants"], **lr8[0]["variants"]}, [
+            ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
+            ("bpe_tf_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
+             "LR 8e-3 minus 5e-3 (transformer-tiny)"),
+            ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr8",
+             "tiny minus transformer-tiny, both at LR 8e-3")])
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
