@@ -83,7 +83,11 @@ ROWS = "bench/out/ablate/rows.jsonl"
 # proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and
 # both tiny presets at weight decay 0.1 (their default since)
 BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8,bpe_tiny_wd01,bpe_tf_tiny_wd01"
-BPE_DEFAULT_ROWS = "bpe_tiny_wd01,bpe_tf_tiny_wd01"  # tiny and transformer-tiny as they ship
+# the two at weight decay 0.1 over 5 seeds, the same at LR 5e-3 (the presets' since), and a
+# one-seed screen at 8e-3
+BPE_DEFAULT_ROWS = "bpe_tiny_wd01,bpe_tf_tiny_wd01"
+BPE_LR_ROWS = "bpe_tiny_wd01_lr5,bpe_tf_tiny_wd01_lr5"
+BPE_LR8_ROWS = "bpe_tiny_wd01_lr8,bpe_tf_tiny_wd01_lr8"
 STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,random-init"
 RAW = "data/raw/shakespeare"
 BYTES = "data/prepared/shakespeare-bytes"
@@ -234,11 +238,9 @@ def quality_issue_parts() -> dict:
                 ("default", ablate_bpe + ["--variants", BPE_DEFAULT_ROWS,
                                           "--seeds", "0,1,2,3,4"], 36000),
                 # both at LR 5e-3 (their own was 3e-3), on the same 5 seeds
-                ("lr", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr5,bpe_tf_tiny_wd01_lr5",
-                                     "--seeds", "0,1,2,3,4"], 36000),
+                ("lr", ablate_bpe + ["--variants", BPE_LR_ROWS, "--seeds", "0,1,2,3,4"], 36000),
                 # and a screen above it (seed 0)
-                ("lr8", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr8,bpe_tf_tiny_wd01_lr8",
-                                      "--seeds", "0"], 36000)],
+                ("lr8", ablate_bpe + ["--variants", BPE_LR8_ROWS, "--seeds", "0"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
         "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
@@ -618,7 +620,8 @@ def md_study(part: dict) -> list:
 
 def _paired_lines(variants: dict, pairs: list) -> list:
     """One line per (row, base, what): row minus base on the seeds both ran, with the mean and
-    sd of those differences (the seeds are named where one of the two ran others too)."""
+    sd of those differences where there are two or more (the seeds are named where one of the
+    two ran others too)."""
     lines = []
     for row, base, what in pairs:
         k, t = variants.get(row), variants.get(base)
@@ -638,6 +641,16 @@ def _paired_lines(variants: dict, pairs: list) -> list:
         lines += [f"Paired by seed (same batches), {what}{which}: "
                   f"{', '.join(f'{d:+.3f}' for d in diffs)}{spread}.", ""]
     return lines
+
+
+def _job_variants(part: dict, *labels: str) -> dict:
+    """The variants of these jobs of `part` (None: its first), merged; those that did not run
+    add nothing."""
+    merged = {}
+    for label in labels:
+        res, _ = _result(part, label)
+        merged.update((res or {}).get("variants") or {})
+    return merged
 
 
 def md_bpe(part: dict) -> list:
@@ -680,7 +693,7 @@ def md_bpe(part: dict) -> list:
         rows += _rows_section(lr, "Both tiny presets at LR 5e-3 instead of 3e-3 (weight decay "
                               "0.1), on the same 5 seeds: the presets' defaults since.",
                               notes=notes)
-        rows += _paired_lines({**more[0]["variants"], **lr[0]["variants"]}, [
+        rows += _paired_lines(_job_variants(part, "default", "lr"), [
             ("bpe_tiny_wd01_lr5", "bpe_tiny_wd01", "LR 5e-3 minus 3e-3 (tiny)"),
             ("bpe_tf_tiny_wd01_lr5", "bpe_tf_tiny_wd01", "LR 5e-3 minus 3e-3 (transformer-tiny)"),
             ("bpe_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
@@ -689,7 +702,7 @@ def md_bpe(part: dict) -> list:
     if lr8[0] and lr[0]:
         rows += _rows_section(lr8, "Both at LR 8e-3 on seed 0: a screen above the presets' "
                               "5e-3.", notes=notes)
-        rows += _paired_lines({**lr[0]["variants"], **lr8[0]["variants"]}, [
+        rows += _paired_lines(_job_variants(part, "lr", "lr8"), [
             ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
             ("bpe_tf_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
              "LR 8e-3 minus 5e-3 (transformer-tiny)"),
@@ -775,11 +788,7 @@ def summary_quality_issue(parts: dict) -> list:
                  + (f"; control-bolted-char {_sd(c['val_loss'])}" if c else "")
                  + (f"; upstream-v3-char {_sd(u['val_loss'])}" if u else "")
                  + f"; v1-char causality verdicts per seed: {', '.join(verdicts) or '—'}.")
-    res, _ = _result(parts.get("bpe", {}))
-    v = (res or {}).get("variants") or {}
-    for job in ("default", "lr"):  # weight decay 0.1 over 5 seeds, then LR 5e-3, if run
-        more, _ = _result(parts.get("bpe", {}), job)
-        v = {**v, **((more or {}).get("variants") or {})}
+    v = _job_variants(parts.get("bpe", {}), None, "default", "lr")  # later jobs: more seeds
     for kssm, tf, recipe in [
             ("bpe_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
              "LR 5e-3, weight decay 0.1 (the presets' defaults)"),
