@@ -99,7 +99,7 @@ VARIANTS: dict = {
                                                     "learning_rate": BPE_LR}),
     "bpe_tf_tiny_wd01_lr5": ("transformer-tiny", TF_TINY, {"weight_decay": 0.1,
                                                         "learning_rate": 5e-3}),
-    # a screen above the presets' 5e-3 (seed 0): is either one's best LR higher still?
+    # above the presets' 5e-3 (seed 0 first, as a screen): is either one's best LR higher?
     "bpe_tiny_wd01_lr8": ("tiny", TINY_G16, {"weight_decay": 0.1, "learning_rate": 8e-3}),
     "bpe_tf_tiny_wd01_lr8": ("transformer-tiny", TF_TINY, {"weight_decay": 0.1,
                                                         "learning_rate": 8e-3}),

@@ -83,8 +83,8 @@ ROWS = "bench/out/ablate/rows.jsonl"
 # proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and
 # both tiny presets at weight decay 0.1 (their default since)
 BPE_ROWS = "bpe_tiny,bpe_tf_tiny,bpe_tiny_g40,bpe_tiny_g8,bpe_tiny_wd01,bpe_tf_tiny_wd01"
-# the two at weight decay 0.1 over 5 seeds, the same at LR 5e-3 (the presets' since), and a
-# one-seed screen at 8e-3
+# the two at weight decay 0.1 over 5 seeds, the same at LR 5e-3 (the presets' since), and at
+# 8e-3 (3 seeds; tiny 5)
 BPE_DEFAULT_ROWS = "bpe_tiny_wd01,bpe_tf_tiny_wd01"
 BPE_LR_ROWS = "bpe_tiny_wd01_lr5,bpe_tf_tiny_wd01_lr5"
 BPE_LR8_ROWS = "bpe_tiny_wd01_lr8,bpe_tf_tiny_wd01_lr8"
@@ -239,8 +239,11 @@ def quality_issue_parts() -> dict:
                                           "--seeds", "0,1,2,3,4"], 36000),
                 # both at LR 5e-3 (their own was 3e-3), on the same 5 seeds
                 ("lr", ablate_bpe + ["--variants", BPE_LR_ROWS, "--seeds", "0,1,2,3,4"], 36000),
-                # and a screen above it (seed 0)
-                ("lr8", ablate_bpe + ["--variants", BPE_LR8_ROWS, "--seeds", "0"], 36000)],
+                # and above it: both on 3 seeds (seed 0 first, as a screen); tiny, which did
+                # not lose there, on all 5
+                ("lr8", ablate_bpe + ["--variants", BPE_LR8_ROWS, "--seeds", "0,1,2"], 36000),
+                ("lr8_tiny", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr8",
+                                           "--seeds", "0,1,2,3,4"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
         "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
@@ -700,14 +703,22 @@ def md_bpe(part: dict) -> list:
              "tiny minus transformer-tiny, both at LR 5e-3 (the presets' default)")])
     lr8 = _result(part, "lr8")
     if lr8[0] and lr[0]:
-        rows += _rows_section(lr8, "Both at LR 8e-3 on seed 0: a screen above the presets' "
-                              "5e-3.", notes=notes)
+        rows += _rows_section(lr8, "Both at LR 8e-3, above the presets' 5e-3, on seeds 0-2 "
+                              "(seed 0 first, as a screen): is either one's best LR higher?",
+                              notes=notes)
         rows += _paired_lines(_job_variants(part, "lr", "lr8"), [
-            ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
             ("bpe_tf_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
              "LR 8e-3 minus 5e-3 (transformer-tiny)"),
             ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr8",
              "tiny minus transformer-tiny, both at LR 8e-3")])
+    lr8_tiny = _result(part, "lr8_tiny")
+    if lr8_tiny[0] and lr[0]:
+        rows += _rows_section(lr8_tiny, "tiny at LR 8e-3 on all 5 seeds (transformer-tiny ran "
+                              "seeds 0-2 only, above).", notes=notes)
+        rows += _paired_lines(_job_variants(part, "lr", "lr8_tiny"), [
+            ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
+            ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
+             "tiny at LR 8e-3 minus transformer-tiny at 5e-3 (its best LR measured)")])
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
