@@ -656,6 +656,17 @@ def _job_variants(part: dict, *labels: str) -> dict:
     return merged
 
 
+def _job_section(part: dict, label: str, base_label: str, intro: str, notes: dict,
+                 pairs: list) -> list:
+    """Job `label`'s rows and its paired lines against the rows of job `base_label` (nothing
+    unless both ran)."""
+    result = _result(part, label)
+    if not (result[0] and _result(part, base_label)[0]):
+        return []
+    return (_rows_section(result, intro, notes=notes)
+            + _paired_lines(_job_variants(part, base_label, label), pairs))
+
+
 def md_bpe(part: dict) -> list:
     notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic, FFN 256), weight decay 0.01",
              "bpe_tf_tiny": "transformer-tiny (parameter-matched), weight decay 0.01",
@@ -691,34 +702,24 @@ def md_bpe(part: dict) -> list:
                               "were added (seeds 0-2 are the runs above, reused).", notes=notes)
         rows += _paired_lines(more[0]["variants"], [
             ("bpe_tiny_wd01", "bpe_tf_tiny_wd01", "tiny minus transformer-tiny, 5 seeds")])
-    lr = _result(part, "lr")
-    if lr[0] and more[0]:
-        rows += _rows_section(lr, "Both tiny presets at LR 5e-3 instead of 3e-3 (weight decay "
-                              "0.1), on the same 5 seeds: the presets' defaults since.",
-                              notes=notes)
-        rows += _paired_lines(_job_variants(part, "default", "lr"), [
-            ("bpe_tiny_wd01_lr5", "bpe_tiny_wd01", "LR 5e-3 minus 3e-3 (tiny)"),
-            ("bpe_tf_tiny_wd01_lr5", "bpe_tf_tiny_wd01", "LR 5e-3 minus 3e-3 (transformer-tiny)"),
-            ("bpe_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
-             "tiny minus transformer-tiny, both at LR 5e-3 (the presets' default)")])
-    lr8 = _result(part, "lr8")
-    if lr8[0] and lr[0]:
-        rows += _rows_section(lr8, "Both at LR 8e-3, above the presets' 5e-3, on seeds 0-2 "
-                              "(seed 0 first, as a screen): is either one's best LR higher?",
-                              notes=notes)
-        rows += _paired_lines(_job_variants(part, "lr", "lr8"), [
-            ("bpe_tf_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
-             "LR 8e-3 minus 5e-3 (transformer-tiny)"),
-            ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr8",
-             "tiny minus transformer-tiny, both at LR 8e-3")])
-    lr8_tiny = _result(part, "lr8_tiny")
-    if lr8_tiny[0] and lr[0]:
-        rows += _rows_section(lr8_tiny, "tiny at LR 8e-3 on all 5 seeds (transformer-tiny ran "
-                              "seeds 0-2 only, above).", notes=notes)
-        rows += _paired_lines(_job_variants(part, "lr", "lr8_tiny"), [
-            ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
-            ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
-             "tiny at LR 8e-3 minus transformer-tiny at 5e-3 (its best LR measured)")])
+    rows += _job_section(part, "lr", "default", "Both tiny presets at LR 5e-3 instead of 3e-3 "
+                         "(weight decay 0.1), on the same 5 seeds: the presets' defaults since.",
+                         notes, [
+        ("bpe_tiny_wd01_lr5", "bpe_tiny_wd01", "LR 5e-3 minus 3e-3 (tiny)"),
+        ("bpe_tf_tiny_wd01_lr5", "bpe_tf_tiny_wd01", "LR 5e-3 minus 3e-3 (transformer-tiny)"),
+        ("bpe_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
+         "tiny minus transformer-tiny, both at LR 5e-3 (the presets' default)")])
+    rows += _job_section(part, "lr8", "lr", "Both at LR 8e-3, above the presets' 5e-3, on seeds "
+                         "0-2 (seed 0 first, as a screen): is either one's best LR higher?",
+                         notes, [
+        ("bpe_tf_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (transformer-tiny)"),
+        ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr8",
+         "tiny minus transformer-tiny, both at LR 8e-3")])
+    rows += _job_section(part, "lr8_tiny", "lr", "tiny at LR 8e-3 on all 5 seeds "
+                         "(transformer-tiny ran seeds 0-2 only, above).", notes, [
+        ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
+        ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
+         "tiny at LR 8e-3 minus transformer-tiny at 5e-3 (its best LR measured)")])
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
