@@ -658,8 +658,8 @@ def _job_variants(part: dict, *labels: str) -> dict:
 
 def _job_section(part: dict, label: str, base_label: str, intro: str, notes: dict,
                  pairs: list) -> list:
-    """Job `label`'s rows and its paired lines against the rows of job `base_label` (nothing
-    unless both ran)."""
+    """Job `label`'s rows and its paired lines against the rows of job `base_label` (the same
+    label: within the job; nothing unless both ran)."""
     result = _result(part, label)
     if not (result[0] and _result(part, base_label)[0]):
         return []
@@ -695,13 +695,10 @@ def md_bpe(part: dict) -> list:
         ("bpe_tf_tiny_wd01", "bpe_tf_tiny", "weight decay 0.1 minus 0.01 (transformer-tiny)"),
         ("bpe_tiny_wd01", "bpe_tf_tiny_wd01",
          "tiny minus transformer-tiny, both at weight decay 0.1 (the presets' default)")])
-    more = _result(part, "default")
-    if more[0]:
-        rows += _rows_section(more, "Weight decay 0.1 (the presets' default) at LR 3e-3, over 5 "
-                              "seeds: the 3-seed comparison above was a tie, so seeds 3 and 4 "
-                              "were added (seeds 0-2 are the runs above, reused).", notes=notes)
-        rows += _paired_lines(more[0]["variants"], [
-            ("bpe_tiny_wd01", "bpe_tf_tiny_wd01", "tiny minus transformer-tiny, 5 seeds")])
+    rows += _job_section(part, "default", "default", "Weight decay 0.1 (the presets' default) at "
+                         "LR 3e-3, over 5 seeds: the 3-seed comparison above was a tie, so seeds "
+                         "3 and 4 were added (seeds 0-2 are the runs above, reused).", notes, [
+        ("bpe_tiny_wd01", "bpe_tf_tiny_wd01", "tiny minus transformer-tiny, 5 seeds")])
     rows += _job_section(part, "lr", "default", "Both tiny presets at LR 5e-3 instead of 3e-3 "
                          "(weight decay 0.1), on the same 5 seeds: the presets' defaults since.",
                          notes, [
