@@ -29,17 +29,24 @@ def pretend_gpu(monkeypatch, backend):
     monkeypatch.setattr(cuda, "is_available", lambda: backend == "cuda")
 
 
+def _assert_same(got, want):
+    # On the CPU the training scan (cpu.scan_free) and the reference run the same float ops in
+    # the same order: bit-equal. On a GPU backend MLX fuses them differently (seen on CUDA), so
+    # there they agree to float rounding only.
+    for a, b in zip(got, want):
+        if mx.default_device() == mx.cpu:
+            assert np.array_equal(np.array(a), np.array(b))
+        else:
+            np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
+
+
 def _same_as_reference(force_r=None, kernel="auto"):
     x = random_inputs(2, 5, 3, 8)
-    got = dispatch.oscillator_scan(*x, force_r=force_r, kernel=kernel)
-    want = reference.scan_sequential(*x, force_r=force_r)
-    for a, b in zip(got, want):
-        assert np.array_equal(np.array(a), np.array(b))
+    _assert_same(dispatch.oscillator_scan(*x, force_r=force_r, kernel=kernel),
+                 reference.scan_sequential(*x, force_r=force_r))
     step_in = [a[:, 0] for a in x[:5]]
-    got = dispatch.oscillator_step(*step_in, x[5], x[6], force_r=force_r, kernel=kernel)
-    want = reference.scan_step(*step_in, x[5], x[6], force_r=force_r)
-    for a, b in zip(got, want):
-        assert np.array_equal(np.array(a), np.array(b))
+    _assert_same(dispatch.oscillator_step(*step_in, x[5], x[6], force_r=force_r, kernel=kernel),
+                 reference.scan_step(*step_in, x[5], x[6], force_r=force_r))
 
 
 @pytest.mark.skipif(dispatch.gpu_backend() is not None, reason="checks the no-GPU path")

@@ -104,8 +104,9 @@ def main(argv=None) -> dict:
             result["kernel"] = {"impl": f"fused {backend} scan + adjoint kernel", **k}
             ref = result["reference"]
             result["kernel_vs_reference_speedup"] = {
-                "forward": ref["forward_s"] / k["forward_s"],
-                "forward_backward": ref["forward_backward_s"] / k["forward_backward_s"]}
+                "forward": ref["forward_s"]["median"] / k["forward_s"]["median"],
+                "forward_backward": ref["forward_backward_s"]["median"]
+                / k["forward_backward_s"]["median"]}
     else:
         result["kernel"] = "not measured: no Metal or CUDA GPU on this machine"
         if not args.no_emulation:

@@ -26,6 +26,9 @@ Parts:
   bpe         tiny vs transformer-tiny on compacted cl100k Shakespeare, >= 1M tokens each
   speed       K-SSM vs matched transformer training-step time (scripts/bench/speed.py)
   v3          v3's bistable core: regime use and gradient health (scripts/bench/v3_health.py)
+
+RESULTS.md also carries the GPU section, rendered by scripts/bench/gpu_report.py from the files a
+GPU session committed to bench/gpu/ (this machine has no GPU to redo them).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import gpu_report  # noqa: E402
 PY = sys.executable
 PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "screening", "study",
          "bpe", "speed", "v3")
@@ -878,6 +883,7 @@ def md_summary(parts: dict) -> list:
                 text += (f"; steady-state stateful rate at {longest} ÷ at {list(rows)[0]} = "
                          f"{mmm(f0)} (1.0 = flat)")
             L.append(text + ".")
+    L += gpu_report.summary(ROOT / "bench" / "gpu")
     L.append("")
     return L
 
@@ -1002,6 +1008,7 @@ def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
         L += md_speed(parts["speed"])
     if "v3" in parts:
         L += md_v3(parts["v3"])
+    L += gpu_report.markdown(ROOT / "bench" / "gpu")  # committed: no GPU here to redo it
     L += ["## How to read these numbers", "",
           "- Quality runs are short (hundreds of steps at most, on 2 CPU cores). They say which "
           "designs learn from context early in training, not where each converges. The v2-scale "

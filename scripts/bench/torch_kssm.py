@@ -1,4 +1,4 @@
-"""A PyTorch (CPU) twin of the K-SSM model, written only for the benchmark.
+"""A PyTorch twin of the K-SSM model (CPU; CUDA with --device cuda), only for the benchmark.
 
 It is the SAME layer and model as mlx_kssm/models/kssm.py with the `order_params` readout
 (presets `tiny`, `v2`): embedding -> L x [oscillator bank (RMSNorm, in_proj, the recurrence of
@@ -272,7 +272,8 @@ def make_train_step(model, lr: float = 1e-3, weight_decay: float = 0.01, grad_cl
 # repeat; only one worker computes at a time, and every ratio is taken within one round.
 
 
-def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: int) -> None:
+def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: int,
+            device: str = "cpu") -> None:
     import sys
     import time
 
@@ -303,9 +304,9 @@ def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: i
     else:
         scan, _, nthreads = kind.partition("@")  # e.g. "eager@1": eager with 1 thread
         torch.set_num_threads(int(nthreads) if nthreads else threads)
-        tmodel = from_mlx(model)
+        tmodel = from_mlx(model).to(device)
         tmodel.set_scan(scan)
-        tx, ty = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+        tx, ty = torch.from_numpy(x).long().to(device), torch.from_numpy(y).long().to(device)
         with torch.no_grad():
             info["loss"] = float(loss_fn(tmodel, tx, ty))
         info["threads"] = torch.get_num_threads()
@@ -313,6 +314,8 @@ def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: i
 
         def step():
             train_step(tx, ty)
+            if device != "cpu":  # CUDA work is asynchronous: time it to completion
+                torch.cuda.synchronize()
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
@@ -323,13 +326,13 @@ def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: i
 
 
 def bench(presets, vocab: int, batch: int, seq: int, repeats: int, warmup: int, variants,
-          threads: int) -> dict:
+          threads: int, device: str = "cpu") -> dict:
     import os
     import statistics
     import subprocess
     import sys
 
-    out = {"torch": torch.__version__, "torch_threads": threads,
+    out = {"torch": torch.__version__, "torch_threads": threads, "torch_device": device,
            "mlx_threads": "MLX CPU ops run on one thread; matmuls go to OpenBLAS with "
                           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset (all cores)')}, "
                           f"{os.cpu_count()} cores",
@@ -345,7 +348,7 @@ def bench(presets, vocab: int, batch: int, seq: int, repeats: int, warmup: int, 
             procs[k] = subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--worker", k, "--presets", preset,
                  "--vocab", str(vocab), "--batch", str(batch), "--seq", str(seq),
-                 "--threads", str(threads)],
+                 "--threads", str(threads), "--device", device],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             info = {k: json.loads(p.stdout.readline()) for k, p in procs.items()}
@@ -396,7 +399,7 @@ def main():
     import os
     import sys
 
-    ap = argparse.ArgumentParser(description="MLX vs PyTorch (CPU) K-SSM train step; prints JSON")
+    ap = argparse.ArgumentParser(description="MLX vs PyTorch K-SSM train step; prints JSON")
     ap.add_argument("--presets", default="tiny,v2")
     ap.add_argument("--vocab", type=int, default=21075,
                     help="the compacted cl100k vocab of the Shakespeare corpus")
@@ -407,18 +410,21 @@ def main():
     ap.add_argument("--variants", default="eager,script,eager@1",
                     help="eager,script,compile; NAME@K runs it with K torch threads")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu",
+                    help="PyTorch's device: cpu, or cuda beside MLX's CUDA build (same GPU)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.worker:
-        _worker(args.worker, args.presets, args.vocab, args.batch, args.seq, args.threads)
+        _worker(args.worker, args.presets, args.vocab, args.batch, args.seq, args.threads,
+                args.device)
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _common import emit, machine
 
     res = bench([p for p in args.presets.split(",") if p], args.vocab, args.batch, args.seq,
                 args.repeats, args.warmup, [v for v in args.variants.split(",") if v],
-                args.threads)
+                args.threads, args.device)
     res = {"part": "torch", "command": "python scripts/bench/torch_kssm.py " + " ".join(sys.argv[1:]),
            "machine": machine(), **res}
     emit(res, args.out)
