@@ -18,7 +18,8 @@ Parts:
   kernel      scripts/bench/kernel.py (scan; CPU reference figures without a GPU)
   ablation    the quality path on char-level Shakespeare, one change per row (seed 0, from
               bench/out/ablate/rows.jsonl) and the 0.1 design over 3 seeds (scripts/bench/
-              ablate.py; reuses finished runs in bench/out/table)
+              ablate.py; reuses finished runs in bench/out/table), and the three char
+              presets at twice the steps (bench/out/ablate_4k)
   screening   single changes tried first, summarized from their rows (scripts/bench/
               ablation_rows.py; measured by the code at 45f9fa4, see ablate.py)
   study       the final comparison: mlx-kssm study of v1-char and its controls, 3 seeds
@@ -232,7 +233,13 @@ def quality_issue_parts() -> dict:
                                "--variants", SIDE_ROWS, "--commit", "several"], 60),
                      ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                *_study_args(STUDY_ROWS_G64 + STUDY_ROWS_NOW),
-                               "--variants", LEAD_ROWS, "--commit", "several"], 60)],
+                               "--variants", LEAD_ROWS, "--commit", "several"], 60),
+                     # the three presets at twice the recipe's steps: does the control's lead
+                     # (or the transformer's deficit) shrink with training?
+                     ("budget", [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps",
+                                 "4000", "--batch", "12", "--seq", "64", "--variants",
+                                 "v1char,bolted,tf_char", "--seeds", "0,1",
+                                 "--out-dir", "bench/out/ablate_4k"], 36000)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
         "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
@@ -548,6 +555,16 @@ def _rows_section(result: tuple, intro: str, command_note: str = "",
             + ["", f"Command: `{run['command']}`{command_note}", ""])
 
 
+BUDGET_INTRO = (
+    "Twice the budget: the three char presets as they are now, 4,000 steps x 12 x 64 (3.07M "
+    "tokens, the cosine over 4,000 steps), everything else the recipe's. Is the bolted "
+    "control's lead (or the transformer's deficit) an artifact of a short run? The same "
+    "models at 2,000 steps, same seeds: `wide_g80_wd01` and `bolted_wide_g80_wd01` in the "
+    "path above, transformer-char in section 7.")
+BUDGET_NOTES = {"v1char": "the v1-char preset (80 groups of 4, FFN 128, weight decay 0.1, LR 2e-3)",
+                "bolted": "control-bolted-char, its bolted control (1.10M)",
+                "tf_char": "transformer-char, its matched transformer (LR 1e-3)"}
+
 LEAD_INTRO = (
     "Where the bolted control's lead lives (4 layers, ~0.9M unless the row says; measured "
     "while `wide_g64` was the preset, at weight decay 0.01). The control "
@@ -600,6 +617,9 @@ def md_ablation(part: dict, screening: dict | None) -> list:
                        "LR and weight decay, with its control and its matched transformer at "
                        "the same weight decay, and the preset at a higher weight decay.")
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
+    L += _job_section(part, "budget", "budget", BUDGET_INTRO, BUDGET_NOTES, [
+        ("v1char", "bolted", "v1-char minus control-bolted-char"),
+        ("v1char", "tf_char", "v1-char minus transformer-char")])
     if screening:
         res, _ = screen = _result(screening)
         if res:
