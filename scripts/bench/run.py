@@ -238,7 +238,7 @@ def quality_issue_parts() -> dict:
                      # (or the transformer's deficit) shrink with training?
                      ("budget", [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps",
                                  "4000", "--batch", "12", "--seq", "64", "--variants",
-                                 "v1char,bolted,tf_char", "--seeds", "0,1",
+                                 "v1char,bolted,tf_char", "--seeds", "0,1,2",
                                  "--out-dir", "bench/out/ablate_4k"], 36000)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
