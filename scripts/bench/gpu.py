@@ -23,6 +23,7 @@ outlasted the 4-minute limit it was given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -60,8 +61,10 @@ def parity(module) -> dict:
 def speed() -> dict:
     out = {}
     for groups, osc in ((32, 4), (8, 16)):
-        res = kernel_bench.main(["--batch", "8", "--seq", "512", "--groups", str(groups),
-                                 "--osc", str(osc), "--repeats", "3", "--no-emulation"])
+        # kernel.py prints its JSON: keep stdout for this script's one JSON object
+        with contextlib.redirect_stdout(sys.stderr):
+            res = kernel_bench.main(["--batch", "8", "--seq", "512", "--groups", str(groups),
+                                     "--osc", str(osc), "--repeats", "3", "--no-emulation"])
         out[f"{groups}x{osc}"] = res
     return out
 

@@ -36,6 +36,15 @@ def _mean_sd(values: list, signed: bool = False) -> str:
     return f"{mean} ± {statistics.stdev(values):.{3 if signed else 4}f}"
 
 
+def _mmm(stats: dict, nd: int = 0) -> str:
+    """median [min–max], as the other RESULTS sections print them."""
+    return f"{stats['median']:,.{nd}f} [{stats['min']:,.{nd}f}–{stats['max']:,.{nd}f}]"
+
+
+def _ms(seconds: dict) -> str:
+    return _mmm({k: 1e3 * seconds[k] for k in ("median", "min", "max")}, 3)
+
+
 def _history(path: Path) -> dict:
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     start = next(e for e in events if e["event"] == "start")
@@ -74,14 +83,10 @@ def _kernel_rows(folder: Path) -> list:
         d = json.loads(p.read_text())
         sh = d["shape"]
         ref, ker = d["reference"], d["kernel"]
-
-        def ms(t):
-            return f"{1e3 * t['median']:.3f} [{1e3 * t['min']:.3f}–{1e3 * t['max']:.3f}]"
-
         rows.append(f"| B{sh['batch']} × T{sh['seq']}, {sh['groups']} × {sh['oscillators']} "
-                    f"| {ms(ref['forward_s'])} | {ms(ker['forward_s'])} "
+                    f"| {_ms(ref['forward_s'])} | {_ms(ker['forward_s'])} "
                     f"| {d['kernel_vs_reference_speedup']['forward']:.1f}× "
-                    f"| {ms(ref['forward_backward_s'])} | {ms(ker['forward_backward_s'])} "
+                    f"| {_ms(ref['forward_backward_s'])} | {_ms(ker['forward_backward_s'])} "
                     f"| {d['kernel_vs_reference_speedup']['forward_backward']:.1f}× |")
     return rows
 
@@ -93,23 +98,18 @@ def _torch_lines(folder: Path) -> list:
     d = json.loads(p.read_text())
     row = d["presets"]["v2"]
     tps, ratio = row["tokens_per_sec"], row["ratio_mlx_over_torch"]
-
-    def mmm(x, nd=0):
-        return f"{x['median']:,.{nd}f} [{x['min']:,.{nd}f}–{x['max']:,.{nd}f}]"
-
+    command = re.sub(r" --out \S+", "", d["command"])  # where the GPU machine wrote it
     L = ["### A v2 training step: MLX (CUDA) vs the PyTorch twin on the same GPU", "",
-         f"Command: `python scripts/bench/torch_kssm.py --presets v2 --batch {d['batch']} "
-         f"--seq {d['seq_len']} --repeats 5 --warmup 2 --variants eager,script --device cuda`. "
-         f"Same seed-0 weights and batch (vocab {d['vocab']:,}, {row['n_parameters']:,} "
+         f"Command: `{command}`. Same seed-0 weights and batch (vocab {d['vocab']:,}, {row['n_parameters']:,} "
          f"parameters); losses agree to {row['parity']['max_abs_diff']:.1e}. torch "
          f"{d['torch']}. Median [min–max] over {tps['mlx']['runs']} rounds.", "",
          "| implementation | tokens/s | MLX / it |", "|---|---|---|",
-         f"| MLX, fused CUDA scan | {mmm(tps['mlx'])} | — |"]
+         f"| MLX, fused CUDA scan | {_mmm(tps['mlx'])} | — |"]
     for v in ratio:
-        L.append(f"| PyTorch, {v} scan | {mmm(tps[v])} | {mmm(ratio[v], 1)}× |")
+        L.append(f"| PyTorch, {v} scan | {_mmm(tps[v])} | {_mmm(ratio[v], 1)}× |")
     L += ["", "The PyTorch twin runs its scan as a Python (or TorchScript) loop over time, one "
-          "small kernel launch per op per token; MLX runs the whole scan as one kernel. That, "
-          "not the matmuls, is the gap.", ""]
+          "small kernel launch per op per token; MLX runs the whole scan as one kernel. That is "
+          "the likely cause of the gap (not profiled).", ""]
     return L
 
 
@@ -126,8 +126,8 @@ def _quality_lines(q: dict, folder: Path) -> list:
          "val split, every 125 steps (2M tokens). The runs of one seed (two or three models) "
          "ran at the same time on the one GPU, so their tokens/s are not comparable (see "
          "below for that).", "",
-         "v2 and control-bolted at this vocabulary (21,075 compacted ids) are 8.3M parameters; "
-         "the presets' 28.6M counts the full cl100k vocabulary's embedding.", "",
+         "The parameter counts are at this vocabulary (21,075 compacted ids); the presets' "
+         "listed sizes count the full cl100k vocabulary's embedding.", "",
          "| model | parameters | best val loss per seed (step) | best, mean ± sd "
          "| val loss at 20.5M tokens per seed | at 20.5M, mean ± sd |",
          "|---|---:|---|---|---|---|"]
@@ -150,7 +150,7 @@ def _quality_lines(q: dict, folder: Path) -> list:
             if (p := folder / f"solo_{m}.out").is_file()}
     if len(solo) == 2 and all(solo.values()):
         def mmm(v):
-            return f"{statistics.median(v):,.0f} [{min(v):,.0f}–{max(v):,.0f}]"
+            return _mmm({"median": statistics.median(v), "min": min(v), "max": max(v)})
         ratio = statistics.median(solo["v2"]) / statistics.median(solo["transformer"])
         L += [f"Speed alone on the GPU (150 steps each, one after the other, batch 64 × 256; median "
               f"[min–max] of the report lines every 25 steps): v2 {mmm(solo['v2'])} tokens/s, "
