@@ -104,6 +104,10 @@ VARIANTS: dict = {
     "bpe_tf_tiny_wd01_lr8": ("transformer-tiny", TF_TINY, {"weight_decay": 0.1,
                                                         "learning_rate": 8e-3}),
     "bpe_bolted_tiny": ("control-bolted-tiny", {}, {"learning_rate": BPE_LR}),
+    # tiny's bolted control at the tiny presets' defaults (LR 5e-3, weight decay 0.1): the
+    # price of the contract on cl100k, paired with bpe_tiny_wd01_lr5's seeds
+    "bpe_bolted_tiny_wd01_lr5": ("control-bolted-tiny", TINY_G16, {"weight_decay": 0.1,
+                                                                  "learning_rate": 5e-3}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),

@@ -234,8 +234,18 @@ def quality_issue_parts() -> dict:
                      ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                *_study_args(STUDY_ROWS_G64 + STUDY_ROWS_NOW),
                                "--variants", LEAD_ROWS, "--commit", "several"], 60),
-                     # the three presets at twice the recipe's steps: does the control's lead
-                     # (or the transformer's deficit) shrink with training?
+                     # the query readout (branch experiment-query, commit fa2925d): a screen
+                     # whose option was not kept, so its row is summarized, not rerun
+                     ("query", [PY, "scripts/bench/ablation_rows.py", "--rows",
+                                "bench/out/ablate_exp/rows.jsonl", "--variants", "qry_g56_wd01",
+                                "--commit", "fa2925d"], 60),
+                     # the three presets' models at the recipe's steps and at twice them
+                     # (both at the recipe's weight decay 0.01): does the control's lead (or
+                     # the transformer's deficit) shrink with training?
+                     ("budget2k", [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps",
+                                   "2000", "--batch", "12", "--seq", "64", "--variants",
+                                   "v1char,bolted,tf_char", "--seeds", "0,1,2",
+                                   "--out-dir", "bench/out/ablate_2k"], 36000),
                      ("budget", [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps",
                                  "4000", "--batch", "12", "--seq", "64", "--variants",
                                  "v1char,bolted,tf_char", "--seeds", "0,1,2",
@@ -255,7 +265,10 @@ def quality_issue_parts() -> dict:
                 # not lose there, on all 5
                 ("lr8", ablate_bpe + ["--variants", BPE_LR8_ROWS, "--seeds", "0,1,2"], 36000),
                 ("lr8_tiny", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr8",
-                                           "--seeds", "0,1,2,3,4"], 36000)],
+                                           "--seeds", "0,1,2,3,4"], 36000),
+                # tiny's bolted control at the presets' defaults: the contract's price here
+                ("bolted", ablate_bpe + ["--variants", "bpe_bolted_tiny_wd01_lr5",
+                                         "--seeds", "0,1,2"], 36000)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
         "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
@@ -556,14 +569,17 @@ def _rows_section(result: tuple, intro: str, command_note: str = "",
 
 
 BUDGET_INTRO = (
-    "Twice the budget: the three char presets as they are now, 4,000 steps x 12 x 64 (3.07M "
-    "tokens, the cosine over 4,000 steps), everything else the recipe's. Is the bolted "
-    "control's lead (or the transformer's deficit) an artifact of a short run? The same "
-    "models at 2,000 steps, same seeds: `wide_g80_wd01` and `bolted_wide_g80_wd01` in the "
-    "path above, transformer-char in section 7.")
-BUDGET_NOTES = {"v1char": "the v1-char preset (80 groups of 4, FFN 128, weight decay 0.1, LR 2e-3)",
+    "Does the bolted control's lead (or the transformer's deficit) shrink with training? The "
+    "three char presets' models, each at its preset's LR but all at the recipe's weight decay "
+    "0.01 (the presets recommend 0.1), trained for the recipe's 2,000 steps and then, from "
+    "scratch, for twice that: 4,000 steps x 12 x 64 (3.07M tokens, the cosine over 4,000 "
+    "steps), everything else the recipe's, the same seeds. At 2,000 steps:")
+BUDGET_4K_INTRO = "At 4,000 steps:"
+BUDGET_NOTES = {"v1char": "the v1-char preset's model (80 groups of 4, FFN 128, LR 2e-3)",
                 "bolted": "control-bolted-char, its bolted control (1.10M)",
                 "tf_char": "transformer-char, its matched transformer (LR 1e-3)"}
+BUDGET_PAIRS = [("v1char", "bolted", "v1-char minus control-bolted-char"),
+                ("v1char", "tf_char", "v1-char minus transformer-char")]
 
 LEAD_INTRO = (
     "Where the bolted control's lead lives (4 layers, ~0.9M unless the row says; measured "
@@ -587,6 +603,18 @@ LEAD_INTRO = (
     "options on the main of 2026-11-22, which defines them), `prevr_g75_wd01` at b1615d6 and "
     "`prevu_g75_wd01` at 1d349dd (the same branch), and the isochron phase (`iso*`) at 4b146e5 "
     "(branch `experiment-isochron`).")
+
+
+QUERY_INTRO = (
+    "A readout with a query, seed 0 (compare the preset's seed 0, `wide_g80_wd01` above). "
+    "Each group's readout also takes the order parameter of the phasors p_j conj(q_j), where "
+    "q_j is a unit phasor computed from the current layer input: how well the group's phase "
+    "pattern matches the one the current token asks for, as attention's query reads its keys. "
+    "It stays inside the contract (the only-path and cached-decoding tests cover it); R is "
+    "still the plain |Z_1|. Measured at commit fa2925d (branch `experiment-query`, which "
+    "defines it); the option was not kept.")
+QUERY_NOTES = {"qry_g56_wd01": "the preset with the query readout, at its size: 56 groups of 4 "
+               "pay for the query's projection (900k), weight decay 0.1"}
 
 
 def md_ablation(part: dict, screening: dict | None) -> list:
@@ -617,9 +645,9 @@ def md_ablation(part: dict, screening: dict | None) -> list:
                        "LR and weight decay, with its control and its matched transformer at "
                        "the same weight decay, and the preset at a higher weight decay.")
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
-    L += _job_section(part, "budget", "budget", BUDGET_INTRO, BUDGET_NOTES, [
-        ("v1char", "bolted", "v1-char minus control-bolted-char"),
-        ("v1char", "tf_char", "v1-char minus transformer-char")])
+    L += _rows_section(_result(part, "query"), QUERY_INTRO, notes=QUERY_NOTES)
+    L += _job_section(part, "budget2k", "budget2k", BUDGET_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
+    L += _job_section(part, "budget", "budget", BUDGET_4K_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     if screening:
         res, _ = screen = _result(screening)
         if res:
@@ -703,7 +731,8 @@ def md_bpe(part: dict) -> list:
              "bpe_tf_tiny_wd01_lr5": "transformer-tiny at weight decay 0.1 and LR 5e-3",
              "bpe_tiny_wd01_lr8": "tiny at weight decay 0.1 and LR 8e-3",
              "bpe_tf_tiny_wd01_lr8": "transformer-tiny at weight decay 0.1 and LR 8e-3",
-             "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)"}
+             "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)",
+             "bpe_bolted_tiny_wd01_lr5": "control-bolted-tiny at weight decay 0.1 and LR 5e-3"}
     result = _result(part)
     rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
                          "uses; 500 steps x 16 x 128 = 1,024,000 tokens each, LR 3e-3 (the tiny "
@@ -742,6 +771,13 @@ def md_bpe(part: dict) -> list:
         ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
         ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
          "tiny at LR 8e-3 minus transformer-tiny at 5e-3 (its best LR measured)")])
+    rows += _job_section(part, "bolted", "lr", "tiny's bolted control (its output reads the "
+                         "raw oscillator state: R bypassed) at the presets' defaults, LR 5e-3 "
+                         "and weight decay 0.1, on seeds 0-2: what the contract costs on "
+                         "cl100k.", notes, [
+        ("bpe_tiny_wd01_lr5", "bpe_bolted_tiny_wd01_lr5", "tiny minus its bolted control"),
+        ("bpe_bolted_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
+         "the bolted control minus transformer-tiny")])
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
@@ -832,6 +868,10 @@ def summary_quality_issue(parts: dict) -> list:
             L.append(f"- Compacted cl100k, tiny, 1,024,000 tokens each, {recipe} "
                      f"(seeds {', '.join(map(str, v[kssm]['seeds']))}): tiny "
                      f"{_mean_sd(v[kssm])} vs transformer-tiny {_mean_sd(v[tf])} nats/token.")
+    bolted = _job_variants(parts.get("bpe", {}), "bolted").get("bpe_bolted_tiny_wd01_lr5")
+    if bolted:
+        L.append(f"- Compacted cl100k, tiny's bolted control at the presets' defaults (seeds "
+                 f"{', '.join(map(str, bolted['seeds']))}): {_mean_sd(bolted)} nats/token.")
     res, _ = _result(parts.get("speed", {}))
     for r in (res or {}).get("results", []):
         q = r["kssm_over_transformer"]
