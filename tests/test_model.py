@@ -37,10 +37,15 @@ def kssm():
 DESIGN_1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
 
 
-@pytest.fixture(scope="module", params=[2, 1], ids=["design2", "design1"])
+QUERY = {"readout_query": True}
+
+
+@pytest.fixture(scope="module", params=[2, 1, "query"], ids=["design2", "design1", "query"])
 def kssm_any(request):
-    """The tiny K-SSM in the current design and in design 1 (mlx-kssm 0.1's)."""
-    return build_model("tiny", vocab_size=V, seed=0, **({} if request.param == 2 else DESIGN_1))
+    """The tiny K-SSM in the current design, in design 1 (mlx-kssm 0.1's) and with the query
+    readout (its query phasors come from the current layer input only)."""
+    overrides = {2: {}, 1: DESIGN_1, "query": QUERY}[request.param]
+    return build_model("tiny", vocab_size=V, seed=0, **overrides)
 
 
 def test_recurrence_carries_token0_forward_kssm_but_not_upstream(kssm):
@@ -110,7 +115,7 @@ def test_unknown_design_is_one_clear_error(tmp_path):
         load(tmp_path / "m")
 
 
-DECODE_CASES = [(preset, force_r) for preset in ("tiny", "tiny-design1", "v3", "transformer-tiny",
+DECODE_CASES = [(preset, force_r) for preset in ("tiny", "tiny-design1", "tiny-query", "v3", "transformer-tiny",
                                                  "upstream-v3-tiny", "control-bolted-tiny")
                 for force_r in (None, 0.3)
                 if not (preset == "transformer-tiny" and force_r is not None)]  # no R to force
@@ -121,6 +126,8 @@ def test_decode_with_cache_equals_full_forward(preset, force_r):
     overrides = {"d_model": 64, "n_layers": 2, "osc_per_group": 4} if preset == "v3" else {}
     if preset == "tiny-design1":
         preset, overrides = "tiny", DESIGN_1
+    if preset == "tiny-query":
+        preset, overrides = "tiny", QUERY
     model = build_model(preset, vocab_size=V, seed=3, **overrides)
     x = tokens(3, (2, 10))
     full = model(x, force_r=force_r)

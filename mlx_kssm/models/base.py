@@ -54,7 +54,11 @@ class ModelArgs:
     # transcendental functions that dominate a step on CPUs
     squash: str = "algebraic"
     damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
-    coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
+    coupling_bias: float = 0.0
+    # experiment: the readout also takes, per group, the order parameter of the phasors
+    # p_j conj(q_j), q_j a unit phasor from the current layer input (a query: how well the
+    # group's phase pattern matches the one the current token asks for)
+    readout_query: bool = False  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
     bistable: bool = False
     u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp

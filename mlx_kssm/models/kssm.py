@@ -48,13 +48,13 @@ def projection_sizes(args: "ModelArgs") -> tuple:  # quoted: the mlx-lm export c
     N = args.n_oscillators
     coupling = N_PROJECTIONS if args.bistable else args.n_groups
     return ((N,) if args.rotation == "input" else ()) + (N, N, N, coupling) + (
-        (args.d_model,) if args.gate else ())
+        (args.d_model,) if args.gate else ()) + ((N,) if args.readout_query else ())
 
 
 def coupling_offset(args: ModelArgs) -> int:
     """Where the coupling outputs (G logits or the bistable a..j) start in in_proj's output."""
     sizes = projection_sizes(args)
-    return sum(sizes[:-2 if args.gate else -1])
+    return sum(sizes[:len(sizes) - 1 - bool(args.gate) - bool(args.readout_query)])
 
 
 def damping_spread(count: int, mode: str):
@@ -105,6 +105,10 @@ class OscillatorBankBase(nn.Module):
         if self.args.gate:
             g = parts[4]
             gate = g * self._prob(g)  # silu for "exp"
+        if self.args.readout_query:
+            v = parts[-1].reshape(shape)
+            inv = 1 / (1 + v * v)  # Cayley: (1 + iv) / (1 - iv), a unit phasor without exp
+            aux["query"] = ((1 - v * v) * inv, 2 * v * inv)
         drive = 1 - lam
         scan_in = (lam * mx.cos(alpha), lam * mx.sin(alpha), k, drive * br, drive * bi)
         return scan_in, gate, aux
@@ -157,7 +161,7 @@ class OscillatorBank(OscillatorBankBase):
             self.out_proj = nn.Linear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)
         else:
-            self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
+            self.out_proj = nn.Linear(3 * (args.harmonics + args.readout_query) * G, args.d_model)
         # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
         self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it
@@ -188,7 +192,13 @@ class OscillatorBank(OscillatorBankBase):
                                      kernel=self.scan_kernel)
         if cache is not None:
             cache.state = (zr[:, -1], zi[:, -1])
-        features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)
+        query = aux.pop("query", None)
+        pr, pi = unit_phasors(zr, zi)
+        features, r = order_parameters(pr, pi, self.H, force_r)
+        if query is not None:
+            qr, qi = query  # p conj(q), then the group's order parameter
+            aligned, _ = order_parameters(pr * qr + pi * qi, pi * qr - pr * qi, 1)
+            features = mx.concatenate([features, aligned], axis=-1)
         if self.ablate_readout:
             features = mx.zeros_like(features)
         return self._output(x, features, r, zr, zi, gate), r, aux

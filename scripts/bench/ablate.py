@@ -132,6 +132,10 @@ VARIANTS: dict = {
     "bolted_wide_g80_wd01": ("control-bolted-char", WIDE_G80, {"weight_decay": 0.1}),
     # is 0.1 near the best weight decay for it? (the preset at 0.2)
     "wide_g80_wd02": ("v1-char", WIDE_G80, {"weight_decay": 0.2}),
+    # the readout also takes each group's order parameter of p_j conj(q_j), q_j a unit phasor
+    # from the current layer input (readout_query), at the preset's size: 56 groups (900k)
+    "qry_g56_wd01": ("v1-char", {"n_groups": 56, "ffn_hidden": 128, "readout_query": True},
+                     {"weight_decay": 0.1}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
