@@ -249,7 +249,15 @@ def quality_issue_parts() -> dict:
                      ("budget", [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps",
                                  "4000", "--batch", "12", "--seq", "64", "--variants",
                                  "v1char,bolted,tf_char", "--seeds", "0,1,2",
-                                 "--out-dir", "bench/out/ablate_4k"], 36000)],
+                                 "--out-dir", "bench/out/ablate_4k"], 36000),
+                     # where in the window the control's lead lives: loss by position, on
+                     # the budget jobs' runs (both must have finished)
+                     ("positions2k", [PY, "scripts/bench/position_loss.py", "--data", CHARS,
+                                      "--runs-dir", "bench/out/ablate_2k", "--models",
+                                      "v1char,bolted,tf_char", "--seeds", "0,1,2"], 3600),
+                     ("positions4k", [PY, "scripts/bench/position_loss.py", "--data", CHARS,
+                                      "--runs-dir", "bench/out/ablate_4k", "--models",
+                                      "v1char,bolted,tf_char", "--seeds", "0,1,2"], 3600)],
         "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
         "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
@@ -617,6 +625,39 @@ QUERY_NOTES = {"qry_g56_wd01": "the preset with the query readout, at its size: 
                "pay for the query's projection (900k), weight decay 0.1"}
 
 
+POSITIONS_INTRO = (
+    "Where in the window the differences live: the same runs' val loss (the same windows) "
+    "averaged per position t, t characters of context before the prediction, then over "
+    "positions on a doubling scale; paired by seed, mean ± sd over the 3 seeds. The mean over "
+    "all positions is each run's val loss above.")
+POSITIONS_LABELS = {"bolted": "v1-char minus control-bolted-char",
+                    "tf_char": "v1-char minus transformer-char"}
+
+
+def md_positions(part: dict) -> list:
+    """The position-bucket table of the positions jobs (nothing unless one ran)."""
+    results = [(label, steps, *_result(part, label))
+               for label, steps in (("positions2k", "2,000"), ("positions4k", "4,000"))]
+    results = [r for r in results if r[2]]
+    if not results:
+        return []
+    spans = results[0][2]["buckets"]
+    head = " | ".join(f"t = {lo}" if hi == lo + 1 else f"t = {lo}–{hi - 1}" for lo, hi in spans)
+    L = [POSITIONS_INTRO, "", f"| difference | steps | {head} |",
+         "|---|---:|" + "---:|" * len(spans)]
+    for other, what in POSITIONS_LABELS.items():
+        for _, steps, res, _ in results:
+            d = res["minus"].get(other)
+            if d:
+                cells = " | ".join(f"{m:+.3f} ± {sd:.3f}" if sd is not None else f"{m:+.3f}"
+                                   for m, sd in zip(d["mean"], d["sd"]))
+                L.append(f"| {what} | {steps} | {cells} |")
+    L.append("")
+    for _, _, _, run in results:
+        L += [f"Command: `{run['command']}`", ""]
+    return L
+
+
 def md_ablation(part: dict, screening: dict | None) -> list:
     L = ["## 6. Quality: the ablation path (char-level Shakespeare)", "",
          "Recipe: bytes tokenizer, the `shakespeare` corpus prepared with `--val-fraction 0.1` "
@@ -648,6 +689,7 @@ def md_ablation(part: dict, screening: dict | None) -> list:
     L += _rows_section(_result(part, "query"), QUERY_INTRO, notes=QUERY_NOTES)
     L += _job_section(part, "budget2k", "budget2k", BUDGET_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     L += _job_section(part, "budget", "budget", BUDGET_4K_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
+    L += md_positions(part)
     if screening:
         res, _ = screen = _result(screening)
         if res:
