@@ -762,19 +762,32 @@ def _job_section(part: dict, label: str, base_label: str, intro: str, notes: dic
             + _paired_lines(_job_variants(part, base_label, label), pairs))
 
 
+BPE_NOTES = {
+    "bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic, FFN 256), weight decay 0.01",
+    "bpe_tf_tiny": "transformer-tiny (parameter-matched), weight decay 0.01",
+    "bpe_tiny_g40": "tiny with v1-char's proportions: 40 groups of 4, FFN 60",
+    "bpe_tiny_g8": "tiny with half the bank: 8 groups of 4, FFN 321",
+    "bpe_tiny_wd01": "tiny at weight decay 0.1 (the tiny presets' default since)",
+    "bpe_tf_tiny_wd01": "transformer-tiny at weight decay 0.1",
+    "bpe_tiny_wd01_lr5": "tiny at weight decay 0.1 and LR 5e-3",
+    "bpe_tf_tiny_wd01_lr5": "transformer-tiny at weight decay 0.1 and LR 5e-3",
+    "bpe_tiny_wd01_lr8": "tiny at weight decay 0.1 and LR 8e-3",
+    "bpe_tf_tiny_wd01_lr8": "transformer-tiny at weight decay 0.1 and LR 8e-3",
+    "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)",
+    "bpe_bolted_tiny_wd01_lr5": "control-bolted-tiny at weight decay 0.1 and LR 5e-3"}
+
+BPE_BOLTED_INTRO = (
+    "tiny's bolted control (its output reads the raw oscillator state: R bypassed) at the "
+    "presets' defaults, LR 5e-3 and weight decay 0.1, on seeds 0-2: what the contract costs "
+    "on cl100k. Paired with the LR 5e-3 rows above.")
+BPE_BOLTED_PAIRS = [
+    ("bpe_tiny_wd01_lr5", "bpe_bolted_tiny_wd01_lr5", "tiny minus its bolted control"),
+    ("bpe_bolted_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
+     "the bolted control minus transformer-tiny")]
+
+
 def md_bpe(part: dict) -> list:
-    notes = {"bpe_tiny": "tiny (design 2, 16 groups of 4, 1 harmonic, FFN 256), weight decay 0.01",
-             "bpe_tf_tiny": "transformer-tiny (parameter-matched), weight decay 0.01",
-             "bpe_tiny_g40": "tiny with v1-char's proportions: 40 groups of 4, FFN 60",
-             "bpe_tiny_g8": "tiny with half the bank: 8 groups of 4, FFN 321",
-             "bpe_tiny_wd01": "tiny at weight decay 0.1 (the tiny presets' default since)",
-             "bpe_tf_tiny_wd01": "transformer-tiny at weight decay 0.1",
-             "bpe_tiny_wd01_lr5": "tiny at weight decay 0.1 and LR 5e-3",
-             "bpe_tf_tiny_wd01_lr5": "transformer-tiny at weight decay 0.1 and LR 5e-3",
-             "bpe_tiny_wd01_lr8": "tiny at weight decay 0.1 and LR 8e-3",
-             "bpe_tf_tiny_wd01_lr8": "transformer-tiny at weight decay 0.1 and LR 8e-3",
-             "bpe_tiny_d1": "tiny as 0.1 shipped it (design 1, 8 x 8, 3 harmonics)",
-             "bpe_bolted_tiny_wd01_lr5": "control-bolted-tiny at weight decay 0.1 and LR 5e-3"}
+    notes = BPE_NOTES
     result = _result(part)
     rows = _rows_section(result, "cl100k_base compacted to the 21,075 ids the corpus "
                          "uses; 500 steps x 16 x 128 = 1,024,000 tokens each, LR 3e-3 (the tiny "
@@ -813,13 +826,7 @@ def md_bpe(part: dict) -> list:
         ("bpe_tiny_wd01_lr8", "bpe_tiny_wd01_lr5", "LR 8e-3 minus 5e-3 (tiny)"),
         ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
          "tiny at LR 8e-3 minus transformer-tiny at 5e-3 (its best LR measured)")])
-    rows += _job_section(part, "bolted", "lr", "tiny's bolted control (its output reads the "
-                         "raw oscillator state: R bypassed) at the presets' defaults, LR 5e-3 "
-                         "and weight decay 0.1, on seeds 0-2: what the contract costs on "
-                         "cl100k.", notes, [
-        ("bpe_tiny_wd01_lr5", "bpe_bolted_tiny_wd01_lr5", "tiny minus its bolted control"),
-        ("bpe_bolted_tiny_wd01_lr5", "bpe_tf_tiny_wd01_lr5",
-         "the bolted control minus transformer-tiny")])
+    rows += _job_section(part, "bolted", "lr", BPE_BOLTED_INTRO, notes, BPE_BOLTED_PAIRS)
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
