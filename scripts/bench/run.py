@@ -239,6 +239,10 @@ def quality_issue_parts() -> dict:
                      ("query", [PY, "scripts/bench/ablation_rows.py", "--rows",
                                 "bench/out/ablate_exp/rows.jsonl", "--variants", "qry_g56_wd01",
                                 "--commit", "fa2925d"], 60),
+                     # more short memories in the bank (branch experiment-short-damping)
+                     ("short", [PY, "scripts/bench/ablation_rows.py", "--rows",
+                                "bench/out/ablate_exp/rows.jsonl", "--variants", "short_wd01",
+                                "--commit", "ab9c154"], 60),
                      # the three presets' models at the recipe's steps and at twice them
                      # (both at the recipe's weight decay 0.01): does the control's lead (or
                      # the transformer's deficit) shrink with training?
@@ -625,6 +629,17 @@ QUERY_NOTES = {"qry_g56_wd01": "the preset with the query readout, at its size: 
                "pay for the query's projection (900k), weight decay 0.1"}
 
 
+SHORT_INTRO = (
+    "More short memories, seed 0 (compare the preset's seed 0, `wide_g80_wd01` above). The "
+    "control's lead is in the last few characters (the position table below), so: does a bank "
+    "whose initial damping starts at 0.2 instead of 0.6 (memories from ~1.25 tokens, half "
+    "of the oscillators below the preset's fastest) read them better? Measured at commit "
+    "ab9c154 (branch `experiment-short-damping`, which defines `damping_init=\"short\"`); the "
+    "option was not kept.")
+SHORT_NOTES = {"short_wd01": "the preset with its damping spread linear from 0.2 (not 0.6) to "
+               "0.995, weight decay 0.1"}
+
+
 POSITIONS_INTRO = (
     "Where in the window the differences live: the same runs' val loss (the same windows) "
     "averaged per position t, t characters of context before the prediction, then over "
@@ -687,6 +702,7 @@ def md_ablation(part: dict, screening: dict | None) -> list:
                        "the same weight decay, and the preset at a higher weight decay.")
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
     L += _rows_section(_result(part, "query"), QUERY_INTRO, notes=QUERY_NOTES)
+    L += _rows_section(_result(part, "short"), SHORT_INTRO, notes=SHORT_NOTES)
     L += _job_section(part, "budget2k", "budget2k", BUDGET_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     L += _job_section(part, "budget", "budget", BUDGET_4K_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     L += md_positions(part)
