@@ -61,6 +61,8 @@ def damping_spread(count: int, mode: str):
     """Initial damping lambda from 0.6 to 0.995: memories of ~2.5 to ~200 tokens."""
     if mode == "log":
         return 1 - mx.exp(mx.linspace(math.log(0.4), math.log(0.005), count))
+    if mode == "short":  # experiment: down to 0.2 (memories from ~1.25 tokens)
+        return mx.linspace(0.2, 0.995, count)
     return mx.linspace(0.6, 0.995, count)
 
 

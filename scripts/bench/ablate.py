@@ -136,6 +136,9 @@ VARIANTS: dict = {
     "bolted_wide_g80_wd01": ("control-bolted-char", WIDE_G80, {"weight_decay": 0.1}),
     # is 0.1 near the best weight decay for it? (the preset at 0.2)
     "wide_g80_wd02": ("v1-char", WIDE_G80, {"weight_decay": 0.2}),
+    # the control's lead is in the last few characters (position_loss.py): does a bank with
+    # more short memories (damping from 0.2 instead of 0.6) read them better?
+    "short_wd01": ("v1-char", {**WIDE_G80, "damping_init": "short"}, {"weight_decay": 0.1}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
