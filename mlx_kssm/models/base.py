@@ -104,7 +104,7 @@ class ModelArgs:
                              f"{_version()} (it knows designs {', '.join(map(str, DESIGNS))}): "
                              "upgrade mlx-kssm to load this model")
         for name, allowed in (("rotation", ("fixed", "input")), ("squash", ("algebraic", "exp")),
-                              ("damping_init", ("linear", "log"))):
+                              ("damping_init", ("linear", "log", "short"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.u_bound not in ("soft", "hard"):
