@@ -280,7 +280,13 @@ def quality_issue_parts() -> dict:
                                            "--seeds", "0,1,2,3,4"], 36000),
                 # tiny's bolted control at the presets' defaults: the contract's price here
                 ("bolted", ablate_bpe + ["--variants", "bpe_bolted_tiny_wd01_lr5",
-                                         "--seeds", "0,1,2"], 36000)],
+                                         "--seeds", "0,1,2"], 36000),
+                # where in the window tiny's differences live (the runs above)
+                ("positions", [PY, "scripts/bench/position_loss.py", "--data",
+                               "data/prepared/bpe", "--runs-dir", "bench/out/ablate_bpe",
+                               "--models", "bpe_tiny_wd01_lr5,bpe_bolted_tiny_wd01_lr5,"
+                               "bpe_tf_tiny_wd01_lr5", "--seeds", "0,1,2", "--batch", "16",
+                               "--seq", "128", "--batches", "30"], 3600)],
         "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
         "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
@@ -640,27 +646,32 @@ SHORT_NOTES = {"short_wd01": "the preset with its damping spread linear from 0.2
                "0.995, weight decay 0.1"}
 
 
-POSITIONS_INTRO = (
-    "Where in the window the differences live: the same runs' val loss (the same windows) "
-    "averaged per position t, t characters of context before the prediction, then over "
-    "positions on a doubling scale; paired by seed, mean ± sd over the 3 seeds. The mean over "
-    "all positions is each run's val loss above.")
+def positions_intro(unit: str) -> str:
+    return ("Where in the window the differences live: the same runs' val loss (the same "
+            f"windows) averaged per position t, t {unit} of context before the prediction, then "
+            "over positions on a doubling scale; paired by seed, mean ± sd over the 3 seeds. The "
+            "mean over all positions is each run's val loss above.")
+
+
 POSITIONS_LABELS = {"bolted": "v1-char minus control-bolted-char",
                     "tf_char": "v1-char minus transformer-char"}
+BPE_POSITIONS_LABELS = {"bpe_bolted_tiny_wd01_lr5": "tiny minus its bolted control",
+                        "bpe_tf_tiny_wd01_lr5": "tiny minus transformer-tiny"}
 
 
-def md_positions(part: dict) -> list:
-    """The position-bucket table of the positions jobs (nothing unless one ran)."""
-    results = [(label, steps, *_result(part, label))
-               for label, steps in (("positions2k", "2,000"), ("positions4k", "4,000"))]
+def md_positions(part: dict, jobs=(("positions2k", "2,000"), ("positions4k", "4,000")),
+                 labels: dict = POSITIONS_LABELS, unit: str = "characters") -> list:
+    """The position-bucket table of the positions jobs (label, steps trained) that ran, one
+    row per compared model and job; nothing unless one ran."""
+    results = [(label, steps, *_result(part, label)) for label, steps in jobs]
     results = [r for r in results if r[2]]
     if not results:
         return []
     spans = results[0][2]["buckets"]
     head = " | ".join(f"t = {lo}" if hi == lo + 1 else f"t = {lo}–{hi - 1}" for lo, hi in spans)
-    L = [POSITIONS_INTRO, "", f"| difference | steps | {head} |",
+    L = [positions_intro(unit), "", f"| difference | steps | {head} |",
          "|---|---:|" + "---:|" * len(spans)]
-    for other, what in POSITIONS_LABELS.items():
+    for other, what in labels.items():
         for _, steps, res, _ in results:
             d = res["minus"].get(other)
             if d:
@@ -843,6 +854,7 @@ def md_bpe(part: dict) -> list:
         ("bpe_tiny_wd01_lr8", "bpe_tf_tiny_wd01_lr5",
          "tiny at LR 8e-3 minus transformer-tiny at 5e-3 (its best LR measured)")])
     rows += _job_section(part, "bolted", "lr", BPE_BOLTED_INTRO, notes, BPE_BOLTED_PAIRS)
+    rows += md_positions(part, (("positions", "500"),), BPE_POSITIONS_LABELS, "tokens")
     return ["## 8. Quality: compacted cl100k Shakespeare, tiny scale", ""] + rows
 
 
