@@ -33,7 +33,8 @@ def test_mean_over_positions_is_the_val_loss(tmp_path):
                          vocab_size=50)
     model = build_model("tiny", vocab_size=50, seed=0)
     save_model(tmp_path / "m", model)
-    losses, folder = position_loss.position_loss(tmp_path / "m", str(data), 3, 4, 16)
+    windows = position_loss.val_windows(str(data), 3, 4, 16)
+    losses, folder = position_loss.position_loss(tmp_path / "m", windows)
     assert losses.shape == (16,) and folder == tmp_path / "m"
     expected = evaluate_loss(model, eval_batches(TokenDataset(data, "val"), 3, 4, 16))["val_loss"]
     assert losses.mean() == pytest.approx(expected, rel=1e-5)

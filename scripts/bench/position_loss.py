@@ -35,24 +35,29 @@ def buckets(seq_len: int) -> list:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def position_loss(run_dir: Path, data: str, batches: int, batch: int, seq: int):
-    """(mean cross-entropy per position (seq,), the folder evaluated)."""
+def val_windows(data: str, batches: int, batch: int, seq: int) -> list:
+    """The trainer's fixed validation windows (mlx_kssm.data.loader.eval_batches)."""
+    from mlx_kssm.data import TokenDataset
+    from mlx_kssm.data.loader import eval_batches
+
+    return eval_batches(TokenDataset(data, "val"), batches, batch, seq)
+
+
+def position_loss(run_dir: Path, windows: list):
+    """(mean cross-entropy per position (seq,), the folder evaluated) over `windows`."""
     import mlx_kssm  # noqa: F401  (before mlx: loads OpenBLAS)
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
-    from mlx_kssm.data import TokenDataset
-    from mlx_kssm.data.loader import eval_batches
     from mlx_kssm.io import load_model, resolve_model_dir
 
     model, _ = load_model(run_dir)
-    total = np.zeros(seq)
-    windows = 0
-    for inputs, targets in eval_batches(TokenDataset(data, "val"), batches, batch, seq):
+    total, count = 0.0, 0
+    for inputs, targets in windows:
         ce = nn.losses.cross_entropy(model(mx.array(inputs)), mx.array(targets), reduction="none")
-        total += np.array(ce.sum(axis=0))
-        windows += ce.shape[0]
-    return total / windows, resolve_model_dir(run_dir)
+        total = total + np.array(ce.sum(axis=0))
+        count += ce.shape[0]
+    return total / count, resolve_model_dir(run_dir)
 
 
 def main():
@@ -69,13 +74,14 @@ def main():
     models = args.models.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     spans = buckets(args.seq)
+    windows = val_windows(args.data, args.batches, args.batch, args.seq)  # once, for every run
     per_run = {}
     for name in models:
         for seed in seeds:
             run_dir = Path(args.runs_dir) / name / f"seed{seed}"
             if not run_dir.is_dir():
                 continue
-            losses, folder = position_loss(run_dir, args.data, args.batches, args.batch, args.seq)
+            losses, folder = position_loss(run_dir, windows)
             per_run[(name, seed)] = {
                 "folder": str(folder), "val_loss": float(losses.mean()),
                 "buckets": [float(losses[lo:hi].mean()) for lo, hi in spans]}
