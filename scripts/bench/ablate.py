@@ -134,6 +134,14 @@ VARIANTS: dict = {
     # since (the char study's runs: its v1-char and control-bolted-char)
     "wide_g80_wd01": ("v1-char", WIDE_G80, {"weight_decay": 0.1}),
     "bolted_wide_g80_wd01": ("control-bolted-char", WIDE_G80, {"weight_decay": 0.1}),
+    # depth at the preset's size: 6 thinner layers (53 groups, FFN 64: 894k); the residual's
+    # width: d_model 160 (60 groups, FFN 96: 892k) or 96 (116 groups, FFN 128: 889k)
+    "l6_g53_wd01": ("v1-char", {"n_layers": 6, "n_groups": 53, "ffn_hidden": 64},
+                    {"weight_decay": 0.1}),
+    "d160_g60_wd01": ("v1-char", {"d_model": 160, "n_groups": 60, "ffn_hidden": 96},
+                      {"weight_decay": 0.1}),
+    "d96_g116_wd01": ("v1-char", {"d_model": 96, "n_groups": 116, "ffn_hidden": 128},
+                      {"weight_decay": 0.1}),
     # is 0.1 near the best weight decay for it? (the preset at 0.2)
     "wide_g80_wd02": ("v1-char", WIDE_G80, {"weight_decay": 0.2}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
@@ -149,7 +157,11 @@ VARIANTS: dict = {
     # (branch experiment-gdrive2, the same options on a later main), `prevr_g75_wd01` and
     # `prevu_g75_wd01` (only an R of that earlier state) at b1615d6 / 1d349dd (the same branch),
     # `iso_wd01` and `iso0_wd01` (isochron phases) at 4b146e5 (branch experiment-isochron):
-    # bench/RESULTS.md section 6, "Where the control's lead lives"
+    # bench/RESULTS.md section 6, "Where the control's lead lives"; `lru_wd01`, `z0s_wd01`
+    # (branch experiment-drive), `gold_wd01` (experiment-omega), `fixd_g106_wd01`
+    # (experiment-fixdamp), `zg_wd01` (experiment-combo), `k2_wd01` (experiment-k2),
+    # `fg_g67_wd01` (experiment-fgate), `before_wd01` and `bolted_before_wd01`
+    # (experiment-before) are defined on their branches
 }
 
 

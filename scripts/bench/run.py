@@ -243,6 +243,18 @@ def quality_issue_parts() -> dict:
                      ("short", [PY, "scripts/bench/ablation_rows.py", "--rows",
                                 "bench/out/ablate_exp/rows.jsonl", "--variants", "short_wd01",
                                 "--commit", "ab9c154"], 60),
+                     # seed-0 screens of the drive, the initial state, the frequencies, the
+                     # damping and the depth (branches experiment-drive ... experiment-combo)
+                     ("screens", [PY, "scripts/bench/ablation_rows.py", "--rows",
+                                  "bench/out/ablate_exp/rows.jsonl", "--variants",
+                                  "lru_wd01,z0s_wd01,gold_wd01,zg_wd01,fixd_g106_wd01,"
+                                  "k2_wd01,l6_g53_wd01,d160_g60_wd01,d96_g116_wd01",
+                                  "--commit", "several"], 60),
+                     # two readouts over 3 seeds: a feature gate, the state before the token
+                     ("readouts", [PY, "scripts/bench/ablation_rows.py", "--rows",
+                                   "bench/out/ablate_exp/rows.jsonl", "--variants",
+                                   "fg_g67_wd01,before_wd01,bolted_before_wd01",
+                                   "--commit", "several"], 60),
                      # the three presets' models at the recipe's steps and at twice them
                      # (both at the recipe's weight decay 0.01): does the control's lead (or
                      # the transformer's deficit) shrink with training?
@@ -646,6 +658,53 @@ SHORT_NOTES = {"short_wd01": "the preset with its damping spread linear from 0.2
                "0.995, weight decay 0.1"}
 
 
+SCREENS_INTRO = (
+    "Nine more single changes, seed 0 (compare the preset's seed 0, `wide_g80_wd01` above: "
+    "1.6887; the seed sd is ~0.007). Two test the hypothesis that a slow oscillator's phase is "
+    "held by its initial state rather than moved by its input (LRU drive normalization, a small "
+    "z0), one that the preset ties each group's frequency to its damping (`omega_init`: "
+    "the slowest groups turn by ~pi a token, the middle ones not at all), one whether the "
+    "damping needs to be selective, one the coupling's range, three depth and width at the "
+    "same size. Measured at commits 4cd8910 (`lru_wd01`, `z0s_wd01`, branch "
+    "`experiment-drive`), 2836f8c (`gold_wd01`, `experiment-omega`), 9798acb "
+    "(`fixd_g106_wd01`, `experiment-fixdamp`), 7862e8a (`zg_wd01`, `experiment-combo`; each "
+    "branch holds the options of the one before), bc4994f (`k2_wd01`, `experiment-k2`) and "
+    "main (`l6_g53_wd01`, `d160_g60_wd01`, `d96_g116_wd01`); the options were not kept.")
+SCREENS_NOTES = {
+    "lru_wd01": "the drive c = sqrt(1 - lambda^2) b (the LRU's normalization) instead of "
+                "(1 - lambda) b: 20x the input for the slowest oscillators",
+    "z0s_wd01": "the learned initial state z0 starts at amplitude 0.05 instead of 1",
+    "gold_wd01": "each group's frequency from a golden-ratio sequence, independent of its "
+                 "damping (the 4 oscillators of a group still adjacent)",
+    "zg_wd01": "z0s and gold together",
+    "fixd_g106_wd01": "lambda a learned constant per oscillator, not computed from x_t (the "
+                      "LRU's choice); the N x d projection saved buys 106 groups (895k)",
+    "k2_wd01": "coupling K = 2 sigmoid(.) in [0, 2] instead of [0, 1]: a group's deviations "
+               "from its mean may flip sign (anti-phase), still inside the bound",
+    "l6_g53_wd01": "6 thinner layers: 53 groups, FFN 64 (894k)",
+    "d160_g60_wd01": "a wider residual stream: d_model 160, 60 groups, FFN 96 (892k)",
+    "d96_g116_wd01": "a narrower one: d_model 96, 116 groups, FFN 128 (889k)",
+}
+
+READOUTS_INTRO = (
+    "Two readouts over 3 seeds (compare the preset's seeds, `wide_g80_wd01` above: 1.6887 "
+    "1.6752 1.6841). `fg_g67_wd01` scales each order-parameter feature by 2 sigmoid(W x_t) "
+    "from the current layer input before out_proj: which groups' order parameters this token "
+    "reads (commit 82aca40, branch `experiment-fgate`). `before_wd01` reads the order "
+    "parameters of z_{t-1}, the state before the current token, instead of z_t's: the bank "
+    "then reports only context, and the current token reaches the output through the residual "
+    "and the gate (commit 0b0a771, branch `experiment-before`, and its bolted control at the "
+    "branch's head, 2be029d). Both stay inside the contract: nothing of earlier tokens "
+    "reaches the output without the order parameters, forcing sets the R that is read, and "
+    "cached decoding gives the full forward's logits. Neither was kept: the causality suite "
+    "on these runs is in docs/model.md (\"What the contract costs\").")
+READOUTS_NOTES = {
+    "fg_g67_wd01": "the preset with the feature gate, 67 groups to keep its size (893k)",
+    "before_wd01": "the preset reading z_{t-1} instead of z_t (897k)",
+    "bolted_before_wd01": "its bolted control: the raw state before the token (1.10M)",
+}
+
+
 def positions_intro(unit: str) -> str:
     return ("Where in the window the differences live: the same runs' val loss (the same "
             f"windows) averaged per position t, t {unit} of context before the prediction, then "
@@ -714,6 +773,8 @@ def md_ablation(part: dict, screening: dict | None) -> list:
     L += _rows_section(_result(part, "lead"), LEAD_INTRO)
     L += _rows_section(_result(part, "query"), QUERY_INTRO, notes=QUERY_NOTES)
     L += _rows_section(_result(part, "short"), SHORT_INTRO, notes=SHORT_NOTES)
+    L += _rows_section(_result(part, "screens"), SCREENS_INTRO, notes=SCREENS_NOTES)
+    L += _rows_section(_result(part, "readouts"), READOUTS_INTRO, notes=READOUTS_NOTES)
     L += _job_section(part, "budget2k", "budget2k", BUDGET_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     L += _job_section(part, "budget", "budget", BUDGET_4K_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     L += md_positions(part)
