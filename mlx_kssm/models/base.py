@@ -54,6 +54,10 @@ class ModelArgs:
     # transcendental functions that dominate a step on CPUs
     squash: str = "algebraic"
     damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
+    # the drive's scale: "damping" c = (1 - lambda) b; "lru" c = sqrt(1 - lambda^2) b (the LRU's
+    # normalization: a slow oscillator's phase is moved by its input, not held by z0)
+    drive_norm: str = "damping"
+    z0_scale: float = 1.0  # amplitude of the learned initial state at init
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
     bistable: bool = False
@@ -103,7 +107,8 @@ class ModelArgs:
                              f"{_version()} (it knows designs {', '.join(map(str, DESIGNS))}): "
                              "upgrade mlx-kssm to load this model")
         for name, allowed in (("rotation", ("fixed", "input")), ("squash", ("algebraic", "exp")),
-                              ("damping_init", ("linear", "log"))):
+                              ("damping_init", ("linear", "log")),
+                              ("drive_norm", ("damping", "lru"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.u_bound not in ("soft", "hard"):

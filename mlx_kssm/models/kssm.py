@@ -106,6 +106,8 @@ class OscillatorBankBase(nn.Module):
             g = parts[4]
             gate = g * self._prob(g)  # silu for "exp"
         drive = 1 - lam
+        if self.args.drive_norm == "lru":
+            drive = mx.sqrt(drive * (1 + lam))
         scan_in = (lam * mx.cos(alpha), lam * mx.sin(alpha), k, drive * br, drive * bi)
         return scan_in, gate, aux
 
@@ -152,7 +154,7 @@ class OscillatorBank(OscillatorBankBase):
         self.lambda_bias = self._logit(damping_spread(N, args.damping_init)).reshape(G, n)
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
-        self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
+        self.z0 = args.z0_scale * mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
         if args.readout == "bolted":
             self.out_proj = nn.Linear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)
