@@ -57,6 +57,7 @@ class ModelArgs:
     # the drive's scale: "damping" c = (1 - lambda) b; "lru" c = sqrt(1 - lambda^2) b (the LRU's
     # normalization: a slow oscillator's phase is moved by its input, not held by z0)
     drive_norm: str = "damping"
+    omega_init: str = "linear"  # rotation spread: "linear" (tied to the damping) or "golden"
     z0_scale: float = 1.0  # amplitude of the learned initial state at init
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
@@ -108,7 +109,8 @@ class ModelArgs:
                              "upgrade mlx-kssm to load this model")
         for name, allowed in (("rotation", ("fixed", "input")), ("squash", ("algebraic", "exp")),
                               ("damping_init", ("linear", "log")),
-                              ("drive_norm", ("damping", "lru"))):
+                              ("drive_norm", ("damping", "lru")),
+                              ("omega_init", ("linear", "golden"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.u_bound not in ("soft", "hard"):

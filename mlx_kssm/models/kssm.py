@@ -64,6 +64,19 @@ def damping_spread(count: int, mode: str):
     return mx.linspace(0.6, 0.995, count)
 
 
+def omega_spread(G: int, n: int, mode: str):
+    """Initial rotation angles (G, n) over [-pi, pi). "linear": in the order of the damping
+    spread, so a group's rate of decay fixes its frequency (the slowest turn by ~pi a token);
+    "golden": each group's frequency set by a golden-ratio sequence, independent of its
+    damping, its n oscillators adjacent as in "linear"."""
+    N = G * n
+    step = 2 * math.pi / N
+    if mode == "golden":
+        base = (mx.arange(G) * 0.6180339887498949) % 1.0
+        return -math.pi + 2 * math.pi * base[:, None] + step * mx.arange(n)[None, :]
+    return mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
+
+
 class OscillatorBankBase(nn.Module):
     """An oscillator bank but for its scan and cache: the scan's inputs and the output gate
     from the current layer input x_t alone, the initial state, and the layer's output from the
@@ -150,7 +163,7 @@ class OscillatorBank(OscillatorBankBase):
                                                 b[coupling_start + G:]])
         # natural frequencies spread over (-pi, pi); damping spread so the bank has memories
         # from a few tokens to a few hundred (like S4D/LRU initializations)
-        self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
+        self.omega = omega_spread(G, n, args.omega_init)
         self.lambda_bias = self._logit(damping_spread(N, args.damping_init)).reshape(G, n)
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))

@@ -111,6 +111,7 @@ VARIANTS: dict = {
     # experiment-drive: the drive's normalization and the initial state's amplitude
     "lru_wd01": ("v1-char", {**WIDE_G80, "drive_norm": "lru"}, {"weight_decay": 0.1}),
     "z0s_wd01": ("v1-char", {**WIDE_G80, "z0_scale": 0.05}, {"weight_decay": 0.1}),
+    "gold_wd01": ("v1-char", {**WIDE_G80, "omega_init": "golden"}, {"weight_decay": 0.1}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),
