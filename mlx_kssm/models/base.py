@@ -58,7 +58,8 @@ class ModelArgs:
     # normalization: a slow oscillator's phase is moved by its input, not held by z0)
     drive_norm: str = "damping"
     omega_init: str = "linear"  # rotation spread: "linear" (tied to the damping) or "golden"
-    z0_scale: float = 1.0  # amplitude of the learned initial state at init
+    z0_scale: float = 1.0
+    damping: str = "input"  # "input": lambda_t from x_t; "fixed": a learned constant per oscillator  # amplitude of the learned initial state at init
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
     bistable: bool = False
@@ -110,7 +111,8 @@ class ModelArgs:
         for name, allowed in (("rotation", ("fixed", "input")), ("squash", ("algebraic", "exp")),
                               ("damping_init", ("linear", "log")),
                               ("drive_norm", ("damping", "lru")),
-                              ("omega_init", ("linear", "golden"))):
+                              ("omega_init", ("linear", "golden")),
+                              ("damping", ("input", "fixed"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.u_bound not in ("soft", "hard"):

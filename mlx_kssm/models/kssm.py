@@ -47,7 +47,8 @@ def projection_sizes(args: "ModelArgs") -> tuple:  # quoted: the mlx-lm export c
     re, drive im, coupling (G logits, or the 10 bistable projections), [gate (args.gate)]."""
     N = args.n_oscillators
     coupling = N_PROJECTIONS if args.bistable else args.n_groups
-    return ((N,) if args.rotation == "input" else ()) + (N, N, N, coupling) + (
+    damping = (N,) if args.damping == "input" else ()
+    return ((N,) if args.rotation == "input" else ()) + damping + (N, N, coupling) + (
         (args.d_model,) if args.gate else ())
 
 
@@ -105,7 +106,11 @@ class OscillatorBankBase(nn.Module):
             alpha = nn.softplus(self.dt_raw) * (self.omega + delta)
         else:
             alpha = nn.softplus(self.dt_raw) * self.omega
-        lam = self._prob(parts[0].reshape(shape) + self.lambda_bias)
+        if self.args.damping == "input":
+            lam, parts = self._prob(parts[0].reshape(shape) + self.lambda_bias), parts[1:]
+        else:  # a learned constant per oscillator: the LRU's choice
+            lam = mx.broadcast_to(self._prob(self.lambda_bias), shape)
+        parts = [None] + list(parts)  # keep the indices below
         br, bi = self._unit(parts[1]).reshape(shape), self._unit(parts[2]).reshape(shape)
         aux = {}
         if self.args.bistable:

@@ -112,6 +112,12 @@ VARIANTS: dict = {
     "lru_wd01": ("v1-char", {**WIDE_G80, "drive_norm": "lru"}, {"weight_decay": 0.1}),
     "z0s_wd01": ("v1-char", {**WIDE_G80, "z0_scale": 0.05}, {"weight_decay": 0.1}),
     "gold_wd01": ("v1-char", {**WIDE_G80, "omega_init": "golden"}, {"weight_decay": 0.1}),
+    # experiment-fixdamp: lambda a learned constant per oscillator (not from x_t), the N x d
+    # projection it saves spent on oscillators (106 groups) or on the MLP (FFN 288)
+    "fixd_g106_wd01": ("v1-char", {"n_groups": 106, "ffn_hidden": 128, "damping": "fixed"},
+                       {"weight_decay": 0.1}),
+    "fixd_f288_wd01": ("v1-char", {"n_groups": 80, "ffn_hidden": 288, "damping": "fixed"},
+                       {"weight_decay": 0.1}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),
