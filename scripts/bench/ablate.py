@@ -118,6 +118,12 @@ VARIANTS: dict = {
                        {"weight_decay": 0.1}),
     "fixd_f288_wd01": ("v1-char", {"n_groups": 80, "ffn_hidden": 288, "damping": "fixed"},
                        {"weight_decay": 0.1}),
+    # experiment-combo: the two init changes that screened best, together (small z0, golden
+    # frequencies), and the bolted control with them
+    "zg_wd01": ("v1-char", {**WIDE_G80, "z0_scale": 0.05, "omega_init": "golden"},
+                {"weight_decay": 0.1}),
+    "bolted_zg_wd01": ("control-bolted-char", {**WIDE_G80, "z0_scale": 0.05,
+                                               "omega_init": "golden"}, {"weight_decay": 0.1}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),
