@@ -59,6 +59,7 @@ class ModelArgs:
     drive_norm: str = "damping"
     omega_init: str = "linear"  # rotation spread: "linear" (tied to the damping) or "golden"
     z0_scale: float = 1.0
+    feature_gate: bool = False  # order-parameter features times 2 prob(W x_t) before out_proj
     damping: str = "input"  # "input": lambda_t from x_t; "fixed": a learned constant per oscillator  # amplitude of the learned initial state at init
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core

@@ -178,6 +178,8 @@ class OscillatorBank(OscillatorBankBase):
             self.state_norm = nn.RMSNorm(2 * N)
         else:
             self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
+        if args.feature_gate:  # each feature scaled by 2 sigmoid(.) of the current input
+            self.feature_gate = nn.Linear(args.d_model, 3 * args.harmonics * G)
         # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
         self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it
@@ -209,6 +211,10 @@ class OscillatorBank(OscillatorBankBase):
         if cache is not None:
             cache.state = (zr[:, -1], zi[:, -1])
         features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)
+        if self.args.feature_gate:
+            # from x_t alone: which groups' order parameters this token reads
+            fg = self.feature_gate(self.norm(x)).reshape(features.shape)
+            features = features * (2 * self._prob(fg))
         if self.ablate_readout:
             features = mx.zeros_like(features)
         return self._output(x, features, r, zr, zi, gate), r, aux

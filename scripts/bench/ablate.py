@@ -124,6 +124,10 @@ VARIANTS: dict = {
                 {"weight_decay": 0.1}),
     "bolted_zg_wd01": ("control-bolted-char", {**WIDE_G80, "z0_scale": 0.05,
                                                "omega_init": "golden"}, {"weight_decay": 0.1}),
+    # experiment-fgate: each order-parameter feature scaled by 2 prob(W x_t), from the current
+    # layer input alone (which groups this token reads), 67 groups to keep the size (893k)
+    "fg_g67_wd01": ("v1-char", {"n_groups": 67, "ffn_hidden": 128, "feature_gate": True},
+                    {"weight_decay": 0.1}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),
