@@ -54,6 +54,7 @@ class ModelArgs:
     # transcendental functions that dominate a step on CPUs
     squash: str = "algebraic"
     damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
+    read_state: str = "after"  # the readout reads z_t ("after" the token) or z_{t-1} ("before")
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
     bistable: bool = False

@@ -188,6 +188,11 @@ class OscillatorBank(OscillatorBankBase):
                                      kernel=self.scan_kernel)
         if cache is not None:
             cache.state = (zr[:, -1], zi[:, -1])
+        if self.args.read_state == "before":
+            # the states before each token (z0 or the cache's, then z_<T-1): the bank reports
+            # only context, the current token reaches the output through the residual and gate
+            zr = mx.concatenate([z0r[:, None], zr[:, :-1]], axis=1)
+            zi = mx.concatenate([z0i[:, None], zi[:, :-1]], axis=1)
         features, r = order_parameters(*unit_phasors(zr, zi), self.H, force_r)
         if self.ablate_readout:
             features = mx.zeros_like(features)
