@@ -111,6 +111,9 @@ VARIANTS: dict = {
     # experiment-before: the readout reads the state before each token (z_{t-1}) instead of
     # after it, at the preset's size
     "before_wd01": ("v1-char", {**WIDE_G80, "read_state": "before"}, {"weight_decay": 0.1}),
+    # and its bolted control (the raw state before each token)
+    "bolted_before_wd01": ("control-bolted-char", {**WIDE_G80, "read_state": "before"},
+                           {"weight_decay": 0.1}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),
