@@ -54,6 +54,7 @@ class ModelArgs:
     # transcendental functions that dominate a step on CPUs
     squash: str = "algebraic"
     damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
+    coupling_range: float = 1.0  # K = coupling_range * sigmoid(.): up to 2 lets a group anti-phase
     coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
     bistable: bool = False

@@ -100,7 +100,7 @@ class OscillatorBankBase(nn.Module):
                                    self.args.lambda_logu, self.args.core_box)
             k = mx.broadcast_to((2 * mx.sigmoid(u))[..., None, None], (B, T, self.G, 1))
         else:
-            k = mx.sigmoid(parts[3])[..., None]
+            k = self.args.coupling_range * mx.sigmoid(parts[3])[..., None]
         gate = None
         if self.args.gate:
             g = parts[4]

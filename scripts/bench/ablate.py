@@ -108,6 +108,9 @@ VARIANTS: dict = {
     # price of the contract on cl100k, paired with bpe_tiny_wd01_lr5's seeds
     "bpe_bolted_tiny_wd01_lr5": ("control-bolted-tiny", TINY_G16, {"weight_decay": 0.1,
                                                                   "learning_rate": 5e-3}),
+    # experiment-k2: coupling K in [0, 2] instead of [0, 1] (deviations from the group mean
+    # may flip sign: anti-phase), still inside the bound (docs/model.md)
+    "k2_wd01": ("v1-char", {**WIDE_G80, "coupling_range": 2.0}, {"weight_decay": 0.1}),
     # earlier screening names kept for bench/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),
