@@ -694,9 +694,10 @@ READOUTS_INTRO = (
     "parameters of z_{t-1}, the state before the current token, instead of z_t's: the bank "
     "then reports only context, and the current token reaches the output through the residual "
     "and the gate (commit 0b0a771, branch `experiment-before`, and its bolted control at the "
-    "branch's head, 2be029d). Both stay inside the contract: nothing of earlier tokens "
-    "reaches the output without the order parameters, forcing sets the R that is read, and "
-    "cached decoding gives the full forward's logits. Neither was kept: the causality suite "
+    "branch's head, 2be029d). Both stay inside the contract, as checked on their branches "
+    "(tiny, 2 x 10 tokens): with the features zeroed, earlier tokens change nothing; forcing "
+    "gives R = r exactly; token-by-token cached decoding matches the full forward to 3e-6. "
+    "Neither was kept: the causality suite "
     "on these runs is in docs/model.md (\"What the contract costs\").")
 READOUTS_NOTES = {
     "fg_g67_wd01": "the preset with the feature gate, 67 groups to keep its size (893k)",
