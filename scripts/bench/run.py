@@ -244,7 +244,8 @@ def quality_issue_parts() -> dict:
                                 "bench/out/ablate_exp/rows.jsonl", "--variants", "short_wd01",
                                 "--commit", "ab9c154"], 60),
                      # seed-0 screens of the drive, the initial state, the frequencies, the
-                     # damping and the depth (branches experiment-drive ... experiment-combo)
+                     # damping, the coupling's range, depth and width (branches
+                     # experiment-drive .. experiment-combo and experiment-k2, and main)
                      ("screens", [PY, "scripts/bench/ablation_rows.py", "--rows",
                                   "bench/out/ablate_exp/rows.jsonl", "--variants",
                                   "lru_wd01,z0s_wd01,gold_wd01,zg_wd01,fixd_g106_wd01,"
@@ -669,7 +670,8 @@ SCREENS_INTRO = (
     "`experiment-drive`), 2836f8c (`gold_wd01`, `experiment-omega`), 9798acb "
     "(`fixd_g106_wd01`, `experiment-fixdamp`), 7862e8a (`zg_wd01`, `experiment-combo`; each "
     "branch holds the options of the one before), bc4994f (`k2_wd01`, `experiment-k2`) and "
-    "main (`l6_g53_wd01`, `d160_g60_wd01`, `d96_g116_wd01`); the options were not kept.")
+    "main (`l6_g53_wd01`, `d160_g60_wd01`, `d96_g116_wd01`: preset options only, defined "
+    "since 00c178e); the options were not kept.")
 SCREENS_NOTES = {
     "lru_wd01": "the drive c = sqrt(1 - lambda^2) b (the LRU's normalization) instead of "
                 "(1 - lambda) b: 20x the input for the slowest oscillators",
