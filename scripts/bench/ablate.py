@@ -142,6 +142,11 @@ VARIANTS: dict = {
                       {"weight_decay": 0.1}),
     "d96_g116_wd01": ("v1-char", {"d_model": 96, "n_groups": 116, "ffn_hidden": 128},
                       {"weight_decay": 0.1}),
+    # the rotation computed from x_t too (design 1's, with design 2's gate and squashes): the
+    # damping's selectivity matters (fixd_g106_wd01), does the frequency's? 64 groups pay for
+    # its N x d projection (897k)
+    "rotin_g64_wd01": ("v1-char", {"n_groups": 64, "ffn_hidden": 128, "rotation": "input"},
+                       {"weight_decay": 0.1}),
     # is 0.1 near the best weight decay for it? (the preset at 0.2)
     "wide_g80_wd02": ("v1-char", WIDE_G80, {"weight_decay": 0.2}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
