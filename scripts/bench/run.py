@@ -244,12 +244,13 @@ def quality_issue_parts() -> dict:
                                 "bench/out/ablate_exp/rows.jsonl", "--variants", "short_wd01",
                                 "--commit", "ab9c154"], 60),
                      # seed-0 screens of the drive, the initial state, the frequencies, the
-                     # damping, the coupling's range, depth and width (branches
+                     # damping and rotation, the coupling's range, depth and width (branches
                      # experiment-drive .. experiment-combo and experiment-k2, and main)
                      ("screens", [PY, "scripts/bench/ablation_rows.py", "--rows",
                                   "bench/out/ablate_exp/rows.jsonl", "--variants",
                                   "lru_wd01,z0s_wd01,gold_wd01,zg_wd01,fixd_g106_wd01,"
-                                  "k2_wd01,l6_g53_wd01,d160_g60_wd01,d96_g116_wd01",
+                                  "rotin_g64_wd01,k2_wd01,l6_g53_wd01,d160_g60_wd01,"
+                                  "d96_g116_wd01",
                                   "--commit", "several"], 60),
                      # two readouts over 3 seeds: a feature gate, the state before the token
                      ("readouts", [PY, "scripts/bench/ablation_rows.py", "--rows",
@@ -660,18 +661,18 @@ SHORT_NOTES = {"short_wd01": "the preset with its damping spread linear from 0.2
 
 
 SCREENS_INTRO = (
-    "Nine more single changes, seed 0 (compare the preset's seed 0, `wide_g80_wd01` above: "
+    "Ten more single changes, seed 0 (compare the preset's seed 0, `wide_g80_wd01` above: "
     "1.6887; the seed sd is ~0.007). Two test the hypothesis that a slow oscillator's phase is "
     "held by its initial state rather than moved by its input (LRU drive normalization, a small "
     "z0), one that the preset ties each group's frequency to its damping (`omega_init`: "
-    "the slowest groups turn by ~pi a token, the middle ones not at all), one whether the "
-    "damping needs to be selective, one the coupling's range, three depth and width at the "
+    "the slowest groups turn by ~pi a token, the middle ones not at all), two whether the "
+    "damping and the rotation should be selective, one the coupling's range, three depth and width at the "
     "same size. Measured at commits 4cd8910 (`lru_wd01`, `z0s_wd01`, branch "
     "`experiment-drive`), 2836f8c (`gold_wd01`, `experiment-omega`), 9798acb "
     "(`fixd_g106_wd01`, `experiment-fixdamp`), 7862e8a (`zg_wd01`, `experiment-combo`; each "
     "branch holds the options of the one before), bc4994f (`k2_wd01`, `experiment-k2`) and "
-    "main (`l6_g53_wd01`, `d160_g60_wd01`, `d96_g116_wd01`: preset options only, defined "
-    "since 00c178e); the options were not kept.")
+    "main (`rotin_g64_wd01`, `l6_g53_wd01`, `d160_g60_wd01`, `d96_g116_wd01`: preset options "
+    "only, defined since 00c178e and 90f2e2d); the options were not kept.")
 SCREENS_NOTES = {
     "lru_wd01": "the drive c = sqrt(1 - lambda^2) b (the LRU's normalization) instead of "
                 "(1 - lambda) b: 20x the input for the slowest oscillators",
@@ -681,6 +682,8 @@ SCREENS_NOTES = {
     "zg_wd01": "z0s and gold together",
     "fixd_g106_wd01": "lambda a learned constant per oscillator, not computed from x_t (the "
                       "LRU's choice); the N x d projection saved buys 106 groups (895k)",
+    "rotin_g64_wd01": "the rotation computed from x_t too (design 1's, with design 2's gate and "
+                      "squashes); 64 groups pay for its projection (897k)",
     "k2_wd01": "coupling K = 2 sigmoid(.) in [0, 2] instead of [0, 1]: a group's deviations "
                "from its mean may flip sign (anti-phase), still inside the bound",
     "l6_g53_wd01": "6 thinner layers: 53 groups, FFN 64 (894k)",
