@@ -255,7 +255,7 @@ def quality_issue_parts() -> dict:
                      # two readouts over 3 seeds: a feature gate, the state before the token
                      ("readouts", [PY, "scripts/bench/ablation_rows.py", "--rows",
                                    "bench/out/ablate_exp/rows.jsonl", "--variants",
-                                   "fg_g67_wd01,before_wd01,bolted_before_wd01",
+                                   "wide_g80_wd01,fg_g67_wd01,before_wd01,bolted_before_wd01",
                                    "--commit", "several"], 60),
                      # the three presets' models at the recipe's steps and at twice them
                      # (both at the recipe's weight decay 0.01): does the control's lead (or
@@ -692,8 +692,9 @@ SCREENS_NOTES = {
 }
 
 READOUTS_INTRO = (
-    "Two readouts over 3 seeds (compare the preset's seeds, `wide_g80_wd01` above: 1.6887 "
-    "1.6752 1.6841). `fg_g67_wd01` scales each order-parameter feature by 2 sigmoid(W x_t) "
+    "Two readouts over 3 and 5 seeds (compare the preset's seeds 0-2, `wide_g80_wd01` above: "
+    "1.6887 1.6752 1.6841; its seeds 3 and 4 were trained for the feature gate's and are the "
+    "`wide_g80_wd01` row here). `fg_g67_wd01` scales each order-parameter feature by 2 sigmoid(W x_t) "
     "from the current layer input before out_proj: which groups' order parameters this token "
     "reads (commit 82aca40, branch `experiment-fgate`). `before_wd01` reads the order "
     "parameters of z_{t-1}, the state before the current token, instead of z_t's: the bank "
@@ -705,6 +706,7 @@ READOUTS_INTRO = (
     "Neither was kept: the causality suite "
     "on these runs is in docs/model.md (\"What the contract costs\").")
 READOUTS_NOTES = {
+    "wide_g80_wd01": "the preset (v1-char), seeds 3 and 4",
     "fg_g67_wd01": "the preset with the feature gate, 67 groups to keep its size (893k)",
     "before_wd01": "the preset reading z_{t-1} instead of z_t (897k)",
     "bolted_before_wd01": "its bolted control: the raw state before the token (1.10M)",
