@@ -217,6 +217,10 @@ def quality_issue_parts() -> dict:
     finished, so a rerun only collects (hours of training when the folders are gone)."""
     ablate = [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
               "--seq", "64"]
+    def exp_rows(variants: str, commit: str = "several") -> list:
+        """Summarize rows that ablate.py appended to bench/out/ablate_exp (experiments)."""
+        return [PY, "scripts/bench/ablation_rows.py", "--rows", "bench/out/ablate_exp/rows.jsonl",
+                "--variants", variants, "--commit", commit]
     # compacted cl100k at tiny scale: 1,024,000 tokens a run, 30 val batches
     ablate_bpe = [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe", "--steps", "500",
                   "--batch", "16", "--seq", "128", "--val-batches", "30",
@@ -234,29 +238,21 @@ def quality_issue_parts() -> dict:
                      ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
                                *_study_args(STUDY_ROWS_G64 + STUDY_ROWS_NOW),
                                "--variants", LEAD_ROWS, "--commit", "several"], 60),
-                     # the query readout (branch experiment-query, commit fa2925d): a screen
-                     # whose option was not kept, so its row is summarized, not rerun
-                     ("query", [PY, "scripts/bench/ablation_rows.py", "--rows",
-                                "bench/out/ablate_exp/rows.jsonl", "--variants", "qry_g56_wd01",
-                                "--commit", "fa2925d"], 60),
+                     # screens on experiment branches whose options were not kept: their
+                     # rows are summarized, not rerun. The query readout (commit fa2925d)
+                     ("query", exp_rows("qry_g56_wd01", "fa2925d"), 60),
                      # more short memories in the bank (branch experiment-short-damping)
-                     ("short", [PY, "scripts/bench/ablation_rows.py", "--rows",
-                                "bench/out/ablate_exp/rows.jsonl", "--variants", "short_wd01",
-                                "--commit", "ab9c154"], 60),
+                     ("short", exp_rows("short_wd01", "ab9c154"), 60),
                      # seed-0 screens of the drive, the initial state, the frequencies, the
                      # damping and rotation, the coupling's range, depth and width (branches
                      # experiment-drive .. experiment-combo and experiment-k2, and main)
-                     ("screens", [PY, "scripts/bench/ablation_rows.py", "--rows",
-                                  "bench/out/ablate_exp/rows.jsonl", "--variants",
-                                  "lru_wd01,z0s_wd01,gold_wd01,zg_wd01,fixd_g106_wd01,"
-                                  "rotin_g64_wd01,k2_wd01,l6_g53_wd01,d160_g60_wd01,"
-                                  "d96_g116_wd01",
-                                  "--commit", "several"], 60),
-                     # two readouts over 3 seeds: a feature gate, the state before the token
-                     ("readouts", [PY, "scripts/bench/ablation_rows.py", "--rows",
-                                   "bench/out/ablate_exp/rows.jsonl", "--variants",
-                                   "wide_g80_wd01,fg_g67_wd01,before_wd01,bolted_before_wd01",
-                                   "--commit", "several"], 60),
+                     ("screens", exp_rows("lru_wd01,z0s_wd01,gold_wd01,zg_wd01,fixd_g106_wd01,"
+                                          "rotin_g64_wd01,k2_wd01,l6_g53_wd01,d160_g60_wd01,"
+                                          "d96_g116_wd01"), 60),
+                     # two readouts over 3 and 5 seeds (a feature gate, the state before the
+                     # token), with the preset's seeds 3-4 that pair with the gate's
+                     ("readouts", exp_rows("wide_g80_wd01,fg_g67_wd01,before_wd01,"
+                                           "bolted_before_wd01"), 60),
                      # the three presets' models at the recipe's steps and at twice them
                      # (both at the recipe's weight decay 0.01): does the control's lead (or
                      # the transformer's deficit) shrink with training?
