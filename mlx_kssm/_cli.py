@@ -20,8 +20,11 @@ MLX_KSSM_DEBUG=1 it raises, with its traceback.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import click
 
@@ -78,6 +81,40 @@ def fail(error: Exception):
         click.echo(f"Error: unexpected {type(error).__name__}: {error} (set {DEBUG_ENV}=1 "
                    "for the traceback)", err=True)
     sys.exit(EXIT_ERROR)
+
+
+# Seeds reach mx.random.seed and NumPy's generators; both take an unsigned 32-bit value
+# here, so a seed outside it fails early, named, instead of deep inside either library.
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (nan passes every < or > check)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def check_output_file(path: str, option: str) -> None:
+    """Fail before the work, not after it, if `path` (a file an option names) can't be written:
+    it is a folder, or the folder it would go in is a file or refuses a new file."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageProblem(f"{option} {path} is a folder: give the file to write")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the writer creates missing folders below the nearest one
+    if not parent.is_dir():
+        raise UsageProblem(f"{option} {path}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageProblem(f"{option} {path}: can't write in {parent} ({e.strerror})") from None
 
 
 KERNEL_HELP = ("scan implementation: auto = the fused Metal or CUDA kernel of the GPU present "

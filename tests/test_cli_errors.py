@@ -60,9 +60,40 @@ CASES = {
         "export --model {model} --out {root}/export --max-shard-size lots", 1,
         "--max-shard-size must look like"),
     "plot: not a folder": ("plot {missing}", 1, "not a folder"),
+    # --json is checked before the work, not after it
+    "evaluate: --json is a folder": (
+        "evaluate --model {model} --data {data} --json {texts}", 1, "is a folder"),
+    "intervene: --json under a file": (
+        "intervene --model {model} --prompt To --json {file}/sweep.json", 1,
+        "a_file is not a folder"),
+    # seeds MLX and NumPy take; numbers that are numbers (nan passes every range check)
+    "generate: negative --seed (usage)": (
+        "generate --model {model} --seed -1", 2, "'--seed': -1 is not in the range"),
+    "evaluate: --random-init-seed 2**64 (usage)": (
+        "evaluate --model {model} --data {data} --random-init-seed 18446744073709551616", 2,
+        "'--random-init-seed'"),
+    "generate: --temp nan (usage)": (
+        "generate --model {model} --temp nan", 2, "'nan' is not a finite number"),
+    "intervene: --top-p nan (usage)": (
+        "intervene --model {model} --top-p nan", 2, "'nan' is not a finite number"),
     "doctor: unknown option (usage)": ("doctor --bogus", 2, "No such option"),
     "generate: no --model (usage)": ("generate", 2, "Missing option '--model'"),
 }
+
+
+def test_a_config_value_of_the_wrong_type_is_named(paths, tmp_path):
+    """config.json is user input: "257" is not 257, and true is not 1 (bool is an int)."""
+    import json
+    for key, value, says in (("vocab_size", "257", "vocab_size must be an integer"),
+                             ("d_model", True, "d_model must be an integer"),
+                             ("gate", 1, "gate must be true or false")):
+        folder = tmp_path / key
+        shutil.copytree(paths["model"], folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, key: value}))
+        res = invoke(["generate", "--model", str(folder), "--max-tokens", "1"])
+        assert res.exit_code == 1 and res.stderr.strip().splitlines() == [
+            f"Error: {folder / 'config.json'}: {says}, got {value!r}"], res.stderr
 
 
 def invoke(args, **kwargs):

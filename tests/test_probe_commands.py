@@ -200,6 +200,13 @@ def test_evaluate_and_intervene_name_both_tokenizers(models, data_dir, tmp_path)
     for command in ("evaluate", "intervene"):
         line = one_line_error(run(command, "--model", models["tiny"], "--data", compacted))
         assert "another tokenizer" in line and "(bytes vs bytes compacted to" in line, line
+    # the mlx-lm export's card would describe that data as the model's training data
+    pytest.importorskip("mlx_lm")
+    out = tmp_path / "export"
+    line = one_line_error(run("export", "--model", models["tiny"], "--out", out,
+                              "--format", "mlx-lm", "--data", compacted))
+    assert "another tokenizer" in line and "(bytes vs bytes compacted to" in line, line
+    assert not out.exists()
 
 
 def test_ids_beyond_the_vocabulary_are_refused(models, tmp_path):

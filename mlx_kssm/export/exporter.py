@@ -36,7 +36,6 @@ def export(model_dir, out_dir, fmt: str = "mlx-kssm", dtype: str | None = None,
 
 
 def _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data, evaluation, log):
-    from ..data.loader import read_meta
     from .model_card import read_json
     from .to_mlx_lm import export_mlx_lm, require_mlx_lm
 
@@ -47,9 +46,20 @@ def _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data, ev
         if evaluation_json is None:
             raise ValueError(f"--evaluation {evaluation}: not a JSON object written by "
                              "`mlx-kssm evaluate --json`")
-    meta = read_meta(data) if data is not None else None
+    meta = _training_data_meta(model_dir, data) if data is not None else None
     return export_mlx_lm(model_dir, out_dir, dtype=dtype, force_r=force_r, data_meta=meta,
                          evaluation=evaluation_json, max_shard_bytes=max_shard_bytes, log=log)
+
+
+def _training_data_meta(model_dir, data) -> dict:
+    """meta.json of `data`, which the card will describe as the model's training data: refused,
+    as evaluate refuses it, if it was prepared with another tokenizer than the model's."""
+    from ..data.loader import TokenDataset
+    from ..evaluation import check_same_tokenizer
+    from ..io import resolve_model_dir
+    dataset = TokenDataset(data, "train")
+    check_same_tokenizer(resolve_model_dir(model_dir), dataset)
+    return dataset.meta
 
 
 def describe_export(out, dtype: str | None = None) -> str:

@@ -21,6 +21,9 @@ DESIGNS = {
 }
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def _version() -> str:
     from .. import __version__
     return __version__
@@ -94,6 +97,7 @@ class ModelArgs:
         return dataclasses.asdict(self)
 
     def validate(self) -> "ModelArgs":
+        self._check_types()
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if self.readout not in ("order_params", "bolted"):
@@ -115,6 +119,18 @@ class ModelArgs:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         return self
+
+    def _check_types(self) -> None:
+        """Each field has its default's type (a config.json is user input: "257" is not 257,
+        and true is not 1, though Python's bool is an int); a float field takes an int too."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = type(f.default) if f.default is not None else str
+            ok = (value is None and f.default is None
+                  or isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+                  or kind is float and isinstance(value, int) and not isinstance(value, bool))
+            if not ok:
+                raise ValueError(f"{f.name} must be {_TYPE_WORDS[kind]}, got {value!r}")
 
     @property
     def n_oscillators(self) -> int:

@@ -10,8 +10,8 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 
 import click
 
-from .._cli import (CONTEXT, UsageProblem, force_r_options, kernel_option, one_line_errors,
-                    options)
+from .._cli import (CONTEXT, SEED, FiniteFloatRange, UsageProblem, check_output_file,
+                    force_r_options, kernel_option, one_line_errors, options)
 from .._files import atomic_write_json, atomic_write_text
 
 
@@ -44,14 +44,16 @@ def parse_size(text: str) -> int:
               help="exported folder, training run folder (best/ or newest checkpoint) or "
                    "checkpoint folder")
 @click.option("--prompt", default="The ", show_default=True, help="text to continue")
-@click.option("--max-tokens", "-m", default=100, show_default=True, type=click.IntRange(0))
-@click.option("--temp", default=0.8, show_default=True, type=click.FloatRange(0),
+@click.option("--max-tokens", "-m", default=100, show_default=True, type=click.IntRange(0),
+              help="tokens to generate after the prompt")
+@click.option("--temp", default=0.8, show_default=True, type=FiniteFloatRange(0),
               help="sampling temperature (0 = greedy)")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1),
-              help="nucleus sampling: keep the smallest set of tokens with this much mass")
+@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloatRange(0, 1),
+              help="nucleus sampling: keep the smallest set of tokens with this much mass "
+                   "(0 or 1 = off, as in mlx-lm)")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(0),
               help="keep only the k most likely tokens (0 = all)")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="sampling seed: same prompt + seed = same text")
 @force_r_options()
 @click.option("--show-r", is_flag=True, help="print R per generated token and its zone")
@@ -111,11 +113,15 @@ def _stream(text: str) -> None:
               help="tokens per held-out prompt window")
 @click.option("--values", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
               help="forced R values, comma-separated, each in [0, 1]")
-@click.option("--max-tokens", default=40, show_default=True, type=click.IntRange(0))
-@click.option("--temp", default=0.8, show_default=True, type=click.FloatRange(0))
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0))
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--max-tokens", default=40, show_default=True, type=click.IntRange(0),
+              help="tokens of each seeded generation (0 = only the next-token measures)")
+@click.option("--temp", default=0.8, show_default=True, type=FiniteFloatRange(0),
+              help="sampling temperature of the generations (0 = greedy)")
+@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloatRange(0, 1),
+              help="nucleus sampling of the generations (0 or 1 = off, as in mlx-lm)")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(0),
+              help="keep only the k most likely tokens in the generations (0 = all)")
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="one seed for every generation, so differences come from forcing alone")
 @click.option("--json", "json_out", default=None, metavar="FILE",
               help="write the full sweep (per prompt and value) as JSON")
@@ -139,6 +145,8 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
     """
     from .intervene import format_intervention, intervene as run_intervention
 
+    if json_out:
+        check_output_file(json_out, "--json")
     res = run_intervention(model_dir, prompts, data=data_dir, split=split, n_prompts=n_prompts,
                            prompt_len=prompt_len, values=parse_values(values), kernel=kernel,
                            seed=seed, max_tokens=max_tokens, temp=temp, top_p=top_p,
@@ -157,11 +165,14 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
               help="exported folder, run folder or checkpoint folder")
 @click.option("--data", "data_dir", required=True, metavar="DIR",
               help="prepared data folder (from `mlx-kssm data prepare`)")
-@click.option("--split", default="val", show_default=True)
+@click.option("--split", default="val", show_default=True,
+              help="split of --data to evaluate on (a name in its meta.json)")
 @click.option("--batches", "n_batches", default=20, show_default=True, type=click.IntRange(1),
               help="evaluation batches (fixed windows: the same every run)")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+              help="windows per evaluation batch")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2),
+              help="tokens per window, for the loss and the causality suite")
 @click.option("--causality", is_flag=True,
               help="run the causality suite (docs/causality.md): variance, intervention, correlation, "
                    "each with an effect size, a 95% bootstrap CI and PASS/FAIL/INCONCLUSIVE")
@@ -169,15 +180,16 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
               help="held-out windows for the causality suite")
 @click.option("--values", default="0.2,0.8", show_default=True,
               help="forced R values the intervention test compares (lowest vs highest)")
-@click.option("--random-init-seed", default=None, type=int, metavar="SEED",
+@click.option("--random-init-seed", default=None, type=SEED, metavar="SEED",
               help="seed of the random-init model test 2 is compared with  [default: the "
                    "run's training seed (its step-0 weights), else 0]")
 @click.option("--no-random-init", is_flag=True,
               help="skip test 2's comparison with a random-init model")
 @click.option("--samples", default=3, show_default=True, type=click.IntRange(0),
               help="samples generated for the mode-collapse check")
-@click.option("--sample-tokens", default=60, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=1234, show_default=True, type=int,
+@click.option("--sample-tokens", default=60, show_default=True, type=click.IntRange(1),
+              help="tokens per sample of the mode-collapse check")
+@click.option("--seed", default=1234, show_default=True, type=SEED,
               help="seed of the evaluation windows and samples")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="write all numbers as JSON")
 @kernel_option
@@ -205,6 +217,8 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
     """
     from ..evaluation import EvalConfig, evaluate as run_evaluation, format_evaluation
 
+    if json_out:
+        check_output_file(json_out, "--json")
     config = EvalConfig(split=split, batches=n_batches, batch_size=batch_size, seq_len=seq_len,
                         seed=seed, samples=samples, sample_tokens=sample_tokens,
                         causality=causality, sequences=sequences,

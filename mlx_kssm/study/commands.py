@@ -55,10 +55,14 @@ training run saved a checkpoint first, and the same command continues the study.
               help="seeds 0..N-1 (model init and batches)")
 @click.option("--steps", "max_steps", default=1000, show_default=True, type=int,
               help="training steps per run")
-@click.option("--batch-size", type=int, default=None, help="[preset default]")
-@click.option("--seq-len", type=int, default=None, help="[preset default]")
-@click.option("--learning-rate", type=float, default=None, help="[preset default]")
-@click.option("--warmup-steps", default=100, show_default=True, type=int)
+@click.option("--batch-size", type=int, default=None,
+              help="sequences per training step, every model  [default: the preset's]")
+@click.option("--seq-len", type=int, default=None,
+              help="tokens per training sequence, every model  [default: the preset's]")
+@click.option("--learning-rate", type=float, default=None,
+              help="peak AdamW learning rate, every model  [default: each model's preset's]")
+@click.option("--warmup-steps", default=100, show_default=True, type=int,
+              help="linear warm-up steps before the cosine decay")
 @click.option("--eval-every", "steps_per_eval", default=200, show_default=True, type=int,
               help="the trainer's validation interval (the loss curves)")
 @click.option("--report-every", "steps_per_report", default=50, show_default=True, type=int,

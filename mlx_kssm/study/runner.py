@@ -21,6 +21,7 @@ gives every model the same batches: the trainer's BatchSampler is a pure functio
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -98,9 +99,10 @@ class StudyConfig:
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.sequences < 3:
             raise ValueError(f"--sequences must be >= 3, got {self.sequences}")
-        lr_bad = self.learning_rate is not None and not self.learning_rate > 0
+        lr_bad = self.learning_rate is not None and not 0 < self.learning_rate < math.inf
         if lr_bad or self.warmup_steps < 0 or self.samples < 0:
-            raise ValueError("--learning-rate must be > 0, --warmup-steps and --samples >= 0")
+            raise ValueError("--learning-rate must be > 0 and finite, --warmup-steps and "
+                             "--samples >= 0")
         unknown = [m for m in self.models if m not in PRESETS and m != RANDOM_INIT]
         if unknown:
             raise ValueError(f"unknown model {unknown[0]!r}: give preset names "
