@@ -53,6 +53,13 @@ def bundle_tokenizer(spec, folder, root=None):
     and return the spec rewritten to name the copies (relative to `folder`). `root` is where
     the spec's relative names live now (the prepared data folder, or the source model folder);
     a named file that is not there is an error, never a folder that points at nothing."""
+    if isinstance(spec, str):  # a name or a .tiktoken path: its dict form names the file
+        from .data.errors import DataError
+        from .data.tokenizer import normalize_spec
+        try:
+            spec = normalize_spec(spec, root)
+        except DataError as e:
+            raise ModelLoadError(f"tokenizer spec {spec!r}: {e}") from None
     if not isinstance(spec, dict):
         return spec
     spec = copy.deepcopy(spec)

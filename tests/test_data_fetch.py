@@ -215,3 +215,133 @@ def test_fetch_refuses_a_symlink_leaving_the_source(tmp_path):
     assert result.output.startswith(f"Error: {src / 'b.txt'}: a symbolic link to {secret}, "
                                     f"outside {src}: refused")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _no_network(monkeypatch):
+    """Fail the test on any download: bad input must be refused before the network."""
+    calls = []
+
+    def opener(url, timeout=60.0):
+        calls.append(url)
+        raise AssertionError(f"network used: {url}")
+    monkeypatch.setattr(F, "urlopen_bytes", opener)
+    return calls
+
+
+def _fetch_cli(tmp_path, *args):
+    return CliRunner().invoke(main, ["data", "fetch", "--out", str(tmp_path / "out"),
+                                     "--cache", str(tmp_path / "cache"), *args])
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "unexpected" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("files", [
+    {"doc1.txt": "mine\n", "manifest.json": "{}\n"},         # a user's texts
+    {"config.json": "{}\n", "model.safetensors": "weights"},   # a model folder
+    {"meta.json": "{}\n", "tokens_train.npy": "tokens"},       # a prepared data folder
+])
+def test_fetch_refuses_an_out_folder_holding_other_files(tmp_path, files):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "doc1.txt").write_text("a text of the source\n")
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    line = _one_error_line(_fetch_cli(tmp_path, "--source", str(src)))
+    assert line.startswith(f"Error: --out {out} holds files `data fetch` did not write (")
+    assert {p.name: p.read_text() for p in out.iterdir()} == files  # nothing touched
+
+
+def test_fetch_refuses_files_added_to_its_own_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("text")
+    F.fetch_local(src, tmp_path / "out", log=lambda line: None)
+    F.fetch_local(src, tmp_path / "out", log=lambda line: None)  # its own folder: fine
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"did not write \(notes.txt\)"):
+        F.fetch_local(src, tmp_path / "out", log=lambda line: None)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_fetch_continues_its_own_interrupted_fetch(tmp_path):
+    """A fetch killed after its first book leaves a folder the next fetch takes as its own;
+    so does one that fetched other books than the run before (those files stay a fetch's)."""
+    raw = (FIXTURES / "pg1661_2002.txt").read_bytes()
+    books = [{"id": 1, "title": "", "author": ""}, {"id": 2, "title": "", "author": ""}]
+    out, cache, quiet = tmp_path / "out", tmp_path / "cache", dict(log=lambda line: None)
+
+    def killed_at_book_2(url):
+        if url == F.mirror_urls(2)[0]:
+            raise KeyboardInterrupt
+        return raw
+    with pytest.raises(KeyboardInterrupt):
+        F.fetch_gutenberg(books, out, cache, opener=killed_at_book_2, **quiet)
+    assert (out / "pg1.txt").exists() and not (out / "pg2.txt").exists()
+    works, errors = F.fetch_gutenberg(books, out, cache, opener=lambda url: raw, **quiet)
+    assert errors == [] and [w.file for w in works] == ["pg1.txt", "pg2.txt"]
+    F.fetch_gutenberg([{"id": 3}], out, cache, opener=lambda url: raw, **quiet)
+    works, errors = F.fetch_gutenberg(books, out, cache, opener=lambda url: raw, **quiet)
+    assert errors == [] and sorted(p.name for p in out.iterdir()) == [
+        "manifest.json", "pg1.txt", "pg2.txt", "pg3.txt"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--retries", "0"], "--retries 0: the attempts per URL, at least 1"),
+    (["--retries", "-1"], "--retries -1: the attempts per URL, at least 1"),
+    (["--mirror", "http://x/{nope}"], "--mirror 'http://x/{nope}': unknown field {nope}; a "
+                                      "pattern may use {id} and {dirs} only"),
+    (["--mirror", "http://x/{id"], "--mirror 'http://x/{id': expected '}'"),
+    (["--mirror", "http://x/{}"], "unknown field {}"),
+    (["--mirror", "http://x/book.txt"], "lacks {id}"),
+    (["--mirror", "http://x/{id:q}"], "Unknown format code"),
+])
+def test_bad_retries_or_mirror_is_refused_up_front(tmp_path, monkeypatch, args, message):
+    calls = _no_network(monkeypatch)
+    line = _one_error_line(_fetch_cli(tmp_path, "--source", "gutenberg", "--ids", "5", *args))
+    assert message in line
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_download_book_refuses_zero_attempts():
+    with pytest.raises(DataError, match="--retries 0"):
+        F.download_book(5, F.mirror_urls(5), fake_opener({}, []), retries=0)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ids", "-5"], "'-5' is not a Gutenberg ID"),
+    (["--ids", "0"], "'0' is not a Gutenberg ID"),
+    (["--ids", ""], "--ids '': no Gutenberg IDs given"),
+    (["--ids", " , "], "no Gutenberg IDs given"),
+    (["--ids", "12,abc"], "'abc' is not a Gutenberg ID"),
+    (["--list", "{tmp}/abc.tsv"], "bad ID 'abc'"),
+    (["--list", "{tmp}/empty.tsv"], "no book IDs"),
+    (["--list", "{tmp}/header.tsv"], "no book IDs"),
+    (["--list", "{tmp}/zero.tsv"], "bad ID '0'"),
+    (["--list", "{tmp}/header.tsv", "--ids", "5"], "--ids and --list: give one or the other"),
+])
+def test_bad_ids_or_book_list_is_refused(tmp_path, monkeypatch, args, message):
+    calls = _no_network(monkeypatch)
+    (tmp_path / "abc.tsv").write_text("abc\n")
+    (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "header.tsv").write_text("gutenberg_id\ttitle\tauthor\n")
+    (tmp_path / "zero.tsv").write_text("0\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    line = _one_error_line(_fetch_cli(tmp_path, "--source", "gutenberg", *args))
+    assert message in line
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_book_list_header_and_ids(tmp_path):
+    (tmp_path / "list.tsv").write_text("gutenberg_id\ttitle\n84\tFrankenstein\n")
+    (tmp_path / "ids.txt").write_text("84\n1342\n")
+    assert F.read_catalog(tmp_path / "list.tsv") == [{"id": 84, "title": "Frankenstein", "author": ""}]
+    assert [b["id"] for b in F.read_catalog(tmp_path / "ids.txt")] == [84, 1342]

@@ -222,3 +222,81 @@ def test_gather_reads_only_windows(tmp_path):
     tokens = Counting(np.arange(10**6, dtype=np.uint16))
     gather_windows(tokens, np.array([5, 70000, 999000]), 64)
     assert tokens.read == 3 * 65
+
+
+# --------------------------------------------------------------------------- meta.json fields
+
+@pytest.mark.parametrize("name", ["../other/tokens_val.npy", "{tmp}/other/tokens_val.npy"])
+def test_split_file_outside_the_folder_is_refused(tmp_path, name):
+    """meta.json never makes us read a token file elsewhere (another folder's data)."""
+    write_dataset(tmp_path / "other", np.arange(100), np.arange(100))
+    name = name.format(tmp=tmp_path)
+    data = write_dataset(tmp_path / "data", np.arange(100), np.arange(100))
+    meta = json.loads((data / "meta.json").read_text())
+    meta["splits"]["val"]["file"] = name
+    (data / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError) as info:
+        TokenDataset(data, "val")
+    assert str(info.value) == (f"{data / 'meta.json'}: splits.val.file {name!r} lies outside "
+                               f"{data}: refused")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("file", 5, "splits.val.file must be a file name, got 5"),
+    ("tokens", "300", "splits.val.tokens must be a non-negative integer, got '300'"),
+    ("tokens", 300.0, "splits.val.tokens must be a non-negative integer, got 300.0"),
+    ("tokens", True, "splits.val.tokens must be a non-negative integer, got True"),
+])
+def test_split_fields_of_the_wrong_type_are_named(data_dir, field, value, message):
+    meta = json.loads((data_dir / "meta.json").read_text())
+    meta["splits"]["val"][field] = value
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError) as info:
+        TokenDataset(data_dir, "val")
+    assert str(info.value) == f"{data_dir / 'meta.json'}: {message}"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"kind": "tiktoken"}, "tokenizer: 'name' must be the encoding's name"),
+    ({"kind": "tiktoken", "name": 5}, "tokenizer: 'name' must be the encoding's name"),
+    ({"kind": "bytes", "compaction": {"base_ids": ["a"]}},
+     "tokenizer: 'compaction.base_ids' must be a list of integers, got ['a']"),
+    ({"kind": "bytes", "compaction": [1, 2]}, "tokenizer: 'compaction' must be an object"),
+    ({"kind": "bytes", "compaction": {"map_file": "vocab_map.npy", "size": "3"}},
+     "tokenizer: 'compaction.size' must be an integer, got '3'"),
+    ("/etc/passwd", "tokenizer: the tokenizer file '/etc/passwd' named by the tokenizer spec "
+                    "lies outside"),
+    ("../tok.tiktoken", "lies outside"),
+    (None, "tokenizer is null"),
+])
+def test_bad_tokenizer_spec_in_meta_names_the_file_and_field(data_dir, spec, message):
+    meta = json.loads((data_dir / "meta.json").read_text())
+    meta["tokenizer"] = spec
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError) as info:
+        TokenDataset(data_dir, "train")
+    assert str(info.value).startswith(f"{data_dir / 'meta.json'}: ")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_tokenizer_check_compares_the_string_form(tmp_path, data_dir):
+    """A name string in meta.json or config.json is the spec it stands for: compared, never
+    skipped; a path string obeys the folder rule."""
+    from mlx_kssm.data import check_tokenizer
+    meta = json.loads((data_dir / "meta.json").read_text())
+    meta["tokenizer"] = "cl100k_base"
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    model = tmp_path / "model"
+    model.mkdir()
+    ds = TokenDataset(data_dir, "train")
+    assert ds.meta["tokenizer"] == {"kind": "tiktoken", "name": "cl100k_base"}
+    with pytest.raises(DataError, match=r"another tokenizer .* \(bytes vs cl100k_base\)"):
+        check_tokenizer(ds, {"kind": "bytes"}, model, "the model")
+    with pytest.raises(DataError, match=r"\(bytes vs cl100k_base\)"):
+        check_tokenizer(ds, "bytes", model, "the model")
+    check_tokenizer(ds, "cl100k_base", model, "the model")
+    check_tokenizer(ds, {"kind": "tiktoken", "name": "cl100k_base"}, model, "the model")
+    with pytest.raises(DataError) as info:
+        check_tokenizer(ds, "/etc/passwd", model, "the model")
+    assert str(info.value).startswith(f"{model / 'config.json'}: tokenizer: the tokenizer file "
+                                      "'/etc/passwd' named by the tokenizer spec lies outside")

@@ -137,6 +137,8 @@ def test_memory_does_not_grow_with_corpus(tmp_path):
     ("bad_jsonl", ["--source", "{tmp}/src"], "not a JSON object with a \"text\" field"),
     ("corpus", ["--source", "{tmp}/src", "--tokenizer", "nonsense"], "unknown tokenizer"),
     ("corpus", ["--source", "{tmp}/src", "--val-fraction", "0"], "--val-fraction must be between"),
+    ("corpus", ["--source", "{tmp}/src", "--seed", "-1"],
+     "--seed must be a non-negative integer, got -1"),
     ("unreadable", ["--source", "{tmp}/src"], "doc01.txt: cannot read: Permission denied"),
     ("wrong_type", ["--source", "{tmp}/src/a.csv"], "not a .txt or .jsonl file"),
 ])
@@ -285,3 +287,18 @@ def test_binary_files_are_refused(tmp_path, content):
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
         assert result.output.startswith(f"Error: {tmp_path / 'src' / 'prog.txt'}: binary data")
         assert not (tmp_path / "out").exists()
+
+
+def test_prepare_reads_what_fetch_wrote(tmp_path):
+    """fetch's manifest (with the "written" list its ownership check keeps) is prepare's
+    source: its works, not the other files a fetch wrote there earlier."""
+    from mlx_kssm.data.fetch import fetch_local
+    make_corpus(tmp_path / "src", 3)
+    fetch_local(tmp_path / "src", tmp_path / "raw", **QUIET)
+    (tmp_path / "src" / "doc00.txt").unlink()
+    fetch_local(tmp_path / "src", tmp_path / "raw", **QUIET)  # doc00.txt stays, unlisted
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert [f["file"] for f in manifest["files"]] == ["doc01.txt", "doc02.txt"]
+    assert manifest["written"] == ["doc00.txt", "doc01.txt", "doc02.txt"]
+    meta = prepare(tmp_path / "raw", tmp_path / "out", "bytes", False, 0.5, 0, **QUIET).meta
+    assert [s["file"] for s in meta["sources"]] == ["doc01.txt", "doc02.txt"]

@@ -100,3 +100,64 @@ def test_compaction_map_missing_is_clear(tmp_path):
     spec = {"kind": "bytes", "compaction": {"map_file": "vocab_map.npy", "size": 10, "unknown_id": 9}}
     with pytest.raises(DataError, match="cannot read vocabulary map"):
         load_tokenizer(spec, root=tmp_path)
+
+
+def test_tiktoken_path_string_from_a_folder_stays_in_it(tmp_path, monkeypatch):
+    """A path string read from a folder's file (root given) obeys the dict form's rule: it
+    is the folder's file, not one relative to the current folder, and never one outside."""
+    folder, elsewhere = tmp_path / "model", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    _ranks_file(folder / "tokenizer.tiktoken")
+    (elsewhere / "tokenizer.tiktoken").write_text("not a ranks file\n")
+    monkeypatch.chdir(elsewhere)
+    tok = load_tokenizer("tokenizer.tiktoken", root=folder)
+    assert tok.vocab_size == 259 and tok.spec["path"] == str(folder / "tokenizer.tiktoken")
+    outside = _ranks_file(tmp_path / "outside.tiktoken")
+    for name in (str(outside), "../outside.tiktoken", "/etc/passwd"):
+        with pytest.raises(DataError, match="lies outside .*: refused"):
+            load_tokenizer(name, root=folder)
+    assert load_tokenizer(str(outside)).vocab_size == 259  # given on the command line: fine
+
+
+def test_string_and_dict_forms_compare_alike(tmp_path):
+    from mlx_kssm.data.tokenizer import tokenizer_mismatch
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    spec = load_tokenizer(str(_ranks_file(a / "tokenizer.tiktoken"))).spec  # what prepare stores
+    spec = {**spec, "path": "tokenizer.tiktoken"}
+    assert tokenizer_mismatch("bytes", a, {"kind": "bytes"}, b) is None
+    assert tokenizer_mismatch("cl100k_base", a, {"kind": "tiktoken", "name": "cl100k_base"}, b) is None
+    assert tokenizer_mismatch("cl100k_base", a, {"kind": "bytes"}, b) == "cl100k_base vs bytes"
+    assert tokenizer_mismatch("tokenizer.tiktoken", a, spec, a) is None
+    other = (a / "tokenizer.tiktoken").read_text().replace(" 257\n", " 259\n")  # another merge
+    (b / "tokenizer.tiktoken").write_text(other)
+    assert tokenizer_mismatch("tokenizer.tiktoken", b, spec, a) is not None
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"kind": "tiktoken"}, "'name' must be the encoding's name, e.g. \"cl100k_base\", got nothing"),
+    ({"kind": "tiktoken", "name": "nonsense"}, "unknown tiktoken encoding 'nonsense'"),
+    ({"kind": "sentencepiece"}, "unknown tokenizer kind 'sentencepiece'"),
+    ({"kind": "tiktoken_file", "path": 5}, "names its tokenizer file as 5, not a file name"),
+    ({"kind": "bytes", "compaction": {"base_ids": ["a"]}},
+     "'compaction.base_ids' must be a list of integers, got ['a']"),
+    ({"kind": "bytes", "compaction": {"base_ids": [True, 256]}}, "must be a list of integers"),
+    ({"kind": "bytes", "compaction": {"base_ids": [2 ** 70, 256]}}, "integers below 2**63"),
+    ({"kind": "bytes", "compaction": {"base_ids": "0,256"}}, "must be a list of integers"),
+    ({"kind": "bytes", "compaction": {"size": 3}}, "needs 'map_file' or 'base_ids'"),
+    ({"kind": "bytes", "compaction": {"map_file": "m.npy", "size": "3"}},
+     "'compaction.size' must be an integer, got '3'"),
+    ({"kind": "bytes", "compaction": {"map_file": "m2d.npy"}}, "not a 1-D array of integer ids"),
+])
+def test_bad_spec_fields_are_one_clear_error(tmp_path, monkeypatch, spec, message):
+    import tiktoken
+
+    def no_network(name):
+        raise AssertionError("network used")
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
+    np.save(tmp_path / "m2d.npy", np.zeros((2, 2), np.uint32), allow_pickle=False)
+    with pytest.raises(DataError) as info:
+        load_tokenizer(spec, root=tmp_path)
+    assert message in str(info.value) and "\n" not in str(info.value)

