@@ -555,3 +555,153 @@ def test_output_dir_that_is_a_model_folder_is_refused(data_dir, tmp_path):
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
     assert "is not a training run's config (a model folder?)" in r.output
     assert _snapshot(folder) == before
+
+
+def _one_error_line(r) -> str:
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error:"), r.output
+    assert "unexpected" not in lines[0], lines[0]
+    return lines[0]
+
+
+def test_output_dir_that_is_not_a_run_is_refused(data_dir, tmp_path, monkeypatch):
+    """A folder holding anything but a run (a user's best/notes.txt) is never trained into:
+    best/ would be replaced whole. An empty --output-dir would train into the working
+    directory."""
+    out = tmp_path / "d"
+    (out / "best").mkdir(parents=True)
+    (out / "best" / "notes.txt").write_text("keep me")
+    args = ["train", "--preset", "tiny", "--data", str(data_dir), "--max-steps", "2",
+            "--seq-len", "32", "--batch-size", "4"]
+    for extra in ([], ["--resume"]):
+        line = _one_error_line(CliRunner().invoke(main, args + extra + ["--output-dir", str(out)]))
+        assert f"--output-dir {out} is not a training run" in line and "(best)" in line
+        assert _snapshot(out) == {"best/notes.txt": b"keep me"}
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for extra in ([], ["--resume"]):
+        line = _one_error_line(CliRunner().invoke(main, args + extra + ["--output-dir", ""]))
+        assert "--output-dir must name a folder, got an empty path" in line
+        assert not list(work.iterdir())
+
+
+def test_a_run_folder_still_takes_a_run(data_dir, tmp_path):
+    """What a trainer writes before config.json (lock, log, history) does not make a folder
+    foreign: the attempt that died there is rerun."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "training.log").write_text("an attempt that died early\n")
+    (out / "history.jsonl").write_text('{"event": "start", "step": 0}\n')
+    assert train(tiny_config(data_dir, out, max_steps=2), echo=lambda m: None).step == 2
+    (out / "config.json").write_text("{")  # damaged: the checkpoints still make it a run
+    assert train(tiny_config(data_dir, out, max_steps=3, resume=True),
+                 echo=lambda m: None).step == 3
+
+
+def test_latest_pointing_into_another_run_is_refused(data_dir, tmp_path):
+    """`latest` = another run's complete checkpoint: resuming from it trained that model on
+    that run's data and rotated this run's checkpoints away."""
+    out, other = tmp_path / "run", tmp_path / "other"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)
+    train(tiny_config(data_dir, other, max_steps=6), echo=lambda m: None)
+    pointer = out / "checkpoints" / "latest"
+    pointer.write_text("../../other/checkpoints/step_6\n")
+    before, theirs = _snapshot(out), _snapshot(other)
+    for args in (["train", "--resume", "--output-dir", str(out), "--max-steps", "9"],
+                 ["status", str(out)]):
+        line = _one_error_line(CliRunner().invoke(main, args))
+        assert f"{pointer} names '../../other/checkpoints/step_6', not a checkpoint of this " \
+               "run" in line
+    assert _snapshot(out) == before and _snapshot(other) == theirs
+
+
+def test_resume_with_another_preset_or_model_is_refused(data_dir, tmp_path):
+    """--resume kept training the run's own model but wrote the preset given into
+    config.json; a --preset / --model naming another model is an error naming both."""
+    from mlx_kssm import build_model, save_model
+
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)
+    folder = save_model(tmp_path / "m", build_model("tiny", vocab_size=257, seed=1),
+                        tokenizer_spec={"kind": "bytes"})
+    before = _snapshot(out)
+    for given, shown in ((["--preset", "v2"], "--preset v2"),
+                         (["--model", str(folder)], f"--model {folder}")):
+        line = _one_error_line(CliRunner().invoke(
+            main, ["train", "--resume", "--output-dir", str(out), "--max-steps", "4", *given]))
+        assert f"{shown} differs from the run's preset tiny" in line
+        assert _snapshot(out) == before
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out), "--preset",
+                                  "tiny", "--max-steps", "4"])  # the run's own: fine
+    assert r.exit_code == 0, r.output
+
+
+def test_resume_with_the_runs_own_model_folder_given_relative(data_dir, tmp_path, monkeypatch):
+    """The run records --model as an absolute path: the same folder given relative is the
+    run's own model, not another."""
+    from mlx_kssm import build_model, save_model
+
+    save_model(tmp_path / "m", build_model("tiny", vocab_size=257, seed=1),
+               tokenizer_spec={"kind": "bytes"})
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model", "m", "--data", str(data_dir), "--output-dir", "run",
+            "--batch-size", "2", "--seq-len", "16", "--steps-per-eval", "100"]
+    r = CliRunner().invoke(main, [*args, "--max-steps", "2"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*args, "--resume", "--max-steps", "3"])
+    assert r.exit_code == 0, r.output
+
+
+def test_resume_where_there_is_no_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "missing", tmp_path / "empty"):
+        line = _one_error_line(CliRunner().invoke(
+            main, ["train", "--resume", "--output-dir", str(folder)]))
+        assert f"--resume: no run to resume in {folder}" in line
+    assert not (tmp_path / "missing").exists() and not list((tmp_path / "empty").iterdir())
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--seed", "-1"), ("--seed", str(2**32)), ("--learning-rate", "inf"),
+    ("--learning-rate", "0"), ("--grad-clip", "nan"), ("--weight-decay", "inf")])
+def test_out_of_range_flags_are_usage_errors(data_dir, tmp_path, option, value):
+    """--seed -1 ended in "unexpected TypeError", --learning-rate inf in a NaN loss (exit 3):
+    refused while parsing, as generate's and evaluate's are."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out), "--max-steps", "2", option, value])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output, r.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ("seed = -1", "--seed must lie in [0, 4294967295], got -1"),
+    ("learning_rate = inf", "--learning-rate must be a finite number, got inf"),
+    ("grad_clip = nan", "--grad-clip must be a finite number, got nan")])
+def test_out_of_range_config_values_are_one_error_line(data_dir, tmp_path, line, message):
+    toml = tmp_path / "run.toml"
+    toml.write_text(line + "\n")
+    out = tmp_path / "run"
+    assert _one_error_line(CliRunner().invoke(main, [
+        "train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+        "--max-steps", "2", "--config", str(toml)])) == f"Error: {message}"
+    assert not out.exists()
+
+
+def test_config_file_of_the_wrong_type_is_one_error_line(data_dir, tmp_path):
+    """`seq_len = true` trained with sequences of length 1 (rc 0)."""
+    toml = tmp_path / "run.toml"
+    toml.write_text("seq_len = true\n")
+    out = tmp_path / "run"
+    line = _one_error_line(CliRunner().invoke(main, [
+        "train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+        "--max-steps", "2", "--config", str(toml)]))
+    assert line == f"Error: --config {toml}: seq_len must be an integer, got True"
+    assert not out.exists()
+
+
+def test_optimizer_has_help():
+    r = CliRunner().invoke(main, ["train", "--help"])
+    option = r.output[r.output.index("--optimizer"):r.output.index("--grokfast")]
+    assert "adamw = AdamW" in option and "muon = Muon" in option and "[default: adamw]" in option

@@ -427,3 +427,215 @@ def test_status_imports_neither_the_trainer_nor_optimizers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ bad input in run files
+
+def _toml_value(line):
+    import tomllib
+    return next(iter(tomllib.loads(line).values()))
+
+
+@pytest.mark.parametrize("line, key, shown", [
+    ('max_steps = "two"', "max_steps", "'two'"), ("batch_size = 2.5", "batch_size", "2.5"),
+    ("seq_len = true", "seq_len", "True"), ('resume = "no"', "resume", "'no'"),
+    ("grokfast = 1", "grokfast", "1"), ("data = 5", "data", "5"),
+    ("sample_prompts = [1]", "sample_prompts", "[1]"), ("stage = 2.0", "stage", "2.0")])
+def test_config_file_values_are_type_checked(tmp_path, line, key, shown):
+    """bool is an int in Python (`seq_len = true` trained with length 1) and a string is
+    truthy (`resume = "no"` resumed): each value must have its option's type."""
+    path = tmp_path / "run.toml"
+    path.write_text(f'preset = "tiny"\n{line}\n')
+    with pytest.raises(ValueError) as e:
+        read_config_file(path)
+    message = str(e.value)
+    assert message.startswith(f"--config {path}: {key} must be ") and f"got {shown}" in message
+    with pytest.raises(ValueError, match=f"training option {key} must be"):
+        TrainConfig.from_dict({key: _toml_value(line)})
+
+
+def test_config_file_float_takes_an_int_and_json_null_only_where_optional(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"learning_rate": 1, "weight_decay": None, "grad_clip": 0}))
+    opts = read_config_file(path)
+    assert opts == {"learning_rate": 1.0, "weight_decay": None, "grad_clip": 0.0}
+    assert isinstance(opts["learning_rate"], float)
+    path.write_text(json.dumps({"max_steps": None}))
+    with pytest.raises(ValueError, match="max_steps must be an integer, got None"):
+        read_config_file(path)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("learning_rate", math.inf), ("learning_rate", math.nan), ("grad_clip", math.nan),
+    ("weight_decay", math.inf), ("grad_clip", math.inf), ("muon_lr_scale", math.nan)])
+def test_non_finite_floats_are_refused(option, value):
+    """inf passes `> 0` and nan every comparison: both trained to a NaN loss."""
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(ValueError, match=f"{flag} must be a finite number"):
+        TrainConfig(preset="tiny", data="d", **{option: value}).validate()
+
+
+@pytest.mark.parametrize("seed, ok", [(-1, False), (2**32, False), (0, True), (2**32 - 1, True)])
+def test_seed_range(seed, ok):
+    config = TrainConfig(preset="tiny", data="d", seed=seed)
+    if ok:
+        config.validate()
+    else:
+        with pytest.raises(ValueError, match=r"--seed must lie in \[0, 4294967295\]"):
+            config.validate()
+
+
+@pytest.mark.parametrize("content", [{"pid": "abc"}, {"pid": [1]}, {"pid": True},
+                                     {"pid": 1, "host": 5}, {"pid": 1, "start_tick": "x"}])
+def test_lock_of_the_wrong_kind_is_unreadable_garbage(tmp_path, content):
+    """A lock whose pid, host or start tick is of the wrong kind is garbage, as a lock that is
+    not JSON is: refused while young (naming the file, saying what to do), then taken over."""
+    path = tmp_path / lock.LOCK_NAME
+    path.write_text(json.dumps({"host": socket.gethostname(), **content}))
+    assert lock.read_lock(tmp_path) == {}
+    with pytest.raises(lock.LockError, match=f"{path} is unreadable.*try again in 10s"):
+        lock.acquire(tmp_path)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    notes = []
+    lock.acquire(tmp_path, log=notes.append)
+    assert notes == [f"taking over unreadable lock {path} (it names no trainer)"]
+    assert lock.read_lock(tmp_path)["pid"] == os.getpid()
+    lock.release(tmp_path)
+
+
+def test_status_of_a_run_with_a_garbage_lock(tmp_path):
+    from click.testing import CliRunner
+
+    from mlx_kssm.cli import main
+
+    (tmp_path / lock.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(),
+                                                        "pid": "abc"}))
+    r = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert r.exit_code == 1 and "Error" not in r.output, r.output
+    assert f"WARNING: unreadable lock {tmp_path / lock.LOCK_NAME}" in r.output
+
+
+def _damaged_history(run_dir):
+    """A history with a report whose loss is a string, an eval whose val_loss is a string,
+    a line that is not UTF-8, and a good eval whose sample holds U+2028 and U+0085 (written as
+    the trainer writes, ensure_ascii=False)."""
+    good = [{"event": "train", "step": 1, "loss": 5.0, "ce": 5.0, "reg": 0.0, "grad_norm": 1.0,
+             "lr": 1e-3, "tokens_per_sec": 100.0, "R": 0.2, "R_layers": [0.2, 0.2]},
+            {"event": "eval", "step": 1, "val_loss": 4.0, "val_ppl": 54.6, "is_best": True,
+             "samples": [{"prompt": "a", "text": "x\u2028y\x85z"}]}]
+    bad = [{**good[0], "step": 2, "loss": "x"}, {**good[1], "step": 2, "val_loss": "3.5"},
+           {**good[0], "step": 3, "R_layers": ["0.2"]}, {**good[0], "step": 4.0}]
+    _write_history(run_dir, good + bad, tail=b"\xff\xfe not utf-8\n")
+    return good
+
+
+def _write_history(run_dir, events, tail=b""):
+    text = b"".join(json.dumps(e, ensure_ascii=False).encode() + b"\n" for e in events)
+    (run_dir / "history.jsonl").write_bytes(text + tail)
+
+
+def test_damaged_history_records_are_skipped_by_every_reader(tmp_path):
+    """status, monitor and plot formatted a string as a number ("Unknown format code 'f'")
+    and died on bytes that are not UTF-8; such records are skipped, as a torn line is."""
+    from mlx_kssm.train import read_history
+    from mlx_kssm.train.status import format_status, monitor_frame, run_status
+
+    good = _damaged_history(tmp_path)
+    assert read_history(tmp_path) == good
+    (tmp_path / "config.json").write_text(json.dumps(  # and numbers that are not numbers here
+        {"train": {"max_steps": "two", "batch_size": True}, "world_size": "x"}))
+    assert "last eval (step 1): val loss 4.0000" in format_status(run_status(tmp_path))
+    frame = monitor_frame(tmp_path)
+    assert "evaluations: 1:4.000*" in frame and "5.0000" in frame
+
+
+def test_history_is_split_at_newlines_only(tmp_path):
+    """A sample's U+2028 / U+0085 (kept raw by ensure_ascii=False) are no line ends: the
+    history cut keeps the line whole."""
+    from mlx_kssm.train.runlog import RunLog
+
+    events = [{"event": "eval", "step": 1, "samples": [{"text": "a\u2028b\x85c"}]},
+              {"event": "checkpoint", "step": 1}, {"event": "train", "step": 2}]
+    (tmp_path / "history.jsonl").write_text(
+        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))
+    log = RunLog(tmp_path, writer=True, echo=lambda m: None)
+    assert log.truncate_history(2, step=1) == events[:2] and log.n_events == 2
+
+
+def test_plot_skips_damaged_records_and_refuses_a_file_as_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mlx_kssm.probe.plot import PlotError, plot_run
+
+    _damaged_history(tmp_path)
+    assert [p.name for p in plot_run(tmp_path)] == ["loss.png", "r_layers.png"]
+    out = tmp_path / "t.sh"
+    out.write_text("keep me")
+    with pytest.raises(PlotError, match=f"{out} exists and is not a folder.*choose another --out"):
+        plot_run(tmp_path, out)
+    assert out.read_text() == "keep me"
+    with pytest.raises(PlotError, match="cannot create the plot folder"):
+        plot_run(tmp_path, out / "sub")
+
+
+def test_plot_writes_each_png_atomically(tmp_path, monkeypatch):
+    """A figure that fails half-written (a full disk) leaves the earlier PNG whole and no
+    temp file; a failed plot into a new folder leaves no folder."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from mlx_kssm.probe.plot import plot_run
+
+    _write_history(tmp_path, _damaged_history(tmp_path))  # the good records only
+    plot_run(tmp_path)
+    before = (tmp_path / "plots" / "loss.png").read_bytes()
+
+    def savefig(self, fname, **kw):  # a full disk: half a PNG, then the failure
+        if isinstance(fname, (str, os.PathLike)):
+            Path(fname).write_bytes(b"\x89PNG half")
+        else:
+            fname.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    with pytest.raises(OSError, match="No space left"):
+        plot_run(tmp_path)
+    assert (tmp_path / "plots" / "loss.png").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["loss.png", "r_layers.png"]
+    with pytest.raises(OSError):
+        plot_run(tmp_path, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_latest_pointer_must_name_a_step_folder_of_the_run(tmp_path):
+    """`latest` naming another run's checkpoint ("../../other/...") or a step folder that
+    links out of the run is refused, naming the pointer; a missing or empty one is not."""
+    model = _tiny()
+    run, other = tmp_path / "run", tmp_path / "other"
+    ckpt.save_checkpoint(run, 2, model, {}, {"step": 2})
+    ckpt.save_checkpoint(other, 9, model, {}, {"step": 9})
+    pointer = run / "checkpoints" / "latest"
+    (run / "checkpoints" / "step_9").symlink_to(other / "checkpoints" / "step_9")
+    for name in ("../../other/checkpoints/step_9", str(other / "checkpoints" / "step_9"),
+                 "step_9", "..", "step_2/../../../other/checkpoints/step_9"):
+        pointer.write_text(name + "\n")
+        with pytest.raises(ckpt.ModelLoadError, match=f"{pointer} names .*not a checkpoint of "
+                                                      "this run"):
+            ckpt.latest_checkpoint(run)
+    (run / "checkpoints" / "step_9").unlink()
+    pointer.write_text("")
+    assert ckpt.latest_checkpoint(run).name == "step_2"
+    pointer.unlink()
+    assert ckpt.latest_checkpoint(run).name == "step_2"
+
+
+def test_monitor_interval_is_checked_before_any_frame(tmp_path):
+    from click.testing import CliRunner
+
+    from mlx_kssm.cli import main
+
+    for value in ("-1", "nan", "0", "inf", "0.05"):
+        r = CliRunner().invoke(main, ["monitor", str(tmp_path), "--interval", value])
+        assert r.exit_code == 2 and "--interval" in r.output and "step" not in r.output, value
+    r = CliRunner().invoke(main, ["monitor", str(tmp_path), "--recent", "0"])
+    assert r.exit_code == 2 and "--recent" in r.output

@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+from .._files import atomic_open
 from ..models import ZONES
 from ..train.runlog import read_history
 
@@ -96,9 +98,11 @@ def _plot_loss(trains, evals, plt):
 
 def _plot_r_layers(trains, evals, plt):
     """R per layer over training over the zone bands; None without R."""
-    layers = [e for e in trains if e.get("R_layers")]
+    layers = [e for e in trains if e.get("R_layers") and "step" in e]
     if not layers:
         return None
+    # one line per layer: reports of another layer count (a hand-edited history) are left out
+    layers = [e for e in layers if len(e["R_layers"]) == len(layers[0]["R_layers"])]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     zone_bands(ax)
     steps = [e["step"] for e in layers]
@@ -173,8 +177,12 @@ def plot_intervention(sweep: dict, path: Path, plt, title: str = "") -> Path:
 
 
 def _save(fig, path: Path, plt) -> Path:
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Write the PNG atomically: a failure (a full disk) leaves any earlier one whole."""
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -185,7 +193,31 @@ def plot_run(run_dir, out_dir=None, intervene_files=()) -> list:
         raise PlotError(f"{run_dir} is not a folder")
     plt = pyplot()
     out_dir = Path(out_dir) if out_dir else run_dir / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = _make_out_dir(out_dir)
+    try:
+        written = _plot_all(run_dir, out_dir, intervene_files, plt)
+    except BaseException:
+        if created:  # nothing plotted: leave no empty folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return written
+
+
+def _make_out_dir(out_dir: Path) -> bool:
+    """Create the PNGs' folder; True if it is new. PlotError naming it where it cannot be one
+    (a file of that name is never replaced)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PlotError(f"{out_dir} exists and is not a folder (plot writes its PNGs into a "
+                        "folder): choose another --out, or remove that file")
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PlotError(f"cannot create the plot folder {out_dir}: {e.strerror or e}") from None
+    return created
+
+
+def _plot_all(run_dir: Path, out_dir: Path, intervene_files, plt) -> list:
     written = plot_training(read_history(run_dir), out_dir, plt)
     files = [Path(f) for f in intervene_files] or sorted(run_dir.glob("*intervene*.json"))
     for i, f in enumerate(files):
@@ -193,7 +225,7 @@ def plot_run(run_dir, out_dir=None, intervene_files=()) -> list:
             sweep = json.loads(Path(f).read_text())
         except (OSError, ValueError) as e:
             raise PlotError(f"cannot read intervene JSON {f}: {e}") from None
-        if "summary" not in sweep:
+        if not isinstance(sweep, dict) or "summary" not in sweep:
             raise PlotError(f"{f} is not an `mlx-kssm intervene --json` file (no 'summary')")
         name = "intervene.png" if len(files) == 1 else f"intervene_{i + 1}.png"
         written.append(plot_intervention(sweep, out_dir / name, plt, Path(f).stem))

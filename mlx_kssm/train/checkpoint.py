@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 
-from .._files import (atomic_write_text, fsync_dir, recover_swap, remove_stale_temps,
+from .._files import (atomic_write_text, fsync_dir, inside, recover_swap, remove_stale_temps,
                       replacing_folder, temp_tag)
 from ..io import (CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors, load_weights_dict,
                   read_config, save_model)
@@ -29,6 +30,7 @@ STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
 BEST = "best"
 METRICS = "metrics.json"
+STEP_NAME = re.compile(r"step_\d+")  # what `latest` may hold: a folder of this run's checkpoints
 
 
 @dataclass
@@ -115,18 +117,35 @@ def list_checkpoints(run_dir) -> list:
 
 
 def latest_checkpoint(run_dir) -> Path | None:
-    """The folder `latest` names if complete, else the newest complete step folder."""
+    """The folder `latest` names if complete, else the newest complete step folder.
+    ModelLoadError when `latest` names anything but a step folder of this run."""
     root = Path(run_dir) / CHECKPOINTS
-    try:
-        named = root / (root / LATEST).read_text().strip()
-        if named.name.startswith("step_") and is_complete(named):
-            newest = list_checkpoints(run_dir)[-1]
-            # a kill between rename and pointer update leaves a newer complete folder
-            return newest if int(newest.name[5:]) > int(named.name[5:]) else named
-    except (OSError, IndexError, ValueError):
-        pass
+    named = _latest_pointer(root)
     folders = list_checkpoints(run_dir)
+    if named is not None and is_complete(named) and folders:
+        # a kill between rename and pointer update leaves a newer complete folder
+        return folders[-1] if int(folders[-1].name[5:]) > int(named.name[5:]) else named
     return folders[-1] if folders else None
+
+
+def _latest_pointer(root: Path) -> Path | None:
+    """The folder RUN/checkpoints/latest names; None without one (missing or empty). A name
+    this trainer never writes ("../../other/checkpoints/step_9", a link out of the folder) is
+    refused: resuming from it would train another run's model and rotate this run's own
+    checkpoints away."""
+    path = root / LATEST
+    try:
+        name = path.read_bytes().decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    if not name:
+        return None
+    named = inside(root, name) if STEP_NAME.fullmatch(name) else None
+    if named is None:
+        raise ModelLoadError(f"{path} names {name[:80]!r}, not a checkpoint of this run (a "
+                             f"step_N folder in {root}): remove it (the newest complete "
+                             "checkpoint is used then) or write such a folder's name into it")
+    return named
 
 
 def rotate(run_dir, keep_last: int) -> None:

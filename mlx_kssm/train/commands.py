@@ -9,10 +9,11 @@ import time
 
 import click
 
-from .._cli import CONTEXT, one_line_errors
+from .._cli import CONTEXT, SEED, FiniteFloatRange, one_line_errors
 from ..kernels import KERNEL_MODES
 from ..models.presets import PRESETS
-from .config import STAGE_STEPS, TrainConfig
+from .config import OPTIMIZERS, STAGE_STEPS, TrainConfig
+
 
 def with_default(text: str, field: str, also: str = "") -> str:
     """Help text ending in TrainConfig's default for `field` (the flags default to None, so
@@ -69,12 +70,13 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
               help=with_default("optimizer steps", "max_steps", "or the stage's"))
 @click.option("--schedule-steps", type=int, help="LR cosine horizon if longer than "
               "--max-steps (train the start of a longer plan)")
-@click.option("--learning-rate", type=float, help="peak LR [preset default]")
+@click.option("--learning-rate", type=FiniteFloatRange(0, min_open=True),
+              help="peak LR [preset default]")
 @click.option("--warmup-steps", type=int, help=with_default("linear warmup steps", "warmup_steps"))
 @click.option("--grad-accum", type=int, help=with_default("micro-batches per step", "grad_accum"))
-@click.option("--grad-clip", type=float,
+@click.option("--grad-clip", type=FiniteFloatRange(0),
               help=with_default("max gradient norm, 0 = off", "grad_clip"))
-@click.option("--weight-decay", type=float,
+@click.option("--weight-decay", type=FiniteFloatRange(0),
               help="AdamW's weight decay [preset default; 0.01 where it names none]")
 @click.option("--steps-per-report", type=int,
               help=with_default("steps between report lines", "steps_per_report"))
@@ -88,12 +90,14 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
               help=with_default("step checkpoints kept (plus best/)", "keep_last"))
 @click.option("--patience", type=int, help=with_default(
     "evals without val improvement before stopping; 0 = never", "patience"))
-@click.option("--seed", type=int, help=with_default("init and data seed", "seed"))
+@click.option("--seed", type=SEED, help=with_default("init and data seed", "seed"))
 @click.option("--resume", is_flag=True, default=None, help="continue the run in --output-dir")
 @click.option("--kernel", type=click.Choice(KERNEL_MODES),
               help="scan implementation: auto = the fused Metal or CUDA kernel of the GPU "
                    "present (checked against the reference on first use)  [default: auto]")
-@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), help="[default: adamw]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=with_default(
+    "adamw = AdamW on every weight; muon = Muon on the hidden weight matrices (at "
+    "muon_lr_scale x the LR, a --config key) and AdamW on the rest", "optimizer"))
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
 @click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
@@ -135,11 +139,17 @@ def status(run_dir, as_json):
     sys.exit(0 if s["alive"] else 1)
 
 
+# below 0.1 s the monitor would only spin redrawing the same frame; nan and inf never sleep
+INTERVAL = FiniteFloatRange(0.1, 86400.0)
+
+
 @click.command("monitor", context_settings=CONTEXT)
 @click.argument("run_dir", default=".", type=click.Path())
-@click.option("--interval", type=float, default=5.0, show_default=True, help="seconds per redraw")
+@click.option("--interval", type=INTERVAL, default=5.0, show_default=True,
+              help="seconds per redraw")
 @click.option("--once", is_flag=True, help="print one frame and exit")
-@click.option("--recent", type=int, default=10, show_default=True, help="reports shown")
+@click.option("--recent", type=click.IntRange(min=1), default=10, show_default=True,
+              help="reports shown")
 @one_line_errors
 def monitor(run_dir, interval, once, recent):
     """Live view of a run from its history.jsonl: last reports, R zone visits, u at bound.

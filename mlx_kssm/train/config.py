@@ -8,9 +8,10 @@ explicit flags.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
+import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ PRESET_TRAIN_FIELDS = ("batch_size", "seq_len", "learning_rate", "weight_decay")
 TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "optimizer",
                      "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "grokfast",
                      "min_lr_ratio", "schedule_steps")
+MAX_SEED = 2**32 - 1  # what every seeded RNG of a run (MLX's, NumPy's) accepts
 
 
 @dataclass
@@ -65,12 +67,14 @@ class TrainConfig:
     sample_tokens: int = 40
 
     @classmethod
-    def from_dict(cls, params: dict) -> "TrainConfig":
-        names = inspect.signature(cls).parameters
-        unknown = sorted(set(params) - set(names))
+    def from_dict(cls, params: dict, source: str = "training option") -> "TrainConfig":
+        """The config of `params` (keys as the fields, dashes allowed); ValueError naming
+        `source` and the key for an unknown key or a value of the wrong type."""
+        params = {k.replace("-", "_"): v for k, v in params.items()}
+        unknown = sorted(set(params) - set(FIELD_TYPES))
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**{k.replace("-", "_"): v for k, v in params.items()})
+        return cls(**{k: checked_value(k, v, source) for k, v in params.items()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,6 +87,9 @@ class TrainConfig:
             raise ValueError("give exactly one of --preset NAME or --model FOLDER")
         if self.data is None:
             raise ValueError("--data DIR is required (the folder `mlx-kssm data prepare` wrote)")
+        self._check_finite()
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must lie in [0, {MAX_SEED}], got {self.seed}")
         if self.stage is not None and self.stage not in STAGE_STEPS:
             raise ValueError(f"--stage must be 1..5, got {self.stage}")
         if self.optimizer not in OPTIMIZERS:
@@ -107,10 +114,57 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         return self
 
+    def _check_finite(self) -> None:
+        # inf passes every "> 0" check and nan every comparison: both would train to NaN
+        for name, kind in FIELD_TYPES.items():
+            value = getattr(self, name)
+            if kind is float and value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got "
+                                 f"{value}")
+
     @property
     def horizon(self) -> int:
         """Steps the LR schedule spans: max_steps, or schedule_steps when larger."""
         return max(self.max_steps, self.schedule_steps or 0)
+
+
+def _field_types() -> dict:
+    """Field name -> the one type its value must have (Optional[int] -> int)."""
+    types = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        types[name] = args[0] if args else hint
+    return types
+
+
+FIELD_TYPES = _field_types()
+OPTIONAL_FIELDS = {name for name, hint in typing.get_type_hints(TrainConfig).items()
+                   if type(None) in typing.get_args(hint)}  # None = the preset's, or unset
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+              list: "a list of strings"}
+
+
+def _has_type(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # True is an int in Python: `seq_len = true` is no length
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, kind)
+
+
+def checked_value(name: str, value, source: str):
+    """`value` for field `name` if it has the field's type (None where the field allows it; an
+    int where a float is due, as a float), else ValueError naming `source` and `name`."""
+    kind = FIELD_TYPES[name]
+    if value is None and name in OPTIONAL_FIELDS:
+        return None
+    if not _has_type(value, kind):
+        raise ValueError(f"{source} {name} must be {TYPE_NAMES[kind]}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 def read_config_file(path) -> dict:
@@ -129,7 +183,11 @@ def read_config_file(path) -> dict:
         raise ValueError(f"--config {path}: {e}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"--config {path}: expected a table of options")
-    return {k.replace("-", "_"): v for k, v in raw.items()}
+    options = {k.replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(options) - set(FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown training option(s): {', '.join(unknown)}")
+    return {k: checked_value(k, v, f"--config {path}:") for k, v in options.items()}
 
 
 def build_config(file_options: dict | None = None, flags: dict | None = None) -> TrainConfig:

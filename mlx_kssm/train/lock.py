@@ -41,23 +41,39 @@ def read_lock(run_dir) -> dict | None:
     """The holder's details; {} for an unreadable lock; None when there is no lock."""
     path = Path(run_dir) / LOCK_NAME
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError:
         return {}
+    return _parse(text)
+
+
+def _parse(text: bytes) -> dict:
+    """A lock's JSON; {} where it is not a trainer's (torn, garbage, or a pid, host or start
+    tick of the wrong kind), which then counts as unreadable: taken over once it is older than
+    UNREADABLE_GRACE_S, like any other garbage."""
     try:
         info = json.loads(text)
-        return info if isinstance(info, dict) else {}
     except ValueError:
         return {}
+    if not isinstance(info, dict):
+        return {}
+    pid, host, tick = info.get("pid"), info.get("host"), info.get("start_tick")
+    if not (_is_int(pid) and isinstance(host, str) and (tick is None or _is_int(tick))):
+        return {}
+    return info
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
 
 
 def holder_alive(info: dict) -> bool | None:
     """True/False for a holder on this host; None when it runs elsewhere (unknown)."""
     if info.get("host") != socket.gethostname():
         return None
-    pid = int(info.get("pid", -1))
+    pid = info.get("pid", -1)
     if pid <= 0 or not pid_alive(pid):
         return False
     tick = info.get("start_tick")
@@ -103,8 +119,10 @@ def _clear_if_stale(path: Path, log) -> None:
         except FileNotFoundError:
             return
         if age < UNREADABLE_GRACE_S:
-            raise LockError(f"{path} is being written by another trainer; try again shortly")
-        log(f"taking over unreadable lock {path}")
+            raise LockError(f"{path} is unreadable, perhaps being written by another trainer: "
+                            f"try again in {UNREADABLE_GRACE_S:g}s (an unreadable lock that "
+                            "old is taken over)")
+        log(f"taking over unreadable lock {path} (it names no trainer)")
     else:
         alive = holder_alive(holder)
         if alive is None:
@@ -121,8 +139,8 @@ def _clear_if_stale(path: Path, log) -> None:
     except FileNotFoundError:
         return
     try:
-        taken = json.loads(moved.read_text())
-    except (OSError, ValueError):
+        taken = _parse(moved.read_bytes())
+    except OSError:
         taken = {}
     if taken != holder:  # another trainer took over first and we moved its fresh lock
         try:

@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.optimizers import Optimizer
 
+from .._files import foreign_entries
 from ..data.loader import BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
 from ..io import apply_weights, load_model, resolve_model_dir
 from ..kernels import check_kernel, use_kernel
@@ -21,14 +22,17 @@ from ..models import build_model, preset_train_defaults
 from ..models.presets import DEFAULT_WEIGHT_DECAY, PRESETS
 from . import checkpoint as ckpt
 from .config import TRAJECTORY_FIELDS, TrainConfig, fill_preset_defaults
+from .lock import LOCK_NAME
 from .optim import Grokfast, build_optimizer, restore_checkpoint_arrays
-from .runlog import RUN_CONFIG
+from .runlog import HISTORY, LOG, RUN_CONFIG
 from .schedule import Schedule
 from .state import TrainerState
 
 # a model not a preset
 FALLBACK_DEFAULTS = dict(seq_len=256, batch_size=8, learning_rate=1e-3,
                          weight_decay=DEFAULT_WEIGHT_DECAY)
+# what a trainer writes before config.json: all a folder that is not (yet) a run may hold
+FIRST_WRITES = (LOCK_NAME, LOG, HISTORY)
 
 
 @dataclass(kw_only=True)
@@ -88,6 +92,25 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     return run, state
 
 
+# ---------------------------------------------------------------- the run folder
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """--output-dir is new, empty, or a run of this trainer (config.json a run's, or a
+    complete checkpoint): a run writes config.json, history.jsonl, checkpoints/ and
+    replaces best/ whole, so a folder holding anything else is refused before anything is
+    written, as `export` and `data prepare` refuse theirs."""
+    # checkpoints first: a run that has them resumes even with a damaged config.json
+    if ckpt.list_checkpoints(run_dir) or _saved_train_config(run_dir) is not None:
+        return
+    foreign = foreign_entries(run_dir, lambda name: name in FIRST_WRITES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(f"--output-dir {run_dir} is not a training run and holds files `train` "
+                         f"does not write ({shown}): choose a new or empty folder, or a run "
+                         "folder")
+
+
 # ---------------------------------------------------------------- options
 
 
@@ -98,6 +121,10 @@ def _options(config: TrainConfig, explicit: set, run_dir: Path, saved: TrainerSt
     # without a checkpoint: the options of a run that died before its first one; this also
     # refuses a folder whose config.json is not a run's (a new run would overwrite it)
     saved_options = saved.config.to_dict() if saved is not None else _saved_train_config(run_dir)
+    if config.resume and saved_options is None and not _starts_a_run(config):
+        raise ValueError(f"--resume: no run to resume in {run_dir} (no checkpoint, no "
+                         f"{RUN_CONFIG}); to start one there, give --preset NAME or --model "
+                         "FOLDER, and --data DIR")
     if config.resume and saved_options is not None:
         config, changed = _resume_config(saved_options, config, explicit)
         if changed:
@@ -108,14 +135,38 @@ def _options(config: TrainConfig, explicit: set, run_dir: Path, saved: TrainerSt
     return config
 
 
+def _starts_a_run(config: TrainConfig) -> bool:
+    return config.data is not None and (config.preset is None) != (config.model is None)
+
+
 def _resume_config(saved: dict, config: TrainConfig, explicit: set) -> tuple:
     """(the saved run config with the options the user set explicitly this time, the
     trajectory options that changed)."""
     saved = {**saved, "data": _absolute(saved.get("data")), "model": _absolute(saved.get("model"))}
+    _check_same_model(saved, config, explicit)
     merged = TrainConfig.from_dict({**saved, **{k: getattr(config, k) for k in explicit}})
     merged = merged.replace(resume=True, output_dir=config.output_dir)
     changed = [k for k in TRAJECTORY_FIELDS if k in explicit and saved.get(k) != getattr(merged, k)]
     return merged, changed
+
+
+def _check_same_model(saved: dict, config: TrainConfig, explicit: set) -> None:
+    """--resume continues the run's own model: a --preset or --model naming another is refused
+    (the run would go on training its own model while config.json claimed the other)."""
+    given = {k: getattr(config, k) for k in ("preset", "model") if k in explicit}
+    same = {"preset": lambda v: v == saved.get("preset"),
+            "model": lambda v: _absolute(v) == saved.get("model")}  # saved's is absolute
+    if not all(same[k](v) for k, v in given.items()):
+        run = _describe_model(saved)
+        asked = " and ".join(f"--{k} {v}" for k, v in given.items())
+        raise ValueError(f"{asked} differs from the run's {run}: --resume continues the run's "
+                         "own model; leave it out, or start a new run in another --output-dir")
+
+
+def _describe_model(options: dict) -> str:
+    if options.get("model") is not None:
+        return f"model folder {options['model']}"
+    return f"preset {options.get('preset')}"
 
 
 def _absolute(path) -> str | None:

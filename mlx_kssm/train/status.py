@@ -51,6 +51,45 @@ def trainer_processes(run_dir) -> list:
     return found
 
 
+def _fmt(record: dict, key: str, spec: str = "") -> str:
+    """record[key] formatted by `spec`, or "?" where a hand-edited history lacks it
+    (read_history has skipped reports whose figures are not numbers)."""
+    value = record.get(key)
+    return "?" if value is None else format(value, spec)
+
+
+def _count(config: dict, key: str, default: int) -> int:
+    """A whole number of config.json (or of its "train" options), else `default`."""
+    value = config.get(key, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _eta(trains: list, train_cfg: dict, config: dict, step: int) -> float | None:
+    """Seconds to --max-steps at the recent reports' token rate; None where unknown."""
+    max_steps = _count(train_cfg, "max_steps", 0)
+    rates = [r["tokens_per_sec"] for r in trains[-RECENT_REPORTS:]
+             if r.get("tokens_per_sec") is not None]
+    if not (max_steps and rates and sum(rates) > 0):
+        return None
+    tokens_per_step = (_count(train_cfg, "batch_size", 0) * _count(train_cfg, "seq_len", 0)
+                       * _count(train_cfg, "grad_accum", 1) * _count(config, "world_size", 1))
+    return (max_steps - step) * tokens_per_step / (sum(rates) / len(rates))
+
+
+def _lock_warnings(run_dir: Path, holder: dict | None, alive: bool | None) -> list:
+    """What the lock says that needs attention ({} = unreadable: garbage, as lock.read_lock
+    reads it)."""
+    if holder == {}:
+        return [f"unreadable lock {run_dir / LOCK_NAME} (it names no trainer): the next "
+                "trainer takes it over"]
+    if holder is not None and alive is False:
+        return [f"stale lock: {describe(holder)} is no longer running (the next trainer "
+                "takes it over)"]
+    if alive is None:
+        return [f"lock held on another host: {describe(holder)} (cannot check it)"]
+    return []
+
+
 def _run_config(run_dir: Path) -> dict:
     try:
         config = json.loads((run_dir / RUN_CONFIG).read_text())
@@ -74,28 +113,17 @@ def run_status(run_dir) -> dict:
     history = read_history(run_dir)
     config = _run_config(run_dir)
     train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
-    trains = [r for r in history if r.get("event") == "train"]
+    trains = [r for r in history if r.get("event") == "train" and r.get("step") is not None]
     evals = [r for r in history if r.get("event") == "eval"]
     verdicts = [r for r in history if r.get("event") == "verdict"]
     ends = [r for r in history if r.get("event") in ("end", "resume", "start")]
     last_ckpt = ckpt.latest_checkpoint(run_dir)
     step = trains[-1]["step"] if trains else 0
-    max_steps = train_cfg.get("max_steps")
-    eta = None
-    if trains and max_steps:
-        recent = trains[-RECENT_REPORTS:]
-        tps = sum(r["tokens_per_sec"] for r in recent) / len(recent)
-        tokens_per_step = (train_cfg.get("batch_size", 0) * train_cfg.get("seq_len", 0)
-                           * train_cfg.get("grad_accum", 1) * config.get("world_size", 1))
-        eta = (max_steps - step) * tokens_per_step / tps if tps > 0 else None
+    max_steps = _count(train_cfg, "max_steps", 0) or None
+    eta = _eta(trains, train_cfg, config, step)
     procs = trainer_processes(run_dir)
-    warnings = []
-    if holder is not None and alive is False:
-        warnings.append(f"stale lock: {describe(holder)} is no longer running "
-                        "(the next trainer takes it over)")
-    if alive is None:
-        warnings.append(f"lock held on another host: {describe(holder)} (cannot check it)")
-    ranks = config.get("world_size", 1) if alive else 1  # mlx.launch ranks are one run
+    warnings = _lock_warnings(run_dir, holder, alive)
+    ranks = _count(config, "world_size", 1) if alive else 1  # mlx.launch ranks are one run
     if len(procs) > ranks:
         warnings.append(f"{len(procs)} trainer processes on this folder: "
                         + ", ".join(str(p["pid"]) for p in procs)
@@ -122,23 +150,24 @@ def format_status(s: dict) -> str:
              + (f", ETA {format_duration(s['eta_s'])}" if s["eta_s"] is not None else "")]
     t = s["last_train"]
     if t:
-        r = f", R {t['R']:.4f} ({t['zone']})" if t.get("R") is not None else ""
+        r = f", R {t['R']:.4f} ({r_zone(t['R'])})" if t.get("R") is not None else ""
         u = f", u {t['u']:.4f}" if t.get("u") is not None else ""
-        lines.append(f"  last report: loss {t['loss']:.4f}, CE {t['ce']:.4f}{r}{u}, "
-                     f"LR {t['lr']:.3e}, {t['tokens_per_sec']:.1f} tok/s")
+        lines.append(f"  last report: loss {_fmt(t, 'loss', '.4f')}, CE {_fmt(t, 'ce', '.4f')}"
+                     f"{r}{u}, LR {_fmt(t, 'lr', '.3e')}, {_fmt(t, 'tokens_per_sec', '.1f')} "
+                     "tok/s")
     e = s["last_eval"]
     if e:
         vr = f", val R {e['val_R']:.4f}" if e.get("val_R") is not None else ""
-        lines.append(f"  last eval (step {e['step']}): val loss {e['val_loss']:.4f}, "
-                     f"val ppl {e['val_ppl']:.2f}{vr}")
+        lines.append(f"  last eval (step {_fmt(e, 'step')}): val loss "
+                     f"{_fmt(e, 'val_loss', '.4f')}, val ppl {_fmt(e, 'val_ppl', '.2f')}{vr}")
     if s["last_checkpoint"]:
         lines.append(f"  last checkpoint: {s['last_checkpoint']} "
                      f"({format_duration(s['last_checkpoint_age_s'])} ago)")
     else:
         lines.append("  last checkpoint: none")
     if s["last_verdict"]:
-        lines.append(f"  stage {s['last_verdict']['stage']} verdict: "
-                     f"{s['last_verdict']['overall']}")
+        v = s["last_verdict"]
+        lines.append(f"  stage {v.get('stage', '?')} verdict: {v.get('overall', '?')}")
     lines += [f"  WARNING: {w}" for w in s["warnings"]]
     return "\n".join(lines)
 
@@ -154,16 +183,18 @@ def monitor_frame(run_dir, recent: int = 10) -> str:
     for r in trains[-recent:]:
         R = f"{r['R']:.4f}" if r.get("R") is not None else "-"
         u = f"{r['u']:.4f}" if r.get("u") is not None else "-"
-        lines.append(f"{r['step']:>7} {r['loss']:>8.4f} {r['ce']:>8.4f} {R:>7} "
-                     f"{r.get('zone', '-'):<14} {u:>7} {r['grad_norm']:>7.3f} {r['lr']:>9.2e} "
-                     f"{r['tokens_per_sec']:>9.1f}")
+        zone = r_zone(r["R"]) if r.get("R") is not None else "-"
+        lines.append(f"{_fmt(r, 'step'):>7} {_fmt(r, 'loss', '.4f'):>8} "
+                     f"{_fmt(r, 'ce', '.4f'):>8} {R:>7} {zone:<14} {u:>7} "
+                     f"{_fmt(r, 'grad_norm', '.3f'):>7} {_fmt(r, 'lr', '.2e'):>9} "
+                     f"{_fmt(r, 'tokens_per_sec', '.1f'):>9}")
     zones = zones_visited(trains)
     if zones:
         total = sum(zones.values())
         lines.append("")
         lines.append("R zone visits (per layer, per report): " + ", ".join(
             f"{z} {n} ({n / total:.0%})" for z, n in sorted(zones.items(), key=lambda kv: -kv[1])))
-    with_u = [r for r in trains if r.get("u") is not None]
+    with_u = [r for r in trains if r.get("u") is not None and r.get("u_at_bound") is not None]
     if with_u:
         at = [r["u_at_bound"] for r in with_u]
         lines.append(f"u at bound: latest {at[-1]:.1%} of positions, mean {sum(at) / len(at):.1%},"
@@ -172,7 +203,7 @@ def monitor_frame(run_dir, recent: int = 10) -> str:
     if evals:
         lines.append("")
         lines.append("evaluations: " + "  ".join(
-            f"{e['step']}:{e['val_loss']:.3f}" + ("*" if e.get("is_best") else "")
+            f"{_fmt(e, 'step')}:{_fmt(e, 'val_loss', '.3f')}" + ("*" if e.get("is_best") else "")
             for e in evals[-8:]) + "   (* = best)")
         if evals[-1].get("val_R") is not None:
             lines.append(f"  latest val R {evals[-1]['val_R']:.4f} ({r_zone(evals[-1]['val_R'])})")

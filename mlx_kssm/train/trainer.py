@@ -71,12 +71,16 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
         explicit = {k for k, v in config.to_dict().items() if getattr(defaults, k) != v}
     if not config.resume:
         config.validate()
+    if not config.output_dir:  # Path("") is the working directory itself
+        raise ValueError("--output-dir must name a folder, got an empty path")
     group = mx.distributed.init()
     rank, world = group.rank(), group.size()
     run_dir = Path(config.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output-dir {run_dir} exists and is not a folder")
     writer = rank == 0
+    if writer:  # before the lock: a folder that is not a run gets nothing written into it
+        setup.check_run_folder(run_dir)
     created = writer and not run_dir.exists()
     started = False
     if writer:
