@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text,
                       foreign_entries, inside, remove_stale_temps, sha256_bytes, sha256_file,
                       temp_tag)
+from .._types import is_int
 from .errors import DataError, FetchError
 
 # Where each book may be: Gutenberg's generated cache first (every book has it), then the
@@ -225,7 +226,7 @@ def select_books(ids: list[int] | None = None, list_file=None) -> list[dict]:
     if not ids:
         raise DataError("--ids: no Gutenberg IDs given")
     for i in ids:
-        if not isinstance(i, int) or isinstance(i, bool) or i < 1:
+        if not is_int(i) or i < 1:
             raise DataError(f"--ids: {i!r} is not a Gutenberg ID (a positive integer)")
     return [catalog.get(i, {"id": i, "title": "", "author": ""}) for i in ids]
 
@@ -278,7 +279,7 @@ def check_mirrors(patterns) -> None:
 
 
 def check_retries(retries) -> None:
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 1:
+    if not is_int(retries) or retries < 1:
         raise DataError(f"--retries {retries!r}: the attempts per URL, at least 1 "
                         "(1 = no retry)")
 

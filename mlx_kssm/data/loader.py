@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import inside
+from .._types import is_int
 from .errors import DataError
 from .prepare import FORMAT_VERSION, SPLITS, token_dtype
 from .tokenizer import load_tokenizer, normalize_spec, tokenizer_mismatch
@@ -74,7 +75,7 @@ def _split_file(meta_path: Path, data_dir: Path, split: str, info: dict) -> tupl
     if path is None:
         raise DataError(f"{meta_path}: splits.{split}.file {name!r} lies outside {data_dir}: "
                         "refused")
-    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+    if not is_int(length) or length < 0:
         raise DataError(f"{meta_path}: splits.{split}.tokens must be a non-negative integer, "
                         f"got {length!r}")
     return path, length

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign_entries,
                       inside, naming, replacing_folder, sha256_file)
+from .._types import is_int
 from .errors import DataError
 from .fetch import check_text, decode_text, list_text_files
 from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
@@ -222,7 +223,7 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
     started = time.perf_counter()
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)

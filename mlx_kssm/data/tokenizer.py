@@ -20,6 +20,7 @@ from typing import Iterable
 import numpy as np
 
 from .._files import inside
+from .._types import has_type, is_int
 from .errors import DataError
 
 DEFAULT_TOKENIZER = "cl100k_base"
@@ -209,8 +210,7 @@ def _spec_from_name(name: str, root) -> dict:
 
 def _check_field(spec: dict, key: str, kind: type, what: str, where: str = "") -> None:
     value = spec.get(key)
-    # bool is an int to Python, but never an id or a size
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not has_type(value, kind):
         got = "nothing (missing)" if key not in spec else repr(value)
         raise DataError(f"'{where}{key}' must be {what}, got {got}")
 
@@ -222,8 +222,7 @@ def _check_compaction(compaction, root) -> None:
         _check_field(compaction, "size", int, "an integer", "compaction.")
     if "base_ids" in compaction:
         ids = compaction["base_ids"]
-        if not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
-                                              for i in ids)):
+        if not (isinstance(ids, list) and all(is_int(i) for i in ids)):
             shown = repr(ids) if len(repr(ids)) <= 60 else repr(ids)[:57] + "..."
             raise DataError(f"'compaction.base_ids' must be a list of integers, got {shown}")
     elif "map_file" in compaction:

@@ -10,6 +10,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
+from .._types import TYPE_WORDS, has_type
 from .bistable import CORE_BOX
 from .force import ForceR
 
@@ -19,9 +20,6 @@ DESIGNS = {
     1: dict(design=1, rotation="input", gate=False, squash="exp"),
     2: dict(design=2, rotation="fixed", gate=True, squash="algebraic"),
 }
-
-
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _version() -> str:
@@ -126,11 +124,8 @@ class ModelArgs:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             kind = type(f.default) if f.default is not None else str
-            ok = (value is None and f.default is None
-                  or isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-                  or kind is float and isinstance(value, int) and not isinstance(value, bool))
-            if not ok:
-                raise ValueError(f"{f.name} must be {_TYPE_WORDS[kind]}, got {value!r}")
+            if not (value is None and f.default is None or has_type(value, kind)):
+                raise ValueError(f"{f.name} must be {TYPE_WORDS[kind]}, got {value!r}")
 
     @property
     def n_oscillators(self) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .._types import TYPE_WORDS, has_type
+
 # --stage N trains this many steps and judges the run with stage N's rows (docs/training.md).
 STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
 OPTIMIZERS = ("adamw", "muon")
@@ -140,20 +142,13 @@ def _field_types() -> dict:
 FIELD_TYPES = _field_types()
 OPTIONAL_FIELDS = {name for name, hint in typing.get_type_hints(TrainConfig).items()
                    if type(None) in typing.get_args(hint)}  # None = the preset's, or unset
-TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-              list: "a list of strings"}
+TYPE_NAMES = {**TYPE_WORDS, list: "a list of strings"}
 
 
 def _has_type(value, kind) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):  # True is an int in Python: `seq_len = true` is no length
-        return False
-    if kind is float:
-        return isinstance(value, (int, float))
     if kind is list:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(value, kind)
+    return has_type(value, kind)
 
 
 def checked_value(name: str, value, source: str):

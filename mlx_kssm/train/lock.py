@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .._files import pid_alive, temp_tag
+from .._types import is_int
 
 LOCK_NAME = "training.lock"
 UNREADABLE_GRACE_S = 10.0  # an empty/corrupt lock younger than this may still be being written
@@ -60,13 +61,9 @@ def _parse(text: bytes) -> dict:
     if not isinstance(info, dict):
         return {}
     pid, host, tick = info.get("pid"), info.get("host"), info.get("start_tick")
-    if not (_is_int(pid) and isinstance(host, str) and (tick is None or _is_int(tick))):
+    if not (is_int(pid) and isinstance(host, str) and (tick is None or is_int(tick))):
         return {}
     return info
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
 
 
 def holder_alive(info: dict) -> bool | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .._files import atomic_write_bytes, atomic_write_text, naming
+from .._types import has_type
 from ..models import r_zone
 
 HISTORY = "history.jsonl"
@@ -61,7 +62,7 @@ def _parse(line: bytes) -> dict | None:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return has_type(value, float)
 
 
 def _usable(record: dict) -> bool:

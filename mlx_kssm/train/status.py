@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+from .._types import is_int
 from ..models import r_zone
 from . import checkpoint as ckpt
 from .health import zones_visited
@@ -61,7 +62,7 @@ def _fmt(record: dict, key: str, spec: str = "") -> str:
 def _count(config: dict, key: str, default: int) -> int:
     """A whole number of config.json (or of its "train" options), else `default`."""
     value = config.get(key, default)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    return value if is_int(value) else default
 
 
 def _eta(trains: list, train_cfg: dict, config: dict, step: int) -> float | None:
