@@ -38,6 +38,7 @@ V010 = {"n_layers": 2, "n_groups": 8, "osc_per_group": 16, "harmonics": 4, "ffn_
 # after it (wide_g80), spelled out for the same reason
 WIDE_G64 = {"n_groups": 64, "ffn_hidden": 256}
 WIDE_G80 = {"n_groups": 80, "ffn_hidden": 128}
+X2_G120 = {"d_model": 192, "n_groups": 120, "ffn_hidden": 192}
 # tiny's bank and MLP (spelled out, so bpe_tiny stays what it was if the preset moves), the
 # same parameters spent on a bank 2.5x as wide, and on one half as wide
 TINY_G16 = {"n_groups": 16, "ffn_hidden": 256}
@@ -147,6 +148,11 @@ VARIANTS: dict = {
     # its N x d projection (897k)
     "rotin_g64_wd01": ("v1-char", {"n_groups": 64, "ffn_hidden": 128, "rotation": "input"},
                        {"weight_decay": 0.1}),
+    # the preset's proportions at 1.5x its width (d_model 192, 120 groups of 4, FFN 192: 1.98M,
+    # 2.2x the parameters) and its bolted control: does the contract's price shrink with size
+    # at char level, as it does on cl100k (tiny 0.031, v2 on the GPU level)?
+    "x2_g120_wd01": ("v1-char", X2_G120, {"weight_decay": 0.1}),
+    "bolted_x2_g120_wd01": ("control-bolted-char", X2_G120, {"weight_decay": 0.1}),
     # is 0.1 near the best weight decay for it? (the preset at 0.2)
     "wide_g80_wd02": ("v1-char", WIDE_G80, {"weight_decay": 0.2}),
     # groups of 2 (a pair's Z_1 fixes both phases up to a swap) at the same parameter count, and
