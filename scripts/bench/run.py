@@ -253,6 +253,9 @@ def quality_issue_parts() -> dict:
                      # token), with the preset's seeds 3-4 that pair with the gate's
                      ("readouts", exp_rows("wide_g80_wd01,fg_g67_wd01,before_wd01,"
                                            "bolted_before_wd01"), 60),
+                     # the preset's proportions at 2.2x its parameters, and its control: does
+                     # the contract's price shrink with size at char level?
+                     ("scale", exp_rows("x2_g120_wd01,bolted_x2_g120_wd01", "9697ff6"), 60),
                      # the three presets' models at the recipe's steps and at twice them
                      # (both at the recipe's weight decay 0.01): does the control's lead (or
                      # the transformer's deficit) shrink with training?
@@ -701,6 +704,17 @@ READOUTS_INTRO = (
     "gives R = r exactly; token-by-token cached decoding matches the full forward to 3e-6. "
     "Neither was kept: the causality suite "
     "on these runs is in docs/model.md (\"What the contract costs\").")
+SCALE_INTRO = (
+    "The same recipe at 2.2x the preset's size (compare the preset's seeds, `wide_g80_wd01` "
+    "and `bolted_wide_g80_wd01` above): d_model 192, 120 groups of 4, FFN 192, weight decay "
+    "0.1, the preset's LR. On cl100k the control's lead is about half the char-level one at "
+    "tiny scale and nil at v2 scale on the GPU (section 8, section 11): is it the size?")
+SCALE_NOTES = {
+    "x2_g120_wd01": "v1-char's proportions at 1.5x its width: d_model 192, 120 groups of 4, "
+                    "FFN 192 (1.98M)",
+    "bolted_x2_g120_wd01": "its bolted control (2.45M)",
+}
+SCALE_PAIRS = [("x2_g120_wd01", "bolted_x2_g120_wd01", "x2_g120_wd01 minus its bolted control")]
 READOUTS_NOTES = {
     "wide_g80_wd01": "the preset (v1-char), seeds 3 and 4",
     "fg_g67_wd01": "the preset with the feature gate, 67 groups to keep its size (893k)",
@@ -779,6 +793,7 @@ def md_ablation(part: dict, screening: dict | None) -> list:
     L += _rows_section(_result(part, "short"), SHORT_INTRO, notes=SHORT_NOTES)
     L += _rows_section(_result(part, "screens"), SCREENS_INTRO, notes=SCREENS_NOTES)
     L += _rows_section(_result(part, "readouts"), READOUTS_INTRO, notes=READOUTS_NOTES)
+    L += _job_section(part, "scale", "scale", SCALE_INTRO, SCALE_NOTES, SCALE_PAIRS)
     L += _job_section(part, "budget2k", "budget2k", BUDGET_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     L += _job_section(part, "budget", "budget", BUDGET_4K_INTRO, BUDGET_NOTES, BUDGET_PAIRS)
     L += md_positions(part)
