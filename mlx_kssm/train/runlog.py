@@ -21,7 +21,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from .._files import atomic_write_bytes, atomic_write_text, naming
-from .._types import has_type
+from .._types import has_type, is_int
 from ..models import r_zone
 
 HISTORY = "history.jsonl"
@@ -70,8 +70,7 @@ def _usable(record: dict) -> bool:
     event's loss is the string "nan" by design)."""
     if record.get("event", "train") not in ("train", "eval"):  # plot: no event = a report
         return True
-    step = record.get("step", 0)
-    if not _is_number(step) or isinstance(step, float):  # shown as a whole number
+    if not is_int(record.get("step", 0)):  # shown as a whole number
         return False
     if any(record.get(k) is not None and not _is_number(record[k]) for k in NUMBERS):
         return False
