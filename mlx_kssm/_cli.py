@@ -28,6 +28,7 @@ from pathlib import Path
 
 import click
 
+from ._types import MAX_SEED
 from .kernels import KERNEL_MODES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -83,9 +84,7 @@ def fail(error: Exception):
     sys.exit(EXIT_ERROR)
 
 
-# Seeds reach mx.random.seed and NumPy's generators; both take an unsigned 32-bit value
-# here, so a seed outside it fails early, named, instead of deep inside either library.
-SEED = click.IntRange(0, 2**32 - 1)
+SEED = click.IntRange(0, MAX_SEED)
 
 
 class FiniteFloatRange(click.FloatRange):

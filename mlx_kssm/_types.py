@@ -3,6 +3,9 @@ history.jsonl) and library arguments. JSON and TOML give bool, int, float and st
 counts True as an int, so a plain isinstance(value, int) would take `seq_len = true` for a
 length of 1."""
 
+# what every seeded generator here takes (MLX's mx.random.seed, NumPy's): an unsigned 32-bit
+# value; a seed outside it fails early, named, instead of deep inside either library
+MAX_SEED = 2**32 - 1
 TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

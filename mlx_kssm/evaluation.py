@@ -25,6 +25,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ._types import MAX_SEED, TYPE_WORDS, has_type
+
 
 def _batch_stats(model, inputs, targets):
     logits, r, aux = model(inputs, return_r=True, return_aux=True)
@@ -115,6 +117,7 @@ class EvalConfig:
     kernel: str | None = None  # the scan: auto|metal|cuda|reference; None: the model's own
 
     def validate(self) -> "EvalConfig":
+        self._check_types()
         for name in ("batches", "batch_size", "sequences", "sample_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -125,6 +128,26 @@ class EvalConfig:
         if self.causality and self.sequences < 3:
             raise ValueError(f"the causality suite needs >= 3 sequences, got {self.sequences}")
         return self
+
+    def _check_types(self) -> None:
+        """Each field holds its type (bool is no count; a seed is what NumPy and MLX take)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = type(f.default) if f.default is not None else None
+            if f.name == "random_init_seed":
+                kind = int if value is not None else None
+            elif f.name == "kernel":
+                kind = str if value is not None else None
+            if kind is tuple:
+                if not (isinstance(value, (tuple, list)) and value
+                        and all(has_type(v, float) for v in value)):
+                    raise ValueError(f"{f.name} must be a sequence of numbers, got {value!r}")
+            elif kind is not None and not has_type(value, kind):
+                raise ValueError(f"{f.name} must be {TYPE_WORDS[kind]}, got {value!r}")
+        for name in ("seed", "random_init_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_SEED:
+                raise ValueError(f"{name} must lie in [0, {MAX_SEED}], got {value}")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "values": list(self.values)}
@@ -172,6 +195,8 @@ def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, labe
     """
     from .data.loader import TokenDataset, check_vocab, eval_batches
 
+    if config is not None and not isinstance(config, EvalConfig):
+        raise ValueError(f"config must be an EvalConfig, got {type(config).__name__}")
     config = (config or EvalConfig()).validate()
     dataset = TokenDataset(data, config.split)
     model, tokenizer, name, training_seed = _resolve_model(model, dataset, tokenizer, label)

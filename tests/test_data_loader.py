@@ -1,6 +1,7 @@
 """Loader: memmap checks against meta.json, deterministic windows, bounds, bad files."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -300,3 +301,25 @@ def test_tokenizer_check_compares_the_string_form(tmp_path, data_dir):
         check_tokenizer(ds, "/etc/passwd", model, "the model")
     assert str(info.value).startswith(f"{model / 'config.json'}: tokenizer: the tokenizer file "
                                       "'/etc/passwd' named by the tokenizer spec lies outside")
+
+
+@pytest.mark.parametrize("args, says", [
+    ((2, 2, 0), "seq_len must be an integer >= 1, got 0"),  # was: windows of shape (2, 0)
+    ((2, 2, -5), "seq_len must be an integer >= 1, got -5"),
+    ((-1, 2, 8), "n_batches must be an integer >= 1, got -1"),
+    ((2, 2.5, 8), "batch_size must be an integer >= 1, got 2.5"),
+    ((2, True, 8), "batch_size must be an integer >= 1, got True")])
+def test_eval_batches_checks_its_counts(data_dir, args, says):
+    with pytest.raises(DataError, match=re.escape(says)):
+        eval_batches(TokenDataset(data_dir, "val"), *args)
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"batch_size": "4"}, "batch_size must be an integer >= 1, got '4'"),
+    ({"seed": 1.5}, "seed must be an integer in [0, 4294967295], got 1.5"),
+    ({"seed": -1}, "seed must be an integer in [0, 4294967295], got -1"),
+    ({"rank": 2, "world_size": 2}, "rank 2 outside world_size 2")])
+def test_batch_sampler_checks_its_arguments(data_dir, kwargs, says):
+    args = {"batch_size": 4, "seq_len": 32, **kwargs}
+    with pytest.raises(DataError, match=re.escape(says)):
+        BatchSampler(TokenDataset(data_dir, "train"), **args)

@@ -274,3 +274,20 @@ def test_plot_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
     line = one_line_error(run("plot", tmp_path))
     assert "pip install 'mlx-kssm[plot]'" in line
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"batches": "1"}, "batches must be an integer, got '1'"),
+    ({"seq_len": 16.5}, "seq_len must be an integer, got 16.5"),
+    ({"seed": -1}, "seed must lie in [0, 4294967295], got -1"),
+    ({"random_init_seed": 1.5}, "random_init_seed must be an integer, got 1.5"),
+    ({"values": 0.5}, "values must be a sequence of numbers, got 0.5"),
+    ({"causality": 1}, "causality must be true or false, got 1")])
+def test_eval_config_types_are_checked(kwargs, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        mlx_kssm.EvalConfig(**kwargs).validate()
+
+
+def test_evaluate_refuses_a_dict_for_its_config(models, data_dir):
+    with pytest.raises(ValueError, match="config must be an EvalConfig, got dict"):
+        mlx_kssm.evaluate(models["tiny"], data_dir, {"batches": 1})

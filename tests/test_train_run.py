@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 
 import mlx_kssm  # noqa: F401
 import mlx.core as mx
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlx.utils import tree_flatten
@@ -705,3 +707,22 @@ def test_optimizer_has_help():
     r = CliRunner().invoke(main, ["train", "--help"])
     option = r.output[r.output.index("--optimizer"):r.output.index("--grokfast")]
     assert "adamw = AdamW" in option and "muon = Muon" in option and "[default: adamw]" in option
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("max_steps", "2", "max_steps must be an integer, got '2'"),
+    ("batch_size", 2.5, "batch_size must be an integer, got 2.5"),
+    ("seed", True, "seed must be an integer, got True"),  # trained, then could not resume
+    ("learning_rate", "1e-3", "learning_rate must be a number, got '1e-3'"),
+    ("max_steps", np.int64(2), "max_steps must be an integer"),  # JSON can't hold it
+    ("sample_prompts", "The ", "sample_prompts must be a list of strings, got 'The '")])
+def test_a_config_built_in_python_is_type_checked(data_dir, tmp_path, field, value, says):
+    """from_dict checked types; a TrainConfig built in Python reached the trainer unchecked
+    (deep TypeErrors, or a run trained on one-character prompts that could not resume)."""
+    out = tmp_path / "run"
+    for resume in (False, True):
+        config = TrainConfig(**{**tiny_config(data_dir, out).to_dict(), field: value,
+                                "resume": resume})
+        with pytest.raises(ValueError, match=re.escape(says)):
+            train(config, echo=lambda m: None)
+        assert not out.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import inside
-from .._types import is_int
+from .._types import MAX_SEED, is_int
 from .errors import DataError
 from .prepare import FORMAT_VERSION, SPLITS, token_dtype
 from .tokenizer import load_tokenizer, normalize_spec, tokenizer_mismatch
@@ -250,12 +250,10 @@ class BatchSampler:
 
     def __init__(self, dataset: TokenDataset, batch_size: int, seq_len: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
-        if batch_size < 1 or seq_len < 1:
-            raise DataError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
-        if not 0 <= rank < world_size:
-            raise DataError(f"rank {rank} outside world_size {world_size}")
-        if seed < 0:
-            raise DataError(f"seed must be >= 0, got {seed}")
+        _check_counts(batch_size=batch_size, seq_len=seq_len, world_size=world_size)
+        if not (is_int(rank) and 0 <= rank < world_size):
+            raise DataError(f"rank {rank!r} outside world_size {world_size}")
+        _check_seed(seed)
         _check_window(dataset, seq_len)
         self.dataset, self.batch_size, self.seq_len = dataset, batch_size, seq_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -271,10 +269,24 @@ class BatchSampler:
         return gather_windows(self.dataset.tokens, self.starts(step), self.seq_len)
 
 
+def _check_counts(**counts) -> None:
+    """Each of `counts` a whole number >= 1 (numpy would take -1 for a shape, or 2.5 as 2)."""
+    for name, value in counts.items():
+        if not (is_int(value) and value >= 1):
+            raise DataError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_seed(seed) -> None:
+    if not (is_int(seed) and 0 <= seed <= MAX_SEED):
+        raise DataError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+
+
 def eval_batches(dataset: TokenDataset, n_batches: int, batch_size: int, seq_len: int,
                  seed: int = 1234) -> list[tuple[np.ndarray, np.ndarray]]:
     """A fixed list of (inputs, targets) windows for validation: the same for every call with
     the same arguments, so evaluations are comparable across a run and across resumes."""
+    _check_counts(n_batches=n_batches, batch_size=batch_size, seq_len=seq_len)
+    _check_seed(seed)
     _check_window(dataset, seq_len)
     starts = _window_starts(np.random.default_rng(seed), len(dataset), seq_len, n_batches * batch_size)
     return [gather_windows(dataset.tokens, starts[i * batch_size:(i + 1) * batch_size], seq_len)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .._types import TYPE_WORDS, has_type
+from .._types import MAX_SEED, TYPE_WORDS, has_type
 
 # --stage N trains this many steps and judges the run with stage N's rows (docs/training.md).
 STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
@@ -27,7 +27,6 @@ PRESET_TRAIN_FIELDS = ("batch_size", "seq_len", "learning_rate", "weight_decay")
 TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "optimizer",
                      "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "grokfast",
                      "min_lr_ratio", "schedule_steps")
-MAX_SEED = 2**32 - 1  # what every seeded RNG of a run (MLX's, NumPy's) accepts
 
 
 @dataclass
@@ -84,7 +83,14 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+    def check_types(self) -> "TrainConfig":
+        """Each field holds its type: a config built in Python was not read by from_dict."""
+        for f in dataclasses.fields(self):
+            checked_value(f.name, getattr(self, f.name), "training option")
+        return self
+
     def validate(self) -> "TrainConfig":
+        self.check_types()
         if (self.preset is None) == (self.model is None) and not self.resume:
             raise ValueError("give exactly one of --preset NAME or --model FOLDER")
         if self.data is None:

@@ -66,6 +66,7 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     option that differs from TrainConfig's default.
     Raises ValueError, DataError, ModelLoadError, RuntimeError or lock.LockError on bad input.
     """
+    config.check_types()
     defaults = TrainConfig()
     if explicit is None:
         explicit = {k for k, v in config.to_dict().items() if getattr(defaults, k) != v}
