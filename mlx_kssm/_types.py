@@ -20,3 +20,9 @@ def has_type(value, kind: type) -> bool:
 
 def is_int(value) -> bool:
     return has_type(value, int)
+
+
+def check_seed(seed, error: type = ValueError) -> None:
+    """Raise `error` unless `seed` is an integer in [0, MAX_SEED]."""
+    if not (is_int(seed) and 0 <= seed <= MAX_SEED):
+        raise error(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")

@@ -117,3 +117,23 @@ def test_generation_checks_force_r_once_not_per_token(kssm, monkeypatch):
     gen = generate_tokens(kssm, [1, 2, 3], max_tokens=12, temp=0, force_r=0.3)
     assert len(gen.tokens) == 12 and len(built) == 1
     assert all(abs(v - 0.3) < 1e-6 for r in gen.r_trace for v in r)
+
+
+@pytest.mark.parametrize("given", [{1.7: 0.3}, {True: 0.3}, {"1.5": 0.3}, {None: 0.3}])
+def test_layer_keys_must_be_integers(given):
+    """int() would take 1.7 and True as layer 1 and force it silently."""
+    with pytest.raises(ValueError, match="layers must be integers"):
+        ForceR.of(given, 2)
+
+
+@pytest.mark.parametrize("n_layers", [0, -1, 1.5, True])
+def test_n_layers_must_be_a_positive_integer(n_layers):
+    with pytest.raises(ValueError, match="n_layers must be an integer >= 1"):
+        ForceR.of(0.3, n_layers)
+    with pytest.raises(ValueError, match="n_layers must be an integer >= 1"):
+        ForceR.from_options("0.3", (), n_layers)
+
+
+def test_no_layers_means_no_forcing():
+    assert ForceR(()).to_config() is None
+    assert ForceR(()).describe() == "no layer forced"

@@ -411,3 +411,100 @@ def test_hand_written_adjoint_matches_autodiff_of_the_sequential_scan(one_cotang
     for name, a, b in zip(("dr", "di", "k", "cr", "ci", "z0r", "z0i"), grads_a, grads_b):
         assert a.shape == b.shape, name
         assert mx.abs(a - b).max().item() < 1e-4 * max(1.0, mx.abs(b).max().item()), name
+
+
+# -- malformed inputs and caches: one clear ValueError from shapes and types alone --
+
+INPUTS_ERROR = r"inputs must be an integer mx\.array of shape \(batch, tokens\)"
+
+
+@pytest.mark.parametrize("inputs", [
+    mx.array([1, 2, 3]),  # 1-D
+    mx.zeros((1, 2, 3), mx.int32),  # 3-D
+    mx.zeros((1, 0), mx.int32),  # no tokens
+    mx.zeros((1, 3)),  # float ids
+    np.zeros((1, 3), np.int32),  # not an mx.array
+], ids=["1d", "3d", "empty", "float", "numpy"])
+@pytest.mark.parametrize("preset", ["tiny", "transformer-tiny", "upstream-v3-tiny"])
+def test_malformed_inputs_are_refused(preset, inputs):
+    with pytest.raises(ValueError, match=INPUTS_ERROR):
+        build_model(preset, vocab_size=V, seed=0)(inputs)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "transformer-tiny", "upstream-v3-tiny"])
+@pytest.mark.parametrize("cache", [[], {}, "one"], ids=["empty", "dict", "str"])
+def test_cache_must_be_one_entry_per_layer(preset, cache):
+    with pytest.raises(ValueError, match="cache must be a list with one entry per layer"):
+        build_model(preset, vocab_size=V, seed=0)(tokens(0), cache=cache)
+
+
+def test_cache_of_too_few_layers_or_another_kind_is_refused(kssm):
+    with pytest.raises(ValueError, match="one entry per layer"):
+        kssm(tokens(0), cache=kssm.make_cache()[:1])
+    transformer = build_model("transformer-tiny", vocab_size=V, seed=0)
+    with pytest.raises(ValueError, match="OscillatorCache"):
+        kssm(tokens(0), cache=transformer.make_cache())
+
+
+@pytest.mark.parametrize("filled, fed", [(1, 2), (2, 1)])
+@pytest.mark.parametrize("preset", ["tiny", "transformer-tiny"])
+def test_cache_batch_must_match_the_inputs(preset, filled, fed):
+    """A batch-1 cache fed 2 rows used to continue row 0's state in both, silently."""
+    model = build_model(preset, vocab_size=V, seed=0)
+    cache = model.make_cache()
+    model(tokens(0, (filled, 4)), cache=cache)
+    with pytest.raises(ValueError, match=r"cache\[0\] holds .* need \(%d," % fed):
+        model(tokens(1, (fed, 1)), cache=cache)
+
+
+def test_cache_of_another_bank_is_refused(kssm):
+    other = build_model("tiny", vocab_size=V, seed=0, n_groups=8)
+    cache = other.make_cache()
+    other(tokens(0), cache=cache)
+    with pytest.raises(ValueError, match=r"state of shape \(2, 8, 4\)"):
+        kssm(tokens(1), cache=cache)
+
+
+def test_checks_leave_compiled_calls_and_positions_alone(kssm):
+    """The checks read shapes only, so the model still compiles; upstream's positions still
+    advance through a checked cache."""
+    x = tokens(3)
+    assert mx.allclose(mx.compile(kssm)(x), kssm(x), atol=1e-5)
+    upstream = build_model("upstream-v3-tiny", vocab_size=V, seed=0)
+    cache = upstream.make_cache()
+    upstream(x, cache=cache)
+    assert [c.offset for c in cache] == [x.shape[1]] * len(cache)
+
+
+# -- build_model's arguments --
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(vocab_size=2.7), "vocab_size must be an integer"),
+    (dict(vocab_size="300"), "vocab_size must be an integer"),
+    (dict(vocab_size=True), "vocab_size must be an integer"),
+    (dict(seed=-1), "seed must be an integer in"),
+    (dict(seed=1.5), "seed must be an integer in"),
+    (dict(seed=2 ** 70), "seed must be an integer in"),
+    (dict(seed=True), "seed must be an integer in"),
+    (dict(coupling_bias=float("nan")), "coupling_bias must be a finite number"),
+    (dict(lambda_delta=float("inf")), "lambda_delta must be a finite number"),
+])
+def test_build_model_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("tiny", **kwargs)
+
+
+@pytest.mark.parametrize("first", [ModelArgs(), {}, "tiny"], ids=["args", "config", "preset"])
+def test_build_model_refuses_unknown_options_on_every_path(first):
+    with pytest.raises(ValueError, match="unknown model option"):
+        build_model(first, foo=1)
+
+
+@pytest.mark.parametrize("first", [None, 3, ["tiny"]])
+def test_build_model_refuses_what_is_no_model_description(first):
+    with pytest.raises(ValueError, match="build_model takes a preset name"):
+        build_model(first)
+
+
+def test_build_model_takes_the_largest_seed():
+    assert build_model("tiny", vocab_size=V, seed=2 ** 32 - 1).args.vocab_size == V

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import inside
-from .._types import MAX_SEED, is_int
+from .._types import check_seed, is_int
 from .errors import DataError
 from .prepare import FORMAT_VERSION, SPLITS, token_dtype
 from .tokenizer import load_tokenizer, normalize_spec, tokenizer_mismatch
@@ -253,7 +253,7 @@ class BatchSampler:
         _check_counts(batch_size=batch_size, seq_len=seq_len, world_size=world_size)
         if not (is_int(rank) and 0 <= rank < world_size):
             raise DataError(f"rank {rank!r} outside world_size {world_size}")
-        _check_seed(seed)
+        check_seed(seed, DataError)
         _check_window(dataset, seq_len)
         self.dataset, self.batch_size, self.seq_len = dataset, batch_size, seq_len
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -276,17 +276,12 @@ def _check_counts(**counts) -> None:
             raise DataError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _check_seed(seed) -> None:
-    if not (is_int(seed) and 0 <= seed <= MAX_SEED):
-        raise DataError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
-
-
 def eval_batches(dataset: TokenDataset, n_batches: int, batch_size: int, seq_len: int,
                  seed: int = 1234) -> list[tuple[np.ndarray, np.ndarray]]:
     """A fixed list of (inputs, targets) windows for validation: the same for every call with
     the same arguments, so evaluations are comparable across a run and across resumes."""
     _check_counts(n_batches=n_batches, batch_size=batch_size, seq_len=seq_len)
-    _check_seed(seed)
+    check_seed(seed, DataError)
     _check_window(dataset, seq_len)
     starts = _window_starts(np.random.default_rng(seed), len(dataset), seq_len, n_batches * batch_size)
     return [gather_windows(dataset.tokens, starts[i * batch_size:(i + 1) * batch_size], seq_len)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .._types import check_seed
 from . import kssm, transformer, upstream_v3
 from .base import ModelArgs, r_zone, ZONES
 from .force import ForceR
-from .presets import PRESETS, preset_args, preset_names, preset_train_defaults
+from .presets import PRESETS, check_options, preset_args, preset_names, preset_train_defaults
 
 _ARCHITECTURES = {"kssm": kssm.Model, "transformer": transformer.Model,
                   "upstream_v3": upstream_v3.Model}
@@ -17,21 +18,31 @@ _ARCHITECTURES = {"kssm": kssm.Model, "transformer": transformer.Model,
 def build_model(preset_or_args, vocab_size: int | None = None, seed: int | None = None, **overrides):
     """A model from a preset name, a ModelArgs, or a saved config dict (config.json: one
     without a "design" is mlx-kssm 0.1's design 1, a v3 one without "core_box" has raw core
-    projections: ModelArgs.from_config). `seed` fixes the init."""
-    if isinstance(preset_or_args, str):
-        args = preset_args(preset_or_args, **overrides)
-    elif isinstance(preset_or_args, dict):
-        args = ModelArgs.from_config({**preset_or_args, **overrides})
-    else:
-        args = ModelArgs.from_dict({**preset_or_args.to_dict(), **overrides})
+    projections: ModelArgs.from_config). `seed` fixes the init. `overrides` are ModelArgs
+    fields, refused when unknown whatever the first argument."""
+    args = _model_args(preset_or_args, overrides)
     if vocab_size is not None:
-        args.vocab_size = int(vocab_size)
+        args.vocab_size = vocab_size  # validate() refuses a non-integer (2.7, "300", True)
     args.validate()
     if seed is not None:
+        check_seed(seed)
         mx.random.seed(seed)
     model = _ARCHITECTURES[args.model_type](args)
     mx.eval(model.parameters())
     return model
+
+
+def _model_args(preset_or_args, overrides: dict) -> ModelArgs:
+    """The unvalidated ModelArgs that build_model's first argument and overrides describe."""
+    if isinstance(preset_or_args, str):
+        return preset_args(preset_or_args, **overrides)
+    check_options(overrides)
+    if isinstance(preset_or_args, dict):
+        return ModelArgs.from_config({**preset_or_args, **overrides})
+    if isinstance(preset_or_args, ModelArgs):
+        return ModelArgs.from_dict({**preset_or_args.to_dict(), **overrides})
+    raise ValueError("build_model takes a preset name, a ModelArgs or a config dict, got "
+                     f"{type(preset_or_args).__name__}")
 
 
 def count_parameters(model) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -68,7 +69,9 @@ class ModelArgs:
     core_box: float = CORE_BOX
     # transformer
     n_heads: int = 4
-    max_seq_len: int = 4096  # transformer/upstream positions
+    # informational only: RoPE (transformer) and upstream-v3 compute positions on the fly,
+    # with no table, so nothing reads or enforces it
+    max_seq_len: int = 4096
     preset: Optional[str] = None
 
     @classmethod
@@ -110,6 +113,7 @@ class ModelArgs:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.u_bound not in ("soft", "hard"):
             raise ValueError(f"u_bound must be 'soft' or 'hard', got {self.u_bound!r}")
+        self._check_finite()
         if not 0.0 <= self.core_box < 0.5:  # 1 - 2 core_box is the bound on the denominator
             raise ValueError(f"core_box must lie in [0, 0.5), got {self.core_box}")
         for name in ("vocab_size", "d_model", "n_layers", "n_groups", "osc_per_group",
@@ -126,6 +130,13 @@ class ModelArgs:
             kind = type(f.default) if f.default is not None else str
             if not (value is None and f.default is None or has_type(value, kind)):
                 raise ValueError(f"{f.name} must be {TYPE_WORDS[kind]}, got {value!r}")
+
+    def _check_finite(self) -> None:
+        """A NaN or infinite float field (coupling_bias=nan) would poison every logit."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
 
     @property
     def n_oscillators(self) -> int:
@@ -164,10 +175,15 @@ class LanguageModel(nn.Module):
         x = self.norm(x)
         return self.embed.as_linear(x) if self.args.tie_embeddings else self.lm_head(x)
 
-    def run(self, inputs, force_r, step, return_r: bool, return_aux: bool):
+    def run(self, inputs, force_r, step, return_r: bool, return_aux: bool, cache=None):
         """The forward pass every architecture shares: embed `inputs`, pass x through layer i
         as `step(i, x, r_i)` -> (x, R (B, T) or None, aux or None) with r_i layer i's forced R
-        (None: free), then the head. `force_r` is checked once here (ForceR)."""
+        (None: free), then the head. `inputs`, `cache` and `force_r` are checked once here
+        (shapes and types only: this runs inside mx.compile and once per decoded token).
+        Token ids must lie in [0, vocab_size): not checked here, for speed (it would read the
+        values); the data loaders check them."""
+        check_inputs(inputs)
+        self.check_cache(cache, inputs.shape[0])
         force = ForceR.for_model(force_r, self)
         x = self.embed(inputs)
         rs, auxes = [], []
@@ -178,6 +194,22 @@ class LanguageModel(nn.Module):
         r = mx.stack(rs, axis=-1) if self.has_r else None
         return self.outputs(self.head(x), r, merge_aux(auxes), return_r, return_aux)
 
+    def check_cache(self, cache, batch: int) -> None:
+        """`cache` is None or make_cache()'s list, one entry per layer, each of the kind and,
+        where it holds state, the batch size and shape this model and `inputs` give."""
+        if cache is None:
+            return
+        if not isinstance(cache, list) or len(cache) != len(self.layers):
+            got = (f"a list of {len(cache)}" if isinstance(cache, list)
+                   else type(cache).__name__)
+            raise ValueError(f"cache must be a list with one entry per layer "
+                             f"({len(self.layers)}, as model.make_cache() gives), got {got}")
+        for i, layer_cache in enumerate(cache):
+            self.check_layer_cache(i, layer_cache, batch)
+
+    def check_layer_cache(self, i: int, layer_cache, batch: int) -> None:
+        """Architecture-specific check of layer i's cache; the subclasses that cache define it."""
+
     @staticmethod
     def outputs(logits, r, aux, return_r: bool, return_aux: bool):
         out = (logits,)
@@ -186,6 +218,24 @@ class LanguageModel(nn.Module):
         if return_aux:
             out += (aux,)
         return out[0] if len(out) == 1 else out
+
+
+INPUTS_FORM = "inputs must be an integer mx.array of shape (batch, tokens) with tokens >= 1"
+
+
+def check_inputs(inputs) -> None:
+    """Token ids as every model takes them; from shape and dtype alone (never the values)."""
+    if not isinstance(inputs, mx.array):
+        raise ValueError(f"{INPUTS_FORM}, got {type(inputs).__name__}")
+    if inputs.ndim != 2 or inputs.shape[1] < 1 or not mx.issubdtype(inputs.dtype, mx.integer):
+        raise ValueError(f"{INPUTS_FORM}, got shape {tuple(inputs.shape)} of {inputs.dtype}")
+
+
+def check_layer_cache_kind(i: int, layer_cache, kind: type) -> None:
+    """Layer i's cache must be a `kind` (another model's cache fails deep inside MLX)."""
+    if not isinstance(layer_cache, kind):
+        raise ValueError(f"cache[{i}] must be this model's {kind.__name__} (from "
+                         f"model.make_cache()), got {type(layer_cache).__name__}")
 
 
 def merge_aux(auxes: list) -> dict:

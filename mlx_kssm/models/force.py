@@ -46,6 +46,7 @@ class ForceR:
         layer, or {layer: r} (int or str keys; the other layers run free)."""
         if force_r is None:
             return None
+        _check_n_layers(n_layers)
         if isinstance(force_r, cls):
             if len(force_r.layers) != n_layers:
                 raise ValueError(f"force_r has {len(force_r.layers)} values for {n_layers} "
@@ -74,6 +75,7 @@ class ForceR:
         """From the command line: --force-r R (every layer) and --force-r-layer L=R
         (repeatable; overrides --force-r in layer L). None when neither is given."""
         base = None if force_r is None else check_r(force_r, "--force-r")
+        _check_n_layers(n_layers)
         if not layer_items:
             return None if base is None else cls((base,) * n_layers)
         values = [base] * n_layers
@@ -84,7 +86,9 @@ class ForceR:
 
     def to_config(self):
         """What config.json's "force_r" holds: one number when every layer is forced to the
-        same value, else one number or null per layer."""
+        same value, else one number or null per layer; None (no forcing) for no layers."""
+        if not self.layers:
+            return None
         first = self.layers[0]
         if first is not None and all(v == first for v in self.layers):
             return first
@@ -93,17 +97,35 @@ class ForceR:
     def describe(self) -> str:
         """'0.300 in every layer' or 'layer 0 = 0.250, layer 1 free'."""
         uniform = self.to_config()
+        if uniform is None:
+            return "no layer forced"
         if not isinstance(uniform, list):
             return f"{uniform:.3f} in every layer"
         return ", ".join(f"layer {i} = {v:.3f}" if v is not None else f"layer {i} free"
                          for i, v in enumerate(self.layers))
 
 
+def _check_n_layers(n_layers) -> None:
+    """A model has at least one layer; a bad count would silently force nothing."""
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be an integer >= 1, got {n_layers!r}")
+
+
+def _layer_key(key) -> int:
+    """A {layer: r} key: an int, or its decimal text (JSON keys); int() would take 1.7 as 1
+    and True as 1, so those are refused."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str):
+        try:
+            return int(key)
+        except ValueError:
+            pass
+    raise ValueError(f"force_r's layers must be integers, got {key!r}")
+
+
 def _layers_of_dict(force_r: dict, n_layers: int) -> tuple:
-    try:
-        by_layer = {int(k): v for k, v in force_r.items()}
-    except (TypeError, ValueError):
-        raise ValueError(f"force_r's layers must be integers, got {sorted(force_r)}") from None
+    by_layer = {_layer_key(k): v for k, v in force_r.items()}
     bad = sorted(k for k in by_layer if not 0 <= k < n_layers)
     if bad:
         raise ValueError(f"force_r names layers {bad}; the model has layers 0..{n_layers - 1}")

@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..kernels import oscillator_scan, oscillator_step
-from .base import MLP, LanguageModel, ModelArgs
+from .base import MLP, LanguageModel, ModelArgs, check_layer_cache_kind
 from .bistable import N_PROJECTIONS, bistable_core, init_core_projection
 from .order_params import order_parameters, unit_phasors
 
@@ -212,12 +212,26 @@ class Model(LanguageModel):
     def make_cache(self):
         return [OscillatorCache() for _ in self.layers]
 
+    def check_layer_cache(self, i, layer_cache, batch):
+        """A filled cache continues `batch` sequences of this model's bank: its state is
+        (zr, zi), each (B, G, n); another batch or bank would broadcast or fail in MLX."""
+        check_layer_cache_kind(i, layer_cache, OscillatorCache)
+        if layer_cache.state is None:
+            return
+        expected = (batch, self.args.n_groups, self.args.osc_per_group)
+        got = tuple(layer_cache.state[0].shape)
+        if got != expected:
+            raise ValueError(f"cache[{i}] holds state of shape {got} (batch, groups, "
+                             f"oscillators), but the inputs and model need {expected}")
+
     def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
         """inputs (B, T) int -> logits (B, T, V); optionally R per layer (B, T, L) and aux
-        (reg loss, u statistics for v3). force_r: see ForceR.of."""
+        (reg loss, u statistics for v3). force_r: see ForceR.of. cache: make_cache()'s list.
+        Token ids must lie in [0, vocab_size): not checked here, for speed; the data loaders
+        check them."""
         def step(i, x, force):
             return self.layers[i](x, None if cache is None else cache[i], force)
-        return self.run(inputs, force_r, step, return_r, return_aux)
+        return self.run(inputs, force_r, step, return_r, return_aux, cache)
 
 
 __all__ = ["Model", "OscillatorBank", "OscillatorBankBase", "OscillatorCache"]

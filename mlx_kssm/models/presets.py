@@ -148,12 +148,17 @@ def mixer_params(args: ModelArgs) -> int:
     return D + (D + 1) * projected + 4 * N + 1 + (readout + 1) * D + state_norm
 
 
-def preset_args(name: str, **overrides) -> ModelArgs:
-    """The ModelArgs of preset `name`, with `overrides` (ModelArgs field names) applied."""
-    _, model, _ = _lookup(name)
+def check_options(overrides: dict) -> None:
+    """Refuse override names that are no ModelArgs field (a typo would be silently dropped)."""
     unknown = sorted(set(overrides) - set(ModelArgs.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown model option(s): {', '.join(unknown)}")
+
+
+def preset_args(name: str, **overrides) -> ModelArgs:
+    """The ModelArgs of preset `name`, with `overrides` (ModelArgs field names) applied."""
+    _, model, _ = _lookup(name)
+    check_options(overrides)
     args = ModelArgs.from_dict({**model, "preset": name, **overrides})
     comparison = _COMPARISONS.get(name)
     if comparison and comparison[2] == "transformer" and "ffn_hidden" not in overrides:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import MLP, LanguageModel, ModelArgs, causal_mask
+from .base import MLP, LanguageModel, ModelArgs, causal_mask, check_layer_cache_kind
 
 
 class KVCache:
@@ -68,7 +68,22 @@ class Model(LanguageModel):
     def make_cache(self):
         return [KVCache() for _ in self.layers]
 
+    def check_layer_cache(self, i, layer_cache, batch):
+        """Filled keys are (B, heads, S, head_dim): another batch or model fails to concatenate."""
+        check_layer_cache_kind(i, layer_cache, KVCache)
+        if layer_cache.keys is None:
+            return
+        heads = self.args.n_heads
+        expected = (batch, heads, self.args.d_model // heads)
+        keys = layer_cache.keys.shape
+        got = (keys[0], keys[1], keys[3])
+        if got != expected:
+            raise ValueError(f"cache[{i}] holds keys of shape {got} (batch, heads, head_dim), "
+                             f"but the inputs and model need {expected}")
+
     def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
+        """inputs (B, T) int -> logits (B, T, V). Token ids must lie in [0, vocab_size): not
+        checked here, for speed; the data loaders check them."""
         def step(i, x, _force):
             return self.layers[i](x, None if cache is None else cache[i]), None, None
-        return self.run(inputs, force_r, step, return_r, return_aux)
+        return self.run(inputs, force_r, step, return_r, return_aux, cache)

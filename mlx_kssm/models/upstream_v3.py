@@ -15,7 +15,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from .base import MLP, LanguageModel, ModelArgs
+from .base import MLP, LanguageModel, ModelArgs, check_layer_cache_kind
 from .bistable import N_PROJECTIONS, bistable_core
 from .order_params import order_parameters
 
@@ -81,11 +81,19 @@ class Model(LanguageModel):
     def make_cache(self):
         return [PositionCache() for _ in self.layers]
 
+    def check_layer_cache(self, i, layer_cache, batch):
+        """Only positions are cached (no per-sequence state), so any batch continues."""
+        check_layer_cache_kind(i, layer_cache, PositionCache)
+
     def __call__(self, inputs, cache=None, force_r=None, return_r=False, return_aux=False):
-        offset = cache[0].offset if cache else 0
-        out = self.run(inputs, force_r, lambda i, x, force: self.layers[i](x, offset, force),
-                       return_r, return_aux)
-        if cache:
+        """inputs (B, T) int -> logits (B, T, V). Token ids must lie in [0, vocab_size): not
+        checked here, for speed; the data loaders check them."""
+        def step(i, x, force):
+            # run() has checked `cache` before the first step reads it
+            offset = cache[0].offset if cache is not None else 0
+            return self.layers[i](x, offset, force)
+        out = self.run(inputs, force_r, step, return_r, return_aux, cache)
+        if cache is not None:
             for c in cache:
                 c.offset += inputs.shape[1]
         return out
