@@ -159,14 +159,20 @@ def remove_stale_temps(folder, prefix: str = "") -> list:
 
 # --------------------------------------------------------------------------- whole folders
 
-def foreign_entries(folder, belongs) -> list:
-    """Names in `folder` that `belongs(name)` does not claim (hidden ones aside: Finder's
-    .DS_Store, temp files): what replacing the folder would destroy."""
+def visible_entries(folder) -> list:
+    """Names in `folder`, hidden ones aside (Finder's .DS_Store, temp files); [] when it is
+    not a folder."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")
-                  and not belongs(p.name))
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def foreign_entries(folder, belongs) -> list:
+    """Names in `folder` that `belongs(name)` does not claim (hidden ones aside): what
+    replacing the folder would destroy. Names alone prove nothing: callers also check the
+    content of the file that marks their folder (a model's config.json, a meta.json)."""
+    return [name for name in visible_entries(folder) if not belongs(name)]
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ._files import (atomic_open, atomic_write_text, describe_os_error, foreign_entries,
-                     inside, replacing_folder, with_message)
+                     inside, replacing_folder, visible_entries, with_message)
 from .data.tokenizer import TIKTOKEN_FILE  # a custom BPE ranks file copied into a model folder
 from .models import ModelArgs, build_model
 
@@ -35,6 +36,9 @@ INDEX = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 << 30
 VOCAB_MAP = "vocab_map.npy"  # compaction map copied into a model folder
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+# keys every saved config.json has (mlx-kssm 0.1's included): what marks a model config
+MODEL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers")
 
 
 class ModelLoadError(Exception):
@@ -92,13 +96,119 @@ def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
                tokenizer_root=None) -> Path:
     """Write `model` as a self-contained folder; returns its path. `dtype` (an mx dtype or
     "float16"/"bfloat16"/"float32") casts the floating-point weights; files the tokenizer spec
-    names are copied in from `tokenizer_root` (see `bundle_tokenizer`)."""
+    names are copied in from `tokenizer_root` (see `bundle_tokenizer`); `extra_config` adds
+    keys to config.json (never a model argument's).
+
+    `path` is new, empty or an earlier saved model (replaced); a folder holding anything else
+    is refused. Every argument is checked before anything is created, so a folder this writes
+    always loads back."""
+    if not os.fspath(path):  # Path("") is ".": an empty string would write into the cwd
+        raise ValueError("save_model: the folder path is empty: name a folder")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    dtype = _check_dtype(dtype, path)
+    _check_extra_config(extra_config, model, path)
+    _check_tokenizer_spec(tokenizer_spec, model, tokenizer_root, path)
+    check_replaceable(path, is_saved_file, "save_model", ValueError, label="save_model: ")
+    args = (model, tokenizer_spec, dtype, max_shard_bytes, extra_config, tokenizer_root)
+    # an earlier save is replaced whole, so a failure (a full disk) leaves it loadable rather
+    # than new shards under the old config; the current folder cannot be renamed away
+    # under the process, so it alone is written in place (config.json last)
+    if not visible_entries(path) or path.resolve() == Path.cwd().resolve():
+        return _write_model(path, *args)
+    try:
+        with replacing_folder(path.resolve()) as tmp:
+            _write_model(tmp, *args)
+    except OSError as e:
+        raise with_message(e, f"save_model to {path} failed: {describe_os_error(e)}; {path} "
+                              "is left as it was") from None
+    return path
+
+
+def _check_dtype(dtype, path: Path):
+    """The mx dtype to cast to, or None. Only floating dtypes: integer weights fail to load."""
+    if dtype is None:
+        return None
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
+            raise ValueError(f"save_model {path}: dtype must be one of {', '.join(DTYPES)}, "
+                             f"got {dtype!r}")
+        return DTYPES[dtype]
+    if not any(dtype == d for d in DTYPES.values()):
+        raise ValueError(f"save_model {path}: dtype must be a floating dtype "
+                         f"({', '.join(DTYPES)}), got {dtype!r}")
+    return dtype
+
+
+def _check_extra_config(extra_config, model, path: Path) -> None:
+    """Extra keys may not override the model's arguments (the weights would not fit the
+    config) nor the tokenizer spec (checked separately), and must be JSON."""
+    if extra_config is None:
+        return
+    if not isinstance(extra_config, dict):
+        raise ValueError(f"save_model {path}: extra_config must be a dict, got "
+                         f"{type(extra_config).__name__}")
+    clash = sorted(k for k in extra_config if k in model.args.to_dict() or k == "tokenizer")
+    if clash:
+        raise ValueError(f"save_model {path}: extra_config may not override the model's "
+                         f"own config keys: {', '.join(map(repr, clash))}")
+    try:
+        json.dumps(extra_config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_model {path}: extra_config is not JSON: {e}") from None
+
+
+def _check_tokenizer_spec(spec, model, root, path: Path) -> None:
+    """The spec must name a tokenizer that loads and fits the model's embedding, as `load`
+    will demand of the folder."""
+    if spec is None:
+        return
+    from .data.errors import DataError
+    from .data.tokenizer import load_tokenizer, normalize_spec
+    try:
+        normalize_spec(spec, root)  # the fields, before any file is read
+        vocab_size = load_tokenizer(spec, root).vocab_size
+    except DataError as e:
+        raise ModelLoadError(f"save_model {path}: tokenizer spec {spec!r}: {e}") from None
+    if vocab_size > model.args.vocab_size:
+        raise ModelLoadError(f"save_model {path}: the tokenizer has {vocab_size} ids but the "
+                             f"model's vocab_size is {model.args.vocab_size}")
+
+
+def is_model_config(folder) -> bool:
+    """Whether `folder`/config.json is one a save wrote: a JSON object with the model's core
+    arguments that ModelArgs.from_config accepts. The name alone proves nothing: a user's own
+    config.json ({"app": 1}) must never be replaced."""
+    try:
+        config = read_config(folder)
+        ModelArgs.from_config(config)
+    except (ModelLoadError, OSError, TypeError, ValueError):
+        return False
+    return all(key in config for key in MODEL_CONFIG_KEYS)
+
+
+def check_replaceable(folder: Path, belongs, writer: str, error=ModelLoadError,
+                      label: str = "") -> None:
+    """`folder` is new, empty, or an earlier model folder: only names `belongs` claims, and a
+    config.json that is a model config. Anything else is refused with `error`, never replaced.
+    `label` starts the message (the option that named the folder)."""
+    where = f"{label}{folder}"
+    if folder.exists() and not folder.is_dir():
+        raise error(f"{where} exists and is not a folder")
+    foreign = foreign_entries(folder, belongs)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise error(f"{where} holds files {writer} does not write ({shown}): choose a new or "
+                    "empty folder, or an earlier one to replace")
+    if visible_entries(folder) and not is_model_config(folder):
+        raise error(f"{where} is not an earlier model folder ({folder / CONFIG} is missing or "
+                    f"not a model config): {writer} will not replace it; choose a new or "
+                    "empty folder")
+
+
+def _write_model(path: Path, model, tokenizer_spec, dtype, max_shard_bytes: int,
+                 extra_config, tokenizer_root) -> Path:
+    """Write the folder; the arguments and the folder are already checked."""
+    path.mkdir(parents=True, exist_ok=True)
     if tokenizer_spec is not None:
         tokenizer_spec = bundle_tokenizer(tokenizer_spec, path, tokenizer_root)
     weights = dict(tree_flatten(model.parameters()))
@@ -128,9 +238,10 @@ def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
     if tokenizer_spec is not None:
         config["tokenizer"] = tokenizer_spec
     atomic_write_text(path / CONFIG, json.dumps(config, indent=2))
-    # only now drop the shards an earlier save left that the new layout does not use
+    # only now drop the shards an earlier save left that the new layout does not use (the
+    # folder was checked to be a saved model: these are its files)
     for stale in path.glob("model*.safetensors"):
-        if stale.name not in names:
+        if stale.name not in names and is_saved_file(stale.name):
             stale.unlink()
     return path
 
@@ -262,10 +373,15 @@ MLX_LM_FILES = ("kssm.py", "tokenizer.json", "tokenizer_config.json", "README.md
 MLX_LM_KEYS = ("model_file", "vocab_compaction", "force_r")
 
 
+def is_saved_file(name: str) -> bool:
+    """A file `save_model` writes (what a saved model folder may hold)."""
+    return (name in (CONFIG, WEIGHTS, INDEX, VOCAB_MAP, TIKTOKEN_FILE)
+            or SHARD.fullmatch(name) is not None)
+
+
 def is_model_file(name: str) -> bool:
     """A file an export writes, in either format (what an exported folder may hold)."""
-    return (name in (CONFIG, WEIGHTS, INDEX, VOCAB_MAP, TIKTOKEN_FILE, *MLX_LM_FILES)
-            or re.fullmatch(r"model-\d+-of-\d+\.safetensors", name) is not None)
+    return is_saved_file(name) or name in MLX_LM_FILES
 
 
 def export_model(src, out, dtype: str | None = None,
@@ -283,13 +399,8 @@ def export_model(src, out, dtype: str | None = None,
     out = Path(out)
     if out.exists() and out.resolve() == folder.resolve():
         raise ModelLoadError(f"--out {out} is the source folder itself: choose another folder")
-    if out.exists() and not out.is_dir():
-        raise ModelLoadError(f"--out {out} exists and is not a folder")
-    foreign = foreign_entries(out, is_model_file)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ModelLoadError(f"--out {out} holds files an export does not write ({shown}): "
-                             "choose a new or empty folder, or an earlier export to replace")
+    check_replaceable(out, is_model_file, "an export", label="--out ")
+    cast = _check_dtype(dtype, out)  # before anything is written
     model, config = load_model(folder)
     extra = {k: v for k, v in config.items()
              if k not in model.args.to_dict() and k not in ("tokenizer", *MLX_LM_KEYS)}
@@ -298,9 +409,9 @@ def export_model(src, out, dtype: str | None = None,
         with replacing_folder(out) as tmp:
             if add_files is not None:
                 extra.update(add_files(tmp))
-            save_model(tmp, model, tokenizer_spec=config.get("tokenizer"), dtype=dtype,
-                       max_shard_bytes=max_shard_bytes, extra_config=extra,
-                       tokenizer_root=folder)
+            # `tmp` is fresh but already holds what add_files wrote: not save_model's checks
+            _write_model(tmp, model, config.get("tokenizer"), cast,
+                         max_shard_bytes, extra, folder)
             load(tmp)  # the new folder must load on its own before it replaces anything
             if check is not None:
                 check(tmp)

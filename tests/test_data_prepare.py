@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_kssm.cli import main
+from mlx_kssm.data.errors import DataError
 from mlx_kssm.data.loader import TokenDataset
 from mlx_kssm.data.prepare import npy_header, prepare, token_dtype
 
@@ -302,3 +303,36 @@ def test_prepare_reads_what_fetch_wrote(tmp_path):
     assert manifest["written"] == ["doc00.txt", "doc01.txt", "doc02.txt"]
     meta = prepare(tmp_path / "raw", tmp_path / "out", "bytes", False, 0.5, 0, **QUIET).meta
     assert [s["file"] for s in meta["sources"]] == ["doc01.txt", "doc02.txt"]
+
+
+@pytest.mark.parametrize("files", [
+    {"meta.json": '{"mine": 1}'},
+    {"vocab_map.npy": "not a map"},
+    {"meta.json": '{"format": "mlx-kssm-tokens"}', "tokens_train.npy": "x"},  # no version
+])
+def test_prepare_refuses_names_without_a_prepared_meta(tmp_path, files):
+    """--out holding only names prepare writes, but no meta.json prepare wrote: refused."""
+    make_corpus(tmp_path / "src", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    before = _snapshot(out)
+    with pytest.raises(DataError, match=f"--out {out} is not an earlier prepared folder"):
+        prepare(tmp_path / "src", out, "bytes", **QUIET)
+    assert _snapshot(out) == before
+
+
+def test_prepare_replaces_an_earlier_prepared_folder(tmp_path):
+    make_corpus(tmp_path / "src", 3)
+    prepare(tmp_path / "src", tmp_path / "out", "bytes", **QUIET)
+    prepare(tmp_path / "src", tmp_path / "out", "bytes", compact=True, **QUIET)
+    assert (tmp_path / "out" / "vocab_map.npy").is_file()
+
+
+@pytest.mark.parametrize("value", ["0.1", None, True, [0.1]])
+def test_prepare_checks_the_val_fraction_type(tmp_path, value):
+    make_corpus(tmp_path / "src", 3)
+    with pytest.raises(DataError, match="--val-fraction must be a number, got"):
+        prepare(tmp_path / "src", tmp_path / "out", "bytes", val_fraction=value, **QUIET)
+    assert not (tmp_path / "out").exists()

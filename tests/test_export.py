@@ -257,3 +257,78 @@ def test_a_tokenizer_path_string_is_bundled_or_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="outside"):
         export_model(model_dir, tmp_path / "exp2")
     assert not (tmp_path / "exp2").exists()
+
+
+# ------------------------------------------------------------- save_model / export refusals
+
+def _tiny():
+    return build_model("tiny", vocab_size=257, seed=0)
+
+
+def _user_folder(folder, files):
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return {name: (folder / name).read_bytes() for name in files}
+
+
+@pytest.mark.parametrize("files", [
+    {"config.json": '{"app": 1}', "model_final.safetensors": "mine",
+     "model.safetensors.index.json": "{}"},
+    {"config.json": '{"app": 1}'},  # names a save writes, content it does not
+    {"model.safetensors.index.json": "{}"},
+])
+def test_save_model_refuses_a_folder_that_is_not_a_saved_model(tmp_path, files):
+    """A user's config.json and other model*.safetensors are never replaced or unlinked."""
+    before = _user_folder(tmp_path / "d", files)
+    with pytest.raises(ValueError, match=str(tmp_path / "d")):
+        save_model(tmp_path / "d", _tiny())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
+
+
+def test_save_model_refuses_an_empty_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="empty"):
+        save_model("", _tiny())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_model_replaces_an_earlier_save(tmp_path):
+    """An earlier save (sharded, with a tokenizer) is replaced whole by a new layout."""
+    out = save_model(tmp_path / "m", _tiny(), tokenizer_spec="bytes", max_shard_bytes=50_000)
+    assert (out / "model.safetensors.index.json").exists()
+    save_model(out, build_model("tiny", vocab_size=257, seed=1))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    load_model(out)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dtype=mx.int32), "floating dtype"),
+    (dict(dtype="fp16"), "dtype must be one of"),
+    (dict(tokenizer_spec={"kind": "nope"}), "unknown tokenizer kind"),
+    (dict(tokenizer_spec=123), "tokenizer spec"),
+    (dict(tokenizer_spec="cl100k_base"), "100277 ids but the model's vocab_size is 257"),
+    (dict(extra_config={"vocab_size": 5}), "may not override.*'vocab_size'"),
+    (dict(extra_config={"tokenizer": "gpt2"}), "may not override.*'tokenizer'"),
+])
+def test_save_model_refuses_what_would_not_load_before_writing(tmp_path, kwargs, match):
+    """Arguments that would write a folder `load` rejects fail first, leaving nothing."""
+    with pytest.raises((ValueError, ModelLoadError), match=match) as info:
+        save_model(tmp_path / "m", _tiny(), **kwargs)
+    assert str(tmp_path / "m") in str(info.value)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("files", [
+    {"config.json": '{"important": 1}', "README.md": "my notes", "kssm.py": "print(1)"},
+    {"README.md": "my notes"},
+])
+def test_export_refuses_files_named_like_an_exports_but_not_one(run_dir, tmp_path, files):
+    """--out holding only names an export writes, but no model config.json: refused, kept."""
+    run, _ = run_dir
+    before = _user_folder(tmp_path / "out", files)
+    with pytest.raises(ModelLoadError, match=f"--out {tmp_path / 'out'} is not an earlier "
+                                             "model folder"):
+        export_model(run, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

@@ -33,12 +33,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign_entries,
-                      inside, naming, replacing_folder, sha256_file)
-from .._types import is_int
+                      inside, naming, replacing_folder, sha256_file, visible_entries)
+from .._types import has_type, is_int
 from .errors import DataError
 from .fetch import check_text, decode_text, list_text_files
 from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
+FORMAT = "mlx-kssm-tokens"  # meta.json's marker: what makes a folder a prepared one
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 CHUNK_TOKENS = 1 << 20
@@ -221,6 +222,8 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
     import time
 
     started = time.perf_counter()
+    if not has_type(val_fraction, float):  # "0.1" or None would fail the comparison below
+        raise DataError(f"--val-fraction must be a number, got {val_fraction!r}")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if not is_int(seed) or seed < 0:
@@ -263,6 +266,21 @@ def _check_out_dir(out_dir: Path) -> None:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise DataError(f"--out {out_dir} holds files `data prepare` does not write ({shown}): "
                         "choose a new or empty folder, or an earlier prepared folder to replace")
+    if visible_entries(out_dir) and not is_prepared_meta(out_dir / "meta.json"):
+        raise DataError(f"--out {out_dir} is not an earlier prepared folder ({out_dir}/meta.json "
+                        "is missing or not one `data prepare` wrote): it will not be replaced; "
+                        "choose a new or empty folder")
+
+
+def is_prepared_meta(path: Path) -> bool:
+    """Whether `path` is a meta.json `prepare` wrote (its format marker and version): file
+    names alone prove nothing, a user's own meta.json must never be replaced."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(meta, dict) and meta.get("format") == FORMAT
+            and is_int(meta.get("format_version")))
 
 
 def _write_tokens(folder: Path, sources, base, n_docs, compact, val_fraction, seed, log):
@@ -337,7 +355,7 @@ def _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact, val_fr
     from .. import __version__
 
     return {
-        "format": "mlx-kssm-tokens",
+        "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tokenizer": tok.spec,
         "vocab_size": tok.vocab_size,
