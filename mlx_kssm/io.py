@@ -114,10 +114,10 @@ def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
     # than new shards under the old config; the current folder cannot be renamed away
     # under the process, so it alone is written in place (config.json last)
     if not visible_entries(path) or path.resolve() == Path.cwd().resolve():
-        return _write_model(path, *args)
+        return write_model_folder(path, *args)
     try:
         with replacing_folder(path.resolve()) as tmp:
-            _write_model(tmp, *args)
+            write_model_folder(tmp, *args)
     except OSError as e:
         raise with_message(e, f"save_model to {path} failed: {describe_os_error(e)}; {path} "
                               "is left as it was") from None
@@ -205,9 +205,11 @@ def check_replaceable(folder: Path, belongs, writer: str, error=ModelLoadError,
                     "empty folder")
 
 
-def _write_model(path: Path, model, tokenizer_spec, dtype, max_shard_bytes: int,
-                 extra_config, tokenizer_root) -> Path:
-    """Write the folder; the arguments and the folder are already checked."""
+def write_model_folder(path: Path, model, tokenizer_spec=None, dtype=None,
+                       max_shard_bytes: int = MAX_SHARD_BYTES, extra_config=None,
+                       tokenizer_root=None) -> Path:
+    """Write the folder, unchecked: for a fresh folder its caller owns and arguments it has
+    checked (save_model's own, an export's or a checkpoint's temporary folder)."""
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer_spec is not None:
         tokenizer_spec = bundle_tokenizer(tokenizer_spec, path, tokenizer_root)
@@ -410,7 +412,7 @@ def export_model(src, out, dtype: str | None = None,
             if add_files is not None:
                 extra.update(add_files(tmp))
             # `tmp` is fresh but already holds what add_files wrote: not save_model's checks
-            _write_model(tmp, model, config.get("tokenizer"), cast,
+            write_model_folder(tmp, model, config.get("tokenizer"), cast,
                          max_shard_bytes, extra, folder)
             load(tmp)  # the new folder must load on its own before it replaces anything
             if check is not None:

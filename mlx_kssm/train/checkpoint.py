@@ -22,7 +22,7 @@ import mlx.core as mx
 from .._files import (atomic_write_text, fsync_dir, inside, recover_swap, remove_stale_temps,
                       replacing_folder, temp_tag)
 from ..io import (CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors, load_weights_dict,
-                  read_config, save_model)
+                  read_config, write_model_folder)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -63,8 +63,11 @@ def _write_folder(tmp: Path, model, optimizer_arrays: dict | None, state: dict,
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        # the tokenizer's files (vocabulary map) are copied in: every folder is self-contained
-        save_model(tmp, model, tokenizer_spec=tokenizer_spec, tokenizer_root=tokenizer_root)
+        # the tokenizer's files (vocabulary map) are copied in: every folder is self-contained.
+        # Not save_model: `tmp` is the trainer's own fresh folder and its tokenizer was checked
+        # against the data when the run started, so save_model's checks would only reload it
+        write_model_folder(tmp, model, tokenizer_spec=tokenizer_spec,
+                           tokenizer_root=tokenizer_root)
         if optimizer_arrays is not None:
             atomic_save_safetensors(tmp / OPTIMIZER, optimizer_arrays)
         if metrics is not None:
