@@ -170,6 +170,28 @@ def test_running_again_reuses_finished_runs(study, data_dir):
     assert len(again.record["commands"]) == 2  # both invocations recorded
 
 
+@pytest.mark.parametrize("damage", [
+    lambda r: r.pop("commands"), lambda r: r.update(commands={}),
+    lambda r: r.update(runs=["x"]), lambda r: r.update(runs={"a": 1}),
+    lambda r: r["runs"].__setitem__(0, {"model": "tiny"})])
+def test_a_damaged_record_is_rebuilt_from_the_runs(study, data_dir, tmp_path, damage):
+    """A hand-damaged "commands" or "runs" in study.json crashed ("unexpected KeyError"):
+    both are rebuilt as the study runs, from its intact run folders."""
+    import shutil
+    result, _ = study
+    copy = tmp_path / "s"
+    shutil.copytree(result.study_dir, copy)
+    record = json.loads((copy / "study.json").read_text())
+    damage(record)
+    (copy / "study.json").write_text(json.dumps(record))
+    logs = []
+    again = run_study(tiny_study(data_dir, copy), echo=logs.append)
+    assert not any(line.startswith("Iter ") for line in logs)  # nothing trained again
+    figures = lambda runs: [{k: v for k, v in e.items() if k != "commands"}  # noqa: E731
+                            for e in runs]  # (the commands name the copy's folder)
+    assert figures(again.record["runs"]) == figures(result.record["runs"])
+
+
 def test_killed_study_continues_where_it_stopped(study, data_dir, tmp_path, monkeypatch):
     """A study killed in the middle of a run: run again, the finished run is reused, the
     killed one resumes from its checkpoint and ends exactly where an uninterrupted run did."""

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .._files import atomic_write_json, sha256_file
+from .._types import is_int
 from ..data.loader import TokenDataset
 from ..evaluation import EvalConfig, evaluate
 from ..models.presets import KSSM_PRESETS, PRESETS, comparison_presets, preset_train_defaults
@@ -259,13 +260,28 @@ def open_record(study_dir: Path, config: StudyConfig) -> dict:
         record = json.loads(path.read_text("utf-8"))
         saved = StudyConfig(**record["config"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is unreadable ({e}); choose another --out") from None
+        raise ValueError(f"{path} is unreadable ({e}): it holds the study's settings; restore "
+                         f"it, or choose another --out (the finished runs under "
+                         f"{study_dir / RUNS} stay as they are)") from None
+    record = _rebuildable_parts(record)
     changed = [k for k in BUDGET_FIELDS if getattr(saved, k) != getattr(config, k)]
     if changed and (study_dir / RUNS).exists():
         diffs = ", ".join(f"{flag(k)} {getattr(saved, k)} -> {getattr(config, k)}"
                           for k in changed)
         raise ValueError(f"{study_dir} holds a study with another budget ({diffs}): its runs "
                          "would not be comparable; use the same options or another --out")
+    return record
+
+
+def _rebuildable_parts(record: dict) -> dict:
+    """`record` with a damaged "commands" or "runs" (a hand-edited study.json) reset or
+    pruned rather than trusted: both are rebuilt as the study runs (every planned run's entry
+    is redone or reused from its run folder), so dropping a malformed entry loses nothing."""
+    if not isinstance(record.get("commands"), list):
+        record["commands"] = []
+    runs = record.get("runs") if isinstance(record.get("runs"), list) else []
+    record["runs"] = [e for e in runs if isinstance(e, dict)
+                      and isinstance(e.get("model"), str) and is_int(e.get("seed"))]
     return record
 
 
