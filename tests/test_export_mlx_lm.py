@@ -335,6 +335,22 @@ def test_bad_options_are_one_line(runs, tmp_path, args, fragment):
 
 
 @needs_mlx_lm
+def test_evaluation_of_another_kind_or_model_is_refused(runs, tmp_path):
+    """The card quotes --evaluation's figures: an intervene sweep was silently ignored, and
+    another checkpoint's evaluation was quoted for this model."""
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"summary": {}, "prompts": []}))
+    _export_is_refused(runs["bytes-d1"], tmp_path, ["not a file written by `mlx-kssm evaluate"],
+                       "--evaluation", str(sweep))
+    other = save_model(tmp_path / "other", build_model("tiny", vocab_size=257, seed=5),
+                       tokenizer_spec={"kind": "bytes"})
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps({"model": str(other), "val_loss": 5.0, "config": {}}))
+    _export_is_refused(runs["bytes-d1"], tmp_path, ["whose weights are not those of"],
+                       "--evaluation", str(evaluation))
+
+
+@needs_mlx_lm
 def test_failed_check_leaves_earlier_export(runs, tmp_path, monkeypatch):
     """The mlx-lm check runs on the complete new folder before the swap: a failure there
     keeps --out as it was."""
@@ -370,8 +386,9 @@ def test_model_card_reports_training_data_and_verdicts(runs):
     from mlx_kssm.export.model_card import model_card
     from mlx_kssm.io import resolve_model_dir
 
-    evaluation = {"val_loss": 4.25, "val_ppl": 70.1, "split": "val", "windows": 8,
-                  "seq_len": 64, "causality": {
+    evaluation = {"val_loss": 4.25, "val_ppl": 70.1, "config": {
+                      "split": "val", "batches": 2, "batch_size": 4, "seq_len": 64},
+                  "causality": {
                       "applicable": True, "n_sequences": 8, "seq_len": 64, "alpha": 0.01,
                       "variance": {"passed": True}, "intervention": {"passed": False},
                       "correlation": {"verdict": "INCONCLUSIVE"}, "passed": False}}
@@ -381,6 +398,7 @@ def test_model_card_reports_training_data_and_verdicts(runs):
     assert card.startswith("---\nlibrary_name: mlx\npipeline_tag: text-generation\ntags:\n")
     assert 'load("tiny-kssm", trust_remote_code=True)' in card
     assert "Validation loss 4.2500" in card and "**FAIL**" in card
+    assert "on the val split, 8 windows of 64 tokens" in card  # read from evaluate's config
     assert "| intervention | forcing R changes the next-token distribution | FAIL |" in card
     assert "| correlation | R tracks next-token entropy | INCONCLUSIVE |" in card
     assert "pg1342_2024.txt" in card and "| seed | 1 |" in card  # the data, the run

@@ -145,6 +145,13 @@ def test_intervene_with_heldout_windows(models, data_dir):
     assert "2 prompts" in res.output
 
 
+def test_intervene_refuses_more_prompts_than_the_split_holds(models, data_dir):
+    """100000 x 400000 tokens died of a MemoryError (149 GiB) after a long wait."""
+    line = one_line_error(run("intervene", "--model", models["tiny"], "--data", data_dir,
+                              "--n-prompts", "100000", "--prompt-len", "400000"))
+    assert "more than the val split" in line and "lower either" in line
+
+
 def test_evaluate_with_causality(models, data_dir, tmp_path):
     out = tmp_path / "eval.json"
     res = run("evaluate", "--model", models["control-bolted-tiny"], "--data", data_dir,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import MAX_SHARD_BYTES, export_model, load, read_config
+import mlx.core as mx
+
+from ..io import (MAX_SHARD_BYTES, ModelLoadError, export_model, load, load_weights_dict,
+                  read_config, resolve_model_dir)
 from ..models import count_parameters
 
 FORMATS = ("mlx-kssm", "mlx-lm")
@@ -36,19 +39,41 @@ def export(model_dir, out_dir, fmt: str = "mlx-kssm", dtype: str | None = None,
 
 
 def _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data, evaluation, log):
-    from .model_card import read_json
     from .to_mlx_lm import export_mlx_lm, require_mlx_lm
 
     require_mlx_lm()
-    evaluation_json = None
-    if evaluation is not None:
-        evaluation_json = read_json(evaluation)
-        if evaluation_json is None:
-            raise ValueError(f"--evaluation {evaluation}: not a JSON object written by "
-                             "`mlx-kssm evaluate --json`")
+    evaluation_json = None if evaluation is None else _evaluation_of(model_dir, evaluation, log)
     meta = _training_data_meta(model_dir, data) if data is not None else None
     return export_mlx_lm(model_dir, out_dir, dtype=dtype, force_r=force_r, data_meta=meta,
                          evaluation=evaluation_json, max_shard_bytes=max_shard_bytes, log=log)
+
+
+def _evaluation_of(model_dir, evaluation, log) -> dict:
+    """The `mlx-kssm evaluate --json` file whose figures the card will quote: refused if it is
+    another kind of file (an intervene sweep), or if it evaluated other weights than the ones
+    exported (another checkpoint's figures would describe another model)."""
+    from .model_card import read_json
+    result = read_json(evaluation)
+    if not (isinstance(result, dict) and isinstance(result.get("val_loss"), (int, float))
+            and isinstance(result.get("config"), dict)):
+        raise ValueError(f"--evaluation {evaluation}: not a file written by `mlx-kssm evaluate "
+                         "--json` (it has no val_loss and config)")
+    exported = resolve_model_dir(model_dir)
+    try:
+        evaluated = resolve_model_dir(result.get("model"))
+    except (ModelLoadError, TypeError):
+        log(f"warning: --evaluation {evaluation} evaluated {result.get('model')!r}, which is "
+            "not here to compare: its figures go into the card unchecked")
+        return result
+    if evaluated.resolve() != exported.resolve() and not _same_weights(evaluated, exported):
+        raise ValueError(f"--evaluation {evaluation} evaluated {evaluated}, whose weights are "
+                         f"not those of {exported}: evaluate the model you export")
+    return result
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_weights_dict(a), load_weights_dict(b)
+    return wa.keys() == wb.keys() and all(mx.array_equal(wa[k], wb[k]).item() for k in wa)
 
 
 def _training_data_meta(model_dir, data) -> dict:
@@ -56,7 +81,6 @@ def _training_data_meta(model_dir, data) -> dict:
     as evaluate refuses it, if it was prepared with another tokenizer than the model's."""
     from ..data.loader import TokenDataset
     from ..evaluation import check_same_tokenizer
-    from ..io import resolve_model_dir
     dataset = TokenDataset(data, "train")
     check_same_tokenizer(resolve_model_dir(model_dir), dataset)
     return dataset.meta

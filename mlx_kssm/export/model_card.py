@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from .. import __version__
+from .._types import is_int
 from ..data.tokenizer import describe_tokenizer
 from ..models import count_parameters
 
@@ -146,10 +147,13 @@ def _data(meta: dict | None, run: Path | None) -> str:
 def _evaluation(model_folder: Path, evaluation: dict | None) -> str:
     lines = ["## Evaluation\n"]
     if evaluation and "val_loss" in evaluation:
+        config = evaluation.get("config") if isinstance(evaluation.get("config"), dict) else {}
+        batches, size = config.get("batches"), config.get("batch_size")
+        windows = batches * size if is_int(batches) and is_int(size) else "?"
         lines.append(f"Validation loss {evaluation['val_loss']:.4f} (perplexity "
                      f"{evaluation.get('val_ppl', float('nan')):.2f}) on the "
-                     f"{evaluation.get('split', 'val')} split, {evaluation.get('windows', '?')} "
-                     f"windows of {evaluation.get('seq_len', '?')} tokens (`mlx-kssm evaluate`).\n")
+                     f"{config.get('split', '?')} split, {windows} windows of "
+                     f"{config.get('seq_len', '?')} tokens (`mlx-kssm evaluate`).\n")
     else:
         best = read_json(Path(model_folder) / "metrics.json") or {}
         state = read_json(Path(model_folder) / "trainer_state.json") or {}
