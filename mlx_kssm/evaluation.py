@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ._types import MAX_SEED, TYPE_WORDS, has_type
+from ._types import MAX_SEED, check_fields
 
 
 def _batch_stats(model, inputs, targets):
@@ -130,20 +130,8 @@ class EvalConfig:
         return self
 
     def _check_types(self) -> None:
-        """Each field holds its type (bool is no count; a seed is what NumPy and MLX take)."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = type(f.default) if f.default is not None else None
-            if f.name == "random_init_seed":
-                kind = int if value is not None else None
-            elif f.name == "kernel":
-                kind = str if value is not None else None
-            if kind is tuple:
-                if not (isinstance(value, (tuple, list)) and value
-                        and all(has_type(v, float) for v in value)):
-                    raise ValueError(f"{f.name} must be a sequence of numbers, got {value!r}")
-            elif kind is not None and not has_type(value, kind):
-                raise ValueError(f"{f.name} must be {TYPE_WORDS[kind]}, got {value!r}")
+        """Each field holds its type (bool is no count); a seed is what NumPy and MLX take."""
+        check_fields(self)
         for name in ("seed", "random_init_seed"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_SEED:

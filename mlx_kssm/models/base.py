@@ -11,7 +11,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from .._types import TYPE_WORDS, has_type
+from .._types import check_fields
 from .bistable import CORE_BOX
 from .force import ForceR
 
@@ -98,7 +98,7 @@ class ModelArgs:
         return dataclasses.asdict(self)
 
     def validate(self) -> "ModelArgs":
-        self._check_types()
+        check_fields(self)  # a config.json is user input
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if self.readout not in ("order_params", "bolted"):
@@ -121,15 +121,6 @@ class ModelArgs:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         return self
-
-    def _check_types(self) -> None:
-        """Each field has its default's type (a config.json is user input: "257" is not 257,
-        and true is not 1, though Python's bool is an int); a float field takes an int too."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = type(f.default) if f.default is not None else str
-            if not (value is None and f.default is None or has_type(value, kind)):
-                raise ValueError(f"{f.name} must be {TYPE_WORDS[kind]}, got {value!r}")
 
     def _check_finite(self) -> None:
         """A NaN or infinite float field (coupling_bias=nan) would poison every logit."""

@@ -11,12 +11,11 @@ import dataclasses
 import json
 import math
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .._types import MAX_SEED, TYPE_WORDS, has_type
+from .._types import MAX_SEED, check_value, field_types
 
 # --stage N trains this many steps and judges the run with stage N's rows (docs/training.md).
 STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
@@ -124,7 +123,7 @@ class TrainConfig:
 
     def _check_finite(self) -> None:
         # inf passes every "> 0" check and nan every comparison: both would train to NaN
-        for name, kind in FIELD_TYPES.items():
+        for name, (kind, _) in FIELD_TYPES.items():
             value = getattr(self, name)
             if kind is float and value is not None and not math.isfinite(value):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got "
@@ -136,36 +135,15 @@ class TrainConfig:
         return max(self.max_steps, self.schedule_steps or 0)
 
 
-def _field_types() -> dict:
-    """Field name -> the one type its value must have (Optional[int] -> int)."""
-    types = {}
-    for name, hint in typing.get_type_hints(TrainConfig).items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        types[name] = args[0] if args else hint
-    return types
-
-
-FIELD_TYPES = _field_types()
-OPTIONAL_FIELDS = {name for name, hint in typing.get_type_hints(TrainConfig).items()
-                   if type(None) in typing.get_args(hint)}  # None = the preset's, or unset
-TYPE_NAMES = {**TYPE_WORDS, list: "a list of strings"}
-
-
-def _has_type(value, kind) -> bool:
-    if kind is list:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return has_type(value, kind)
+FIELD_TYPES = field_types(TrainConfig)  # name -> (type, None allowed: the preset's, or unset)
 
 
 def checked_value(name: str, value, source: str):
     """`value` for field `name` if it has the field's type (None where the field allows it; an
     int where a float is due, as a float), else ValueError naming `source` and `name`."""
-    kind = FIELD_TYPES[name]
-    if value is None and name in OPTIONAL_FIELDS:
-        return None
-    if not _has_type(value, kind):
-        raise ValueError(f"{source} {name} must be {TYPE_NAMES[kind]}, got {value!r}")
-    return float(value) if kind is float else value
+    kind, optional = FIELD_TYPES[name]
+    check_value(name, value, kind, optional, f"{source} ")
+    return float(value) if kind is float and value is not None else value
 
 
 def read_config_file(path) -> dict:
