@@ -32,6 +32,11 @@ _TINY = dict(d_model=64, n_layers=2, ffn_hidden=256, n_groups=16, osc_per_group=
 # 1.730 -> 1.696 -> 1.690; bench/RESULTS.md section 6, rows `c4_l4`, `wide_g64`, `wide_g80`).
 _CHAR = dict(d_model=128, n_layers=4, ffn_hidden=128, n_groups=80, osc_per_group=4, harmonics=1,
              vocab_size=257)
+# Smaller banks in v1-char's proportions (4 layers, groups of 4, groups = 5/8 of d_model, FFN =
+# d_model) for the character-level scaling study: ~0.09M and ~0.33M non-embedding parameters
+# against v1-char's 0.86M.
+_CHAR_XS = dict(_CHAR, d_model=40, ffn_hidden=40, n_groups=25)
+_CHAR_S = dict(_CHAR, d_model=80, ffn_hidden=80, n_groups=50)
 _V2 = dict(d_model=256, n_layers=4, ffn_hidden=1024, n_groups=32, osc_per_group=4, harmonics=1,
            vocab_size=100277)
 # Weight decay 0.1 (instead of 0.01) lowered all three char models' val loss a little: the
@@ -56,6 +61,8 @@ KSSM_PRESETS: dict = {
     "tiny": ("K-SSM for tests and smoke runs: seconds per step on a laptop CPU",
              _TINY, _BPE_TINY),
     "v1-char": ("character-level K-SSM (the TinyShakespeare proof of concept)", _CHAR, _CHAR_TRAIN),
+    "v1-char-s": ("v1-char's design at 80 wide (scaling study)", _CHAR_S, _CHAR_TRAIN),
+    "v1-char-xs": ("v1-char's design at 40 wide (scaling study)", _CHAR_XS, _CHAR_TRAIN),
     "v2": ("4 layers, hidden 256, 128 oscillators per layer, BPE", _V2, _BPE),
     "v3": ("v2 plus the bistable core (u in [0.1, 10], K = 2 sigma(u), regularizer)",
            dict(_V2, bistable=True), _BPE),
@@ -64,11 +71,14 @@ KSSM_PRESETS: dict = {
 # comparison kind -> {K-SSM preset: comparison preset name}; the v2 names are the historical ones
 _COMPARISON_NAMES = {
     "transformer": {"tiny": "transformer-tiny", "v1-char": "transformer-char", "v2": "transformer",
-                    "v3": "transformer-v3"},
+                    "v3": "transformer-v3", "v1-char-s": "transformer-char-s",
+                    "v1-char-xs": "transformer-char-xs"},
     "control-bolted": {"tiny": "control-bolted-tiny", "v1-char": "control-bolted-char",
-                       "v2": "control-bolted", "v3": "control-bolted-v3"},
+                       "v2": "control-bolted", "v3": "control-bolted-v3",
+                       "v1-char-s": "control-bolted-char-s", "v1-char-xs": "control-bolted-char-xs"},
     "upstream-v3": {"tiny": "upstream-v3-tiny", "v1-char": "upstream-v3-char",
-                    "v2": "upstream-v3", "v3": "upstream-v3"},
+                    "v2": "upstream-v3", "v3": "upstream-v3", "v1-char-s": "upstream-v3-char-s",
+                    "v1-char-xs": "upstream-v3-char-xs"},
 }
 _COMPARISON_ARGS = {
     "transformer": dict(model_type="transformer", n_heads=4, bistable=False),
@@ -80,6 +90,8 @@ _COMPARISON_TRAIN = {
     # 4 x 128 transformer on char-level Shakespeare, 2,000 steps x 12 x 64: val 1.748 at 1e-3,
     # 1.800 at the K-SSM's 2e-3 (scripts/bench/ablate.py tf4_ffn512_lr1 / _lr2)
     ("transformer", "v1-char"): dict(learning_rate=1e-3),
+    ("transformer", "v1-char-s"): dict(learning_rate=1e-3),
+    ("transformer", "v1-char-xs"): dict(learning_rate=1e-3),
 }
 _DESCRIPTIONS = {
     "transformer": "causal transformer parameter-matched to {base} (comparison)",
