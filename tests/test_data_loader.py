@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
-from mlx_kssm.data import (BatchSampler, DataError, TokenDataset, check_vocab, eval_batches,
+from mlx_kssm.data import (BatchSampler, DataError, EpochSampler, TokenDataset, check_vocab, eval_batches,
                            npy_header, write_token_file)
 from mlx_kssm.data.loader import gather_windows
 
@@ -104,6 +104,29 @@ def test_ranks_get_disjoint_rows_of_one_global_batch(data_dir):
     whole = BatchSampler(ds, 8, 16, seed=3).starts(9)
     parts = [BatchSampler(ds, 4, 16, seed=3, rank=r, world_size=2).starts(9) for r in (0, 1)]
     assert np.array_equal(np.concatenate(parts), whole)
+
+
+def test_epoch_sampler_sees_every_window_once_per_pass(data_dir):
+    sampler = EpochSampler(TokenDataset(data_dir, "train"), batch_size=3, seq_len=10, seed=5)
+    assert sampler.n_windows == 99  # (1000 - 1) // 10: each window reads 11 tokens
+    first_pass = np.concatenate([sampler.starts(step) for step in range(33)])
+    assert sorted(first_pass) == list(range(0, 990, 10))
+    second_pass = np.concatenate([sampler.starts(step) for step in range(33, 66)])
+    assert sorted(second_pass) == sorted(first_pass)
+    assert not np.array_equal(second_pass, first_pass)  # a fresh order each pass
+    inputs, targets = sampler.batch(0)
+    assert inputs.shape == (3, 10) and np.array_equal(inputs[:, 1:], targets[:, :-1])
+
+
+def test_epoch_sampler_is_a_pure_function_and_splits_ranks(data_dir):
+    ds = TokenDataset(data_dir, "train")
+    whole = EpochSampler(ds, batch_size=4, seq_len=10, seed=1)
+    ranks = [EpochSampler(ds, batch_size=2, seq_len=10, seed=1, rank=r, world_size=2)
+             for r in (0, 1)]
+    for step in (0, 7, 30, 24):  # 24 crosses from the first pass into the second
+        assert np.array_equal(np.concatenate([r.starts(step) for r in ranks]), whole.starts(step))
+        assert np.array_equal(EpochSampler(ds, 4, 10, seed=1).starts(step), whole.starts(step))
+    assert not np.array_equal(EpochSampler(ds, 4, 10, seed=2).starts(0), whole.starts(0))
 
 
 def test_eval_batches_fixed(data_dir):

@@ -343,7 +343,9 @@ def test_trainer_state_reads_0_2_checkpoints_and_writes_the_same_keys():
     assert state.config.grad_accum == 2 and state.schedule.total_steps == 12
     again = state.to_json()
     assert list(again) == list(STATE_0_2)  # the same keys, in the same order
-    assert {k for k in STATE_0_2 if again[k] != STATE_0_2[k]} == {"saved"}
+    assert {k for k in STATE_0_2 if again[k] != STATE_0_2[k]} == {"saved", "config"}
+    # the one config field added since: the sampler, "random" as every 0.2 run drew its windows
+    assert again["config"] == {**STATE_0_2["config"], "sampling": "random"}
     fresh = TrainerState(config=TrainConfig(), schedule=Schedule(1e-3, 10, 100))
     assert fresh.to_json()["explosion_min"] is None  # no loss seen: JSON has no infinity
     assert TrainerState.from_json(fresh.to_json()).explosion_min == math.inf
@@ -639,3 +641,8 @@ def test_monitor_interval_is_checked_before_any_frame(tmp_path):
         assert r.exit_code == 2 and "--interval" in r.output and "step" not in r.output, value
     r = CliRunner().invoke(main, ["monitor", str(tmp_path), "--recent", "0"])
     assert r.exit_code == 2 and "--recent" in r.output
+
+
+def test_sampling_must_be_a_known_sampler():
+    with pytest.raises(ValueError, match="--sampling must be one of random, epoch, got 'shuffle'"):
+        TrainConfig(preset="tiny", data="d", sampling="shuffle").validate()

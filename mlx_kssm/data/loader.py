@@ -269,6 +269,39 @@ class BatchSampler:
         return gather_windows(self.dataset.tokens, self.starts(step), self.seq_len)
 
 
+class EpochSampler(BatchSampler):
+    """Every token once per pass: the split cut into non-overlapping windows of seq_len
+    tokens (each reads one more for its last target), visited in a seeded random order, one
+    pass after another with a fresh order. `batch(step)` still depends only on (seed, step,
+    rank, world_size), so resume is exact; the global batch's windows are consecutive in the
+    pass's order, so ranks never share a window."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n_windows = (len(self.dataset) - 1) // self.seq_len
+        self._order = (None, None)  # (pass, its permutation): one pass is reused for many steps
+
+    def starts(self, step: int) -> np.ndarray:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        per_step = self.batch_size * self.world_size
+        first = step * per_step + self.rank * self.batch_size
+        passes, slots = np.divmod(np.arange(first, first + self.batch_size), self.n_windows)
+        windows = np.array([self._pass_order(int(p))[s] for p, s in zip(passes, slots)],
+                           dtype=np.int64)
+        return windows * self.seq_len
+
+    def _pass_order(self, pass_index: int) -> np.ndarray:
+        if self._order[0] != pass_index:
+            rng = np.random.default_rng([self.seed, EPOCH_STREAM, pass_index])
+            self._order = (pass_index, rng.permutation(self.n_windows))
+        return self._order[1]
+
+
+SAMPLERS = {"random": BatchSampler, "epoch": EpochSampler}
+EPOCH_STREAM = 1  # keeps the pass orders' random streams apart from BatchSampler's (seed, step)
+
+
 def _check_counts(**counts) -> None:
     """Each of `counts` a whole number >= 1 (numpy would take -1 for a shape, or 2.5 as 2)."""
     for name, value in counts.items():

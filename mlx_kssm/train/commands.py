@@ -92,6 +92,10 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 @click.option("--patience", type=int, help=with_default(
     "evals without val improvement before stopping; 0 = never", "patience"))
 @click.option("--seed", type=SEED, help=with_default("init and data seed", "seed"))
+@click.option("--sampling", type=click.Choice(["random", "epoch"]), help=with_default(
+    "training windows: random = drawn anew each step; epoch = the split cut into "
+    "non-overlapping windows, each seen once per pass in a seeded order (one pass with no "
+    "repetition: --max-steps = train tokens / (batch x seq))", "sampling"))
 @click.option("--resume", is_flag=True, default=None, help="continue the run in --output-dir")
 @click.option("--kernel", type=click.Choice(KERNEL_MODES),
               help="scan implementation: auto = the fused Metal or CUDA kernel of the GPU "

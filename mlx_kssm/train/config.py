@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from .._types import MAX_SEED, check_value, field_types
+from ..data.loader import SAMPLERS
 
 # --stage N trains this many steps and judges the run with stage N's rows (docs/training.md).
 STAGE_STEPS = {1: 100, 2: 500, 3: 1500, 4: 5000, 5: 10000}
@@ -59,6 +60,8 @@ class TrainConfig:
     keep_last: int = 3
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop
     seed: int = 0
+    # training windows: "random" (drawn anew each step) or "epoch" (every token once per pass)
+    sampling: str = "random"
     resume: bool = False
     kernel: str = "auto"
     stage: Optional[int] = None
@@ -99,6 +102,9 @@ class TrainConfig:
             raise ValueError(f"--seed must lie in [0, {MAX_SEED}], got {self.seed}")
         if self.stage is not None and self.stage not in STAGE_STEPS:
             raise ValueError(f"--stage must be 1..5, got {self.stage}")
+        if self.sampling not in SAMPLERS:
+            raise ValueError(f"--sampling must be one of {', '.join(SAMPLERS)}, got "
+                             f"{self.sampling!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("max_steps", "grad_accum", "steps_per_report", "steps_per_eval",

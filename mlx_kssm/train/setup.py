@@ -15,7 +15,7 @@ import mlx.nn as nn
 from mlx.optimizers import Optimizer
 
 from .._files import foreign_entries
-from ..data.loader import BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
+from ..data.loader import SAMPLERS, BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
 from ..io import apply_weights, load_model, resolve_model_dir
 from ..kernels import check_kernel, use_kernel
 from ..models import build_model, preset_train_defaults
@@ -80,7 +80,8 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     use_kernel(model, config.kernel)
     check_vocab(train_ds, model.args.vocab_size)
     check_vocab(val_ds, model.args.vocab_size)
-    sampler = BatchSampler(train_ds, config.batch_size, config.seq_len, config.seed, rank, world)
+    sampler = SAMPLERS[config.sampling](train_ds, config.batch_size, config.seq_len, config.seed,
+                                        rank, world)
     # the global batch size: the same validation windows however the run is split
     val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
     optimizer, grokfast = _build_optimizer(config, model, resume_from)

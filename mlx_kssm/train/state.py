@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from .config import TrainConfig
 from .schedule import Schedule
+from ..data.loader import SAMPLERS
 
 
 @dataclass
@@ -43,7 +44,7 @@ class TrainerState:
                 "explosion_min": self.explosion_min if math.isfinite(self.explosion_min)
                 else None,
                 "rng_key": list(self.rng_key),
-                "data": {"sampler": "BatchSampler", "seed": c.seed,
+                "data": {"sampler": SAMPLERS[c.sampling].__name__, "seed": c.seed,
                          "position": self.step * c.grad_accum, "world_size": self.world_size},
                 "history_len": self.history_len,
                 "config": c.to_dict(),
