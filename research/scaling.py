@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import mlx_kssm  # noqa: F401  (OpenBLAS before mlx on Linux)
+import numpy as np
 from mlx_kssm.evaluation import EvalConfig, evaluate
 from mlx_kssm.models.presets import comparison_presets
 from mlx_kssm.study.runner import RANDOM_INIT, StudyConfig, run_study
@@ -72,9 +73,13 @@ def summarize(args) -> dict:
     """The summary the research record renders: every run's figures, per size and model."""
     rows = []
     for preset in args.sizes:
-        study = json.loads((Path(args.out) / preset / "study.json").read_text("utf-8"))
-        for entry in study["runs"]:
-            rows.append(run_row(args, preset, entry))
+        path = Path(args.out) / preset / "study.json"
+        if not path.exists():
+            _echo(f"{path}: not started yet, left out of the summary")
+            continue
+        for entry in json.loads(path.read_text("utf-8"))["runs"]:
+            if entry.get("evaluation"):
+                rows.append(run_row(args, preset, entry))
     return {"experiment": "scaling_char_g120", "data": args.data_label,
             "budget": {"steps": args.steps, "batch_size": args.batch_size,
                        "seq_len": args.seq_len,
@@ -103,6 +108,56 @@ def run_row(args, preset: str, entry: dict) -> dict:
     return row
 
 
+KIND_STYLE = {"K-SSM": ("tab:blue", "o"), "transformer": ("tab:orange", "s"),
+              "bolted control": ("tab:gray", "^")}
+
+
+def kind_of(model: str) -> str:
+    if model.startswith("transformer"):
+        return "transformer"
+    return "bolted control" if model.startswith("control-bolted") else "K-SSM"
+
+
+def write_plots(summary: dict, folder: Path) -> list:
+    """val loss against parameters (mean over seeds, each seed a dot) and
+    against tokens seen (every run's validation curve); needs matplotlib (the plot extra)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trained = [r for r in summary["runs"] if r["model"] != RANDOM_INIT and r.get("params")]
+    sizes = [s for s in summary["sizes"] if any(r["size"] == s for r in trained)]
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, (color, marker) in KIND_STYLE.items():
+        rows = [r for r in trained if kind_of(r["model"]) == kind]
+        sizes = sorted({r["params"] for r in rows})
+        means = [np.mean([r["val_loss"] for r in rows if r["params"] == n]) for n in sizes]
+        ax.plot(sizes, means, color=color, marker=marker, label=kind)
+        ax.scatter([r["params"] for r in rows], [r["val_loss"] for r in rows], color=color,
+                   s=10, alpha=0.5)
+    ax.set(xscale="log", xlabel="parameters", ylabel="val loss (nats/byte)",
+           title=f"{summary['data']}: {summary['budget']['tokens']:,} tokens per run")
+    ax.legend()
+    paths = [_save(fig, folder / "scaling_params.png")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in trained:
+        color, _ = KIND_STYLE[kind_of(r["model"])]
+        size = sizes.index(r["size"])
+        ax.plot(*zip(*r["curve"]), color=color, alpha=0.4 + 0.3 * size / max(1, len(sizes) - 1),
+                linewidth=1 + size, label=f"{r['model']}" if r["seed"] == 0 else None)
+    ax.set(xlabel="tokens seen", ylabel="val loss (nats/byte)", title="validation curves")
+    ax.legend(fontsize=6, ncol=3)
+    paths.append(_save(fig, folder / "scaling_tokens.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def _echo(line: str) -> None:
     print(line, flush=True)
 
@@ -124,6 +179,8 @@ def parse(argv=None):
     p.add_argument("--eval-batches", type=int, default=50)
     p.add_argument("--no-lengths", dest="lengths", action="store_false",
                    help="skip the evaluation-length sweep")
+    p.add_argument("--plots", default="research/results/plots",
+                   help="folder for the two PNGs (needs matplotlib); '' for none")
     p.add_argument("--summary-only", action="store_true",
                    help="write the summary from the finished studies, train nothing")
     return p.parse_args(argv)
@@ -139,6 +196,9 @@ def main(argv=None) -> int:
     Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
     Path(args.summary).write_text(json.dumps(summary, indent=1) + "\n", "utf-8")
     _echo(f"summary -> {args.summary}")
+    if args.plots:
+        for path in write_plots(summary, Path(args.plots)):
+            _echo(f"plot -> {path}")
     return 0
 
 
