@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._types import MAX_SEED, check_fields
+from ..models.bistable import U_HI
 from . import stats
 from .robustness import (JUDGED_SCALE, MAX_RISE, NOISE_SCALES, TEMPERATURES, U_FLOORS,
                          clamp_sweep, heldout_windows, noise_sweep, temperature_sweep)
@@ -76,6 +77,11 @@ class ValidateConfig:
             raise ValueError(f"noise scales must be >= 0, got {list(self.noise_scales)}")
         if any(not t > 0 for t in self.temperatures) or not self.temp >= 0:
             raise ValueError("temperatures must be > 0")
+        if self.judged_scale not in {0.0, *self.noise_scales}:
+            raise ValueError(f"the judged noise scale {self.judged_scale:g} is not among the "
+                             f"noise scales {list(self.noise_scales)}")
+        if any(not 0 < f < U_HI for f in self.u_floors):
+            raise ValueError(f"u floors must lie in (0, {U_HI:g}), got {list(self.u_floors)}")
         return self
 
     def to_dict(self) -> dict:
