@@ -330,8 +330,8 @@ def parse_numbers(text: str, what: str, positive: bool = False) -> list:
 @click.option("--judged-scale", default=0.01, show_default=True, type=FiniteFloatRange(0),
               help="the noise scale the robustness verdict reads (one of --noise-scales)")
 @click.option("--max-rise", default=0.05, show_default=True, type=FiniteFloatRange(0),
-              help="robustness PASSes when the CI of the relative loss rise at --judged-scale "
-                   "lies below this")
+              help="robustness PASSes when the CI of the loss rise at --judged-scale lies "
+                   "below this many nats/token")
 @click.option("--temperatures", default="0.5,0.75,1,1.25,1.5", show_default=True,
               help="temperatures of the temperature sweep")
 @click.option("--u-floors", default="0.1,0.3,0.5,1,2", show_default=True,

@@ -7,8 +7,10 @@ with percentile-bootstrap CIs over windows (`stats.bootstrap_mean`):
   scale x RMS(W) x N(0, 1) (relative to each tensor's own size, so a scale means the same
   share for an embedding and a bias; a tensor of zeros stays zero), one fixed-seed draw per
   scale; validation loss and mean R per window at each scale, and the paired loss rise over
-  the clean weights. Verdict at `judged_scale`: PASS when the CI of the relative loss rise
-  lies below `max_rise`, FAIL when it lies at or above it, INCONCLUSIVE otherwise.
+  the clean weights (also relative to the clean loss, reported). Verdict at `judged_scale`:
+  PASS when the CI of the loss rise lies below `max_rise` nats/token, FAIL when it lies at or
+  above it, INCONCLUSIVE otherwise. An absolute rise, not a relative one: an over-confident
+  model's large clean loss would hide a large rise.
 - `temperature_sweep`: the loss of softmax(logits / T) per window, and the mean R and
   distinct-2 of seeded generations at each temperature. Reported, not judged.
 - `clamp_sweep`: v3 (the bistable core) only: the loss with u's floor forced to other values
@@ -33,7 +35,7 @@ from .causality import _chunks, spread_windows
 NOISE_SCALES = (0.0, 0.01, 0.05, 0.1)
 TEMPERATURES = (0.5, 0.75, 1.0, 1.25, 1.5)
 JUDGED_SCALE = 0.01  # the noise scale the robustness verdict reads
-MAX_RISE = 0.05  # ... its loss may rise by less than 5% of the clean loss
+MAX_RISE = 0.05  # ... its loss may rise by less than this many nats/token
 U_FLOORS = (U_LO, 0.3, 0.5, 1.0, 2.0)  # the trained floor first
 MIN_U_EFFECT = 1e-3  # nats/token: the least loss change from moving u's floor that counts
 
@@ -111,8 +113,8 @@ def noise_sweep(model, inputs, targets, scales=NOISE_SCALES, judged_scale=JUDGED
     judged = next(r for r in rows if r["scale"] == judged_scale)
     return {"noise": "relative: W + scale * RMS(W) * N(0, 1) per weight tensor",
             "seed": seed, "n_windows": int(len(inputs)), "rows": rows,
-            "judged_scale": judged_scale, "max_relative_rise": max_rise,
-            "verdict": stats.ceiling_verdict(judged["relative_rise"]["ci"], max_rise)}
+            "judged_scale": judged_scale, "max_rise": max_rise,
+            "verdict": stats.ceiling_verdict(judged["loss_rise"]["ci"], max_rise)}
 
 
 def temperature_sweep(model, tokenizer, inputs, targets, temps=TEMPERATURES, samples: int = 4,

@@ -291,17 +291,16 @@ def format_validation(result: dict) -> list:
 def _format_robustness(part, baseline) -> list:
     noise = part["noise"]
     lines = [f"{_tag(part['verdict'])} robustness: loss rise at noise {noise['judged_scale']} "
-             f"must stay below {100 * noise['max_relative_rise']:g}% ({noise['noise']})"]
+             f"must stay below {noise['max_rise']:g} nats/token ({noise['noise']})"]
     base_rows = {r["scale"]: r for r in baseline["noise"]["rows"]} if baseline else {}
     for row in noise["rows"]:
         r = f"  R {_ci(row['r'])}" if row["r"] else ""
         line = (f"    noise {row['scale']:<5g} loss {_ci(row['loss'])}  rise "
-                f"{100 * row['relative_rise']['mean']:+.2f}% "
-                f"[{100 * row['relative_rise']['ci'][0]:+.2f}, "
-                f"{100 * row['relative_rise']['ci'][1]:+.2f}]{r}")
+                f"{_ci(row['loss_rise'], '+.4f')} ({100 * row['relative_rise']['mean']:+.2f}%)"
+                f"{r}")
         other = base_rows.get(row["scale"])
         if other:
-            line += f"  | baseline rise {100 * other['relative_rise']['mean']:+.2f}%"
+            line += f"  | baseline rise {other['loss_rise']['mean']:+.4f}"
         lines.append(line)
     for row in part["temperature"]["rows"]:
         r = f"  generation R {_ci(row['generation_r'])}" if row["generation_r"] else ""

@@ -117,13 +117,14 @@ def _causality(part) -> str:
 def _robustness(part, base) -> str:
     noise = part["noise"]
     base_rows = {r["scale"]: r for r in base["noise"]["rows"]} if base else {}
-    rows = [(r["scale"], _ci(r["loss"]), _ci(r["relative_rise"], ".2%"), _ci(r["r"]),
-             _ci(base_rows[r["scale"]]["relative_rise"], ".2%") if r["scale"] in base_rows
+    rows = [(r["scale"], _ci(r["loss"]), _ci(r["loss_rise"], "+.4f"),
+             f"{r['relative_rise']['mean']:+.2%}", _ci(r["r"]),
+             _ci(base_rows[r["scale"]]["loss_rise"], "+.4f") if r["scale"] in base_rows
              else "—") for r in noise["rows"]]
     text = (f"<p>Noise: {_e(noise['noise'])}; judged at scale {noise['judged_scale']}: the "
-            f"relative loss rise must stay below {noise['max_relative_rise']:.0%}.</p>")
-    text += _table(("noise scale", "val loss", "relative loss rise", "mean R",
-                    "baseline's rise"), rows)
+            f"loss rise must stay below {noise['max_rise']:g} nats/token.</p>")
+    text += _table(("noise scale", "val loss", "loss rise (nats/token)", "relative rise",
+                    "mean R", "baseline's rise"), rows)
     temps = [(r["temperature"], _ci(r["loss"]), _ci(r["generation_r"]),
               "—" if r["distinct_2"] is None else f"{r['distinct_2']:.2f}")
              for r in part["temperature"]["rows"]]
