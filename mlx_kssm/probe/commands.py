@@ -402,6 +402,8 @@ def validate(model_dir, data_dir, baseline_dir, prompts_file, split, seq_len, se
         random_init=not no_random_init, kernel=kernel)
     result = run(model_dir, data_dir, config, baseline=baseline_dir, prompts=prompts,
                  progress=lambda text: click.echo(text, err=True))
+    for note in result["evaluation"]["notes"]:
+        click.echo(f"warning: {note}", err=True)
     for line in format_validation(result):
         click.echo(line)
     if json_out:

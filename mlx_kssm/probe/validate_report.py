@@ -196,6 +196,7 @@ def report_html(result: dict) -> str:
              f"<code>{_e(result['data'])}</code>"
              + (f", baseline <code>{_e(result['baseline'])}</code>" if result["baseline"] else "")
              + f"</p><p>val loss {ev['val_loss']:.4f}, PPL {ev['val_ppl']:.2f}</p>",
+             "".join(f"<p>warning: {_e(note)}</p>" for note in ev.get("notes", [])),
              f"<h2 id='overall'>Overall: {_verdict(result['verdict'])} (exit status "
              f"{result['exit_status']})</h2>", note]
     parts.append("<table><tr><th>part</th><th>verdict</th></tr>" + "".join(
