@@ -309,3 +309,11 @@ def test_report_html_renders_in_headless_chromium(validated, tmp_path):
                   "Inference suite"):
         assert f">{title}: " in res.stdout, title
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("fields, needle", [({"sequences": 2}, ">= 3 sequences"),
+                                            ({"judged_scale": 0.3}, "not among"),
+                                            ({"seq_len": "32"}, "seq_len")])
+def test_library_config_is_checked(data_dir, fields, needle):
+    with pytest.raises(ValueError, match=needle):
+        mlx_kssm.validate("unused", data_dir, mlx_kssm.ValidateConfig(**fields))

@@ -370,7 +370,7 @@ def validate(model_dir, data_dir, baseline_dir, prompts_file, split, seq_len, se
                  moving the floor changes the loss; other models: not applicable
     inference    each --prompts line's generation with its per-token R (u) and R zone
 
-    Progress goes to stderr; the figures to stdout, --json and --report. What each part
+    Progress goes to stderr; the results to stdout, --json and --report. What each part
     measures and its rule: docs/causality.md, "Validation".
 
     
