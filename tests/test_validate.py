@@ -160,6 +160,7 @@ def test_evaluate_causality_exit_status(models, data_dir):
     assert run("evaluate", "--model", models["control-bolted-tiny"], *args).exit_code == 0
 
 
+@pytest.mark.slow  # the trained fixture: a short training run
 def test_planted_fragile_model_drops_more(trained):
     """Tied embeddings scaled up make the logits over-sharp: the same relative noise then
     moves the loss far more than on the trained weights."""
@@ -178,6 +179,7 @@ def test_planted_fragile_model_drops_more(trained):
     assert healthy["verdict"] == "PASS" and fragile["verdict"] == "FAIL"
 
 
+@pytest.mark.slow  # the trained fixture: a short training run
 def test_weight_noise_restores_the_clean_weights(trained):
     _, model, _ = load_with_tokenizer(trained)
     before = np.array(model.embed.weight)
