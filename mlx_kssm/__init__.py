@@ -21,3 +21,7 @@ __all__ += ["export_model", "load", "save_model"]
 from .evaluation import EvalConfig, EvalResult, evaluate  # noqa: E402
 
 __all__ += ["EvalConfig", "EvalResult", "evaluate"]
+
+from .probe.validate import ValidateConfig, validate  # noqa: E402
+
+__all__ += ["ValidateConfig", "validate"]

@@ -11,7 +11,7 @@ import click
 from ._cli import CONTEXT
 from .data.commands import data
 from .doctor import doctor
-from .probe.commands import evaluate, export, generate, intervene, plot
+from .probe.commands import evaluate, export, generate, intervene, plot, validate
 from .study.commands import study
 from .train.commands import monitor, status, train
 
@@ -27,18 +27,20 @@ def main():
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
       mlx-kssm train --preset tiny --data data/prepared/shakespeare --output-dir checkpoints/tiny
       mlx-kssm evaluate --model checkpoints/tiny --data data/prepared/shakespeare --causality
+      mlx-kssm validate --model checkpoints/tiny --data data/prepared/shakespeare --report r.html
       mlx-kssm study --data data/prepared/shakespeare --preset tiny --out studies/tiny
       mlx-kssm generate --model checkpoints/tiny --prompt "To be" --force-r 0.3 --show-r
       mlx-kssm export --model checkpoints/tiny --out exports/tiny
 
     \b
     Exit status: 0 done; 1 bad input (one Error: line on stderr); 2 a usage mistake (click's
-    message); 130 Ctrl-C. train and status add their own (see their --help).
+    message); 130 Ctrl-C. train, status, evaluate --causality and validate add their own
+    (see their --help).
     """
 
 
-for command in (data, train, status, monitor, evaluate, study, generate, intervene, export, plot,
-                doctor):
+for command in (data, train, status, monitor, evaluate, validate, study, generate, intervene,
+                export, plot, doctor):
     main.add_command(command)
 
 

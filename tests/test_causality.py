@@ -114,10 +114,14 @@ def test_random_init_comparison_is_paired_on_the_same_windows(trained, results):
     assert base["per_sequence_kl"] == fresh["per_sequence_kl"]
     assert base["seed"] == 0 and "random_init" not in fresh
     # the model against itself: a difference of exactly 0 is not "learned to use it"
-    same = causality_suite(build_model("tiny", vocab_size=257, seed=0), heldout_windows(),
-                           random_init_seed=0)["intervention"]["random_init"]
+    suite = causality_suite(build_model("tiny", vocab_size=257, seed=0), heldout_windows(),
+                            random_init_seed=0)
+    same = suite["intervention"]["random_init"]
     assert same["learned"]["difference"] == 0.0 and same["learned"]["verdict"] == "FAIL"
     assert same["wired_in"]["verdict"] == fresh["verdict"]
+    # 2b is part of the overall verdict: an untrained model has learned nothing
+    assert suite["verdict"] == "FAIL" and results["random-init tiny"]["verdict"] != "FAIL"
+    assert "tests 1-3 and 2b" in format_causality(suite)[-1]
 
 
 def test_random_init_is_reported(results):

@@ -125,7 +125,7 @@ def _commands(group, prefix=()):
 def test_every_command_has_the_wrapper():
     names = {name: getattr(command.callback, "one_line_errors", False)
              for name, command in _commands(main)}
-    assert len(names) == 12 and all(names.values()), names
+    assert len(names) == 13 and all(names.values()), names
 
 
 def test_an_unexpected_exception_is_one_line_with_its_traceback_on_demand(monkeypatch):

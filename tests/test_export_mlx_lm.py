@@ -390,7 +390,8 @@ def test_model_card_reports_training_data_and_verdicts(runs):
                       "split": "val", "batches": 2, "batch_size": 4, "seq_len": 64},
                   "causality": {
                       "applicable": True, "n_sequences": 8, "seq_len": 64, "alpha": 0.01,
-                      "variance": {"passed": True}, "intervention": {"passed": False},
+                      "variance": {"passed": True}, "intervention": {
+                          "passed": False, "random_init": {"learned": {"verdict": "FAIL"}}},
                       "correlation": {"verdict": "INCONCLUSIVE"}, "passed": False}}
     model, tokenizer = mlx_kssm.load(runs["cl100k-d2"])
     card = model_card("tiny-kssm", model, tokenizer, resolve_model_dir(runs["cl100k-d2"]),
@@ -401,6 +402,7 @@ def test_model_card_reports_training_data_and_verdicts(runs):
     assert "on the val split, 8 windows of 64 tokens" in card  # read from evaluate's config
     assert "| intervention | forcing R changes the next-token distribution | FAIL |" in card
     assert "| correlation | R tracks next-token entropy | INCONCLUSIVE |" in card
+    assert "| learned to use it | forcing R moves the output more than at random init | FAIL |" in card
     assert "pg1342_2024.txt" in card and "| seed | 1 |" in card  # the data, the run
     assert "cl100k_base compacted to" in card and "| forced R | 0.3 |" in card
     bare = model_card("m", model, tokenizer, resolve_model_dir(runs["cl100k-d2"]), None, None)

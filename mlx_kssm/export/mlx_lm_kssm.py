@@ -55,8 +55,9 @@ from mlx_lm.models.cache import ArraysCache
 from ..kernels.reference import PHASE_EPS, coupling_field, scan_sequential, scan_step
 from ..kernels.cpu import _complex, _forward, _steps
 from ..models.order_params import order_parameters, unit_phasors
-from ..models.bistable import (CORE_CENTER, DELTA_EPS, N_PROJECTIONS, U_HI, U_LEAK, U_LO,
-                               U_SHARPNESS, bistable_core, bound_u, core_projections, raw_u)
+from ..models.bistable import (CORE_CENTER, DELTA_EPS, FORCED_U_FLOOR, N_PROJECTIONS, U_HI,
+                               U_LEAK, U_LO, U_SHARPNESS, bistable_core, bound_u,
+                               core_projections, raw_u)
 from ..models.kssm import OscillatorBankBase, algebraic_unit, projection_sizes
 from ..models.base import MLP
 

@@ -177,10 +177,22 @@ def _causality(res) -> str:
         test = res.get(key)
         if isinstance(test, dict):
             rows.append(f"| {key} | {claim} | {_verdict(test)} |\n")
+    learned = _learned(res)
+    if learned is not None:  # part of the overall verdict (docs/causality.md)
+        rows.append(f"| learned to use it | forcing R moves the output more than at random "
+                    f"init | {_verdict(learned)} |\n")
     overall = _verdict(res)
     return (f"Causality suite ({res.get('n_sequences', '?')} held-out windows x "
             f"{res.get('seq_len', '?')} tokens, alpha {res.get('alpha', '?')}): "
             f"**{overall}**\n\n| test | claim | verdict |\n|---|---|---|\n" + "".join(rows))
+
+
+def _learned(res: dict):
+    """Test 2b's result in an evaluate JSON's causality suite, or None when it did not run."""
+    intervention = res.get("intervention")
+    random_init = intervention.get("random_init") if isinstance(intervention, dict) else None
+    learned = random_init.get("learned") if isinstance(random_init, dict) else None
+    return learned if isinstance(learned, dict) else None
 
 
 def _verdict(result: dict) -> str:

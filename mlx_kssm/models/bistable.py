@@ -21,6 +21,8 @@ projections (s = 0), as the earlier project had them.
 
 from __future__ import annotations
 
+import contextlib
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -47,13 +49,35 @@ def core_projections(p, box: float):
     return mx.array(CORE_CENTER) + box * (p * mx.rsqrt(1 + p * p))
 
 
+# u's floor while a `forced_u_floor` block runs (an inference-time probe; empty otherwise)
+FORCED_U_FLOOR = []
+
+
+@contextlib.contextmanager
+def forced_u_floor(floor: float):
+    """Inference only: inside this block every bistable core bounds u below by `floor`
+    instead of U_LO (the clamp sweep of `mlx-kssm validate`). Training never enters it, the
+    weights are untouched, and the trained floor returns when the block ends. A compiled
+    graph freezes the floor it was traced with: compile inside the block, or not at all."""
+    floor = float(floor)
+    if not 0.0 < floor < U_HI:
+        raise ValueError(f"a u floor must lie in (0, {U_HI:g}), got {floor}")
+    FORCED_U_FLOOR.append(floor)
+    try:
+        yield floor
+    finally:
+        FORCED_U_FLOOR.pop()
+
+
 def bound_u(u_raw, mode: str):
     """Keep u in [0.1, 10]. 'soft' is smooth with a gradient everywhere; 'hard' is v3's clamp
-    (zero gradient outside, which froze u at the floor in the earlier project)."""
+    (zero gradient outside, which froze u at the floor in the earlier project). The floor is
+    U_LO except inside `forced_u_floor`."""
+    lo = FORCED_U_FLOOR[-1] if FORCED_U_FLOOR else U_LO
     if mode == "hard":
-        return mx.clip(u_raw, U_LO, U_HI)
+        return mx.clip(u_raw, lo, U_HI)
     b = U_SHARPNESS
-    u = U_LO + nn.softplus(b * (u_raw - U_LO)) / b
+    u = lo + nn.softplus(b * (u_raw - lo)) / b
     u = U_HI - nn.softplus(b * (U_HI - u)) / b
     return u + U_LEAK * (u_raw - mx.stop_gradient(u_raw))
 

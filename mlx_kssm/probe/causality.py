@@ -38,7 +38,8 @@ FAIL when the whole CI lies at or below it, INCONCLUSIVE otherwise (the CI strad
                  at alpha. The pooled r over all positions (naive p) and the between-sequence r
                  (sequence means) are reported beside it.
 
-overall: PASS when all three tests PASS, FAIL when any FAILs, INCONCLUSIVE otherwise.
+overall: PASS when all three tests PASS (and 2b "learned to use it", when the random-init
+comparison ran), FAIL when any FAILs, INCONCLUSIVE otherwise (`overall_verdict`).
 `causality_suite(model, batches)` returns a JSON-able dict; `format_causality` prints it.
 Models without R (the transformer) get "not applicable".
 """
@@ -370,8 +371,18 @@ def causality_suite(model, batches, values=DEFAULT_VALUES, alpha: float = ALPHA,
     result["correlation"] = correlation_test(m["r"], m["entropy"], alpha, min_corr,
                                               n_resamples, seed, confidence)
     result["applicable"] = True
-    result["verdict"] = stats.combine_verdicts(result[t]["verdict"] for t in TESTS)
+    result["verdict"] = overall_verdict(result)
     return result
+
+
+def overall_verdict(result: dict) -> str:
+    """The suite's one verdict: tests 1-3 and, when the random-init comparison ran, test 2b
+    ("learned to use it"), combined by stats.combine_verdicts."""
+    verdicts = [result[t]["verdict"] for t in TESTS]
+    random_init = result["intervention"].get("random_init")
+    if random_init is not None:
+        verdicts.append(random_init["learned"]["verdict"])
+    return stats.combine_verdicts(verdicts)
 
 
 TESTS = ("variance", "intervention", "correlation")
@@ -412,7 +423,9 @@ def format_causality(res: dict, label: str = "") -> list:
     lines += _format_variance(res["variance"])
     lines += _format_intervention(res["intervention"])
     lines += _format_correlation(res["correlation"])
-    lines.append(f"  overall: {res['verdict']} (PASS if all three PASS, FAIL if any FAILs, "
+    tests = ("tests 1-3 and 2b" if res["intervention"].get("random_init") is not None
+             else "tests 1-3")
+    lines.append(f"  overall: {res['verdict']} (PASS if {tests} all PASS, FAIL if any FAILs, "
                  "else INCONCLUSIVE)")
     return lines
 

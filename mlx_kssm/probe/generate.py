@@ -26,6 +26,7 @@ class Generation:
     prompt_tokens: int = 0
     r_trace: list = field(default_factory=list)  # per generated token: R per layer (list)
     prompt_r: list = field(default_factory=list)  # R per layer after the last prompt token
+    u_trace: list = field(default_factory=list)  # v3 only: per generated token, u (layer mean)
     prompt_tps: float = 0.0
     generation_tps: float = 0.0
     peak_memory_gb: float = 0.0
@@ -86,8 +87,11 @@ def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
         token_id = int(token.item())
         if token_id in stop_ids:
             break
-        logits, r = model(mx.array([[token_id]]), cache=cache, force_r=force_r, return_r=True)
+        logits, r, aux = model(mx.array([[token_id]]), cache=cache, force_r=force_r,
+                               return_r=True, return_aux=True)
         r_layers = [] if r is None else np.array(r[0, -1]).tolist()
+        if aux.get("u") is not None:
+            out.u_trace.append(float(aux["u"].item()))
         out.tokens.append(token_id)
         out.r_trace.append(r_layers)
         if on_token is not None:
@@ -184,3 +188,27 @@ def format_speed(gen: Generation) -> list:
     return [f"Prompt: {gen.prompt_tokens} tokens, {gen.prompt_tps:.3f} tokens-per-sec",
             f"Generation: {len(gen.tokens)} tokens, {gen.generation_tps:.3f} tokens-per-sec",
             f"Peak memory: {gen.peak_memory_gb:.3f} GB"]
+
+
+def token_trace(gen: Generation, tokenizer) -> list:
+    """Per generated token: its text, R (layer mean; None without R), R per layer, its R zone
+    and, for v3, u (layer mean)."""
+    rows = []
+    for i, token_id in enumerate(gen.tokens):
+        r_layers = gen.r_trace[i] if i < len(gen.r_trace) else []
+        r = _mean(r_layers) if r_layers else None
+        rows.append({"token": tokenizer.decode([token_id]), "id": int(token_id), "r": r,
+                     "r_layers": list(r_layers), "zone": None if r is None else r_zone(r),
+                     "u": gen.u_trace[i] if i < len(gen.u_trace) else None})
+    return rows
+
+
+def format_token_trace(rows: list) -> list:
+    """One line per generated token: its text, R and zone (and u for v3)."""
+    if not rows or rows[0]["r"] is None:
+        return ["R: this model has no oscillators (no R to show)"]
+    lines = []
+    for i, row in enumerate(rows):
+        u = f"  u {row['u']:.3f}" if row["u"] is not None else ""
+        lines.append(f"  {i:>4} {row['token']!r:<10} R {row['r']:.3f}  {row['zone']}{u}")
+    return lines

@@ -290,3 +290,13 @@ def combine_verdicts(verdicts) -> str:
     if verdicts and all(v == PASS for v in verdicts):
         return PASS
     return FAIL if FAIL in verdicts else INCONCLUSIVE
+
+
+def ceiling_verdict(ci, threshold: float) -> str:
+    """PASS / FAIL / INCONCLUSIVE for a harm that must stay small (a loss rise): PASS when the
+    whole CI lies below the threshold, FAIL when the whole CI lies at or above it,
+    INCONCLUSIVE when it straddles it."""
+    lo, hi = ci
+    if hi < threshold:
+        return PASS
+    return FAIL if lo >= threshold else INCONCLUSIVE
