@@ -109,6 +109,45 @@ def test_compact_map_saved_and_small_dtype(tmp_path):
     assert meta["vocab_size"] == ids.size + 1 < 256 and meta["dtype"] == "uint8"
 
 
+@pytest.mark.parametrize("tokenizer,flag,compacted", [
+    ("cl100k_base", None, True), ("cl100k_base", "--no-compact", False),
+    ("cl100k_base", "--compact", True), ("bytes", None, False), ("bytes", "--compact", True)])
+def test_prepare_compacts_bpe_by_default(tmp_path, tokenizer, flag, compacted):
+    """A BPE vocabulary is compacted unless --no-compact; bytes stays whole unless --compact."""
+    make_corpus(tmp_path / "src", n_docs=4, words=5)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "src"),
+                                       "--out", str(out), "--tokenizer", tokenizer]
+                                + ([flag] if flag else []))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["params"]["compact"] is compacted
+    assert (out / "vocab_map.npy").is_file() is compacted
+    base_vocab = 257 if tokenizer == "bytes" else 100277
+    assert (meta["vocab_size"] < base_vocab) is compacted
+    assert (f"compacted from {base_vocab:,} ids" in result.output) is compacted
+    # a large vocabulary kept whole is pointed out, with the command that shows its cost
+    assert ("--list-presets --data" in result.output) is (not compacted and base_vocab > 257)
+
+
+def test_list_presets_at_the_prepared_vocabulary(tmp_path):
+    """--list-presets --data DIR counts each preset at DIR's vocabulary, as training builds it."""
+    from mlx_kssm.models import build_model, count_parameters
+
+    make_corpus(tmp_path / "src", n_docs=4, words=5)
+    meta = prepare(tmp_path / "src", tmp_path / "out", "cl100k_base", **QUIET).meta
+    shown = CliRunner().invoke(main, ["train", "--list-presets", "--data", str(tmp_path / "out")])
+    assert shown.exit_code == 0, shown.output
+    assert f"vocabulary of {tmp_path / 'out'} ({meta['vocab_size']:,} ids)" in shown.output
+    rows = {l.split()[0]: l.split()[1] for l in shown.output.splitlines()[1:]}
+    for name in ("tiny", "v2", "transformer-tiny"):
+        n_params = count_parameters(build_model(name, vocab_size=meta["vocab_size"]))
+        assert rows[name] == f"{n_params / 1e6:.2f}M", (name, rows[name])
+    missing = CliRunner().invoke(main, ["train", "--list-presets", "--data", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ")
+    assert len(missing.output.strip().splitlines()) == 1 and "meta.json" in missing.output
+
+
 def test_jsonl_documents_and_fetch_manifest(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -89,9 +89,13 @@ def _parse_ids(ids: str | None) -> list[int] | None:
 @click.option("--tokenizer", default="cl100k_base", show_default=True,
               help="cl100k_base (offline), gpt2, o200k_base (need tiktoken's cache or network "
                    "once), bytes (UTF-8 bytes, for v1-char), or a path to a .tiktoken file.")
-@click.option("--compact/--no-compact", default=False, show_default=True,
+@click.option("--compact/--no-compact", default=None,
               help="Renumber the ids the corpus uses to 0..K-1 (+1 unknown id) so the model's "
-                   "embedding is sized to the corpus; the map is saved as vocab_map.npy.")
+                   "embedding and output layer are sized to the corpus; the map is saved as "
+                   "vocab_map.npy. Default: compact every tokenizer but bytes (its 257 ids "
+                   "stay whole, so every byte stays encodable); --no-compact keeps a BPE "
+                   "vocabulary whole (100,277 ids for cl100k_base), --compact compacts bytes "
+                   "too.")
 @click.option("--val-fraction", default=0.05, show_default=True, type=float,
               help="Share of DOCUMENTS held out for validation (at least one each side); a "
                    "single-document corpus is cut instead: its last share of tokens is val.")
@@ -115,7 +119,7 @@ def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
     Examples:
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/char --tokenizer bytes
-      mlx-kssm data prepare --source my_texts/ --out data/prepared/mine --compact
+      mlx-kssm data prepare --source my_texts/ --out data/prepared/full --no-compact
     """
     from .prepare import prepare as run_prepare
 
@@ -123,6 +127,21 @@ def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
     meta, n_tokens = result.meta, sum(s.tokens for s in result.splits.values())
     for split, info in meta["splits"].items():
         click.echo(f"{split}: {info['tokens']:,} tokens, {info['docs']} docs")
-    click.echo(f"vocab {meta['vocab_size']:,} ({meta['dtype']}), split by {meta['split']}; "
+    click.echo(f"vocab {meta['vocab_size']:,} ({meta['dtype']}{_compaction_text(result)}), split by {meta['split']}; "
                f"{n_tokens:,} tokens in {result.seconds:.1f} s "
                f"({n_tokens / max(result.seconds, 1e-9):,.0f} tokens/s) -> {out_dir}")
+    if not meta["params"]["compact"] and result.base_vocab_size > BIG_VOCAB:
+        click.echo(f"note: the {result.base_vocab_size:,}-id vocabulary is kept whole "
+                   f"(--no-compact): `mlx-kssm train --list-presets --data {out_dir}` shows "
+                   "each preset's parameters at it")
+
+
+# a vocabulary above this, kept whole, dominates a small preset's parameters: say so
+BIG_VOCAB = 4096
+
+
+def _compaction_text(result) -> str:
+    """"; compacted from 100,277 ids", or nothing for a vocabulary kept whole."""
+    if result.meta["params"]["compact"]:
+        return f"; compacted from {result.base_vocab_size:,} ids"
+    return ""

@@ -5,6 +5,7 @@ Output folder:
                                      smallest unsigned dtype that holds the vocabulary:
                                      np.load(path, mmap_mode="r") opens them with defaults
   vocab_map.npy                      with compaction: compact id k -> base tokenizer id
+                                     (the default for BPE tokenizers: see compacts_by_default)
   meta.json                          tokenizer spec, vocab size, dtype, counts, sources...
 
 Streaming: documents are read and tokenized one at a time and their tokens appended to a
@@ -195,6 +196,7 @@ class PrepareResult:
     meta: dict
     seconds: float = 0.0
     splits: dict = field(default_factory=dict)
+    base_vocab_size: int = 0  # the tokenizer's own vocabulary, before any compaction
 
 
 class _RawSplit:
@@ -212,9 +214,19 @@ class _RawSplit:
         self.stats.docs += 1
 
 
-def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = False,
+def compacts_by_default(base) -> bool:
+    """Whether `prepare` compacts `base` when not told: a BPE vocabulary (100k ids for
+    cl100k_base) is mostly ids a corpus never uses, and the model's embedding and output
+    layer are sized to it; the 257 byte ids are already small, and kept whole every byte
+    stays encodable."""
+    return base.spec.get("kind") != "bytes"
+
+
+def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool | None = None,
             val_fraction: float = 0.05, seed: int = 0, log: Log = _stderr) -> PrepareResult:
     """Tokenize `source` into `out_dir` (see the module docstring). Returns the meta dict.
+    `compact`: renumber the ids the corpus uses to 0..K-1 (+1 unknown id); None compacts
+    BPE tokenizers and keeps the bytes tokenizer whole (compacts_by_default).
 
     `out_dir` is new, empty or an earlier prepared folder; the new files are written to a
     temporary folder beside it that replaces it whole at the end, so a failure (bad input
@@ -228,9 +240,13 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
         raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if not is_int(seed) or seed < 0:
         raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
+    if compact is not None and not isinstance(compact, bool):
+        raise DataError(f"compact must be True, False or None, got {compact!r}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     base = load_tokenizer(tokenizer)
+    if compact is None:
+        compact = compacts_by_default(base)
     sources = find_sources(source)
     n_docs = _count_documents(sources)
     if n_docs == 0:
@@ -246,7 +262,7 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
     except OSError as e:
         raise DataError(f"prepare into {out_dir} failed: {describe_os_error(e)}; {out_dir} is "
                         "left as it was") from None
-    return PrepareResult(out_dir, meta, time.perf_counter() - started, stats)
+    return PrepareResult(out_dir, meta, time.perf_counter() - started, stats, base.vocab_size)
 
 
 def _bundle_ranks_file(tok, folder: Path) -> None:

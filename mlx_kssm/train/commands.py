@@ -103,7 +103,8 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 @click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="run.toml or run.json with any of these options (flags override)")
-@click.option("--list-presets", is_flag=True, help="list presets with sizes and exit")
+@click.option("--list-presets", is_flag=True, help="list presets with their parameter counts "
+              "and exit; with --data DIR, counted at DIR's vocabulary (what training builds)")
 @one_line_errors
 def train(config_file, list_presets, **flags):
     import mlx_kssm  # noqa: F401
@@ -111,14 +112,29 @@ def train(config_file, list_presets, **flags):
     from .trainer import train as run_training
 
     if list_presets:
-        from ..models import preset_table
-        for name, n_params, description in preset_table():
-            click.echo(f"{name:<20} {n_params / 1e6:>8.2f}M  {description}")
+        _list_presets(flags.get("data"))
         return
     config, explicit = config_from_options(config_file, flags)
     result = run_training(config, explicit=explicit, echo=click.echo)
     if result.exit_code:
         sys.exit(result.exit_code)
+
+
+def _list_presets(data_dir: str | None) -> None:
+    """The preset table; with --data, each preset's parameters at that folder's vocabulary
+    (what training on it builds), else at the preset's own default vocabulary."""
+    from ..models import preset_table
+
+    vocab_size = None
+    if data_dir is not None:
+        from ..data import read_meta
+        vocab_size = read_meta(data_dir)["vocab_size"]
+        click.echo(f"parameters at the vocabulary of {data_dir} ({vocab_size:,} ids):")
+    else:
+        click.echo("parameters at each preset's default vocabulary (--data DIR: at a prepared "
+                   "folder's, what training on it builds):")
+    for name, n_params, description in preset_table(vocab_size):
+        click.echo(f"{name:<20} {n_params / 1e6:>8.2f}M  {description}")
 
 
 @click.command("status", context_settings=CONTEXT)
