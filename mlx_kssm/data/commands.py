@@ -80,8 +80,9 @@ def _parse_ids(ids: str | None) -> list[int] | None:
 
 @data.command("prepare")
 @click.option("--source", required=True, type=click.Path(path_type=Path),
-              help="What `data fetch` wrote, or any .txt/.jsonl file or folder (a .txt is one "
-                   "document; a .jsonl line with a \"text\" field is one document).")
+              help="What `data fetch` wrote, or any .txt/.jsonl/.parquet file or folder (a .txt "
+                   "is one document; so is a .jsonl line's \"text\" field and a .parquet row's "
+                   "\"text\" column; Parquet needs pip install 'mlx-kssm[parquet]').")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for tokens_train.npy, tokens_val.npy, meta.json (and vocab_map.npy): "
                    "new, empty, or an earlier prepared folder, replaced whole only once the "
@@ -100,8 +101,11 @@ def _parse_ids(ids: str | None) -> list[int] | None:
               help="Share of DOCUMENTS held out for validation (at least one each side); a "
                    "single-document corpus is cut instead: its last share of tokens is val.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/val document split.")
+@click.option("--text-field", default="text", show_default=True, metavar="NAME",
+              help="The .jsonl field and .parquet column holding each document (a Hugging "
+                   "Face dataset's text column, e.g. content).")
 @one_line_errors
-def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
+def prepare(source, out_dir, tokenizer, compact, val_fraction, seed, text_field):
     """Tokenize into standard .npy token files (smallest unsigned dtype), a separator token
     after every document, a deterministic split by document, and meta.json (tokenizer,
     counts, dtype, source SHA-256s, parameters). Streams one document at a time.
@@ -120,10 +124,13 @@ def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/char --tokenizer bytes
       mlx-kssm data prepare --source my_texts/ --out data/prepared/full --no-compact
+      mlx-kssm data prepare --source train-00000-of-00001.parquet --out data/prepared/hub
+      mlx-kssm data prepare --source parquet_shards/ --text-field content --out data/prepared/code
     """
     from .prepare import prepare as run_prepare
 
-    result = run_prepare(source, out_dir, tokenizer, compact, val_fraction, seed)
+    result = run_prepare(source, out_dir, tokenizer, compact, val_fraction, seed,
+                         text_field=text_field)
     meta, n_tokens = result.meta, sum(s.tokens for s in result.splits.values())
     for split, info in meta["splits"].items():
         click.echo(f"{split}: {info['tokens']:,} tokens, {info['docs']} docs")
