@@ -40,6 +40,8 @@ Examples:
   mlx-kssm train --model exports/v2 --config run.toml --learning-rate 3e-4 --output-dir runs/ft
   # data parallel over 2 processes (or Macs: --hostfile)
   mlx.launch -n 2 -- mlx-kssm train --preset tiny --data DIR --batch-size 8 --output-dir runs/dp
+  # also log to TensorBoard (tensorboard --logdir runs/tb) and Weights & Biases
+  mlx-kssm train --preset tiny --data DIR --report-to tensorboard,wandb --output-dir runs/tb
 
 \b
 Run folder: config.json, history.jsonl (one JSON object per event), training.log,
@@ -101,6 +103,13 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "muon_lr_scale x the LR, a --config key) and AdamW on the rest", "optimizer"))
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
 @click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
+@click.option("--report-to", metavar="wandb|tensorboard", help=(
+    "also log each report and evaluation (loss, LR, tokens/s, val loss, R per layer, R zone "
+    "shares, u) to Weights & Biases and/or TensorBoard, comma-separated; optional extras: "
+    "pip install 'mlx-kssm[wandb]' / 'mlx-kssm[tensorboard]'. TensorBoard files go to "
+    "RUN/tensorboard, wandb's to RUN/wandb (WANDB_MODE=offline: no network). A resumed run "
+    "keeps its choice; --report-to none stops it"))
+@click.option("--project-name", help="the Weights & Biases project  [default: mlx-kssm]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="run.toml or run.json with any of these options (flags override)")
 @click.option("--list-presets", is_flag=True, help="list presets with their parameter counts "
