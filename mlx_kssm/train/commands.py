@@ -48,7 +48,7 @@ Run folder: config.json, history.jsonl (one JSON object per event), training.log
 training.lock, checkpoints/step_N/ (model + optimizer + trainer state; `latest` names the
 newest), best/ (lowest val loss; a model folder every command accepts).
 \b
-Presets: {", ".join(PRESETS)} (--list-presets shows sizes).
+Presets: {", ".join(PRESETS)} (--list-presets [--data DIR] shows sizes).
 Stages: {", ".join(f"{k}={v}" for k, v in STAGE_STEPS.items())} steps.
 \b
 Exit status: 0 finished or early-stopped; 130 Ctrl-C / 143 SIGTERM (a checkpoint is saved
