@@ -131,6 +131,12 @@ def test_tensorboard_events_hold_the_history(data_dir, tmp_path):
     check_logged(logged, history, rel=1e-6)  # TensorBoard keeps float32
     assert sum(logged[f"R_zones/{zone_name(label)}"][4] for _, label in ZONES) == \
         pytest.approx(1.0)
+    # --report-to none on a later resume stops it: nothing more reaches the event files
+    files = sorted((run / "tensorboard").iterdir())
+    stopped = train(tiny_config(data_dir, run, max_steps=5, resume=True, report_to="none"),
+                    echo=lambda m: None, explicit={"max_steps", "resume", "report_to"})
+    assert stopped.step == 5 and sorted((run / "tensorboard").iterdir()) == files
+    assert read_tensorboard(run / "tensorboard") == logged
 
 
 # ---------------------------------------------------------------- Weights & Biases
