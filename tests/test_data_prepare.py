@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -109,6 +110,45 @@ def test_compact_map_saved_and_small_dtype(tmp_path):
     assert meta["vocab_size"] == ids.size + 1 < 256 and meta["dtype"] == "uint8"
 
 
+@pytest.mark.parametrize("tokenizer,flag,compacted", [
+    ("cl100k_base", None, True), ("cl100k_base", "--no-compact", False),
+    ("cl100k_base", "--compact", True), ("bytes", None, False), ("bytes", "--compact", True)])
+def test_prepare_compacts_bpe_by_default(tmp_path, tokenizer, flag, compacted):
+    """A BPE vocabulary is compacted unless --no-compact; bytes stays whole unless --compact."""
+    make_corpus(tmp_path / "src", n_docs=4, words=5)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "src"),
+                                       "--out", str(out), "--tokenizer", tokenizer]
+                                + ([flag] if flag else []))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["params"]["compact"] is compacted
+    assert (out / "vocab_map.npy").is_file() is compacted
+    base_vocab = 257 if tokenizer == "bytes" else 100277
+    assert (meta["vocab_size"] < base_vocab) is compacted
+    assert (f"compacted from {base_vocab:,} ids" in result.output) is compacted
+    # a large vocabulary kept whole is pointed out, with the command that shows its cost
+    assert ("--list-presets --data" in result.output) is (not compacted and base_vocab > 257)
+
+
+def test_list_presets_at_the_prepared_vocabulary(tmp_path):
+    """--list-presets --data DIR counts each preset at DIR's vocabulary, as training builds it."""
+    from mlx_kssm.models import build_model, count_parameters
+
+    make_corpus(tmp_path / "src", n_docs=4, words=5)
+    meta = prepare(tmp_path / "src", tmp_path / "out", "cl100k_base", **QUIET).meta
+    shown = CliRunner().invoke(main, ["train", "--list-presets", "--data", str(tmp_path / "out")])
+    assert shown.exit_code == 0, shown.output
+    assert f"vocabulary of {tmp_path / 'out'} ({meta['vocab_size']:,} ids)" in shown.output
+    rows = {l.split()[0]: l.split()[1] for l in shown.output.splitlines()[1:]}
+    for name in ("tiny", "v2", "transformer-tiny"):
+        n_params = count_parameters(build_model(name, vocab_size=meta["vocab_size"]))
+        assert rows[name] == f"{n_params / 1e6:.2f}M", (name, rows[name])
+    missing = CliRunner().invoke(main, ["train", "--list-presets", "--data", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ")
+    assert len(missing.output.strip().splitlines()) == 1 and "meta.json" in missing.output
+
+
 def test_jsonl_documents_and_fetch_manifest(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -117,6 +157,78 @@ def test_jsonl_documents_and_fetch_manifest(tmp_path):
     (src / "stray.txt").write_text("not in the manifest")
     meta = prepare(src, tmp_path / "out", "bytes", False, 0.2, 0, **QUIET).meta
     assert meta["documents"] == 5 and meta["sources"][0]["title"] == "Docs"
+
+
+def _parquet():
+    return pytest.importorskip("pyarrow.parquet",
+                               reason="the parquet extra (pyarrow) is not installed")
+
+
+def write_parquet(path, columns: dict):
+    parquet = _parquet()  # skips the test before pyarrow itself is imported
+    import pyarrow
+    parquet.write_table(pyarrow.table(columns), path, row_group_size=2)
+
+
+def test_parquet_rows_are_documents(tmp_path):
+    """A folder of Parquet shards: each non-blank row of the text column is one document,
+    read across row groups; --text-field names another column."""
+    src = tmp_path / "shards"
+    src.mkdir()
+    texts = [f"Parquet document {i}: caf\u00e9 \U0001F600\n" for i in range(7)]
+    write_parquet(src / "train-00000.parquet", {"text": texts[:4] + [None, "  "],
+                                                "id": list(range(6))})
+    write_parquet(src / "train-00001.parquet", {"text": texts[4:], "id": [6, 7, 8]})
+    meta = prepare(src, tmp_path / "out", "cl100k_base", None, 0.3, 0, **QUIET).meta
+    assert meta["documents"] == 7 and [s["docs"] for s in meta["sources"]] == [4, 3]
+    train, val = TokenDataset(tmp_path / "out", "train"), TokenDataset(tmp_path / "out", "val")
+    tok = train.tokenizer()
+    docs = split_documents(train.tokens, tok) + split_documents(val.tokens, tok)
+    assert sorted(docs) == sorted(texts)
+    write_parquet(tmp_path / "code.parquet", {"content": texts[:3]})
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "code.parquet"),
+                                       "--out", str(tmp_path / "code"), "--text-field", "content",
+                                       "--tokenizer", "bytes", "--val-fraction", "0.34"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "code" / "meta.json").read_text())
+    assert meta["documents"] == 3 and meta["params"]["text_field"] == "content"
+
+
+@pytest.mark.parametrize("columns,flags,message", [
+    ({"content": ["a b c d"], "id": [1]}, [],
+     "code.parquet: no column 'text' (its columns: content, id); name the text column with "
+     "--text-field"),
+    ({"text": [1, 2]}, [], "column 'text' holds int64, not text"),
+    ({"text": ["a b c d"]}, ["--text-field", "body"], "no column 'body' (its columns: text)"),
+])
+def test_parquet_without_a_text_column(tmp_path, columns, flags, message):
+    write_parquet(tmp_path / "code.parquet", columns)
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "code.parquet"),
+                                       "--out", str(tmp_path / "out")] + flags)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("Error: ") and message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_parquet_file(tmp_path):
+    _parquet()
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "bad.parquet"),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "bad.parquet: not a readable Parquet file" in result.output
+
+
+def test_parquet_without_its_extra(tmp_path, monkeypatch):
+    """Without pyarrow, a Parquet source is one Error line naming the extra to install."""
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    result = CliRunner().invoke(main, ["data", "prepare", "--source", str(tmp_path / "x.parquet"),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.strip() == ("Error: reading Parquet needs pyarrow, which is not "
+                                     "installed: pip install 'mlx-kssm[parquet]'")
 
 
 def test_memory_does_not_grow_with_corpus(tmp_path):
@@ -133,7 +245,7 @@ def test_memory_does_not_grow_with_corpus(tmp_path):
 
 @pytest.mark.parametrize("setup,args,message", [
     (None, ["--source", "{tmp}/missing"], "no such file or directory"),
-    ("empty_dir", ["--source", "{tmp}/src"], "no .txt or .jsonl files"),
+    ("empty_dir", ["--source", "{tmp}/src"], "no .txt, .jsonl or .parquet files"),
     ("blank_docs", ["--source", "{tmp}/src"], "no non-empty documents"),
     ("bad_jsonl", ["--source", "{tmp}/src"], "not a JSON object with a \"text\" field"),
     ("corpus", ["--source", "{tmp}/src", "--tokenizer", "nonsense"], "unknown tokenizer"),
@@ -141,7 +253,7 @@ def test_memory_does_not_grow_with_corpus(tmp_path):
     ("corpus", ["--source", "{tmp}/src", "--seed", "-1"],
      "--seed must be a non-negative integer, got -1"),
     ("unreadable", ["--source", "{tmp}/src"], "doc01.txt: cannot read: Permission denied"),
-    ("wrong_type", ["--source", "{tmp}/src/a.csv"], "not a .txt or .jsonl file"),
+    ("wrong_type", ["--source", "{tmp}/src/a.csv"], "not a .txt, .jsonl or .parquet file"),
 ])
 def test_bad_input_is_one_line(tmp_path, monkeypatch, setup, args, message):
     src = tmp_path / "src"

@@ -63,6 +63,61 @@ def test_generate_is_deterministic_and_has_footer(models):
     assert c.output.split("Prompt:")[0] != a.output.split("Prompt:")[0]
 
 
+def _sample_text(output: str) -> str:
+    """What one generation printed between its ===== lines (prompt + continuation)."""
+    return output.split("=" * 10 + "\n")[1].split("\n" + "=" * 10)[0]
+
+
+def test_generate_num_samples_are_the_seeds_in_turn(models):
+    """--num-samples 3 --seed 4 prints what --seed 4, 5 and 6 print alone, in that order."""
+    res = run("generate", "--model", models["tiny"], "--prompt", "It was", "-m", "12",
+              "--seed", "4", "--num-samples", "3")
+    assert res.exit_code == 0, res.output
+    samples = res.output.split("Sample ")[1:]
+    assert [s.split("\n")[0] for s in samples] == [f"{i}/3 (seed {3 + i})" for i in (1, 2, 3)]
+    for i, sample in enumerate(samples):
+        alone = run("generate", "--model", models["tiny"], "--prompt", "It was", "-m", "12",
+                    "--seed", str(4 + i))
+        assert _sample_text(sample) == _sample_text(alone.output)
+        assert "Generation: 12 tokens" in sample
+    assert len({_sample_text(s) for s in samples}) == 3
+    line = one_line_error(run("generate", "--model", models["tiny"], "--seed", str(2**32 - 1),
+                              "--num-samples", "2"))
+    assert "needs seeds up to 4294967296" in line
+
+
+def test_generate_prompt_from_a_file_or_stdin(models, tmp_path):
+    """@FILE and - give the text they hold, as read; @@ is a literal @."""
+    (tmp_path / "prompt.txt").write_text("ROMEO:\nIt was", encoding="utf-8")
+    direct = run("generate", "--model", models["tiny"], "--prompt", "ROMEO:\nIt was", "-m", "8")
+    from_file = run("generate", "--model", models["tiny"], "--prompt",
+                    f"@{tmp_path / 'prompt.txt'}", "-m", "8")
+    from_stdin = CliRunner().invoke(main, ["generate", "--model", str(models["tiny"]),
+                                           "--prompt", "-", "-m", "8"], input="ROMEO:\nIt was")
+    assert direct.exit_code == from_file.exit_code == from_stdin.exit_code == 0
+    assert _sample_text(direct.output).startswith("ROMEO:\nIt was")
+    assert _sample_text(from_file.output) == _sample_text(direct.output)
+    assert _sample_text(from_stdin.output) == _sample_text(direct.output)
+    literal = run("generate", "--model", models["tiny"], "--prompt", "@@home", "-m", "2")
+    assert _sample_text(literal.output).startswith("@home")
+
+
+def test_generate_prompt_file_bad_input(models, tmp_path):
+    missing = tmp_path / "missing.txt"
+    line = one_line_error(run("generate", "--model", models["tiny"], "--prompt", f"@{missing}"))
+    assert line.startswith("Error: ") and f"no such file {missing}" in line
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    line = one_line_error(run("generate", "--model", models["tiny"], "--prompt",
+                              f"@{tmp_path / 'latin1.txt'}"))
+    assert "is not UTF-8 text (byte 3)" in line
+    line = one_line_error(run("generate", "--model", models["tiny"], "--prompt", f"@{tmp_path}"))
+    assert "is a folder, not a file" in line
+    (tmp_path / "empty.txt").write_text("")
+    line = one_line_error(run("generate", "--model", models["tiny"], "--prompt",
+                              f"@{tmp_path / 'empty.txt'}"))
+    assert "encodes to no tokens" in line
+
+
 def test_generate_force_r_show_r(models):
     res = run("generate", "--model", models["tiny"], "--prompt", "The", "-m", "20",
               "--force-r", "0.3", "--show-r")

@@ -344,8 +344,9 @@ def test_trainer_state_reads_0_2_checkpoints_and_writes_the_same_keys():
     again = state.to_json()
     assert list(again) == list(STATE_0_2)  # the same keys, in the same order
     assert {k for k in STATE_0_2 if again[k] != STATE_0_2[k]} == {"saved", "config"}
-    # the one config field added since: the sampler, "random" as every 0.2 run drew its windows
-    assert again["config"] == {**STATE_0_2["config"], "sampling": "random"}
+    # options added since 0.2 are there at their defaults; the 0.2 options are unchanged
+    assert again["config"] == {**STATE_0_2["config"], "sampling": "random", "report_to": None,
+                               "project_name": None}
     fresh = TrainerState(config=TrainConfig(), schedule=Schedule(1e-3, 10, 100))
     assert fresh.to_json()["explosion_min"] is None  # no loss seen: JSON has no infinity
     assert TrainerState.from_json(fresh.to_json()).explosion_min == math.inf

@@ -83,8 +83,9 @@ def _parse_ids(ids: str | None) -> list[int] | None:
 
 @data.command("prepare")
 @click.option("--source", required=True, type=click.Path(path_type=Path),
-              help="What `data fetch` wrote, or any .txt/.jsonl file or folder (a .txt is one "
-                   "document; a .jsonl line with a \"text\" field is one document).")
+              help="What `data fetch` wrote, or any .txt/.jsonl/.parquet file or folder (a .txt "
+                   "is one document; so is a .jsonl line's \"text\" field and a .parquet row's "
+                   "\"text\" column; Parquet needs pip install 'mlx-kssm[parquet]').")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for tokens_train.npy, tokens_val.npy, meta.json (and vocab_map.npy): "
                    "new, empty, or an earlier prepared folder, replaced whole only once the "
@@ -92,15 +93,22 @@ def _parse_ids(ids: str | None) -> list[int] | None:
 @click.option("--tokenizer", default="cl100k_base", show_default=True,
               help="cl100k_base (offline), gpt2, o200k_base (need tiktoken's cache or network "
                    "once), bytes (UTF-8 bytes, for v1-char), or a path to a .tiktoken file.")
-@click.option("--compact/--no-compact", default=False, show_default=True,
+@click.option("--compact/--no-compact", default=None,
               help="Renumber the ids the corpus uses to 0..K-1 (+1 unknown id) so the model's "
-                   "embedding is sized to the corpus; the map is saved as vocab_map.npy.")
+                   "embedding and output layer are sized to the corpus; the map is saved as "
+                   "vocab_map.npy. Default: compact every tokenizer but bytes (its 257 ids "
+                   "stay whole, so every byte stays encodable); --no-compact keeps a BPE "
+                   "vocabulary whole (100,277 ids for cl100k_base), --compact compacts bytes "
+                   "too.")
 @click.option("--val-fraction", default=0.05, show_default=True, type=float,
               help="Share of DOCUMENTS held out for validation (at least one each side); a "
                    "single-document corpus is cut instead: its last share of tokens is val.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the train/val document split.")
+@click.option("--text-field", default="text", show_default=True, metavar="NAME",
+              help="The .jsonl field and .parquet column holding each document (a Hugging "
+                   "Face dataset's text column, e.g. content).")
 @one_line_errors
-def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
+def prepare(source, out_dir, tokenizer, compact, val_fraction, seed, text_field):
     """Tokenize into standard .npy token files (smallest unsigned dtype), a separator token
     after every document, a deterministic split by document, and meta.json (tokenizer,
     counts, dtype, source SHA-256s, parameters). Streams one document at a time.
@@ -118,14 +126,32 @@ def prepare(source, out_dir, tokenizer, compact, val_fraction, seed):
     Examples:
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/shakespeare
       mlx-kssm data prepare --source data/raw/shakespeare --out data/prepared/char --tokenizer bytes
-      mlx-kssm data prepare --source my_texts/ --out data/prepared/mine --compact
+      mlx-kssm data prepare --source my_texts/ --out data/prepared/full --no-compact
+      mlx-kssm data prepare --source train-00000-of-00001.parquet --out data/prepared/hub
+      mlx-kssm data prepare --source parquet_shards/ --text-field content --out data/prepared/code
     """
     from .prepare import prepare as run_prepare
 
-    result = run_prepare(source, out_dir, tokenizer, compact, val_fraction, seed)
+    result = run_prepare(source, out_dir, tokenizer, compact, val_fraction, seed,
+                         text_field=text_field)
     meta, n_tokens = result.meta, sum(s.tokens for s in result.splits.values())
     for split, info in meta["splits"].items():
         click.echo(f"{split}: {info['tokens']:,} tokens, {info['docs']} docs")
-    click.echo(f"vocab {meta['vocab_size']:,} ({meta['dtype']}), split by {meta['split']}; "
+    click.echo(f"vocab {meta['vocab_size']:,} ({meta['dtype']}{_compaction_text(result)}), split by {meta['split']}; "
                f"{n_tokens:,} tokens in {result.seconds:.1f} s "
                f"({n_tokens / max(result.seconds, 1e-9):,.0f} tokens/s) -> {out_dir}")
+    if not meta["params"]["compact"] and result.base_vocab_size > BIG_VOCAB:
+        click.echo(f"note: the {result.base_vocab_size:,}-id vocabulary is kept whole "
+                   f"(--no-compact): `mlx-kssm train --list-presets --data {out_dir}` shows "
+                   "each preset's parameters at it")
+
+
+# a vocabulary above this, kept whole, dominates a small preset's parameters: say so
+BIG_VOCAB = 4096
+
+
+def _compaction_text(result) -> str:
+    """"; compacted from 100,277 ids", or nothing for a vocabulary kept whole."""
+    if result.meta["params"]["compact"]:
+        return f"; compacted from {result.base_vocab_size:,} ids"
+    return ""

@@ -616,23 +616,28 @@ def read_book_manifest(text: str, where) -> dict:
     return books
 
 
-def list_text_files(path) -> list[Path]:
-    """The .txt/.jsonl files of a file or a folder (recursive, sorted, hidden entries and
-    manifest.json skipped). A missing or empty source is a DataError."""
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+
+def list_text_files(path, suffixes: tuple = TEXT_SUFFIXES) -> list[Path]:
+    """The files of a file or a folder whose names end in one of `suffixes` (recursive,
+    sorted, hidden entries and manifest.json skipped). A missing or empty source is a
+    DataError."""
     path = Path(path)
+    kinds = " or ".join(", ".join(suffixes).rsplit(", ", 1))  # ".txt, .jsonl or .parquet"
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.is_file():
-        if path.suffix not in (".txt", ".jsonl"):
-            raise DataError(f"{path}: not a .txt or .jsonl file")
+        if path.suffix not in suffixes:
+            raise DataError(f"{path}: not a {kinds} file")
         return [path]
     try:
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file()
+        files = sorted(p for p in path.rglob("*") if p.suffix in suffixes and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
     except OSError as exc:
         raise DataError(f"{path}: cannot list: {exc.strerror or exc}") from None
     if not files:
-        raise DataError(f"{path}: no .txt or .jsonl files")
+        raise DataError(f"{path}: no {kinds} files")
     for file in files:
         if inside(path, file.relative_to(path)) is None:
             raise DataError(f"{file}: a symbolic link to {file.resolve()}, outside {path}: "

@@ -5,12 +5,17 @@ Output folder:
                                      smallest unsigned dtype that holds the vocabulary:
                                      np.load(path, mmap_mode="r") opens them with defaults
   vocab_map.npy                      with compaction: compact id k -> base tokenizer id
+                                     (the default for BPE tokenizers: see compacts_by_default)
   meta.json                          tokenizer spec, vocab size, dtype, counts, sources...
 
 Streaming: documents are read and tokenized one at a time and their tokens appended to a
 raw uint32 temp file per split; at the end each temp file is copied, in chunks (remapped
 when compacting, which needs the whole corpus's id set first), into its .npy. Memory holds
 one document plus one chunk, whatever the corpus size.
+
+Sources: .txt files (one document each), .jsonl files (one per line: its "text" field) and
+.parquet files (one per row: its "text" column, read a batch of rows at a time; needs the
+optional `parquet` extra, pyarrow). `text_field` names another field or column.
 
 Split: by document, deterministic in the seed. Each document is either train or val,
 never both; with >= 2 documents each split gets at least one. A corpus of ONE document
@@ -21,6 +26,7 @@ Every document is followed by the separator token (sep_id), so both files end wi
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -36,7 +42,7 @@ from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign
                       inside, naming, replacing_folder, sha256_file, visible_entries)
 from .._types import has_type, is_int
 from .errors import DataError
-from .fetch import check_text, decode_text, list_text_files
+from .fetch import TEXT_SUFFIXES, check_text, decode_text, list_text_files
 from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
 FORMAT = "mlx-kssm-tokens"  # meta.json's marker: what makes a folder a prepared one
@@ -45,6 +51,10 @@ SPLITS = ("train", "val")
 CHUNK_TOKENS = 1 << 20
 MAP_FILE = "vocab_map.npy"
 OUTPUT_FILES = ("tokens_train.npy", "tokens_val.npy", "meta.json", MAP_FILE, TIKTOKEN_FILE)
+SOURCE_SUFFIXES = TEXT_SUFFIXES + (".parquet",)
+TEXT_FIELD = "text"  # the JSONL field and Parquet column holding a document, unless told
+PARQUET_BATCH_ROWS = 1024  # rows read at a time: memory holds one batch, not the file
+PARQUET_EXTRA = "pip install 'mlx-kssm[parquet]'"
 
 Log = Callable[[str], None]
 
@@ -109,12 +119,16 @@ class Source:
     title: str = ""
     sha256: str = ""
     docs: int = 0
+    text_field: str = TEXT_FIELD  # a .jsonl line's field / a .parquet file's column
 
 
-def find_sources(source) -> list[Source]:
+def find_sources(source, text_field: str = TEXT_FIELD) -> list[Source]:
     """What `data fetch` wrote (its manifest.json names the files and titles), or any
-    .txt/.jsonl file or folder."""
-    source = Path(source)
+    .txt/.jsonl/.parquet file or folder."""
+    return [dataclasses.replace(s, text_field=text_field) for s in _find_sources(Path(source))]
+
+
+def _find_sources(source: Path) -> list[Source]:
     manifest = source / "manifest.json" if source.is_dir() else None
     if manifest and manifest.exists():
         try:
@@ -130,7 +144,7 @@ def find_sources(source) -> list[Source]:
             raise DataError(f"{manifest}: lists no files")
         return sources
     root = source if source.is_dir() else source.parent
-    return [Source(p, str(p.relative_to(root))) for p in list_text_files(source)]
+    return [Source(p, str(p.relative_to(root))) for p in list_text_files(source, SOURCE_SUFFIXES)]
 
 
 def _listed(source: Path, name, manifest: Path) -> Path:
@@ -142,11 +156,14 @@ def _listed(source: Path, name, manifest: Path) -> Path:
 
 
 def iter_documents(src: Source) -> Iterator[str]:
-    """A .txt file is one document; a .jsonl file one document per line ("text" field).
-    Blank documents are skipped."""
+    """A .txt file is one document; a .jsonl file one document per line (its "text" field,
+    or src.text_field); a .parquet file one document per row (its "text" column, or
+    src.text_field). Blank and null documents are skipped."""
     try:
         if src.path.suffix == ".jsonl":
-            yield from _jsonl_documents(src.path)
+            yield from _jsonl_documents(src.path, src.text_field)
+        elif src.path.suffix == ".parquet":
+            yield from _parquet_documents(src.path, src.text_field)
         else:
             raw = src.path.read_bytes()
             check_text(raw, src.path)
@@ -157,19 +174,57 @@ def iter_documents(src: Source) -> Iterator[str]:
         raise DataError(f"{src.path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _jsonl_documents(path: Path) -> Iterator[str]:
+def _jsonl_documents(path: Path, text_field: str = TEXT_FIELD) -> Iterator[str]:
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)["text"]
+                text = json.loads(line)[text_field]
             except (ValueError, KeyError, TypeError):
-                raise DataError(f"{path}:{lineno}: not a JSON object with a \"text\" field") from None
+                raise DataError(f"{path}:{lineno}: not a JSON object with a \"{text_field}\" "
+                                "field") from None
             if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: \"text\" is not a string")
+                raise DataError(f"{path}:{lineno}: \"{text_field}\" is not a string")
             if text.strip():
                 yield text
+
+
+def _parquet_documents(path: Path, text_field: str = TEXT_FIELD) -> Iterator[str]:
+    """The non-blank strings of column `text_field`, read a batch of rows at a time."""
+    pyarrow = _import_pyarrow()
+    try:
+        table = pyarrow.parquet.ParquetFile(path)
+        _check_text_column(pyarrow, path, table.schema_arrow, text_field)
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
+            for text in batch.column(0).to_pylist():
+                if text is not None and text.strip():
+                    yield text
+    except pyarrow.ArrowException as exc:  # not Parquet, or damaged
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
+def _import_pyarrow():
+    """pyarrow with its parquet module, from the optional `parquet` extra (imported here
+    only: plain text needs neither)."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401  (pyarrow.parquet)
+    except ImportError:
+        raise DataError("reading Parquet needs pyarrow, which is not installed: "
+                        f"{PARQUET_EXTRA}") from None
+    return pyarrow
+
+
+def _check_text_column(pyarrow, path: Path, schema, text_field: str) -> None:
+    if text_field not in schema.names:
+        raise DataError(f"{path}: no column {text_field!r} (its columns: "
+                        f"{', '.join(schema.names) or 'none'}); name the text column with "
+                        "--text-field")
+    kind = schema.field(text_field).type
+    if not (pyarrow.types.is_string(kind) or pyarrow.types.is_large_string(kind)):
+        raise DataError(f"{path}: column {text_field!r} holds {kind}, not text; name the text "
+                        "column with --text-field")
 
 
 def choose_val_docs(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
@@ -195,6 +250,7 @@ class PrepareResult:
     meta: dict
     seconds: float = 0.0
     splits: dict = field(default_factory=dict)
+    base_vocab_size: int = 0  # the tokenizer's own vocabulary, before any compaction
 
 
 class _RawSplit:
@@ -212,9 +268,21 @@ class _RawSplit:
         self.stats.docs += 1
 
 
-def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = False,
-            val_fraction: float = 0.05, seed: int = 0, log: Log = _stderr) -> PrepareResult:
+def compacts_by_default(base) -> bool:
+    """Whether `prepare` compacts `base` when not told: a BPE vocabulary (100k ids for
+    cl100k_base) is mostly ids a corpus never uses, and the model's embedding and output
+    layer are sized to it; the 257 byte ids are already small, and kept whole every byte
+    stays encodable."""
+    return base.spec.get("kind") != "bytes"
+
+
+def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool | None = None,
+            val_fraction: float = 0.05, seed: int = 0, log: Log = _stderr,
+            text_field: str = TEXT_FIELD) -> PrepareResult:
     """Tokenize `source` into `out_dir` (see the module docstring). Returns the meta dict.
+    `compact`: renumber the ids the corpus uses to 0..K-1 (+1 unknown id); None compacts
+    BPE tokenizers and keeps the bytes tokenizer whole (compacts_by_default). `text_field`:
+    the .jsonl field and .parquet column that holds each document.
 
     `out_dir` is new, empty or an earlier prepared folder; the new files are written to a
     temporary folder beside it that replaces it whole at the end, so a failure (bad input
@@ -228,10 +296,16 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
         raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if not is_int(seed) or seed < 0:
         raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
+    if not (isinstance(text_field, str) and text_field):
+        raise DataError(f"--text-field must name a field, got {text_field!r}")
+    if compact is not None and not isinstance(compact, bool):
+        raise DataError(f"compact must be True, False or None, got {compact!r}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     base = load_tokenizer(tokenizer)
-    sources = find_sources(source)
+    if compact is None:
+        compact = compacts_by_default(base)
+    sources = find_sources(source, text_field)
     n_docs = _count_documents(sources)
     if n_docs == 0:
         raise DataError(f"{source}: no non-empty documents")
@@ -241,12 +315,12 @@ def prepare(source, out_dir, tokenizer: str = "cl100k_base", compact: bool = Fal
             tok, dtype, stats = _write_tokens(folder, sources, base, n_docs, compact,
                                               val_fraction, seed, log)
             meta = _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact,
-                         val_fraction, seed)
+                         val_fraction, seed, text_field)
             atomic_write_json(folder / "meta.json", meta)
     except OSError as e:
         raise DataError(f"prepare into {out_dir} failed: {describe_os_error(e)}; {out_dir} is "
                         "left as it was") from None
-    return PrepareResult(out_dir, meta, time.perf_counter() - started, stats)
+    return PrepareResult(out_dir, meta, time.perf_counter() - started, stats, base.vocab_size)
 
 
 def _bundle_ranks_file(tok, folder: Path) -> None:
@@ -351,7 +425,7 @@ def _cut_single_document(ids: np.ndarray, raw, sep_id: int, val_fraction: float)
 
 
 def _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact, val_fraction,
-          seed) -> dict:
+          seed, text_field) -> dict:
     from .. import __version__
 
     return {
@@ -370,7 +444,8 @@ def _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact, val_fr
         "sources": [{"file": s.name, "title": s.title, "sha256": s.sha256, "docs": s.docs}
                     for s in sources],
         "params": {"source": str(Path(source).resolve()), "tokenizer": tokenizer,
-                   "compact": compact, "val_fraction": val_fraction, "seed": seed},
+                   "compact": compact, "val_fraction": val_fraction, "seed": seed,
+                   "text_field": text_field},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mlx_kssm_version": __version__,
     }

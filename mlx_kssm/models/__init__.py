@@ -49,10 +49,15 @@ def count_parameters(model) -> int:
     return sum(v.size for _, v in tree_flatten(model.parameters()))
 
 
-def preset_table() -> list:
-    """(name, parameters, description) of every preset, at its default vocabulary size."""
-    return [(name, count_parameters(build_model(name)), description)
-            for name, (description, _, _) in PRESETS.items()]
+def preset_table(vocab_size: int | None = None) -> list:
+    """(name, parameters, description) of every preset, at `vocab_size` (a prepared data
+    folder's) or else its default vocabulary size. The models are built but never evaluated:
+    counting needs the shapes only, so a 100k vocabulary costs no memory."""
+    rows = []
+    for name, (description, _, _) in PRESETS.items():
+        args = preset_args(name, **({} if vocab_size is None else {"vocab_size": vocab_size}))
+        rows.append((name, count_parameters(_ARCHITECTURES[args.model_type](args)), description))
+    return rows
 
 
 __all__ = ["ForceR", "ModelArgs", "build_model", "count_parameters", "PRESETS", "preset_args",

@@ -44,9 +44,15 @@ def parse_size(text: str) -> int:
 @click.option("--model", "model_dir", required=True, metavar="DIR",
               help="exported folder, training run folder (best/ or newest checkpoint) or "
                    "checkpoint folder")
-@click.option("--prompt", default="The ", show_default=True, help="text to continue")
+@click.option("--prompt", default="The ", show_default=True,
+              help="text to continue; @FILE reads it from a UTF-8 file, - from standard input "
+                   "(used as read, trailing newline included; a prompt starting with @ is "
+                   "written @@...)")
 @click.option("--max-tokens", "-m", default=100, show_default=True, type=click.IntRange(0),
               help="tokens to generate after the prompt")
+@click.option("--num-samples", "-n", default=1, show_default=True, type=click.IntRange(1),
+              help="samples to draw from the prompt; sample i uses seed --seed + i, so each "
+                   "is what --seed SEED+i alone prints")
 @click.option("--temp", default=0.8, show_default=True, type=FiniteFloatRange(0),
               help="sampling temperature (0 = greedy)")
 @click.option("--top-p", default=1.0, show_default=True, type=FiniteFloatRange(0, 1),
@@ -64,8 +70,8 @@ def parse_size(text: str) -> int:
                    "(and u for v3). --prompt is not used")
 @kernel_option
 @one_line_errors
-def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, force_r_layer,
-             show_r, interactive, kernel):
+def generate(model_dir, prompt, max_tokens, num_samples, temp, top_p, top_k, seed, force_r,
+             force_r_layer, show_r, interactive, kernel):
     """Sample text from a model, streaming; optionally with R clamped.
 
     Decoding is stateful: the prompt runs once, then each token costs O(1) through the
@@ -79,12 +85,20 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
       mlx-kssm generate --model exports/tiny --force-r-layer 1=0.9 --seed 7 --temp 0.7
       mlx-kssm generate --model exports/tiny --interactive
       printf 'To be\nThe king\n' | mlx-kssm generate --model exports/tiny -i -m 40
+      mlx-kssm generate --model exports/tiny --prompt @prompt.txt --num-samples 3
+      echo "ROMEO:" | mlx-kssm generate --model exports/tiny --prompt -
     """
     from ..io import load_with_tokenizer
     from ..kernels import use_kernel
     from ..models.force import ForceR
     from .generate import encode_prompt, format_r, format_speed, generate_text
+    from .prompts import resolve_prompt
 
+    _check_sample_seeds(seed, num_samples)
+    if interactive and prompt == "-":
+        raise UsageProblem("--interactive reads its prompts from standard input: --prompt - "
+                           "cannot read it too")
+    prompt = resolve_prompt(prompt)  # before loading: a missing @FILE fails at once
     _, model, tokenizer = load_with_tokenizer(model_dir)
     use_kernel(model, kernel)
     force = ForceR.for_model(ForceR.from_options(force_r, force_r_layer, model.args.n_layers),
@@ -95,13 +109,25 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
         _interactive(model, tokenizer, sampling)
         return
     ids = encode_prompt(tokenizer, prompt)
-    click.echo("=" * 10)
-    click.echo(prompt, nl=False)
-    gen = generate_text(model, tokenizer, ids, on_text=_stream, **sampling)
-    click.echo()
-    click.echo("=" * 10)
-    for line in format_r(gen, force, trace=show_r) + format_speed(gen):
-        click.echo(line)
+    for sample in range(num_samples):
+        if num_samples > 1:
+            click.echo(f"Sample {sample + 1}/{num_samples} (seed {seed + sample})")
+        click.echo("=" * 10)
+        click.echo(prompt, nl=False)
+        gen = generate_text(model, tokenizer, ids, on_text=_stream,
+                            **{**sampling, "seed": seed + sample})
+        click.echo()
+        click.echo("=" * 10)
+        for line in format_r(gen, force, trace=show_r) + format_speed(gen):
+            click.echo(line)
+
+
+def _check_sample_seeds(seed: int, num_samples: int) -> None:
+    """Sample i draws with seed + i: every one must be a valid seed."""
+    from .._types import MAX_SEED
+    if seed + num_samples - 1 > MAX_SEED:
+        raise UsageProblem(f"--seed {seed} with --num-samples {num_samples} needs seeds up to "
+                           f"{seed + num_samples - 1}, above {MAX_SEED}: lower --seed")
 
 
 def _stream(text: str) -> None:

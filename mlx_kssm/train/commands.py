@@ -40,13 +40,15 @@ Examples:
   mlx-kssm train --model exports/v2 --config run.toml --learning-rate 3e-4 --output-dir runs/ft
   # data parallel over 2 processes (or Macs: --hostfile)
   mlx.launch -n 2 -- mlx-kssm train --preset tiny --data DIR --batch-size 8 --output-dir runs/dp
+  # also log to TensorBoard (tensorboard --logdir runs/tb) and Weights & Biases
+  mlx-kssm train --preset tiny --data DIR --report-to tensorboard,wandb --output-dir runs/tb
 
 \b
 Run folder: config.json, history.jsonl (one JSON object per event), training.log,
 training.lock, checkpoints/step_N/ (model + optimizer + trainer state; `latest` names the
 newest), best/ (lowest val loss; a model folder every command accepts).
 \b
-Presets: {", ".join(PRESETS)} (--list-presets shows sizes).
+Presets: {", ".join(PRESETS)} (--list-presets [--data DIR] shows sizes).
 Stages: {", ".join(f"{k}={v}" for k, v in STAGE_STEPS.items())} steps.
 \b
 Exit status: 0 finished or early-stopped; 130 Ctrl-C / 143 SIGTERM (a checkpoint is saved
@@ -105,9 +107,17 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "muon_lr_scale x the LR, a --config key) and AdamW on the rest", "optimizer"))
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
 @click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
+@click.option("--report-to", metavar="wandb|tensorboard", help=(
+    "also log each report and evaluation (loss, LR, tokens/s, val loss, R per layer, R zone "
+    "shares, u) to Weights & Biases and/or TensorBoard, comma-separated; optional extras: "
+    "pip install 'mlx-kssm[wandb]' / 'mlx-kssm[tensorboard]'. TensorBoard files go to "
+    "RUN/tensorboard, wandb's to RUN/wandb (WANDB_MODE=offline: no network). A resumed run "
+    "keeps its choice; --report-to none stops it"))
+@click.option("--project-name", help="the Weights & Biases project  [default: mlx-kssm]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="run.toml or run.json with any of these options (flags override)")
-@click.option("--list-presets", is_flag=True, help="list presets with sizes and exit")
+@click.option("--list-presets", is_flag=True, help="list presets with their parameter counts "
+              "and exit; with --data DIR, counted at DIR's vocabulary (what training builds)")
 @one_line_errors
 def train(config_file, list_presets, **flags):
     import mlx_kssm  # noqa: F401
@@ -115,14 +125,29 @@ def train(config_file, list_presets, **flags):
     from .trainer import train as run_training
 
     if list_presets:
-        from ..models import preset_table
-        for name, n_params, description in preset_table():
-            click.echo(f"{name:<20} {n_params / 1e6:>8.2f}M  {description}")
+        _list_presets(flags.get("data"))
         return
     config, explicit = config_from_options(config_file, flags)
     result = run_training(config, explicit=explicit, echo=click.echo)
     if result.exit_code:
         sys.exit(result.exit_code)
+
+
+def _list_presets(data_dir: str | None) -> None:
+    """The preset table; with --data, each preset's parameters at that folder's vocabulary
+    (what training on it builds), else at the preset's own default vocabulary."""
+    from ..models import preset_table
+
+    vocab_size = None
+    if data_dir is not None:
+        from ..data import read_meta
+        vocab_size = read_meta(data_dir)["vocab_size"]
+        click.echo(f"parameters at the vocabulary of {data_dir} ({vocab_size:,} ids):")
+    else:
+        click.echo("parameters at each preset's default vocabulary (--data DIR: at a prepared "
+                   "folder's, what training on it builds):")
+    for name, n_params, description in preset_table(vocab_size):
+        click.echo(f"{name:<20} {n_params / 1e6:>8.2f}M  {description}")
 
 
 @click.command("status", context_settings=CONTEXT)

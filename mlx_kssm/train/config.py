@@ -68,6 +68,10 @@ class TrainConfig:
     explode_factor: float = 3.0  # loss above this x the running minimum is flagged
     sample_prompts: list = field(default_factory=lambda: ["The ", "To be, or not to be"])
     sample_tokens: int = 40
+    # also log reports and evaluations to: "wandb", "tensorboard" or both, comma-separated
+    # (train/reporting.py); None: history.jsonl and training.log only
+    report_to: Optional[str] = None
+    project_name: Optional[str] = None  # the wandb project; None: reporting.DEFAULT_PROJECT
 
     @classmethod
     def from_dict(cls, params: dict, source: str = "training option") -> "TrainConfig":

@@ -39,6 +39,7 @@ from . import lock, setup
 from .config import TrainConfig
 from .health import ExplosionDetector, format_verdict, is_finite, stage_verdict
 from .optim import checkpoint_arrays, set_learning_rate
+from .reporting import Reporters, check_report_to, open_reporters
 from .runlog import (RUN_CONFIG, ReportWindow, RunLog, format_eval, format_report,
                      read_history)
 from .signals import EXIT_SIGNAL, StopSignals
@@ -67,6 +68,7 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     Raises ValueError, DataError, ModelLoadError, RuntimeError or lock.LockError on bad input.
     """
     config.check_types()
+    check_report_to(config.report_to)  # a missing extra: refused before anything is written
     defaults = TrainConfig()
     if explicit is None:
         explicit = {k for k, v in config.to_dict().items() if getattr(defaults, k) != v}
@@ -86,16 +88,34 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     started = False
     if writer:
         lock.acquire(run_dir, log=echo)
+    reporters = Reporters()
     try:
         with StopSignals() as signals:
             run, state = setup.prepare(config, explicit, run_dir, rank, world)
+            log = RunLog(run_dir, writer, echo)
+            reporters = _open_reporters(run, log)
             started = True
-            return _Loop.begin(run, state, RunLog(run_dir, writer, echo), signals).loop()
+            result = _Loop.begin(run, state, log, signals, reporters).loop()
+            reporters.close(failed=result.status == "nan")
+            return result
     finally:
+        reporters.close(failed=True)  # only if still open: the run raised
         if writer:
             lock.release(run_dir)
         if created and not started:  # refused before writing: leave no empty run folder
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _open_reporters(run: setup.Run, log: RunLog) -> Reporters:
+    """--report-to's backends, on rank 0 (a resumed run's saved choice is checked again:
+    its extra may be missing here)."""
+    names = check_report_to(run.config.report_to)
+    if not (run.writer and names):
+        return Reporters()
+    run_config = {**run.config.to_dict(), "model": run.model.args.to_dict(),
+                  "tokenizer": run.tokenizer_spec, "world_size": run.world}
+    return open_reporters(names, run.run_dir, run.config.project_name, run_config,
+                          warn=log.line)
 
 
 @dataclass(kw_only=True)
@@ -111,12 +131,13 @@ class _Loop:
     step_fn: Callable  # step.make_step's compiled step
     compiled_state: list  # its implicit state (model, optimizer, filter, RNG)
     window: ReportWindow = field(default_factory=ReportWindow)
+    reporters: Reporters = field(default_factory=Reporters)  # --report-to's backends
     last_saved: int | None = None  # the step whose checkpoint is on disk
     last_eval_step: int | None = None
 
     @classmethod
-    def begin(cls, run: setup.Run, state: TrainerState, log: RunLog,
-              signals: StopSignals) -> "_Loop":
+    def begin(cls, run: setup.Run, state: TrainerState, log: RunLog, signals: StopSignals,
+              reporters: Reporters | None = None) -> "_Loop":
         """The run folder's first writes (notes, history restarted or cut back to the
         checkpoint, config.json, the start line) and the compiled step."""
         c = run.config
@@ -130,8 +151,12 @@ class _Loop:
                                             grad_accum=c.grad_accum, grad_clip=c.grad_clip,
                                             world=run.world)
         loop = cls(run=run, state=state, log=log, signals=signals, detector=detector,
-                   step_fn=step_fn, compiled_state=compiled_state)
+                   step_fn=step_fn, compiled_state=compiled_state,
+                   reporters=reporters or Reporters())
         loop.open_history()
+        if loop.reporters.backends and run.resumed_from is not None:  # zone shares: whole run
+            loop.reporters.count_zones(r for r in read_history(run.run_dir)
+                                       if r.get("event") == "train")
         n_params = count_parameters(run.model)
         loop.write_run_config(n_params)
         log.line(f"Training {run.model.args.preset or run.model.args.model_type} "
@@ -260,6 +285,7 @@ class _Loop:
             self.log.event({"event": "warning", "step": self.state.step, "kind": "explosion",
                             "message": flagged})
         self.log.event(r)
+        self.reporters.train(r)
 
     def evaluate(self) -> dict:
         """Validation loss and R on the fixed batches, samples, best/ when it improved."""
@@ -288,6 +314,7 @@ class _Loop:
                 raise self.write_failed(f"{run.run_dir / ckpt.BEST} (step {state.step})",
                                         error) from None
         self.log.event(e)
+        self.reporters.eval(e)
         self.last_eval_step = state.step
         if run.config.stage is not None and state.step < run.config.max_steps:
             self.verdict()  # the end of the run prints its own

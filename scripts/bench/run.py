@@ -144,7 +144,7 @@ def ensure_data(tokenizer: str, out: str, compact: bool, val_fraction: float | N
             raise RuntimeError(f"data fetch failed: {e[-500:]}")
     if not (ROOT / out / "meta.json").is_file():
         cmd = ["mlx-kssm", "data", "prepare", "--source", RAW, "--out", out,
-               "--tokenizer", tokenizer] + (["--compact"] if compact else []) + (
+               "--tokenizer", tokenizer, "--compact" if compact else "--no-compact"] + (
                    ["--val-fraction", str(val_fraction)] if val_fraction else [])
         rc, o, e, s = sh(cmd, 900)
         done["prepare"] = {"command": " ".join(cmd), "rc": rc, "seconds": s, "tail": (o + e)[-300:]}
