@@ -19,7 +19,12 @@ rm -rf "$OUT/run"
 mlx-kssm train --preset v1-char --data "$OUT/data" --max-steps "$STEPS" --batch-size 12 \
   --seq-len 64 --steps-per-eval 400 --steps-per-report 100 --seed "$SEED" --output-dir "$OUT/run"
 echo "== 4. evaluate + causality suite (effects with 95% CIs; docs/causality.md)"
-mlx-kssm evaluate --model "$OUT/run" --data "$OUT/data" --causality --json "$OUT/evaluation.json"
+rm -f "$OUT/evaluation.json"
+verdict=0
+mlx-kssm evaluate --model "$OUT/run" --data "$OUT/data" --causality --json "$OUT/evaluation.json" \
+  || verdict=$?
+# exit 1 with the JSON written is a FAIL verdict, 3 INCONCLUSIVE: show the rest, then exit with it
+if [ "$verdict" != 0 ] && [ ! -f "$OUT/evaluation.json" ]; then exit "$verdict"; fi
 echo "== 5. generate, free and with R forced to 0.3 in every layer"
 mlx-kssm generate --model "$OUT/run" --prompt "ROMEO:" --max-tokens 120 --seed 0
 mlx-kssm generate --model "$OUT/run" --prompt "ROMEO:" --max-tokens 120 --seed 0 --force-r 0.3 --show-r
@@ -27,3 +32,4 @@ echo "== 6. export"
 mlx-kssm export --model "$OUT/run" --out "$OUT/export"
 ls -la "$OUT/export"
 echo "== done: run folder $OUT/run, evaluation $OUT/evaluation.json, exported model $OUT/export"
+exit "$verdict"
