@@ -393,7 +393,7 @@ def test_make_step_accumulates_averages_and_clips():
     size = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
     assert norm == pytest.approx(norm_one, rel=1e-4)  # the norm reported is before the clip
     assert size == pytest.approx(0.1 * clip, rel=1e-3)
-    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts" / "bench"))
+    sys.path.insert(0, str(Path(__file__).parent.parent / "research" / "bench"))
     from _common import trainer_step
 
     run, _ = trainer_step(_tiny(), 2, 12)
@@ -412,7 +412,7 @@ def test_one_read_history_skips_a_torn_last_line(tmp_path):
     events = [{"event": "train", "step": 1}, {"event": "eval", "step": 1}]
     (tmp_path / "history.jsonl").write_text(
         "".join(json.dumps(e) + "\n" for e in events) + "[1, 2]\n" + '{"event": "tra')
-    bench_dir = Path(__file__).parent.parent / "scripts" / "bench"
+    bench_dir = Path(__file__).parent.parent / "research" / "bench"
     spec = importlib.util.spec_from_file_location("bench_quality", bench_dir / "quality.py")
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)

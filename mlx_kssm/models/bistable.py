@@ -9,7 +9,7 @@ The bound on u passes gradient everywhere ("soft"); the earlier project's hard c
 froze u at the floor, stays available as u_bound="hard" for comparison.
 
 Boxed projections (core_box s, v3's default 0.45). Raw linear projections make u a ratio of
-two products that training drives across its pole: in bench/RESULTS.md §10 whole layers of u
+two products that training drives across its pole: in research/RESULTS.md §10 whole layers of u
 ended negative and the gradient norm (median 16, up to 741) was clipped in every report
 window. So K-SSM v3 centres the
 ten projections on the point where u = 1 and Delta = 1 and squashes each to within +-s of it:

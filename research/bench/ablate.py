@@ -2,7 +2,7 @@
 same batches (same seeds) and the same budget through the real trainer; prints a table of
 val loss mean ± std over seeds and writes JSON.
 
-    python scripts/bench/ablate.py --data data/prepared/chars --variants base,l4 --seeds 0,1,2
+    python research/bench/ablate.py --data data/prepared/chars --variants base,l4 --seeds 0,1,2
 
 Every run is a normal run folder under --out-dir/<variant>/seed<k>; a finished run is reused,
 an unfinished one resumed, so the command can be stopped and run again.
@@ -26,7 +26,7 @@ import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 from _common import emit, machine  # noqa: E402
 from mlx_kssm.train import read_history  # noqa: E402
 
-# name -> (preset, ModelArgs overrides, TrainConfig overrides). Rows of bench/RESULTS.md's
+# name -> (preset, ModelArgs overrides, TrainConfig overrides). Rows of research/RESULTS.md's
 # ablation table; the screening-only options (group dynamics, Cayley rotation, softsign drive,
 # feature norm) live at commit 45f9fa4 (branch ablation-snapshot), which ran those rows.
 DESIGN_1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
@@ -56,7 +56,7 @@ RECIPE_WEIGHT_DECAY = 0.01
 # the tiny presets' LR when the cl100k rows were measured, spelled out for the same reason
 # (the presets: 5e-3 since bpe_tiny_wd01_lr5 and bpe_tf_tiny_wd01_lr5)
 BPE_LR = 3e-3
-# The quality table (bench/RESULTS.md): each row changes one thing from the row before.
+# The quality table (research/RESULTS.md): each row changes one thing from the row before.
 VARIANTS: dict = {
     "d1": ("v1-char", {**V010, **DESIGN_1}, {}),
     "fixrot": ("v1-char", {**V010, "rotation": "fixed", "gate": False, **EXP}, {}),
@@ -109,7 +109,7 @@ VARIANTS: dict = {
     # price of the contract on cl100k, paired with bpe_tiny_wd01_lr5's seeds
     "bpe_bolted_tiny_wd01_lr5": ("control-bolted-tiny", TINY_G16, {"weight_decay": 0.1,
                                                                   "learning_rate": 5e-3}),
-    # earlier screening names kept for bench/out/ablate's single-seed rows
+    # earlier screening names kept for research/out/ablate's single-seed rows
     "c4_l4": ("v1-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1, "n_layers": 4,
                           "ffn_hidden": 512}, {}),
     "bolted_c4_l4": ("control-bolted-char", {"n_groups": 32, "osc_per_group": 4, "harmonics": 1,
@@ -168,7 +168,7 @@ VARIANTS: dict = {
     # (branch experiment-gdrive2, the same options on a later main), `prevr_g75_wd01` and
     # `prevu_g75_wd01` (only an R of that earlier state) at b1615d6 / 1d349dd (the same branch),
     # `iso_wd01` and `iso0_wd01` (isochron phases) at 4b146e5 (branch experiment-isochron):
-    # bench/RESULTS.md section 6, "Where the control's lead lives"; `lru_wd01`, `z0s_wd01`
+    # research/RESULTS.md section 6, "Where the control's lead lives"; `lru_wd01`, `z0s_wd01`
     # (branch experiment-drive), `gold_wd01` (experiment-omega), `fixd_g106_wd01`
     # (experiment-fixdamp), `zg_wd01` (experiment-combo), `k2_wd01` (experiment-k2),
     # `fg_g67_wd01` (experiment-fgate), `before_wd01` and `bolted_before_wd01`
@@ -231,7 +231,7 @@ def main():
     ap.add_argument("--lr", type=float, default=None, help="default: each preset's own")
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--val-batches", type=int, default=100)
-    ap.add_argument("--out-dir", default="bench/out/ablate")
+    ap.add_argument("--out-dir", default="research/out/ablate")
     ap.add_argument("--json", default=None, help="also write the summary JSON here")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -265,7 +265,7 @@ def summarize(rows: list, args) -> dict:
             "std": statistics.stdev(vals) if len(vals) > 1 else None,
             "val_R": statistics.mean(r["val_R"] for r in rs) if rs[0]["val_R"] is not None else None,
             "tokens_per_sec_median": statistics.median(r["tokens_per_sec"] for r in rs)}
-    return {"part": "ablation", "command": "python scripts/bench/ablate.py " + " ".join(sys.argv[1:]),
+    return {"part": "ablation", "command": "python research/bench/ablate.py " + " ".join(sys.argv[1:]),
             "machine": machine(),
             "budget": {"data": args.data, "steps": args.steps, "batch": args.batch, "seq": args.seq,
                        "warmup": args.warmup, "val_batches": args.val_batches,

@@ -1,11 +1,11 @@
-"""Summarize ablation rows already measured (a rows.jsonl that scripts/bench/ablate.py appends
+"""Summarize ablation rows already measured (a rows.jsonl that research/bench/ablate.py appends
 to) -> JSON on stdout: per variant, the val loss of each seed, mean and sample std.
 
-For the screening rows of bench/RESULTS.md: they were run by the code at commit 45f9fa4
+For the screening rows of research/RESULTS.md: they were run by the code at commit 45f9fa4
 (branch ablation-snapshot), whose options (group dynamics, Cayley rotation, softsign drive,
 feature norm, ...) the current code no longer has, so they are summarized, not rerun:
 
-    python scripts/bench/ablation_rows.py --rows bench/out/ablate/rows.jsonl \
+    python research/bench/ablation_rows.py --rows research/out/ablate/rows.jsonl \
         --variants base,grp,gate,rotfix,cayley,softsign,fnorm,lr3,rg,rg_kinit,rg_loglam,rg_lr3
 """
 

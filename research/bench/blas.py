@@ -3,7 +3,7 @@
 Each configuration runs in its own child process (the BLAS must be chosen before mlx is
 imported); the parent prints one JSON object with both and the ratios.
 
-    python scripts/bench/blas.py [--steps 2] [--out blas.json]
+    python research/bench/blas.py [--steps 2] [--out blas.json]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main():
         runs[label] = json.loads(proc.stdout.strip().splitlines()[-1])
     fast, slow = runs["openblas"], runs["reference_blas"]
     result = {
-        "command": "python scripts/bench/blas.py --steps %d" % args.steps,
+        "command": "python research/bench/blas.py --steps %d" % args.steps,
         "runs": runs,
         "ratios": {
             "matmul_gflops": fast["matmul_gflops"] / slow["matmul_gflops"],

@@ -9,7 +9,7 @@
   child also resets VmHWM just before opening the data and reports the peak of opening +
   sampling alone (peak_rss_open_and_sample_mb), plus its current RSS before and after.
 
-    python scripts/bench/data.py [--skip-prepare] [--big-mb 1024] [--small-mb 10]
+    python research/bench/data.py [--skip-prepare] [--big-mb 1024] [--small-mb 10]
 
 `big_without_page_release` repeats the big run with the loader's per-window page release
 disabled, to show why it is there (recent Linux kernels map whole large folios on a fault).

@@ -1,7 +1,7 @@
 """Decoding speed: stateful (per-layer cache, O(1) per token) vs recomputing the whole context
 for every new token (the earlier project's way); prints one JSON object.
 
-    python scripts/bench/generation.py [--presets tiny] [--contexts 16,256,1024,4096]
+    python research/bench/generation.py [--presets tiny] [--contexts 16,256,1024,4096]
         [--vocab 21075] [--repeats 3] [--out generation.json]
 
 stateful:  mlx_kssm.probe.generate.generate_tokens (greedy) after a prompt of C tokens;
@@ -85,7 +85,7 @@ def main():
     contexts = [int(c) for c in args.contexts.split(",")]
     skip_re = set(filter(None, args.no_recompute.split(",")))
     result = {"part": "generation",
-              "command": "python scripts/bench/generation.py " + " ".join(sys.argv[1:]),
+              "command": "python research/bench/generation.py " + " ".join(sys.argv[1:]),
               "machine": machine(), "vocab": args.vocab, "batch": 1,
               "stateful_new_tokens": args.new_tokens,
               "flatness": "steady-state tok/s at the longest context / at the shortest, per repeat",

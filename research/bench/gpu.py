@@ -1,11 +1,11 @@
 """What a GPU adds, measured on one -> JSON (issue: the CUDA twin of the fused scan).
 
-    python scripts/bench/gpu.py [--torch] [--out FILE]
+    python research/bench/gpu.py [--torch] [--out FILE]
 
 Run it where MLX has a GPU backend (CUDA build on NVIDIA, or Metal); it refuses elsewhere.
 The tests never run it: CI has no GPU, and these are measurements, not checks. Allow several
 minutes: on an H100 the parity part took about a minute, and each kernel.py shape and the
-PyTorch comparison 1-2 minutes each (mostly compiling); bench/RESULTS.md section 11 was measured
+PyTorch comparison 1-2 minutes each (mostly compiling); research/RESULTS.md section 11 was measured
 with the parts run as separate commands (its lines name them), after an all-in-one run here
 outlasted the 4-minute limit it was given.
 
@@ -15,8 +15,8 @@ outlasted the 4-minute limit it was given.
    forced R. Errors are max |kernel - reference| / max(1, max |reference|).
 2. speed: the fused scan + adjoint vs the op-graph scan the model runs without it
    (kernels.cpu.scan_free under mx.compile), forward and forward+backward, B8 x T512, for
-   v2's bank (32 groups x 4) and 0.1's (8 x 16); scripts/bench/kernel.py does the timing.
-3. --torch: one v2 training step, MLX vs the PyTorch twin (scripts/bench/torch_kssm.py) on
+   v2's bank (32 groups x 4) and 0.1's (8 x 16); research/bench/kernel.py does the timing.
+3. --torch: one v2 training step, MLX vs the PyTorch twin (research/bench/torch_kssm.py) on
    the same GPU, same seed-0 weights and batch; needs a CUDA build of torch.
 """
 
@@ -92,7 +92,7 @@ def main() -> None:
                  "GPU, or Metal)")
     module = dispatch.backend_module(backend)
     ok, detail = module.self_check()
-    res = {"part": "gpu", "command": "python scripts/bench/gpu.py " + " ".join(sys.argv[1:]),
+    res = {"part": "gpu", "command": "python research/bench/gpu.py " + " ".join(sys.argv[1:]),
            "machine": machine(), "backend": backend, "device": str(mx.default_device()),
            "self_check_ok": ok, "self_check": detail,  # parity still runs: it shows where
            "parity": parity(module), "speed": speed()}

@@ -1,16 +1,16 @@
-"""bench/RESULTS.md's GPU section, rendered from the files a GPU session left in bench/gpu/.
+"""research/RESULTS.md's GPU section, rendered from the files a GPU session left in research/results/gpu/.
 
-    python scripts/bench/gpu_report.py [--dir bench/gpu] [--write bench/RESULTS.md]
+    python research/bench/gpu_report.py [--dir research/results/gpu] [--write research/RESULTS.md]
 
 Without --write it prints the section. With it, the section replaces the one in RESULTS.md (or
 goes before "## How to read these numbers"). run.py renders it too, so a full rebuild keeps it.
 No GPU is needed: the measurements are the committed files, which this machine cannot redo.
 
-What bench/gpu/ holds (each file as the GPU machine wrote it):
+What research/results/gpu/ holds (each file as the GPU machine wrote it):
   doctor.txt                   `mlx-kssm doctor` there
-  parity_log.txt               scripts/bench/gpu.py's parity lines (fused CUDA vs reference)
-  kernel_32x4.json, _8x16      scripts/bench/kernel.py, B8 x T512, fused vs op-graph scan
-  torch_v2.json                scripts/bench/torch_kssm.py --device cuda (v2 train step)
+  parity_log.txt               research/bench/gpu.py's parity lines (fused CUDA vs reference)
+  kernel_32x4.json, _8x16      research/bench/kernel.py, B8 x T512, fused vs op-graph scan
+  torch_v2.json                research/bench/torch_kssm.py --device cuda (v2 train step)
   MODEL_sS.history.jsonl       `mlx-kssm train` histories of the quality runs (MODEL, seed S)
   solo_MODEL.out               150 steps of v2 / transformer alone on the GPU (tokens/s)
 """
@@ -199,14 +199,14 @@ def markdown(folder: Path) -> list:
               "on that build is not NumPy's to the doctor's tolerance.", ""]
     if parity:
         L += ["### Parity: the fused CUDA kernel vs the reference, both on the GPU", "",
-              "Command: `python scripts/bench/gpu.py` (its parity part). Each line compares the "
+              "Command: `python research/bench/gpu.py` (its parity part). Each line compares the "
               "states, every gradient (free runs), the decode step and forced R; errors are "
               "max |kernel − reference| / max(1, max |reference|), tolerance 2e-4. The first "
               "seven shapes are the CPU-emulation tests' (tests/test_kernel_harness.py).", "",
               "```", *parity, "```", ""]
     if kernel:
         L += ["### Fused scan vs the op-graph scan (what runs without the kernel)", "",
-              "Command: `python scripts/bench/kernel.py --batch 8 --seq 512 --groups G --osc N "
+              "Command: `python research/bench/kernel.py --batch 8 --seq 512 --groups G --osc N "
               "--repeats 3 --no-emulation`. Milliseconds, median [min–max] of 3 timed calls "
               "after a warm-up; the op-graph scan is kernels.cpu.scan_free under mx.compile. "
               "Target (issue): forward+backward ≥ 10× at B8 × T512 with the v2 bank (32 × 4).",
@@ -240,7 +240,7 @@ def write(results: Path, lines: list, summary_lines: list) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", default=str(ROOT / "bench" / "gpu"))
+    ap.add_argument("--dir", default=str(ROOT / "research" / "results" / "gpu"))
     ap.add_argument("--write", help="RESULTS.md to update in place")
     args = ap.parse_args()
     lines = markdown(Path(args.dir))

@@ -1,6 +1,6 @@
 """Phase-coupling scan throughput -> JSON.
 
-    python scripts/bench/kernel.py [--batch 8 --seq 512 --groups 32 --osc 4] [--out FILE]
+    python research/bench/kernel.py [--batch 8 --seq 512 --groups 32 --osc 4] [--out FILE]
 
 - reference: the pure-MLX sequential scan (compiled with mx.compile, as the trainer runs it)
   on the default device, tokens/s (batch * seq / seconds) for forward and forward+backward

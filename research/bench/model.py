@@ -7,7 +7,7 @@
 - stateful decode tokens/s at context 16 vs 1024 (flat: O(1) work per token)
 - parameter counts of every preset
 
-    python scripts/bench/model.py [--repeats 3] [--out model.json]
+    python research/bench/model.py [--repeats 3] [--out model.json]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out")
     args = ap.parse_args()
-    result = {"command": " ".join(["python", "scripts/bench/model.py"] + sys.argv[1:]),
+    result = {"command": " ".join(["python", "research/bench/model.py"] + sys.argv[1:]),
               "machine": machine()}
     result["fwd_bwd"] = {"tiny": fwd_bwd("tiny", 12000, 8, 256, args.repeats),
                          "v2": fwd_bwd("v2", 20544, 8, 256, args.repeats)}

@@ -1,14 +1,14 @@
 """Where in the window one model beats another: val loss by position, from finished runs.
 
-Each run folder (what scripts/bench/ablate.py trained) is loaded as `mlx_kssm.io.load_model`
+Each run folder (what research/bench/ablate.py trained) is loaded as `mlx_kssm.io.load_model`
 resolves it (best/, else the newest checkpoint) and evaluated on the validation windows the
 trainer uses (the same fixed windows, so the mean over positions is the run's val loss). The
 loss is averaged per position t of the window (t tokens of context before the prediction),
 then over buckets of positions; the differences are taken run by run against the first
 model named, on the seeds both ran.
 
-    python scripts/bench/position_loss.py --data data/prepared/chars --seq 64 --batch 12 \\
-        --models v1char,bolted,tf_char --runs-dir bench/out/ablate_2k --seeds 0,1,2
+    python research/bench/position_loss.py --data data/prepared/chars --seq 64 --batch 12 \\
+        --models v1char,bolted,tf_char --runs-dir research/out/ablate_2k --seeds 0,1,2
 
 JSON on stdout: per model and seed the val loss per bucket, and per other model the paired
 difference (first model minus it) per bucket, mean and sd over seeds.
@@ -98,7 +98,7 @@ def main():
                 for s in both]
         diffs[other] = {"seeds": both, "mean": [statistics.mean(c) for c in zip(*rows)],
                         "sd": [statistics.stdev(c) if len(c) > 1 else None for c in zip(*rows)]}
-    emit({"part": "positions", "command": "python scripts/bench/position_loss.py "
+    emit({"part": "positions", "command": "python research/bench/position_loss.py "
           + " ".join(sys.argv[1:]), "machine": machine(), "buckets": spans, "base": base,
           "runs": [{"model": m, "seed": s, **r} for (m, s), r in per_run.items()],
           "minus": diffs}, None)

@@ -1,7 +1,7 @@
 """Peak memory of a long prompt: generate_tokens' prefill (mx.get_peak_memory) for a prompt of
 --chars characters of English text on a seed-0 model; prints one JSON object.
 
-    python scripts/bench/prompt_memory.py [--preset tiny] [--chars 100000]
+    python research/bench/prompt_memory.py [--preset tiny] [--chars 100000]
         [--tokenizer bytes|cl100k_base] [--vocab N] [--out prompt_memory.json]
 
 bytes: one token per byte (the v1-char setting: 100k characters = 100k tokens, vocab 257).

@@ -2,7 +2,7 @@
 tokens, with the same seed, batches, schedule and trainer (mlx_kssm.train.train); prints one
 JSON object.
 
-    python scripts/bench/quality.py --data data/prepared/shakespeare-bytes \
+    python research/bench/quality.py --data data/prepared/shakespeare-bytes \
         --presets tiny,transformer-tiny,upstream-v3-tiny,control-bolted-tiny \
         --steps 200 --batch 16 --seq 128 [--seed 0] [--val-batches 8] [--out quality.json]
 
@@ -118,7 +118,7 @@ def main():
     ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--report-every", type=int, default=10)
     ap.add_argument("--sample-tokens", type=int, default=60)
-    ap.add_argument("--runs-dir", default="bench/out/runs")
+    ap.add_argument("--runs-dir", default="research/out/runs")
     ap.add_argument("--label", default=None)
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -137,7 +137,7 @@ def main():
         models.append(row)
     result = {
         "part": "quality", "label": args.label,
-        "command": "python scripts/bench/quality.py " + " ".join(sys.argv[1:]),
+        "command": "python research/bench/quality.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "data": {"dir": args.data, "tokenizer": meta["tokenizer"], "vocab_size": meta["vocab_size"],
                  "train_tokens": meta["splits"]["train"]["tokens"],

@@ -1,7 +1,7 @@
-"""Run the benchmarks (all or some parts), write one JSON per part and bench/RESULTS.md.
+"""Run the benchmarks (all or some parts), write one JSON per part and research/RESULTS.md.
 
-    python scripts/bench/run.py [--quick] [--only quality,torch,generation,data,kernel]
-                                [--out-dir bench/out] [--results bench/RESULTS.md]
+    python research/bench/run.py [--quick] [--only quality,torch,generation,data,kernel]
+                                [--out-dir research/out] [--results research/RESULTS.md]
 
 Every part runs as its own child process (fresh MLX state, its own time limit) and writes
 OUT_DIR/<part>.json; RESULTS.md is then rebuilt from every <part>.json found in OUT_DIR, so
@@ -10,26 +10,26 @@ parts can be rerun one at a time. --quick: tiny-scale only and fewer steps (< 15
 
 Parts:
   quality     same data, tokens, seed and trainer for K-SSM, transformer, upstream-v3,
-              control-bolted (scripts/bench/quality.py)
+              control-bolted (research/bench/quality.py)
   torch       train step tokens/s, MLX vs a PyTorch twin of the same model and weights
-              (scripts/bench/torch_kssm.py; skipped if torch is not installed)
-  generation  stateful decoding vs recompute-the-context (scripts/bench/generation.py)
-  data        scripts/bench/data.py (data pipeline)
-  kernel      scripts/bench/kernel.py (scan; CPU reference figures without a GPU)
+              (research/bench/torch_kssm.py; skipped if torch is not installed)
+  generation  stateful decoding vs recompute-the-context (research/bench/generation.py)
+  data        research/bench/data.py (data pipeline)
+  kernel      research/bench/kernel.py (scan; CPU reference figures without a GPU)
   ablation    the quality path on char-level Shakespeare, one change per row (seed 0, from
-              bench/out/ablate/rows.jsonl) and the 0.1 design over 3 seeds (scripts/bench/
-              ablate.py; reuses finished runs in bench/out/table), and the three char
-              presets at twice the steps (bench/out/ablate_4k)
-  screening   single changes tried first, summarized from their rows (scripts/bench/
+              research/out/ablate/rows.jsonl) and the 0.1 design over 3 seeds (research/bench/
+              ablate.py; reuses finished runs in research/out/table), and the three char
+              presets at twice the steps (research/out/ablate_4k)
+  screening   single changes tried first, summarized from their rows (research/bench/
               ablation_rows.py; measured by the code at 45f9fa4, see ablate.py)
   study       the final comparison: mlx-kssm study of v1-char and its controls, 3 seeds
-              (scripts/bench/study.py; reuses finished runs)
+              (research/bench/study.py; reuses finished runs)
   bpe         tiny vs transformer-tiny on compacted cl100k Shakespeare, >= 1M tokens each
-  speed       K-SSM vs matched transformer training-step time (scripts/bench/speed.py)
-  v3          v3's bistable core: regime use and gradient health (scripts/bench/v3_health.py)
+  speed       K-SSM vs matched transformer training-step time (research/bench/speed.py)
+  v3          v3's bistable core: regime use and gradient health (research/bench/v3_health.py)
 
-RESULTS.md also carries the GPU section, rendered by scripts/bench/gpu_report.py from the files a
-GPU session committed to bench/gpu/ (this machine has no GPU to redo them).
+RESULTS.md also carries the GPU section, rendered by research/bench/gpu_report.py from the files a
+GPU session committed to research/results/gpu/ (this machine has no GPU to redo them).
 """
 
 from __future__ import annotations
@@ -54,20 +54,20 @@ PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "screen
          "bpe", "speed", "v3")
 CHARS = "data/prepared/chars"  # bytes, --val-fraction 0.1: the quality issue's recipe
 # the path from 0.1's v1-char to the preset, one change per row, as measured in
-# bench/out/ablate/rows.jsonl and (d1: 0.1's design) bench/out/table/rows.jsonl
+# research/out/ablate/rows.jsonl and (d1: 0.1's design) research/out/table/rows.jsonl
 PATH_ROWS = ("d1,rotfix,rg,rg_algall,d2_h1,d2_g32n4h1,c4_l4,wide_g64,wide_g80,wide_g80_wd01,"
              "bolted_c4_l4,bolted_wide_g64,bolted_wide_g80_wd01,tf4_ffn512_lr1")
-TABLE_ROWS = "bench/out/table/rows.jsonl"
+TABLE_ROWS = "research/out/table/rows.jsonl"
 # The path's 4-layer rows over 3 seeds are the char studies' runs (a study trains and evaluates
 # exactly as ablate.py does): v1-char with 32 groups and FFN 512 (studied at commit 07bb294,
 # its folder kept as study_char_g32), with 64 groups and FFN 256 (at fb5bcac, kept as
 # study_char_g64), and the current preset, 80 groups at weight decay 0.1 (study_char).
-STUDY_ROWS_G32 = ["bench/out/study_char_g32/study.json:v1-char=c4_l4",
-                  "bench/out/study_char_g32/study.json:control-bolted-char=bolted_c4_l4"]
-STUDY_ROWS_G64 = ["bench/out/study_char_g64/study.json:v1-char=wide_g64",
-                  "bench/out/study_char_g64/study.json:control-bolted-char=bolted_wide_g64"]
-STUDY_ROWS_NOW = ["bench/out/study_char/study.json:v1-char=wide_g80_wd01",
-                  "bench/out/study_char/study.json:control-bolted-char=bolted_wide_g80_wd01"]
+STUDY_ROWS_G32 = ["research/out/study_char_g32/study.json:v1-char=c4_l4",
+                  "research/out/study_char_g32/study.json:control-bolted-char=bolted_c4_l4"]
+STUDY_ROWS_G64 = ["research/out/study_char_g64/study.json:v1-char=wide_g64",
+                  "research/out/study_char_g64/study.json:control-bolted-char=bolted_wide_g64"]
+STUDY_ROWS_NOW = ["research/out/study_char/study.json:v1-char=wide_g80_wd01",
+                  "research/out/study_char/study.json:control-bolted-char=bolted_wide_g80_wd01"]
 SCREENING = "grp,gate,cayley,softsign,fnorm,lr3,rg_alg,rg_kinit,rg_loglam,rg_lr3,rg_h2"
 SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr2,"
              "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01,"
@@ -84,7 +84,7 @@ LEAD_ROWS = ("wide_g64,wide_g128n2,diag_g256n1,rest,rest05,omega_group,gdrive_g1
              "wide_g80_wd01,gdrive_g144_wd01,gdrive_g144_r2_wd01,gdrive_g176n3_wd01,"
              "prev_wd01,prev_g67_wd01,prevr_g75_wd01,prevu_g75_wd01,iso_wd01,iso0_wd01,"
              "bolted_wide_g80_wd01")
-ROWS = "bench/out/ablate/rows.jsonl"
+ROWS = "research/out/ablate/rows.jsonl"
 # compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
 # proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and
 # both tiny presets at weight decay 0.1 (their default since)
@@ -157,52 +157,52 @@ def plan(quick: bool) -> dict:
     """part -> list of (label, command, timeout_s)."""
     p: dict = {}
     if quick:
-        p["quality"] = [("tiny-bytes", [PY, "scripts/bench/quality.py", "--data", BYTES,
+        p["quality"] = [("tiny-bytes", [PY, "research/bench/quality.py", "--data", BYTES,
                                         "--presets", TINY4, "--steps", "200", "--batch", "16",
                                         "--seq", "128", "--val-batches", "8",
                                         "--label", "quick-tiny-bytes"], 420)]
-        p["torch"] = [("tiny", [PY, "scripts/bench/torch_kssm.py", "--presets", "tiny",
+        p["torch"] = [("tiny", [PY, "research/bench/torch_kssm.py", "--presets", "tiny",
                                 "--repeats", "3", "--warmup", "2",
                                 "--variants", "eager,script,eager@1"], 300)]
-        p["generation"] = [("tiny", [PY, "scripts/bench/generation.py", "--presets", "tiny",
+        p["generation"] = [("tiny", [PY, "research/bench/generation.py", "--presets", "tiny",
                                      "--repeats", "3"], 240)]
-        p["data"] = [("data", [PY, "scripts/bench/data.py"], 300)]
-        p["kernel"] = [("kernel", [PY, "scripts/bench/kernel.py", "--repeats", "3"], 240)]
+        p["data"] = [("data", [PY, "research/bench/data.py"], 300)]
+        p["kernel"] = [("kernel", [PY, "research/bench/kernel.py", "--repeats", "3"], 240)]
     else:
         p["quality"] = [
-            ("tiny-bytes", [PY, "scripts/bench/quality.py", "--data", BYTES, "--presets", TINY4,
+            ("tiny-bytes", [PY, "research/bench/quality.py", "--data", BYTES, "--presets", TINY4,
                             "--steps", "600", "--batch", "16", "--seq", "128",
                             "--val-batches", "16", "--label", "full-tiny-bytes"], 1500),
-            ("v2-bytes", [PY, "scripts/bench/quality.py", "--data", BYTES, "--presets", V2_4,
+            ("v2-bytes", [PY, "research/bench/quality.py", "--data", BYTES, "--presets", V2_4,
                           "--steps", "60", "--batch", "8", "--seq", "256",
                           "--val-batches", "4", "--label", "full-v2-bytes"], 1500),
-            ("tiny-cl100k", [PY, "scripts/bench/quality.py", "--data", COMPACT,
+            ("tiny-cl100k", [PY, "research/bench/quality.py", "--data", COMPACT,
                              "--presets", TINY4, "--steps", "100", "--batch", "8",
                              "--seq", "128", "--val-batches", "8",
                              "--label", "full-tiny-cl100k-compact"], 1500),
         ]
         p["torch"] = [
-            ("tiny+v2", [PY, "scripts/bench/torch_kssm.py", "--presets", "tiny,v2",
+            ("tiny+v2", [PY, "research/bench/torch_kssm.py", "--presets", "tiny,v2",
                          "--repeats", "4", "--warmup", "2",
                          "--variants", "eager,script,eager@1"], 1500),
             # where the gap comes from: the same tiny model with a byte vocabulary (no 21k softmax)
-            ("tiny-vocab257", [PY, "scripts/bench/torch_kssm.py", "--presets", "tiny",
+            ("tiny-vocab257", [PY, "research/bench/torch_kssm.py", "--presets", "tiny",
                                "--vocab", "257", "--repeats", "4", "--warmup", "2",
                                "--variants", "eager,eager@1"], 600),
             # torch.compile of the per-token step (its compilation is in the untimed warmup)
-            ("tiny-compile", [PY, "scripts/bench/torch_kssm.py", "--presets", "tiny",
+            ("tiny-compile", [PY, "research/bench/torch_kssm.py", "--presets", "tiny",
                               "--repeats", "3", "--warmup", "2",
                               "--variants", "eager,compile"], 900),
         ]
         p["generation"] = [
-            ("tiny+v2", [PY, "scripts/bench/generation.py", "--presets", "tiny,v2",
+            ("tiny+v2", [PY, "research/bench/generation.py", "--presets", "tiny,v2",
                          "--repeats", "3"], 1200),
-            ("transformer-reference", [PY, "scripts/bench/generation.py", "--presets",
+            ("transformer-reference", [PY, "research/bench/generation.py", "--presets",
                                        "transformer-tiny", "--no-recompute", "transformer-tiny",
                                        "--repeats", "3"], 600),
         ]
-        p["data"] = [("data", [PY, "scripts/bench/data.py"], 900)]
-        p["kernel"] = [("kernel", [PY, "scripts/bench/kernel.py", "--repeats", "5"], 600)]
+        p["data"] = [("data", [PY, "research/bench/data.py"], 900)]
+        p["kernel"] = [("kernel", [PY, "research/bench/kernel.py", "--repeats", "5"], 600)]
     p.update(quality_issue_parts())  # the same in --quick: they reuse finished runs
     return p
 
@@ -215,27 +215,27 @@ def _study_args(specs: list) -> list:
 def quality_issue_parts() -> dict:
     """The quality issue's parts: every run is a normal run folder that is reused when it has
     finished, so a rerun only collects (hours of training when the folders are gone)."""
-    ablate = [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
+    ablate = [PY, "research/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
               "--seq", "64"]
     def exp_rows(variants: str, commit: str = "several") -> list:
-        """Summarize rows that ablate.py appended to bench/out/ablate_exp (experiments)."""
-        return [PY, "scripts/bench/ablation_rows.py", "--rows", "bench/out/ablate_exp/rows.jsonl",
+        """Summarize rows that ablate.py appended to research/out/ablate_exp (experiments)."""
+        return [PY, "research/bench/ablation_rows.py", "--rows", "research/out/ablate_exp/rows.jsonl",
                 "--variants", variants, "--commit", commit]
     # compacted cl100k at tiny scale: 1,024,000 tokens a run, 30 val batches
-    ablate_bpe = [PY, "scripts/bench/ablate.py", "--data", "data/prepared/bpe", "--steps", "500",
+    ablate_bpe = [PY, "research/bench/ablate.py", "--data", "data/prepared/bpe", "--steps", "500",
                   "--batch", "16", "--seq", "128", "--val-batches", "30",
-                  "--out-dir", "bench/out/ablate_bpe"]
+                  "--out-dir", "research/out/ablate_bpe"]
     return {
-        # "d1" first: it (re)fills bench/out/table, which the path's first row reads
+        # "d1" first: it (re)fills research/out/table, which the path's first row reads
         "ablation": [("d1", ablate + ["--variants", "d1", "--seeds", "0,1,2",
-                                      "--out-dir", "bench/out/table"], 36000),
-                     ("path", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS, "--rows",
+                                      "--out-dir", "research/out/table"], 36000),
+                     ("path", [PY, "research/bench/ablation_rows.py", "--rows", ROWS, "--rows",
                                TABLE_ROWS,
                                *_study_args(STUDY_ROWS_G32 + STUDY_ROWS_G64 + STUDY_ROWS_NOW),
                                "--variants", PATH_ROWS, "--commit", "several"], 60),
-                     ("side", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
+                     ("side", [PY, "research/bench/ablation_rows.py", "--rows", ROWS,
                                "--variants", SIDE_ROWS, "--commit", "several"], 60),
-                     ("lead", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
+                     ("lead", [PY, "research/bench/ablation_rows.py", "--rows", ROWS,
                                *_study_args(STUDY_ROWS_G64 + STUDY_ROWS_NOW),
                                "--variants", LEAD_ROWS, "--commit", "several"], 60),
                      # screens on experiment branches whose options were not kept: their
@@ -259,27 +259,27 @@ def quality_issue_parts() -> dict:
                      # the three presets' models at the recipe's steps and at twice them
                      # (both at the recipe's weight decay 0.01): does the control's lead (or
                      # the transformer's deficit) shrink with training?
-                     ("budget2k", [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps",
+                     ("budget2k", [PY, "research/bench/ablate.py", "--data", CHARS, "--steps",
                                    "2000", "--batch", "12", "--seq", "64", "--variants",
                                    "v1char,bolted,tf_char", "--seeds", "0,1,2",
-                                   "--out-dir", "bench/out/ablate_2k"], 36000),
-                     ("budget", [PY, "scripts/bench/ablate.py", "--data", CHARS, "--steps",
+                                   "--out-dir", "research/out/ablate_2k"], 36000),
+                     ("budget", [PY, "research/bench/ablate.py", "--data", CHARS, "--steps",
                                  "4000", "--batch", "12", "--seq", "64", "--variants",
                                  "v1char,bolted,tf_char", "--seeds", "0,1,2",
-                                 "--out-dir", "bench/out/ablate_4k"], 36000),
+                                 "--out-dir", "research/out/ablate_4k"], 36000),
                      # where in the window the control's lead lives: loss by position, on
                      # the budget jobs' runs (both must have finished)
-                     ("positions2k", [PY, "scripts/bench/position_loss.py", "--data", CHARS,
-                                      "--runs-dir", "bench/out/ablate_2k", "--models",
+                     ("positions2k", [PY, "research/bench/position_loss.py", "--data", CHARS,
+                                      "--runs-dir", "research/out/ablate_2k", "--models",
                                       "v1char,bolted,tf_char", "--seeds", "0,1,2"], 3600),
-                     ("positions4k", [PY, "scripts/bench/position_loss.py", "--data", CHARS,
-                                      "--runs-dir", "bench/out/ablate_4k", "--models",
+                     ("positions4k", [PY, "research/bench/position_loss.py", "--data", CHARS,
+                                      "--runs-dir", "research/out/ablate_4k", "--models",
                                       "v1char,bolted,tf_char", "--seeds", "0,1,2"], 3600)],
-        "screening": [("45f9fa4", [PY, "scripts/bench/ablation_rows.py", "--rows", ROWS,
+        "screening": [("45f9fa4", [PY, "research/bench/ablation_rows.py", "--rows", ROWS,
                                    "--variants", SCREENING], 60)],
-        "study": [("char", [PY, "scripts/bench/study.py", "--data", CHARS, "--preset", "v1-char",
+        "study": [("char", [PY, "research/bench/study.py", "--data", CHARS, "--preset", "v1-char",
                             "--seeds", "3", "--steps", "2000", "--batch", "12", "--seq", "64",
-                            "--models", STUDY_MODELS, "--out", "bench/out/study_char"], 36000)],
+                            "--models", STUDY_MODELS, "--out", "research/out/study_char"], 36000)],
         "bpe": [("tiny", ablate_bpe + ["--variants", BPE_ROWS, "--seeds", "0,1,2"], 36000),
                 # the defaults' comparison was a tie on 3 seeds: 2 more seeds each (0-2 reused)
                 ("default", ablate_bpe + ["--variants", BPE_DEFAULT_ROWS,
@@ -295,14 +295,14 @@ def quality_issue_parts() -> dict:
                 ("bolted", ablate_bpe + ["--variants", "bpe_bolted_tiny_wd01_lr5",
                                          "--seeds", "0,1,2"], 36000),
                 # where in the window tiny's differences live (the runs above)
-                ("positions", [PY, "scripts/bench/position_loss.py", "--data",
-                               "data/prepared/bpe", "--runs-dir", "bench/out/ablate_bpe",
+                ("positions", [PY, "research/bench/position_loss.py", "--data",
+                               "data/prepared/bpe", "--runs-dir", "research/out/ablate_bpe",
                                "--models", "bpe_tiny_wd01_lr5,bpe_bolted_tiny_wd01_lr5,"
                                "bpe_tf_tiny_wd01_lr5", "--seeds", "0,1,2", "--batch", "16",
                                "--seq", "128", "--batches", "30"], 3600)],
-        "speed": [("v1-char", [PY, "scripts/bench/speed.py", "--preset", "v1-char",
+        "speed": [("v1-char", [PY, "research/bench/speed.py", "--preset", "v1-char",
                                "--rounds", "15"], 1800)],
-        "v3": [("v3", [PY, "scripts/bench/v3_health.py", "--data", "data/prepared/bpe",
+        "v3": [("v3", [PY, "research/bench/v3_health.py", "--data", "data/prepared/bpe",
                        "--steps", "300", "--batch", "8", "--seq", "128"], 7200)],
     }
 
@@ -780,8 +780,8 @@ def md_ablation(part: dict, screening: dict | None) -> list:
                   "were measured by the code of their time (`rotfix`, `rg`, `rg_algall` by the "
                   "screening code at commit 45f9fa4, the others by main); `rows.jsonl` records "
                   "each run's machine.")
-    rows_note = (" (summarizes bench/out/ablate/rows.jsonl and bench/out/table/rows.jsonl, which "
-                 "`scripts/bench/ablate.py --variants NAME --seeds 0,1,2 --out-dir ...` appended, "
+    rows_note = (" (summarizes research/out/ablate/rows.jsonl and research/out/table/rows.jsonl, which "
+                 "`research/bench/ablate.py --variants NAME --seeds 0,1,2 --out-dir ...` appended, "
                  "and the three studies' study.json)")
     L += _rows_section(_result(part, "path"), path_intro, rows_note)
     L += _rows_section(_result(part, "side"), "Beside the path (seed 0 unless the row says): "
@@ -1100,7 +1100,7 @@ def md_summary(parts: dict) -> list:
                 text += (f"; steady-state stateful rate at {longest} ÷ at {list(rows)[0]} = "
                          f"{mmm(f0)} (1.0 = flat)")
             L.append(text + ".")
-    L += gpu_report.summary(ROOT / "bench" / "gpu")
+    L += gpu_report.summary(ROOT / "research" / "results" / "gpu")
     L.append("")
     return L
 
@@ -1149,7 +1149,7 @@ def _carried_section(kept: dict, name: str) -> list:
     if any(l.startswith("*Carried over") for l in section):  # carried before: keep its note
         return section
     return [section[0], "", f"*Carried over unchanged from the previous RESULTS.md ({kept['versions'].rstrip('.')}): "
-            "its JSON is not in bench/out, so this part was not rerun for this version; its "
+            "its JSON is not in research/out, so this part was not rerun for this version; its "
             "K-SSM rows are that version's design.*", *section[1:]]
 
 
@@ -1205,14 +1205,14 @@ def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
           else _carried_section(kept, "generation"))
     if "data" in parts:
         L += md_json_part(parts["data"], "## 4. Data pipeline",
-                          "From scripts/bench/data.py (owned by the data issue), included verbatim.")
+                          "From research/bench/data.py (owned by the data issue), included verbatim.")
     else:
         L += _carried_section(kept, "data")
     if "kernel" not in parts:
         L += _carried_section(kept, "kernel")
     else:
         L += md_json_part(parts["kernel"], "## 5. Scan kernel (CPU reference figures)",
-                          "From scripts/bench/kernel.py. No GPU in this run: these are the pure-MLX "
+                          "From research/bench/kernel.py. No GPU in this run: these are the pure-MLX "
                           "reference scan on the CPU (and the Metal source's CPU emulation as an "
                           "agreement check, not a speed figure); no GPU figures.")
     if "ablation" in parts:
@@ -1225,7 +1225,7 @@ def write_results(out_dir: Path, results_path: Path, invocation: str) -> None:
         L += md_speed(parts["speed"])
     if "v3" in parts:
         L += md_v3(parts["v3"])
-    L += gpu_report.markdown(ROOT / "bench" / "gpu")  # committed: no GPU here to redo it
+    L += gpu_report.markdown(ROOT / "research" / "results" / "gpu")  # committed: no GPU here to redo it
     L += ["## How to read these numbers", "",
           "- Quality runs are short (hundreds of steps at most, on 2 CPU cores). They say which "
           "designs learn from context early in training, not where each converges. The v2-scale "
@@ -1253,8 +1253,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=",".join(PARTS))
-    ap.add_argument("--out-dir", default="bench/out")
-    ap.add_argument("--results", default="bench/RESULTS.md")
+    ap.add_argument("--out-dir", default="research/out")
+    ap.add_argument("--results", default="research/RESULTS.md")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild RESULTS.md from the JSON already in --out-dir")
     args = ap.parse_args()
@@ -1264,7 +1264,7 @@ def main():
         ap.error(f"unknown part(s) {bad}; choose from {', '.join(PARTS)}")
     out_dir = (ROOT / args.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    invocation = "python scripts/bench/run.py " + " ".join(sys.argv[1:])
+    invocation = "python research/bench/run.py " + " ".join(sys.argv[1:])
     t_all = time.perf_counter()
     if not args.report_only:
         jobs = plan(args.quick)

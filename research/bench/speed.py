@@ -1,8 +1,8 @@
 """Training-step time of a K-SSM preset against its parameter-matched transformer, on this
 machine -> JSON on stdout (and --out).
 
-    python scripts/bench/speed.py                         # v1-char vs transformer-char
-    python scripts/bench/speed.py --preset tiny --vocab 257 --seqs 64,256 --rounds 15
+    python research/bench/speed.py                         # v1-char vs transformer-char
+    python research/bench/speed.py --preset tiny --vocab 257 --seqs 64,256 --rounds 15
 
 Both models run the trainer's own compiled step (AdamW, clip 1.0) on the same random batch.
 Method: after warm-up (compilation), rounds alternate one K-SSM step and one transformer step,
@@ -70,7 +70,7 @@ def main():
     vocab = args.vocab or preset_args(args.preset).vocab_size
     results = [step_times(presets, vocab, args.batch, int(s), args.rounds, args.warmup)
                for s in args.seqs.split(",")]
-    emit({"part": "speed", "command": "python scripts/bench/speed.py " + " ".join(sys.argv[1:]),
+    emit({"part": "speed", "command": "python research/bench/speed.py " + " ".join(sys.argv[1:]),
           "machine": machine(), "presets": presets, "vocab": vocab, "results": results}, args.out)
     for r in results:
         q = r["kssm_over_transformer"]

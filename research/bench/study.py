@@ -2,8 +2,8 @@
 transformer, its bolted control, its upstream-v3 and a random-init model, several seeds, the
 same batches and budget, every model through the causality suite) -> its summary as JSON.
 
-    python scripts/bench/study.py --data data/prepared/chars --preset v1-char --seeds 3 \
-        --steps 2000 --batch 12 --seq 64 --out bench/out/study_char
+    python research/bench/study.py --data data/prepared/chars --preset v1-char --seeds 3 \
+        --steps 2000 --batch 12 --seq 64 --out research/out/study_char
 
 Finished runs in --out are reused (a study continues where it stopped), so this also just
 collects a study that ran before.

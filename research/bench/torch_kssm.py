@@ -425,7 +425,7 @@ def main():
     res = bench([p for p in args.presets.split(",") if p], args.vocab, args.batch, args.seq,
                 args.repeats, args.warmup, [v for v in args.variants.split(",") if v],
                 args.threads, args.device)
-    res = {"part": "torch", "command": "python scripts/bench/torch_kssm.py " + " ".join(sys.argv[1:]),
+    res = {"part": "torch", "command": "python research/bench/torch_kssm.py " + " ".join(sys.argv[1:]),
            "machine": machine(), **res}
     emit(res, args.out)
 

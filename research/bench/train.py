@@ -7,8 +7,8 @@ every 500). `batch_copy_over_step`: what the trainer pays per step to copy its b
 the memory-mapped token file (BatchSampler.batch + mx.array), as a fraction of the step --
 the cost a zero-copy adoption of the map on Metal could save.
 
-    python scripts/bench/train.py                       # tiny and v2 (batch 8 x seq 256)
-    python scripts/bench/train.py --presets tiny v1-char --steps 20
+    python research/bench/train.py                       # tiny and v2 (batch 8 x seq 256)
+    python research/bench/train.py --presets tiny v1-char --steps 20
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ before clipping (and the share of report windows whose mean exceeds the clip), a
 the distribution of u over the validation windows: quantiles, the share inside the regime, the
 share near its ends (u < 0.12 or u > 8.3), per layer the median and the 10-90% spread.
 
-    python scripts/bench/v3_health.py --data data/prepared/bpe --steps 300 --batch 8 --seq 128
+    python research/bench/v3_health.py --data data/prepared/bpe --steps 300 --batch 8 --seq 128
 """
 
 from __future__ import annotations
@@ -108,13 +108,13 @@ def main():
     ap.add_argument("--report-every", type=int, default=10)
     ap.add_argument("--reference", default="v2", help="a preset without the core, trained "
                     "alike, for the gradient norms of a healthy run ('' to skip)")
-    ap.add_argument("--runs-dir", default="bench/out/v3_health")
+    ap.add_argument("--runs-dir", default="research/out/v3_health")
     ap.add_argument("--out")
     args = ap.parse_args()
     runs = [run("boxed core", args, {}), run("raw projections", args, {"core_box": 0.0})]
     if args.reference:
         runs.append(run(f"reference {args.reference}", args, {}, preset=args.reference))
-    emit({"part": "v3_health", "command": "python scripts/bench/v3_health.py " + " ".join(sys.argv[1:]),
+    emit({"part": "v3_health", "command": "python research/bench/v3_health.py " + " ".join(sys.argv[1:]),
           "machine": machine(), "preset": args.preset, "runs": runs}, args.out)
 
 
