@@ -98,7 +98,8 @@ def _torch_lines(folder: Path) -> list:
     d = json.loads(p.read_text())
     row = d["presets"]["v2"]
     tps, ratio = row["tokens_per_sec"], row["ratio_mlx_over_torch"]
-    command = re.sub(r" --out \S+", "", d["command"])  # where the GPU machine wrote it
+    # --out: where the GPU machine wrote it; the harness has moved since it ran
+    command = re.sub(r" --out \S+", "", d["command"]).replace("scripts/bench/", "research/bench/")
     L = ["### A v2 training step: MLX (CUDA) vs the PyTorch twin on the same GPU", "",
          f"Command: `{command}`. Same seed-0 weights and batch (vocab {d['vocab']:,}, {row['n_parameters']:,} "
          f"parameters); losses agree to {row['parity']['max_abs_diff']:.1e}. torch "

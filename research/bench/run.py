@@ -1,7 +1,11 @@
-"""Run the benchmarks (all or some parts), write one JSON per part and research/RESULTS.md.
+"""Run the benchmarks (all or some parts), write one JSON per part and a draft report.
 
     python research/bench/run.py [--quick] [--only quality,torch,generation,data,kernel]
-                                [--out-dir research/out] [--results research/RESULTS.md]
+                                [--out-dir research/out] [--results research/out/RESULTS.md]
+
+The draft (--results, in the git-ignored research/out/ by default) is for reading a fresh run;
+the committed record, research/RESULTS.md, is rendered by research/render.py from the summaries
+in research/results/ (research/README.md: how a finished experiment gets there).
 
 Every part runs as its own child process (fresh MLX state, its own time limit) and writes
 OUT_DIR/<part>.json; RESULTS.md is then rebuilt from every <part>.json found in OUT_DIR, so
@@ -1254,7 +1258,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=",".join(PARTS))
     ap.add_argument("--out-dir", default="research/out")
-    ap.add_argument("--results", default="research/RESULTS.md")
+    ap.add_argument("--results", default="research/out/RESULTS.md")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild RESULTS.md from the JSON already in --out-dir")
     args = ap.parse_args()
