@@ -183,7 +183,7 @@ def render_record(config: dict) -> str:
 def _summary_loss(entry: dict) -> str:
     """One model's val loss, read as the entry's `from` says:
     "runs": a "runs" JSON's row, mean ± sd (with the seed count);
-    "field": a record's field as printed (the study's mean ± 95% CI);
+    "field": a record's field as printed (the study's mean ± 95% CI), then `suffix`;
     "gpu": the best val loss of the GPU histories in results/gpu, mean ± sd."""
     if entry["from"] == "gpu":
         runs = _gpu_report().quality(HERE / "results" / "gpu")[entry["key"]]
@@ -195,7 +195,7 @@ def _summary_loss(entry: dict) -> str:
                 else mean_sd(row["val_loss"], 3))
         return stat + f" (sd, {len(row['seeds'])} seeds)"
     record = next(r for r in data["rows"] if r["model"] == entry["key"])
-    return record[entry["field"]]
+    return record[entry["field"]] + entry.get("suffix", "")
 
 
 def _summary_causality(entry: dict) -> str:
