@@ -119,6 +119,7 @@ def test_jsonl_documents_and_fetch_manifest(tmp_path):
     assert meta["documents"] == 5 and meta["sources"][0]["title"] == "Docs"
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_corpus(tmp_path):
     """Peak Python/numpy allocation for 40 books ~ the same as for 10 (streaming)."""
     peaks = {}

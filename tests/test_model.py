@@ -214,6 +214,7 @@ def _set(name, value):
     return tree_unflatten([(name, value)])
 
 
+@pytest.mark.slow
 def test_long_sequence_stays_bounded_and_gradients_finite():
     model = build_model("tiny", vocab_size=V, seed=9)
     x = mx.random.randint(0, V, (1, 4096), key=mx.random.key(9))

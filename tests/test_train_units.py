@@ -420,6 +420,7 @@ def test_one_read_history_skips_a_torn_last_line(tmp_path):
         assert reader(tmp_path) == events
 
 
+@pytest.mark.slow
 def test_status_imports_neither_the_trainer_nor_optimizers():
     code = ("import sys, mlx_kssm.train.status, mlx_kssm.train.commands; "
             "print(sorted(m for m in sys.modules if m in "
@@ -563,6 +564,7 @@ def test_history_is_split_at_newlines_only(tmp_path):
     assert log.truncate_history(2, step=1) == events[:2] and log.n_events == 2
 
 
+@pytest.mark.slow
 def test_plot_skips_damaged_records_and_refuses_a_file_as_out(tmp_path):
     pytest.importorskip("matplotlib")
     from mlx_kssm.probe.plot import PlotError, plot_run
@@ -578,6 +580,7 @@ def test_plot_skips_damaged_records_and_refuses_a_file_as_out(tmp_path):
         plot_run(tmp_path, out / "sub")
 
 
+@pytest.mark.slow
 def test_plot_writes_each_png_atomically(tmp_path, monkeypatch):
     """A figure that fails half-written (a full disk) leaves the earlier PNG whole and no
     temp file; a failed plot into a new folder leaves no folder."""
