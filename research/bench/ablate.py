@@ -26,9 +26,8 @@ import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 from _common import emit, machine  # noqa: E402
 from mlx_kssm.train import read_history  # noqa: E402
 
-# name -> (preset, ModelArgs overrides, TrainConfig overrides). Rows of research/RESULTS.md's
-# ablation table; the screening-only options (group dynamics, Cayley rotation, softsign drive,
-# feature norm) live at commit 45f9fa4 (branch ablation-snapshot), which ran those rows.
+# name -> (preset, ModelArgs overrides, TrainConfig overrides): the rows of research/RESULTS.md
+# sections 6 and 8 that this package can still build.
 DESIGN_1 = {"design": 1, "rotation": "input", "gate": False, "squash": "exp"}
 EXP = {"squash": "exp"}
 # v1-char as mlx-kssm 0.1 shipped it: 2 layers, 8 groups of 16, 4 harmonics, FFN 512 (spelled
@@ -159,20 +158,7 @@ VARIANTS: dict = {
     # a diagnostic outside the contract: groups of 1 read every oscillator's phase (R is 1)
     "wide_g128n2": ("v1-char", {"n_groups": 128, "osc_per_group": 2, "ffn_hidden": 128}, {}),
     "diag_g256n1": ("v1-char", {"n_groups": 256, "osc_per_group": 1, "ffn_hidden": 256}, {}),
-    # `rest` / `gdrive_g144` (rest points; a drive shared by each group's oscillators) were
-    # measured by the code at commits 934bf6c / 20ba43c (branch experiment-group-drive), and
-    # `gdrive_g128n2`, `rest05`, `omega_group`, `bolted_gdrive_g144` at f85c198 (the same
-    # branch, which defines them), whose options were not kept; `gdrive_g144_wd01`,
-    # `gdrive_g144_r2_wd01` and `gdrive_g176n3_wd01` at 7b620ea, `prev_wd01` and
-    # `prev_g67_wd01` (readout_prev: Z_1 of the state before the token too) at 3327f57
-    # (branch experiment-gdrive2, the same options on a later main), `prevr_g75_wd01` and
-    # `prevu_g75_wd01` (only an R of that earlier state) at b1615d6 / 1d349dd (the same branch),
-    # `iso_wd01` and `iso0_wd01` (isochron phases) at 4b146e5 (branch experiment-isochron):
-    # research/RESULTS.md section 6, "Where the control's lead lives"; `lru_wd01`, `z0s_wd01`
-    # (branch experiment-drive), `gold_wd01` (experiment-omega), `fixd_g106_wd01`
-    # (experiment-fixdamp), `zg_wd01` (experiment-combo), `k2_wd01` (experiment-k2),
-    # `fg_g67_wd01` (experiment-fgate), `before_wd01` and `bolted_before_wd01`
-    # (experiment-before) are defined on their branches
+    # the experiments whose options were not kept are in research/archive/2026-11-RESULTS-0.1.md
 }
 
 
