@@ -1,4 +1,4 @@
-"""scripts/bench/gpu_report.py: RESULTS.md's GPU section is computed from the committed files."""
+"""research/bench/gpu_report.py: RESULTS.md's GPU section is computed from the committed files."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "scripts", "bench"))
+                                "research", "bench"))
 import gpu_report  # noqa: E402
 
 

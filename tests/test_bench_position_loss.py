@@ -1,4 +1,4 @@
-"""scripts/bench/position_loss.py: loss by position, whose mean is the trainer's val loss."""
+"""research/bench/position_loss.py: loss by position, whose mean is the trainer's val loss."""
 
 import os
 import sys
@@ -16,7 +16,7 @@ from mlx_kssm.evaluation import evaluate_loss
 from test_data_loader import write_dataset
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "scripts", "bench"))
+                                "research", "bench"))
 import position_loss  # noqa: E402
 
 

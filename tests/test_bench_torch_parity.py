@@ -1,6 +1,6 @@
 """The PyTorch twin used by the speed benchmark computes what the MLX K-SSM computes.
 
-scripts/bench/torch_kssm.py re-implements the model for a MLX-vs-PyTorch speed comparison;
+research/bench/torch_kssm.py re-implements the model for a MLX-vs-PyTorch speed comparison;
 the comparison means something only if both compute the same function from the same weights.
 Skipped when torch (the `bench` extra) is not installed.
 """
@@ -23,7 +23,7 @@ from mlx.utils import tree_flatten  # noqa: E402
 
 from mlx_kssm import build_model  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts", "bench"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "research", "bench"))
 import torch_kssm  # noqa: E402
 
 V, B, T = 97, 2, 24

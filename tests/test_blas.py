@@ -35,6 +35,7 @@ def run_child(env_extra, code=CHILD, tmp_path=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_disabled_by_environment_keeps_mlx_working(tmp_path):
     res = run_child({"MLX_KSSM_NO_BLAS": "1"}, tmp_path=tmp_path)
     assert res["status"]["active"] is False and "MLX_KSSM_NO_BLAS" in res["status"]["reason"]
@@ -48,6 +49,7 @@ def test_missing_library_warns_and_falls_back(tmp_path):
     assert res["ok"] and res["verify"]
 
 
+@pytest.mark.slow
 def test_library_failing_verification_is_rejected(tmp_path):
     """libm has no cblas_sgemm: the child-process probe fails, MLX keeps its own BLAS."""
     import ctypes.util

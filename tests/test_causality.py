@@ -74,6 +74,7 @@ def results(trained):
     return res
 
 
+@pytest.mark.slow
 def test_trained_kssm_passes_all_three(results):
     r = results["trained tiny (300 steps)"]
     assert r["variance"]["verdict"] == "PASS", r["variance"]
@@ -84,6 +85,7 @@ def test_trained_kssm_passes_all_three(results):
     assert r["intervention"]["achieved_r_max_error"] < 1e-5  # reported R == forced R
 
 
+@pytest.mark.slow
 def test_every_effect_has_a_ci_around_it(results):
     for r in results.values():
         tests = [r["variance"], r["intervention"], *r["correlation"]["per_layer"]]
@@ -95,6 +97,7 @@ def test_every_effect_has_a_ci_around_it(results):
         assert len(r["correlation"]["per_layer"]) == 2  # one entry per layer of `tiny`
 
 
+@pytest.mark.slow
 def test_bolted_control_fails_intervention(results):
     r = results["control-bolted-tiny"]
     i = r["intervention"]
@@ -107,6 +110,7 @@ def test_bolted_control_fails_intervention(results):
     assert i["random_init"]["learned"]["verdict"] != "PASS"
 
 
+@pytest.mark.slow
 def test_random_init_comparison_is_paired_on_the_same_windows(trained, results):
     base = results["trained tiny (300 steps)"]["intervention"]["random_init"]
     fresh = results["random-init tiny"]["intervention"]
@@ -124,12 +128,14 @@ def test_random_init_comparison_is_paired_on_the_same_windows(trained, results):
     assert "tests 1-3 and 2b" in format_causality(suite)[-1]
 
 
+@pytest.mark.slow
 def test_random_init_is_reported(results):
     r = results["random-init tiny"]
     assert r["applicable"] and set(r) >= {"variance", "intervention", "correlation"}
     json.dumps(r)  # JSON-able as the CLI writes it
 
 
+@pytest.mark.slow
 def test_correlation_rule_is_stated_once(results):
     """Test 3's multiple-comparison rule: the same words in the module docstring (defaults),
     in the result and in the printed output; the verdict follows it."""
@@ -155,6 +161,7 @@ def test_transformer_not_applicable():
     assert "not applicable" in format_causality(r)[0]
 
 
+@pytest.mark.slow
 def test_suite_is_deterministic(trained):
     w = heldout_windows()[:20]  # > 16: the sign-flip tests are Monte Carlo, from a fixed seed
     a = causality_suite(trained, w, random_init_seed=0)
@@ -162,6 +169,7 @@ def test_suite_is_deterministic(trained):
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # every number, CIs too
 
 
+@pytest.mark.slow
 def test_too_few_sequences_cannot_pass_intervention(trained):
     # the exact sign-flip test needs >= 7 sequences to reach p < 0.01, whatever the effect:
     # a CI above the threshold with p >= alpha is INCONCLUSIVE, never PASS
@@ -179,6 +187,7 @@ def test_windows_from_batches_accepts_pairs_and_limits():
         causality_suite(build_model("tiny", vocab_size=257, seed=0), w[:4], values=(0.5, 0.5))
 
 
+@pytest.mark.slow
 def test_forcing_changes_generated_text(trained):
     prompt = TOK.encode("It was the ")
     free = generate_tokens(trained, prompt, max_tokens=40, temp=0.8, seed=3)

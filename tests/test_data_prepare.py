@@ -231,6 +231,7 @@ def test_parquet_without_its_extra(tmp_path, monkeypatch):
                                      "installed: pip install 'mlx-kssm[parquet]'")
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_corpus(tmp_path):
     """Peak Python/numpy allocation for 40 books ~ the same as for 10 (streaming)."""
     peaks = {}

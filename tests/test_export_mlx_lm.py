@@ -128,6 +128,7 @@ def _mlx_lm_greedy(lm, tokenizer, prompt, max_tokens=24, prefill_step_size=2048)
     return [token for token, _ in steps]
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 def test_mlx_lm_loads_the_export(exports, loaded):
     from mlx_lm import load
@@ -151,6 +152,7 @@ def test_mlx_lm_loads_the_export(exports, loaded):
     assert np.isfinite(np.array(logits)).all()  # finite: mlx-lm's masked losses stay finite
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 @pytest.mark.parametrize("name", ["cl100k-d2", "bytes-d1", "bytes-v3", "bytes-bolted"])
 def test_greedy_tokens_equal_mlx_kssm_generate(runs, loaded, name):
@@ -164,6 +166,7 @@ def test_greedy_tokens_equal_mlx_kssm_generate(runs, loaded, name):
             assert theirs[:len(ours)] == ours, (prompt, chunk)
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 def test_batched_generation_pads_without_changing_tokens(loaded):
     """mlx-lm's batch generator (what its server runs) pads prompts of different lengths:
@@ -177,6 +180,7 @@ def test_batched_generation_pads_without_changing_tokens(loaded):
         assert list(tokens) == _mlx_lm_greedy(lm, tokenizer, prompt, max_tokens=12)
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 @pytest.mark.parametrize("where", ["every layer", "layer 0"])
 def test_force_r_in_config_clamps_r_as_mlx_kssm_does(runs, tmp_path, where):
@@ -236,6 +240,7 @@ def _wait_ready(server, port, deadline_s=120) -> None:
     pytest.fail("mlx_lm.server did not start in time")
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 def test_mlx_lm_server_answers_completions(exports, loaded):
     """mlx_lm.server on loopback answers /v1/completions with the greedy text; the second
@@ -323,6 +328,7 @@ def test_unconvertible_tokenizer_is_refused(tmp_path):
     _export_is_refused(tmp_path / "m", tmp_path, ["single bytes", "byte-level BPE needs all 256"])
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 @pytest.mark.parametrize("args,fragment", [
     (["--force-r", "1.5"], "--force-r must lie in [0, 1]"),
@@ -334,6 +340,7 @@ def test_bad_options_are_one_line(runs, tmp_path, args, fragment):
     _export_is_refused(runs["bytes-d1"], tmp_path, [fragment], *args)
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 def test_evaluation_of_another_kind_or_model_is_refused(runs, tmp_path):
     """The card quotes --evaluation's figures: an intervene sweep was silently ignored, and
@@ -350,6 +357,7 @@ def test_evaluation_of_another_kind_or_model_is_refused(runs, tmp_path):
                        "--evaluation", str(evaluation))
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 def test_failed_check_leaves_earlier_export(runs, tmp_path, monkeypatch):
     """The mlx-lm check runs on the complete new folder before the swap: a failure there
@@ -370,6 +378,7 @@ def test_mlx_lm_options_need_the_format(tmp_path):
     _one_error_line(res, "--force-r apply to --format mlx-lm only")
 
 
+@pytest.mark.slow
 @needs_mlx_lm
 def test_mlx_kssm_reexport_drops_mlx_lm_keys(exports, tmp_path):
     """An mlx-lm export is also an mlx-kssm folder; exported back to the mlx-kssm format it
@@ -381,6 +390,7 @@ def test_mlx_kssm_reexport_drops_mlx_lm_keys(exports, tmp_path):
     assert "model_file" not in config and not (tmp_path / "plain" / "kssm.py").exists()
 
 
+@pytest.mark.slow
 def test_model_card_reports_training_data_and_verdicts(runs):
     from mlx_kssm.data.loader import read_meta
     from mlx_kssm.export.model_card import model_card

@@ -139,6 +139,7 @@ def _tiny(seed=0):
     return build_model("tiny", vocab_size=32, seed=seed, d_model=16, n_layers=2, ffn_hidden=16)
 
 
+@pytest.mark.slow
 def test_kernel_choice_belongs_to_each_model(monkeypatch):
     """Two models in one process, each with its own choice: only the `auto` one reaches the
     (pretend) GPU kernel, compiled or not; nothing else in the process changes."""

@@ -21,7 +21,9 @@ from mlx_kssm.kernels.fused import random_inputs  # noqa: E402
 harness = pytest.importorskip("harness")
 nvrtc = pytest.importorskip("nvrtc")
 
-pytestmark = pytest.mark.skipif(shutil.which(harness.CXX) is None, reason="needs g++")
+# compiles the kernel sources with g++ / NVRTC: minutes, so the fast tier leaves it out
+pytestmark = [pytest.mark.skipif(shutil.which(harness.CXX) is None, reason="needs g++"),
+              pytest.mark.slow]
 
 BACKENDS = ["metal", "cuda"]
 MODULES = {"metal": metal, "cuda": cuda}

@@ -3,7 +3,6 @@ clear line with a non-zero exit for every bad input."""
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 
@@ -15,7 +14,6 @@ from mlx_kssm import build_model, save_model
 from mlx_kssm.cli import main
 from mlx_kssm.data.prepare import prepare
 
-FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "gutenberg"
 
 
 def run(*args):
@@ -38,17 +36,6 @@ def models(tmp_path_factory):
         out[preset] = save_model(root / preset, build_model(preset, vocab_size=257, seed=0),
                                  tokenizer_spec={"kind": "bytes"})
     return out
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    src = root / "texts"
-    src.mkdir()
-    for name in ("pg1342_2024.txt", "pg1661_2002.txt", "pg84_2008_crlf.txt"):
-        shutil.copy(FIXTURES / name, src / name)
-    prepare(src, root / "prepared", tokenizer="bytes", val_fraction=0.34, log=lambda s: None)
-    return root / "prepared"
 
 
 def test_generate_is_deterministic_and_has_footer(models):
@@ -223,23 +210,25 @@ def test_intervene_bad_values(models):
     assert "R" in one_line_error(run("intervene", "--model", models["transformer-tiny"]))
 
 
-def test_intervene_with_heldout_windows(models, data_dir):
-    res = run("intervene", "--model", models["tiny"], "--data", data_dir, "--n-prompts", "2",
+@pytest.mark.slow
+def test_intervene_with_heldout_windows(models, books_data):
+    res = run("intervene", "--model", models["tiny"], "--data", books_data, "--n-prompts", "2",
               "--prompt-len", "16", "--values", "0.2,0.8", "--max-tokens", "5")
     assert res.exit_code == 0, res.output
     assert "2 prompts" in res.output
 
 
-def test_intervene_refuses_more_prompts_than_the_split_holds(models, data_dir):
+def test_intervene_refuses_more_prompts_than_the_split_holds(models, books_data):
     """100000 x 400000 tokens died of a MemoryError (149 GiB) after a long wait."""
-    line = one_line_error(run("intervene", "--model", models["tiny"], "--data", data_dir,
+    line = one_line_error(run("intervene", "--model", models["tiny"], "--data", books_data,
                               "--n-prompts", "100000", "--prompt-len", "400000"))
     assert "more than the val split" in line and "lower either" in line
 
 
-def test_evaluate_with_causality(models, data_dir, tmp_path):
+@pytest.mark.slow
+def test_evaluate_with_causality(models, books_data, tmp_path):
     out = tmp_path / "eval.json"
-    res = run("evaluate", "--model", models["control-bolted-tiny"], "--data", data_dir,
+    res = run("evaluate", "--model", models["control-bolted-tiny"], "--data", books_data,
               "--batches", "2", "--batch-size", "4", "--seq-len", "32", "--causality",
               "--sequences", "12", "--samples", "2", "--sample-tokens", "20", "--json", out)
     assert res.exit_code == 1, res.output  # the overall verdict FAIL, no Error: line
@@ -255,26 +244,26 @@ def test_evaluate_with_causality(models, data_dir, tmp_path):
     assert report["val_loss"] > 0 and len(report["R"]["per_layer_mean"]) == 2
 
 
-def test_evaluate_cli_presents_the_library_result(models, data_dir, tmp_path):
+def test_evaluate_cli_presents_the_library_result(models, books_data, tmp_path):
     """`mlx-kssm evaluate --json` writes what mlx_kssm.evaluate returns, number for number,
     and a second run gives the same numbers (evaluation is deterministic)."""
     out = tmp_path / "eval.json"
     args = ["--batches", "1", "--batch-size", "2", "--seq-len", "16", "--sequences", "6",
             "--samples", "1", "--sample-tokens", "8", "--random-init-seed", "3"]
-    res = run("evaluate", "--model", models["tiny"], "--data", data_dir, "--causality",
+    res = run("evaluate", "--model", models["tiny"], "--data", books_data, "--causality",
               "--json", out, *args)
     verdict = json.loads(out.read_text())["causality"]["verdict"]
     assert res.exit_code == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[verdict], res.output
     config = mlx_kssm.EvalConfig(batches=1, batch_size=2, seq_len=16, sequences=6, samples=1,
                                  sample_tokens=8, causality=True, random_init_seed=3)
-    result = mlx_kssm.evaluate(models["tiny"], data_dir, config)
+    result = mlx_kssm.evaluate(models["tiny"], books_data, config)
     assert json.loads(out.read_text()) == json.loads(result.to_json())
     assert result.causality["intervention"]["random_init"]["seed"] == 3
-    assert mlx_kssm.evaluate(models["tiny"], data_dir, config).to_json() == result.to_json()
+    assert mlx_kssm.evaluate(models["tiny"], books_data, config).to_json() == result.to_json()
 
 
-def test_evaluate_transformer_not_applicable(models, data_dir):
-    res = run("evaluate", "--model", models["transformer-tiny"], "--data", data_dir,
+def test_evaluate_transformer_not_applicable(models, books_data):
+    res = run("evaluate", "--model", models["transformer-tiny"], "--data", books_data,
               "--batches", "1", "--batch-size", "2", "--seq-len", "16", "--causality",
               "--sequences", "4", "--samples", "0")
     assert res.exit_code == 0, res.output
@@ -286,10 +275,10 @@ def test_evaluate_bad_data(models, tmp_path):
     assert "meta.json" in line
 
 
-def test_evaluate_and_intervene_name_both_tokenizers(models, data_dir, tmp_path):
+def test_evaluate_and_intervene_name_both_tokenizers(models, books_data, tmp_path):
     """Data compacted from the same base tokenizer: the message says what differs."""
     compacted = tmp_path / "compacted"
-    prepare(data_dir.parent / "texts", compacted, tokenizer="bytes", compact=True,
+    prepare(books_data.parent / "texts", compacted, tokenizer="bytes", compact=True,
             val_fraction=0.34, log=lambda s: None)
     for command in ("evaluate", "intervene"):
         line = one_line_error(run(command, "--model", models["tiny"], "--data", compacted))
@@ -303,6 +292,7 @@ def test_evaluate_and_intervene_name_both_tokenizers(models, data_dir, tmp_path)
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_ids_beyond_the_vocabulary_are_refused(models, tmp_path):
     """meta.json claims the byte vocabulary but the file holds id 300: one line, no crash
     (evaluate used to segfault, intervene to print garbage). Run as processes: a crash must
@@ -349,6 +339,7 @@ def _history(run_dir):
     (run_dir / "history.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n{torn")
 
 
+@pytest.mark.slow
 def test_plot_writes_pngs(models, tmp_path):
     pytest.importorskip("matplotlib")
     run_dir = tmp_path / "run"
@@ -382,6 +373,6 @@ def test_eval_config_types_are_checked(kwargs, says):
         mlx_kssm.EvalConfig(**kwargs).validate()
 
 
-def test_evaluate_refuses_a_dict_for_its_config(models, data_dir):
+def test_evaluate_refuses_a_dict_for_its_config(models, books_data):
     with pytest.raises(ValueError, match="config must be an EvalConfig, got dict"):
-        mlx_kssm.evaluate(models["tiny"], data_dir, {"batches": 1})
+        mlx_kssm.evaluate(models["tiny"], books_data, {"batches": 1})

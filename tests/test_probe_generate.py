@@ -32,6 +32,7 @@ def test_generation_after_chunked_prefill_is_unchanged():
     assert np.allclose(chunked.r_trace, one_pass.r_trace, atol=1e-5)  # float rounding only
 
 
+@pytest.mark.slow
 def test_prompt_peak_memory_does_not_grow_with_its_length():
     model = build_model("tiny", vocab_size=257, seed=0)
     mx.eval(model.parameters())

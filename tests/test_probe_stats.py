@@ -117,6 +117,7 @@ def test_bootstrap_finds_a_planted_effect():
     assert res["ci"][0] > 0 and res["ci"][0] < res["estimate"] < res["ci"][1]
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_covers_no_effect_at_its_level():
     """No effect gives a CI including 0, 95% of the time: across 300 null samples the
     coverage is close to the stated level (binomial sd ~1.3%)."""

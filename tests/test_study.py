@@ -11,30 +11,17 @@ from click.testing import CliRunner
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
 from mlx_kssm.cli import main
-from mlx_kssm.data.prepare import prepare
 from mlx_kssm.study import RANDOM_INIT, StudyConfig, default_models, run_state, run_study
 from mlx_kssm.study import runner
 from mlx_kssm.study.report import summarize, write_report
 from mlx_kssm.train import TrainResult
 from mlx_kssm.train import trainer as trainer_mod
 
-FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "gutenberg"
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study_data")
-    (root / "texts").mkdir()
-    for name in ("pg1342_2024.txt", "pg1661_2002.txt", "pg84_2008_crlf.txt"):
-        shutil.copy(FIXTURES / name, root / "texts" / name)
-    prepare(root / "texts", root / "prepared", tokenizer="bytes", val_fraction=0.34,
-            log=lambda s: None)
-    return root / "prepared"
-
-
-def tiny_study(data_dir, out, **kw) -> StudyConfig:
-    base = dict(data=str(data_dir), output_dir=str(out), preset="tiny", seeds=2,
+def tiny_study(books_data, out, **kw) -> StudyConfig:
+    base = dict(data=str(books_data), output_dir=str(out), preset="tiny", seeds=2,
                 max_steps=STEPS, batch_size=4, seq_len=32, warmup_steps=1, steps_per_eval=2,
                 steps_per_report=2, val_batches=1, save_every=2, eval_batches=2, sequences=8,
                 samples=1)
@@ -42,10 +29,10 @@ def tiny_study(data_dir, out, **kw) -> StudyConfig:
 
 
 @pytest.fixture(scope="module")
-def study(data_dir, tmp_path_factory):
+def study(books_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "s"
     logs = []
-    result = run_study(tiny_study(data_dir, out), echo=logs.append)
+    result = run_study(tiny_study(books_data, out), echo=logs.append)
     return result, logs
 
 
@@ -53,6 +40,7 @@ def entries(result):
     return {(e["model"], e["seed"]): e for e in result.record["runs"]}
 
 
+@pytest.mark.slow
 def test_study_trains_and_evaluates_every_model_and_seed(study):
     result, logs = study
     assert result.status == "completed" and result.exit_code == 0
@@ -76,6 +64,7 @@ def test_study_trains_and_evaluates_every_model_and_seed(study):
     assert any("[10/10]" in line for line in logs)
 
 
+@pytest.mark.slow
 def test_every_model_sees_the_same_budget_and_batches(study):
     """Same seed -> the same trainer options but the preset: BatchSampler is a function of
     (data, batch size, seq len, seed, step), so every model trains on the same batches."""
@@ -90,6 +79,7 @@ def test_every_model_sees_the_same_budget_and_batches(study):
         assert all(c == configs[0] for c in configs)
 
 
+@pytest.mark.slow
 def test_random_init_is_the_trained_runs_step_zero(study):
     """Test 2's random-init comparison of a trained run is its own init: the random-init
     entry of the same seed measured the same per-window KL."""
@@ -101,12 +91,14 @@ def test_random_init_is_the_trained_runs_step_zero(study):
         assert trained["random_init"]["per_sequence_kl"] == untrained["per_sequence_kl"]
 
 
+@pytest.mark.slow
 def test_bolted_control_fails_test_2_on_every_seed(study):
     summary = study[0].record["summary"]
     assert summary["control-bolted-tiny"]["verdicts"]["intervention"] == ["FAIL", "FAIL"]
     assert summary["transformer-tiny"]["causality_applicable"] is False
 
 
+@pytest.mark.slow
 def test_study_json_records_the_environment_and_figures(study):
     result, _ = study
     record = json.loads((result.study_dir / "study.json").read_text())
@@ -125,6 +117,7 @@ def test_study_json_records_the_environment_and_figures(study):
     assert loss["ci"][0] < loss["mean"] < loss["ci"][1]  # Student-t over the seeds
 
 
+@pytest.mark.slow
 def test_study_md_has_the_tables(study):
     text = (study[0].study_dir / "study.md").read_text()
     for heading in ("## Validation loss and perplexity (mean ± 95% CI over seeds)",
@@ -137,6 +130,7 @@ def test_study_md_has_the_tables(study):
     assert "Student-t" in text
 
 
+@pytest.mark.slow
 def test_plots_or_a_note(study, tmp_path, monkeypatch):
     result, _ = study
     record = result.record
@@ -158,11 +152,12 @@ def _has_matplotlib() -> bool:
     return True
 
 
-def test_running_again_reuses_finished_runs(study, data_dir):
+@pytest.mark.slow
+def test_running_again_reuses_finished_runs(study, books_data):
     result, _ = study
     histories = {p: p.read_bytes() for p in result.study_dir.glob("runs/*/seed_*/history.jsonl")}
     logs = []
-    again = run_study(tiny_study(data_dir, result.study_dir), echo=logs.append)
+    again = run_study(tiny_study(books_data, result.study_dir), echo=logs.append)
     assert not any(line.startswith("Iter ") for line in logs)  # nothing trained
     assert sum("finished earlier: reused" in line for line in logs) == 8
     assert {p: p.read_bytes() for p in histories} == histories
@@ -170,14 +165,14 @@ def test_running_again_reuses_finished_runs(study, data_dir):
     assert len(again.record["commands"]) == 2  # both invocations recorded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [
     lambda r: r.pop("commands"), lambda r: r.update(commands={}),
     lambda r: r.update(runs=["x"]), lambda r: r.update(runs={"a": 1}),
     lambda r: r["runs"].__setitem__(0, {"model": "tiny"})])
-def test_a_damaged_record_is_rebuilt_from_the_runs(study, data_dir, tmp_path, damage):
+def test_a_damaged_record_is_rebuilt_from_the_runs(study, books_data, tmp_path, damage):
     """A hand-damaged "commands" or "runs" in study.json crashed ("unexpected KeyError"):
     both are rebuilt as the study runs, from its intact run folders."""
-    import shutil
     result, _ = study
     copy = tmp_path / "s"
     shutil.copytree(result.study_dir, copy)
@@ -185,17 +180,18 @@ def test_a_damaged_record_is_rebuilt_from_the_runs(study, data_dir, tmp_path, da
     damage(record)
     (copy / "study.json").write_text(json.dumps(record))
     logs = []
-    again = run_study(tiny_study(data_dir, copy), echo=logs.append)
+    again = run_study(tiny_study(books_data, copy), echo=logs.append)
     assert not any(line.startswith("Iter ") for line in logs)  # nothing trained again
     figures = lambda runs: [{k: v for k, v in e.items() if k != "commands"}  # noqa: E731
                             for e in runs]  # (the commands name the copy's folder)
     assert figures(again.record["runs"]) == figures(result.record["runs"])
 
 
-def test_killed_study_continues_where_it_stopped(study, data_dir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_killed_study_continues_where_it_stopped(study, books_data, tmp_path, monkeypatch):
     """A study killed in the middle of a run: run again, the finished run is reused, the
     killed one resumes from its checkpoint and ends exactly where an uninterrupted run did."""
-    config = tiny_study(data_dir, tmp_path / "s", models=["tiny", "control-bolted-tiny"],
+    config = tiny_study(books_data, tmp_path / "s", models=["tiny", "control-bolted-tiny"],
                         seeds=1)
     real_step = trainer_mod._Loop.train_step
 
@@ -221,13 +217,13 @@ def test_killed_study_continues_where_it_stopped(study, data_dir, tmp_path, monk
                     "model": entries(result)[(model, 0)]["evaluation"]["model"]})
 
 
-def test_interrupted_run_stops_the_study(data_dir, tmp_path, monkeypatch):
+def test_interrupted_run_stops_the_study(books_data, tmp_path, monkeypatch):
     def interrupted(config, echo=print, explicit=None):
         return TrainResult("interrupted", 1, 130, config.output_dir)
 
     monkeypatch.setattr(runner, "train", interrupted)
     logs = []
-    result = run_study(tiny_study(data_dir, tmp_path / "s", models=["tiny"]), echo=logs.append)
+    result = run_study(tiny_study(books_data, tmp_path / "s", models=["tiny"]), echo=logs.append)
     assert result.status == "interrupted" and result.exit_code == 130
     assert "run the same command to continue" in logs[-1]
     assert not (tmp_path / "s" / "training.lock").exists()
@@ -285,28 +281,29 @@ def one_error_line(res) -> str:
     (["--seq-len", "1500"], "too long for the val split"),
     (["--preset", "transformer-tiny"], "K-SSM preset"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(data_dir, tmp_path, args, needle):
+def test_bad_input_is_one_line_and_writes_nothing(books_data, tmp_path, args, needle):
     args = [a.format(missing=tmp_path / "missing") for a in args]
     if "--data" not in args:
-        args = ["--data", data_dir, *args]
+        args = ["--data", books_data, *args]
     out = tmp_path / "out"
     assert needle in one_error_line(cli(*args, "--out", out, "--steps", 2))
     assert not out.exists()
 
 
-def test_other_budget_leaves_the_study_untouched(study, data_dir):
+@pytest.mark.slow
+def test_other_budget_leaves_the_study_untouched(study, books_data):
     result, _ = study
     before = {p: p.read_bytes() for p in result.study_dir.rglob("*") if p.is_file()}
-    line = one_error_line(cli("--data", data_dir, "--out", result.study_dir, "--steps", 99,
+    line = one_error_line(cli("--data", books_data, "--out", result.study_dir, "--steps", 99,
                               "--batch-size", 4, "--seq-len", 32, "--warmup-steps", 1))
     assert "another budget" in line and "--steps 4 -> 99" in line
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_not_a_study_folder_is_refused(data_dir, tmp_path):
+def test_not_a_study_folder_is_refused(books_data, tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    assert "not a study folder" in one_error_line(cli("--data", data_dir, "--out",
+    assert "not a study folder" in one_error_line(cli("--data", books_data, "--out",
                                                       tmp_path / "other"))
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 

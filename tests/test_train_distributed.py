@@ -11,24 +11,21 @@ import sys
 
 import mlx_kssm  # noqa: F401
 import pytest
+from conftest import prepare_words
 
-from mlx_kssm.data.prepare import prepare
 from mlx_kssm.train import TrainConfig, read_history, train
 
 # on PATH, or beside this Python (a venv that is not activated)
 LAUNCH = shutil.which("mlx.launch") or shutil.which("mlx.launch", path=os.path.dirname(sys.executable))
 
+pytestmark = pytest.mark.slow  # spawns processes that train
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dpdata")
-    rng = random.Random(0)
     words = "to be or not that is the question whether tis nobler in mind".split()
-    (root / "src").mkdir()
-    for d in range(4):
-        (root / "src" / f"d{d}.txt").write_text(" ".join(rng.choice(words) for _ in range(500)))
-    prepare(root / "src", root / "prep", tokenizer="bytes", val_fraction=0.25, log=lambda m: None)
-    return root / "prep"
+    return prepare_words(tmp_path_factory.mktemp("dpdata"), words, docs=4, per_doc=500,
+                         val_fraction=0.25)
 
 
 COMMON = ["--preset", "tiny", "--seq-len", "32", "--max-steps", "4", "--warmup-steps", "1",

@@ -15,6 +15,7 @@ import mlx_kssm  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import prepare_words
 from click.testing import CliRunner
 from mlx.utils import tree_flatten
 
@@ -32,13 +33,7 @@ WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into nigh
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    (root / "src").mkdir()
-    for d in range(5):
-        (root / "src" / f"doc{d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
-    prepare(root / "src", root / "prep", tokenizer="bytes", val_fraction=0.2, log=lambda m: None)
-    return root / "prep"
+    return prepare_words(tmp_path_factory.mktemp("data"), WORDS, docs=5, per_doc=600, val_fraction=0.2)
 
 
 TINY_LR = preset_train_defaults("tiny")["learning_rate"]  # tiny_config trains at it
@@ -64,6 +59,7 @@ def cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_resume_is_exact(data_dir, tmp_path):
     """2N steps in one go == N steps (of the same 2N-step plan) + --resume to 2N, at every
     step, with gradient accumulation and the Grokfast filter on (both carry state)."""
@@ -81,6 +77,7 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert a == b and sorted(a) == list(range(1, 13))  # loss, CE, grad norm, LR: all equal
 
 
+@pytest.mark.slow
 def test_extending_max_steps_replans_schedule(data_dir, tmp_path):
     train(tiny_config(data_dir, tmp_path / "r", max_steps=4, schedule_steps=8),
           echo=lambda m: None)
@@ -92,6 +89,7 @@ def test_extending_max_steps_replans_schedule(data_dir, tmp_path):
     assert lrs[12] == pytest.approx(TINY_LR * 0.1) and lrs[8] > lrs[12]  # ... to the floor at 12
 
 
+@pytest.mark.slow
 def test_resume_with_a_new_learning_rate_scales_the_schedule(data_dir, tmp_path):
     """--learning-rate on --resume (what the NaN stop advises) takes effect: every later LR is
     the uninterrupted run's times new/old, the earlier ones are kept, and the log says so."""
@@ -110,6 +108,7 @@ def test_resume_with_a_new_learning_rate_scales_the_schedule(data_dir, tmp_path)
         assert resumed[s] == pytest.approx(0.1 * full[s], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_same_horizon_is_bitwise_identical(data_dir, tmp_path):
     train(tiny_config(data_dir, tmp_path / "full", max_steps=8, save_every=100),
           echo=lambda m: None)
@@ -159,6 +158,7 @@ def test_existing_run_needs_resume_and_lock_refuses(data_dir, tmp_path):
     assert not (out / "training.lock").exists()
 
 
+@pytest.mark.slow
 def test_nan_guard_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(tiny_config(data_dir, out, max_steps=4, save_every=2), echo=lambda m: None)
@@ -181,6 +181,7 @@ def test_nan_guard_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     assert not (out / "training.lock").exists()
 
 
+@pytest.mark.slow
 def test_stage_verdict_printed_and_stored(data_dir, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
@@ -200,6 +201,7 @@ def test_stage_verdict_printed_and_stored(data_dir, tmp_path):
     assert "Iter 8: Train loss" in lines and "Tokens/sec" in lines and "Peak mem" in lines
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_save_and_exit(data_dir, tmp_path):
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         out = tmp_path / sig.name
@@ -249,6 +251,7 @@ def _wait_for_lock(out, pid):
     _wait_until(taken, f"lock of pid {pid} on {out}")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_loadable_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
     rng = random.Random(1)
@@ -292,6 +295,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert r.exit_code == 1 and "no such run folder" in r.output
 
 
+@pytest.mark.slow
 def test_list_presets():
     r = CliRunner().invoke(main, ["train", "--list-presets"])
     assert r.exit_code == 0
@@ -365,6 +369,7 @@ def _crash_at(monkeypatch, step):
     monkeypatch.setattr(trainer_mod._Loop, "train_step", train_step)
 
 
+@pytest.mark.slow
 def test_early_crash_then_rerun_keeps_history_exact(data_dir, tmp_path, monkeypatch):
     """An attempt that dies before its first checkpoint, the same command again (interrupted
     after its first checkpoint), then --resume: every step once, equal to a straight run."""
@@ -385,6 +390,7 @@ def test_early_crash_then_rerun_keeps_history_exact(data_dir, tmp_path, monkeypa
     assert train_losses(out) == train_losses(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_plain_resume_after_crash_before_first_checkpoint(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
@@ -429,6 +435,7 @@ def test_output_dir_that_is_a_file(data_dir, tmp_path):
     assert out.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_run_records_absolute_data_path(data_dir, tmp_path, monkeypatch):
     """A relative --data works from any working directory later (and from a copied run)."""
     monkeypatch.chdir(data_dir.parent)
@@ -456,6 +463,7 @@ def _disk_full_at(monkeypatch, marker):
     monkeypatch.setattr(mx, "save_safetensors", save)
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_a_checkpoint(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
@@ -480,6 +488,7 @@ def test_disk_full_while_writing_a_checkpoint(data_dir, tmp_path, monkeypatch):
     assert [r["step"] for r in read_history(out) if r["event"] == "train"] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_best(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(tiny_config(data_dir, out, max_steps=3), echo=lambda m: None)  # best/ at step 3
@@ -499,6 +508,7 @@ def _dead_pid():
     return proc.pid
 
 
+@pytest.mark.slow
 def test_next_start_removes_stale_temp_files(data_dir, tmp_path):
     """What killed writers leave (this version's names with a dead pid, and an earlier
     version's names) goes at the next start; a live writer's temp file stays."""
@@ -532,6 +542,7 @@ def test_status_of_a_folder_that_is_not_a_run(tmp_path):
         assert r.output.startswith(f"Error: {tmp_path} is not a training run folder")
 
 
+@pytest.mark.slow
 def test_config_json_that_is_a_list(data_dir, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(data_dir, out, max_steps=2), echo=lambda m: None)
@@ -588,6 +599,7 @@ def test_output_dir_that_is_not_a_run_is_refused(data_dir, tmp_path, monkeypatch
         assert not list(work.iterdir())
 
 
+@pytest.mark.slow
 def test_a_run_folder_still_takes_a_run(data_dir, tmp_path):
     """What a trainer writes before config.json (lock, log, history) does not make a folder
     foreign: the attempt that died there is rerun."""
@@ -601,6 +613,7 @@ def test_a_run_folder_still_takes_a_run(data_dir, tmp_path):
                  echo=lambda m: None).step == 3
 
 
+@pytest.mark.slow
 def test_latest_pointing_into_another_run_is_refused(data_dir, tmp_path):
     """`latest` = another run's complete checkpoint: resuming from it trained that model on
     that run's data and rotated this run's checkpoints away."""
@@ -618,6 +631,7 @@ def test_latest_pointing_into_another_run_is_refused(data_dir, tmp_path):
     assert _snapshot(out) == before and _snapshot(other) == theirs
 
 
+@pytest.mark.slow
 def test_resume_with_another_preset_or_model_is_refused(data_dir, tmp_path):
     """--resume kept training the run's own model but wrote the preset given into
     config.json; a --preset / --model naming another model is an error naming both."""
@@ -639,6 +653,7 @@ def test_resume_with_another_preset_or_model_is_refused(data_dir, tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_resume_with_the_runs_own_model_folder_given_relative(data_dir, tmp_path, monkeypatch):
     """The run records --model as an absolute path: the same folder given relative is the
     run's own model, not another."""

@@ -396,7 +396,7 @@ def test_make_step_accumulates_averages_and_clips():
     size = math.sqrt(sum(float(np.sum(u * u)) for u in update.values()))
     assert norm == pytest.approx(norm_one, rel=1e-4)  # the norm reported is before the clip
     assert size == pytest.approx(0.1 * clip, rel=1e-3)
-    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts" / "bench"))
+    sys.path.insert(0, str(Path(__file__).parent.parent / "research" / "bench"))
     from _common import trainer_step
 
     run, _ = trainer_step(_tiny(), 2, 12)
@@ -415,7 +415,7 @@ def test_one_read_history_skips_a_torn_last_line(tmp_path):
     events = [{"event": "train", "step": 1}, {"event": "eval", "step": 1}]
     (tmp_path / "history.jsonl").write_text(
         "".join(json.dumps(e) + "\n" for e in events) + "[1, 2]\n" + '{"event": "tra')
-    bench_dir = Path(__file__).parent.parent / "scripts" / "bench"
+    bench_dir = Path(__file__).parent.parent / "research" / "bench"
     spec = importlib.util.spec_from_file_location("bench_quality", bench_dir / "quality.py")
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
@@ -423,6 +423,7 @@ def test_one_read_history_skips_a_torn_last_line(tmp_path):
         assert reader(tmp_path) == events
 
 
+@pytest.mark.slow
 def test_status_imports_neither_the_trainer_nor_optimizers():
     code = ("import sys, mlx_kssm.train.status, mlx_kssm.train.commands; "
             "print(sorted(m for m in sys.modules if m in "
@@ -566,6 +567,7 @@ def test_history_is_split_at_newlines_only(tmp_path):
     assert log.truncate_history(2, step=1) == events[:2] and log.n_events == 2
 
 
+@pytest.mark.slow
 def test_plot_skips_damaged_records_and_refuses_a_file_as_out(tmp_path):
     pytest.importorskip("matplotlib")
     from mlx_kssm.probe.plot import PlotError, plot_run
@@ -581,6 +583,7 @@ def test_plot_skips_damaged_records_and_refuses_a_file_as_out(tmp_path):
         plot_run(tmp_path, out / "sub")
 
 
+@pytest.mark.slow
 def test_plot_writes_each_png_atomically(tmp_path, monkeypatch):
     """A figure that fails half-written (a full disk) leaves the earlier PNG whole and no
     temp file; a failed plot into a new folder leaves no folder."""

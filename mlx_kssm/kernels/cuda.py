@@ -28,7 +28,7 @@ given in threads and becomes ceil(grid / threadgroup) blocks of `threadgroup` th
 Status: compiled with NVRTC and run on the CPU through tests/kernel_harness (the same harness as
 the Metal source), both without a GPU, in the tests; run on one NVIDIA H100 (MLX 0.32.4's CUDA
 build): self-check passed, parity with the reference on the GPU within 4e-6, and v2 trained
-with it (bench/RESULTS.md section 11). dispatch's first-use self_check guards each new GPU.
+with it (research/RESULTS.md section 11). dispatch's first-use self_check guards each new GPU.
 """
 
 from __future__ import annotations

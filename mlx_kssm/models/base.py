@@ -21,6 +21,15 @@ DESIGNS = {
     1: dict(design=1, rotation="input", gate=False, squash="exp"),
     2: dict(design=2, rotation="fixed", gate=True, squash="algebraic"),
 }
+# Options that earlier versions wrote to config.json and this one no longer has: name -> the
+# value every preset used (None: any value; the option was informational). A config holding
+# that value loads with the key ignored; another value is refused, since this version cannot
+# build what it describes.
+RETIRED_OPTIONS = {
+    "damping_init": ("linear", "the initial damping's spread"),
+    "coupling_bias": (0.0, "the coupling logit's initial bias"),
+    "max_seq_len": (None, "informational only"),
+}
 
 
 def _version() -> str:
@@ -55,11 +64,9 @@ class ModelArgs:
     # v * lambda(v); "exp": sigmoid, tanh, silu. Same shapes; the algebraic forms avoid the
     # transcendental functions that dominate a step on CPUs
     squash: str = "algebraic"
-    damping_init: str = "linear"  # lambda spread 0.6..0.995: "linear" in lambda, "log" in 1-lambda
-    coupling_bias: float = 0.0  # initial coupling logit: K = sigmoid(bias + W x) starts there
     # v3 bistable core
     bistable: bool = False
-    u_bound: str = "soft"  # "soft": gradient-passing bound on u; "hard": the earlier clamp
+    u_bound: str = "soft"  # the bound on u, which passes gradient everywhere (the only one)
     lambda_delta: float = 1e-3  # weight of 1/(|Delta| + eps)
     lambda_logu: float = 1e-2  # weight of -log u
     # K-SSM v3: a..j centred on u = 1 and squashed to +-core_box, which keeps u in
@@ -69,9 +76,6 @@ class ModelArgs:
     core_box: float = CORE_BOX
     # transformer
     n_heads: int = 4
-    # informational only: RoPE (transformer) and upstream-v3 compute positions on the fly,
-    # with no table, so nothing reads or enforces it
-    max_seq_len: int = 4096
     preset: Optional[str] = None
 
     @classmethod
@@ -87,6 +91,7 @@ class ModelArgs:
         "core_box" predates the boxed core: its projections are raw (core_box 0)."""
         if not isinstance(config, dict):
             raise ValueError(f"a model config must be a JSON object, got {type(config).__name__}")
+        config = _without_retired(config)
         if config.get("model_type", "kssm") == "kssm":
             if "design" not in config:
                 config = {**DESIGNS[1], **config}
@@ -107,12 +112,14 @@ class ModelArgs:
             raise ValueError(f"K-SSM design {self.design} is unknown to mlx-kssm "
                              f"{_version()} (it knows designs {', '.join(map(str, DESIGNS))}): "
                              "upgrade mlx-kssm to load this model")
-        for name, allowed in (("rotation", ("fixed", "input")), ("squash", ("algebraic", "exp")),
-                              ("damping_init", ("linear", "log"))):
+        for name, allowed in (("rotation", ("fixed", "input")), ("squash", ("algebraic", "exp"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.u_bound not in ("soft", "hard"):
-            raise ValueError(f"u_bound must be 'soft' or 'hard', got {self.u_bound!r}")
+        self._check_design()
+        if self.u_bound != "soft":
+            raise ValueError(f"u_bound {self.u_bound!r} is no longer supported: only 'soft', "
+                             "the bound that passes gradient everywhere (a 'hard' clamp stopped "
+                             "u's gradient outside the regime)")
         self._check_finite()
         if not 0.0 <= self.core_box < 0.5:  # 1 - 2 core_box is the bound on the denominator
             raise ValueError(f"core_box must lie in [0, 0.5), got {self.core_box}")
@@ -122,8 +129,17 @@ class ModelArgs:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         return self
 
+    def _check_design(self) -> None:
+        """`design` labels the parts (rotation, gate, squash); parts that are exactly another
+        design's contradict it. A mix of parts keeps the label of the design it varies."""
+        parts = design_of(self.rotation, self.gate, self.squash)
+        if self.model_type == "kssm" and parts is not None and parts != self.design:
+            raise ValueError(f"design {self.design} contradicts rotation={self.rotation!r}, "
+                             f"gate={self.gate}, squash={self.squash!r}: those are design "
+                             f"{parts}'s parts (docs/model.md, \"Designs\")")
+
     def _check_finite(self) -> None:
-        """A NaN or infinite float field (coupling_bias=nan) would poison every logit."""
+        """A NaN or infinite float field (lambda_delta=nan) would poison every logit."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(f.default, float) and not math.isfinite(value):
@@ -132,6 +148,26 @@ class ModelArgs:
     @property
     def n_oscillators(self) -> int:
         return self.n_groups * self.osc_per_group
+
+
+def design_of(rotation: str, gate: bool, squash: str) -> Optional[int]:
+    """The design whose parts these are, or None for a mix."""
+    for number, parts in DESIGNS.items():
+        if (parts["rotation"], parts["gate"], parts["squash"]) == (rotation, gate, squash):
+            return number
+    return None
+
+
+def _without_retired(config: dict) -> dict:
+    """`config` without RETIRED_OPTIONS' keys, each checked: the value every preset used (or
+    any, where the option was informational) is ignored, another one refused."""
+    for name, (default, what) in RETIRED_OPTIONS.items():
+        if name in config and default is not None and config[name] != default:
+            raise ValueError(
+                f"{name}={config[name]!r} ({what}) is no longer supported: this version of "
+                f"mlx-kssm builds only {default!r}. A saved model's weights already hold what "
+                f"it set: remove \"{name}\" from its config.json to load it")
+    return {k: v for k, v in config.items() if k not in RETIRED_OPTIONS}
 
 
 class MLP(nn.Module):
@@ -239,7 +275,7 @@ def merge_aux(auxes: list) -> dict:
             "u_at_bound": mx.mean(mx.stack([a["u_at_bound"] for a in auxes]))}
 
 
-# Lower bounds of the R zones the earlier project named (docs/model.md).
+# Lower bounds of the named R zones (docs/model.md, "R zones").
 ZONES = (
     (0.00, "∅ Unformed"),
     (0.10, "☾ Intimacy"),

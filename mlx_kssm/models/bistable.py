@@ -5,18 +5,15 @@
     regularizer  lambda_delta / (|Delta| + eps)  +  lambda_logu * (-log u)
 
 K-SSM v3 couples its oscillators with K = 2 sigma(u), so K lies in [1.05, 2) inside the regime.
-The bound on u passes gradient everywhere ("soft"); the earlier project's hard clamp, which
-froze u at the floor, stays available as u_bound="hard" for comparison.
+The bound on u passes gradient everywhere ("soft", the only one).
 
 Boxed projections (core_box s, v3's default 0.45). Raw linear projections make u a ratio of
-two products that training drives across its pole: in bench/RESULTS.md §10 whole layers of u
-ended negative and the gradient norm (median 16, up to 741) was clipped in every report
-window. So K-SSM v3 centres the
-ten projections on the point where u = 1 and Delta = 1 and squashes each to within +-s of it:
+two products that training drives across its pole, where u leaves the regime and the
+gradient explodes (research/RESULTS.md section 10). So K-SSM v3 centres the ten projections on the point where u = 1 and Delta = 1 and squashes each to within +-s of it:
 a, b, d, g in [1 - s, 1 + s] and c, e, f, h in [-s, s]. Then the denominator, the numerator and
 Delta are all >= (1 - s)^2 - s^2 = 1 - 2s > 0, and u lies in [1 - 2s, 1 / (1 - 2s)]: with
 s = 0.45 exactly the regime [0.1, 10], with every value reachable. upstream-v3 keeps the raw
-projections (s = 0), as the earlier project had them.
+projections (s = 0), as the design it reproduces had them.
 """
 
 from __future__ import annotations
@@ -69,13 +66,13 @@ def forced_u_floor(floor: float):
         FORCED_U_FLOOR.pop()
 
 
-def bound_u(u_raw, mode: str):
-    """Keep u in [0.1, 10]. 'soft' is smooth with a gradient everywhere; 'hard' is v3's clamp
-    (zero gradient outside, which froze u at the floor in the earlier project). The floor is
-    U_LO except inside `forced_u_floor`."""
+def bound_u(u_raw, mode: str = "soft"):
+    """Keep u in [0.1, 10], smoothly, with a gradient everywhere. `mode` names the bound:
+    "soft", the only one (ModelArgs.u_bound). The floor is U_LO except inside
+    `forced_u_floor`."""
+    if mode != "soft":
+        raise ValueError(f"u_bound {mode!r} is no longer supported: only 'soft'")
     lo = FORCED_U_FLOOR[-1] if FORCED_U_FLOOR else U_LO
-    if mode == "hard":
-        return mx.clip(u_raw, lo, U_HI)
     b = U_SHARPNESS
     u = lo + nn.softplus(b * (u_raw - lo)) / b
     u = U_HI - nn.softplus(b * (U_HI - u)) / b

@@ -57,10 +57,8 @@ def coupling_offset(args: ModelArgs) -> int:
     return sum(sizes[:-2 if args.gate else -1])
 
 
-def damping_spread(count: int, mode: str):
+def damping_spread(count: int):
     """Initial damping lambda from 0.6 to 0.995: memories of ~2.5 to ~200 tokens."""
-    if mode == "log":
-        return 1 - mx.exp(mx.linspace(math.log(0.4), math.log(0.005), count))
     return mx.linspace(0.6, 0.995, count)
 
 
@@ -142,14 +140,10 @@ class OscillatorBank(OscillatorBankBase):
         coupling_start = coupling_offset(args)
         if args.bistable:
             init_core_projection(self.in_proj, coupling_start, args.core_box)
-        elif args.coupling_bias:
-            b = self.in_proj.bias
-            self.in_proj.bias = mx.concatenate([b[:coupling_start], mx.full((G,), args.coupling_bias),
-                                                b[coupling_start + G:]])
         # natural frequencies spread over (-pi, pi); damping spread so the bank has memories
         # from a few tokens to a few hundred (like S4D/LRU initializations)
         self.omega = mx.linspace(-math.pi, math.pi, N + 1)[:-1].reshape(G, n)
-        self.lambda_bias = self._logit(damping_spread(N, args.damping_init)).reshape(G, n)
+        self.lambda_bias = self._logit(damping_spread(N)).reshape(G, n)
         self.dt_raw = mx.array(0.5413)  # softplus^-1(1): dt starts at 1
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
         self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state

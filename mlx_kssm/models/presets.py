@@ -18,18 +18,10 @@ import dataclasses
 from .base import ModelArgs
 
 # Banks of groups of 4 oscillators read through their first order parameter Z_1 alone
-# (harmonics=1: Re Z_1, Im Z_1 and R per group): on character-level Shakespeare this beat 8 or
-# 16 oscillators per group and 2-4 harmonics at the same oscillator count (bench/RESULTS.md).
-# tiny keeps 16 groups and an FFN of 256: on compacted cl100k (1,024,000 tokens, 3 seeds) the
-# same parameters spent as v1-char spends them (40 groups, FFN 60) or the other way (8 groups,
-# FFN 321) did no better (bench/RESULTS.md section 8; its embeddings are 1.35M of its 1.46M
-# parameters there, so both changes move only a few percent of the model).
+# (harmonics=1). The char presets spend most of their MLP on a wide bank (the readout's
+# bandwidth is what the order parameters lack); tiny keeps a narrower one (its embedding is most
+# of the model). How each size was measured: research/RESULTS.md sections 6, 8 and 12.
 _TINY = dict(d_model=64, n_layers=2, ffn_hidden=256, n_groups=16, osc_per_group=4, harmonics=1)
-# v1-char spends most of its MLP on a bank 2.5x as wide as the first 4-layer preset's (80
-# groups, 320 oscillators, FFN 128 instead of 512, the same parameter count): the readout's
-# bandwidth is what the order parameters lack. On character-level Shakespeare, widening to 64
-# groups (FFN 256) lowered the val loss by 0.033 and 80 groups by 0.006 more (3 seeds each:
-# 1.730 -> 1.696 -> 1.690; bench/RESULTS.md section 6, rows `c4_l4`, `wide_g64`, `wide_g80`).
 _CHAR = dict(d_model=128, n_layers=4, ffn_hidden=128, n_groups=80, osc_per_group=4, harmonics=1,
              vocab_size=257)
 # Smaller banks in v1-char's proportions (4 layers, groups of 4, groups = 5/8 of d_model, FFN =
@@ -39,17 +31,9 @@ _CHAR_XS = dict(_CHAR, d_model=40, ffn_hidden=40, n_groups=25)
 _CHAR_S = dict(_CHAR, d_model=80, ffn_hidden=80, n_groups=50)
 _V2 = dict(d_model=256, n_layers=4, ffn_hidden=1024, n_groups=32, osc_per_group=4, harmonics=1,
            vocab_size=100277)
-# Weight decay 0.1 (instead of 0.01) lowered all three char models' val loss a little: the
-# K-SSM by 0.007 (80 groups at 0.01 -> 0.1: 1.690 -> 1.683), the bolted control by 0.004, the
-# matched transformer by 0.004 (3 seeds; bench/RESULTS.md section 6). Every char preset takes it.
-# On compacted cl100k it lowered tiny's by 0.006 and transformer-tiny's by 0.012, ahead on every
-# seed for both (3 seeds; section 8), so the tiny presets take it too. v2 and v3 keep 0.01:
-# unmeasured at their size here.
-# LR 5e-3 instead of 3e-3 lowered tiny's val loss on each of 5 seeds and transformer-tiny's on
-# 4 of 5 (compacted cl100k, 1M tokens; section 8, rows bpe_*_wd01_lr5), so every tiny preset
-# takes it (tiny's bolted and upstream-v3 comparisons too, unmeasured at it). 8e-3 is no better
-# for tiny (-0.007 +- 0.018 over 5 seeds) and worse for transformer-tiny (+0.045 +- 0.024 over
-# 3), so neither moves (rows bpe_*_wd01_lr8).
+# The char and tiny presets train at weight decay 0.1, the tiny ones at LR 5e-3: each chosen
+# against its neighbours over seeds (research/RESULTS.md sections 6 and 8). v2 and v3 keep 0.01
+# and 1e-3, unmeasured at their size.
 _BPE_TINY = dict(tokenizer="cl100k_base", seq_len=128, batch_size=16, learning_rate=5e-3,
                  weight_decay=0.1)
 _CHAR_TRAIN = dict(tokenizer="bytes", seq_len=256, batch_size=16, learning_rate=2e-3,
@@ -87,8 +71,8 @@ _COMPARISON_ARGS = {
 }
 # training defaults a comparison preset does not share with its K-SSM: (kind, base) -> options
 _COMPARISON_TRAIN = {
-    # 4 x 128 transformer on char-level Shakespeare, 2,000 steps x 12 x 64: val 1.748 at 1e-3,
-    # 1.800 at the K-SSM's 2e-3 (scripts/bench/ablate.py tf4_ffn512_lr1 / _lr2)
+    # the transformer does better at 1e-3 than at the K-SSM's 2e-3 (research/RESULTS.md
+    # section 6, rows tf4_ffn512_lr1 and _lr2)
     ("transformer", "v1-char"): dict(learning_rate=1e-3),
     ("transformer", "v1-char-s"): dict(learning_rate=1e-3),
     ("transformer", "v1-char-xs"): dict(learning_rate=1e-3),

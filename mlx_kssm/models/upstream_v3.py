@@ -5,7 +5,7 @@ theta_j = omega_j t + phi_j + s(x_t), the token entering as ONE scalar s (a comm
 shift), followed by a few Kuramoto coupling iterations with K = 2 sigma(u) from the bistable
 core. Nothing carries information from one token to the next, so the model is a bigram model
 with positional features, and its R does not depend on the input at all (a common shift leaves
-|Z_h| unchanged). Both defects sank the earlier project; tests check them.
+|Z_h| unchanged). tests/test_model.py checks both properties.
 """
 
 from __future__ import annotations
