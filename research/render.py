@@ -141,7 +141,77 @@ def _gpu_section(section: dict) -> list:
     return _gpu_report().markdown(HERE / "results" / "gpu")[2:]  # its own title line dropped
 
 
-GENERATORS = {"gpu_report": _gpu_section}
+def _scaling_section(section: dict) -> list:
+    """The scaling study's tables from its summary (research/scaling.py writes it)."""
+    data = load(section["json"])
+    trained = [r for r in data["runs"] if r.get("params")]
+    sizes = [s for s in data["sizes"] if any(r["size"] == s for r in trained)]
+    return (_scaling_runs(trained, sizes) + [""] + _scaling_gaps(trained, sizes) + [""]
+            + _scaling_lengths(data, trained, sizes))
+
+
+def _by_model(trained: list, size: str) -> dict:
+    models = {}
+    for r in sorted(trained, key=lambda r: r["seed"]):
+        if r["size"] == size:
+            models.setdefault(r["model"], []).append(r)
+    return models
+
+
+def _scaling_runs(trained: list, sizes: list) -> list:
+    rows = []
+    for size in sizes:
+        for model, runs in _by_model(trained, size).items():
+            rows.append([model, f"{runs[0]['params']:,}", f"{runs[0]['non_embedding_params']:,}",
+                         " ".join(f"{r['val_loss']:.4f}" for r in runs),
+                         mean_sd([r["val_loss"] for r in runs]),
+                         " ".join((r.get("verdict") or "n/a")[0] if r.get("verdict") else "n/a"
+                                  for r in runs)])
+    header = ["model", "parameters", "non-embedding", "val loss per seed", "mean ± sd",
+              "causality per seed"]
+    return _md_table(header, ["l", "r", "r", "l", "l", "l"], rows)
+
+
+def _paired(a: list, b: list) -> str:
+    pairs = {r["seed"]: r["val_loss"] for r in b}
+    diffs = [r["val_loss"] - pairs[r["seed"]] for r in a if r["seed"] in pairs]
+    if not diffs:
+        return "—"
+    each = " ".join(f"{d:+.3f}" for d in diffs)
+    if len(diffs) == 1:
+        return f"{each} (one seed)"
+    return f"{each}; {statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f}"
+
+
+def _scaling_gaps(trained: list, sizes: list) -> list:
+    rows = []
+    for size in sizes:
+        models = list(_by_model(trained, size).values())
+        kssm = next((m for m in models if not m[0]["model"].startswith(("transformer", "control"))), [])
+        attn = next((m for m in models if m[0]["model"].startswith("transformer")), [])
+        control = next((m for m in models if m[0]["model"].startswith("control")), [])
+        rows.append([size, f"{kssm[0]['non_embedding_params']:,}" if kssm else "—",
+                     _paired(kssm, attn), _paired(kssm, control)])
+    header = ["size", "K-SSM non-embedding", "K-SSM minus transformer, paired by seed",
+              "K-SSM minus bolted control (the contract's price)"]
+    return _md_table(header, ["l", "r", "l", "l"], rows)
+
+
+def _scaling_lengths(data: dict, trained: list, sizes: list) -> list:
+    seq = data["budget"]["seq_len"]
+    factors = [str(f) for f in data["length_factors"]]
+    rows = []
+    for size in sizes:
+        for model, runs in _by_model(trained, size).items():
+            runs = [r for r in runs if r.get("length_loss")]
+            if runs:
+                rows.append([model] + [mean_sd([r["length_loss"][f] for r in runs], 3)
+                                       for f in factors])
+    header = ["model"] + [f"seq {seq * int(f)} ({f}x)" for f in factors]
+    return _md_table(header, ["l"] + ["l"] * len(factors), rows)
+
+
+GENERATORS = {"gpu_report": _gpu_section, "scaling": _scaling_section}
 
 
 def render_table(spec: dict) -> list:
@@ -152,7 +222,8 @@ def render_section(section: dict) -> list:
     level = "#" * section.get("level", 2)
     lines = [f"{level} {section['title']}", ""]
     if "generator" in section:
-        return lines + GENERATORS[section["generator"]](section)
+        prose = (HERE / section["prose"]).read_text().rstrip("\n").split("\n") if "prose" in section else []
+        return lines + prose + [""] + GENERATORS[section["generator"]](section) + [""]
     tables = {t["name"]: t for t in section.get("table", [])}
     placed = set()
     prose = (HERE / section["prose"]).read_text().rstrip("\n").split("\n") if "prose" in section else []

@@ -20,7 +20,8 @@ from pathlib import Path
 import mlx_kssm  # noqa: F401  (OpenBLAS before mlx on Linux)
 import numpy as np
 from mlx_kssm.evaluation import EvalConfig, evaluate
-from mlx_kssm.models.presets import comparison_presets
+from mlx_kssm.data.loader import TokenDataset
+from mlx_kssm.models.presets import comparison_presets, preset_args
 from mlx_kssm.study.runner import RANDOM_INIT, StudyConfig, run_study
 from mlx_kssm.train import checkpoint as ckpt
 
@@ -98,6 +99,9 @@ def run_row(args, preset: str, entry: dict) -> dict:
         return row
     tokens_per_step = args.batch_size * args.seq_len
     row["params"] = entry.get("n_parameters")
+    if row["params"]:  # the tied embedding is vocab x d_model
+        vocab = TokenDataset(args.data, "train").vocab_size
+        row["non_embedding_params"] = row["params"] - vocab * preset_args(entry["model"]).d_model
     row["tokens_per_sec"] = entry.get("tokens_per_sec")
     row["curve"] = [[step * tokens_per_step, loss] for step, loss in entry.get("val_curve", [])]
     if args.lengths and entry["model"] != comparison_presets(preset)["control-bolted"]:
