@@ -147,7 +147,7 @@ def _scaling_section(section: dict) -> list:
     trained = [r for r in data["runs"] if r.get("params")]
     sizes = [s for s in data["sizes"] if any(r["size"] == s for r in trained)]
     return (_scaling_runs(trained, sizes) + [""] + _scaling_gaps(trained, sizes) + [""]
-            + _scaling_lengths(data, trained, sizes))
+            + _scaling_lengths(data, trained, sizes) + [""])
 
 
 def _by_model(trained: list, size: str) -> dict:
@@ -222,8 +222,9 @@ def render_section(section: dict) -> list:
     level = "#" * section.get("level", 2)
     lines = [f"{level} {section['title']}", ""]
     if "generator" in section:
-        prose = (HERE / section["prose"]).read_text().rstrip("\n").split("\n") if "prose" in section else []
-        return lines + prose + [""] + GENERATORS[section["generator"]](section) + [""]
+        prose = (HERE / section["prose"]).read_text().rstrip("\n").split("\n") + [""] \
+            if "prose" in section else []
+        return lines + prose + GENERATORS[section["generator"]](section)
     tables = {t["name"]: t for t in section.get("table", [])}
     placed = set()
     prose = (HERE / section["prose"]).read_text().rstrip("\n").split("\n") if "prose" in section else []
