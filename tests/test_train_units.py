@@ -343,7 +343,11 @@ def test_trainer_state_reads_0_2_checkpoints_and_writes_the_same_keys():
     assert state.config.grad_accum == 2 and state.schedule.total_steps == 12
     again = state.to_json()
     assert list(again) == list(STATE_0_2)  # the same keys, in the same order
-    assert {k for k in STATE_0_2 if again[k] != STATE_0_2[k]} == {"saved"}
+    assert {k for k in STATE_0_2 if again[k] != STATE_0_2[k]} == {"saved", "config"}
+    # the config: 0.2's options unchanged, options added since at their defaults
+    old = STATE_0_2["config"]
+    assert {k: again["config"][k] for k in old} == old
+    assert all(v == getattr(TrainConfig(), k) for k, v in again["config"].items() if k not in old)
     fresh = TrainerState(config=TrainConfig(), schedule=Schedule(1e-3, 10, 100))
     assert fresh.to_json()["explosion_min"] is None  # no loss seen: JSON has no infinity
     assert TrainerState.from_json(fresh.to_json()).explosion_min == math.inf

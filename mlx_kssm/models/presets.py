@@ -1,6 +1,6 @@
 """Named model presets with the training defaults that go with them.
 
-Four K-SSM presets (`tiny`, `v1-char`, `v2`, `v3`); each has three comparison presets built
+Five K-SSM presets (`tiny`, `v1-char`, `v2`, `v2-medium`, `v3`); each has three comparison presets built
 from its own sizes, so a comparison is always like for like:
 
     transformer-*     a causal transformer with the same width and depth, its FFN widened or
@@ -34,6 +34,9 @@ _CHAR = dict(d_model=128, n_layers=4, ffn_hidden=128, n_groups=80, osc_per_group
              vocab_size=257)
 _V2 = dict(d_model=256, n_layers=4, ffn_hidden=1024, n_groups=32, osc_per_group=4, harmonics=1,
            vocab_size=100277)
+# the next size up, near 45M parameters at the full cl100k vocabulary (38.5M of them the tied
+# embedding): wider and deeper, the bank widened with the model (192 oscillators per layer)
+_V2_MEDIUM = dict(_V2, d_model=384, n_layers=6, ffn_hidden=1024, n_groups=48)
 # Weight decay 0.1 (instead of 0.01) lowered all three char models' val loss a little: the
 # K-SSM by 0.007 (80 groups at 0.01 -> 0.1: 1.690 -> 1.683), the bolted control by 0.004, the
 # matched transformer by 0.004 (3 seeds; bench/RESULTS.md section 6). Every char preset takes it.
@@ -57,6 +60,7 @@ KSSM_PRESETS: dict = {
              _TINY, _BPE_TINY),
     "v1-char": ("character-level K-SSM (the TinyShakespeare proof of concept)", _CHAR, _CHAR_TRAIN),
     "v2": ("4 layers, hidden 256, 128 oscillators per layer, BPE", _V2, _BPE),
+    "v2-medium": ("6 layers, hidden 384, 192 oscillators per layer, BPE", _V2_MEDIUM, _BPE),
     "v3": ("v2 plus the bistable core (u in [0.1, 10], K = 2 sigma(u), regularizer)",
            dict(_V2, bistable=True), _BPE),
 }
@@ -64,11 +68,13 @@ KSSM_PRESETS: dict = {
 # comparison kind -> {K-SSM preset: comparison preset name}; the v2 names are the historical ones
 _COMPARISON_NAMES = {
     "transformer": {"tiny": "transformer-tiny", "v1-char": "transformer-char", "v2": "transformer",
-                    "v3": "transformer-v3"},
+                    "v2-medium": "transformer-v2-medium", "v3": "transformer-v3"},
     "control-bolted": {"tiny": "control-bolted-tiny", "v1-char": "control-bolted-char",
-                       "v2": "control-bolted", "v3": "control-bolted-v3"},
+                       "v2": "control-bolted", "v2-medium": "control-bolted-v2-medium",
+                       "v3": "control-bolted-v3"},
     "upstream-v3": {"tiny": "upstream-v3-tiny", "v1-char": "upstream-v3-char",
-                    "v2": "upstream-v3", "v3": "upstream-v3"},
+                    "v2": "upstream-v3", "v2-medium": "upstream-v3-v2-medium",
+                    "v3": "upstream-v3"},
 }
 _COMPARISON_ARGS = {
     "transformer": dict(model_type="transformer", n_heads=4, bistable=False),

@@ -11,7 +11,7 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 import click
 
 from .._cli import (CONTEXT, SEED, FiniteFloatRange, UsageProblem, check_output_file,
-                    force_r_options, kernel_option, one_line_errors, options)
+                    force_r_options, kernel_option, one_line_errors, options, zones_option)
 from .._files import atomic_write_json, atomic_write_text
 
 
@@ -43,7 +43,9 @@ def parse_size(text: str) -> int:
 @click.option("--model", "model_dir", required=True, metavar="DIR",
               help="exported folder, training run folder (best/ or newest checkpoint) or "
                    "checkpoint folder")
-@click.option("--prompt", default="The ", show_default=True, help="text to continue")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="text to continue; repeat it for several prompts, each continued in turn "
+                   "with the same options and seed  [default: \"The \"]")
 @click.option("--max-tokens", "-m", default=100, show_default=True, type=click.IntRange(0),
               help="tokens to generate after the prompt")
 @click.option("--temp", default=0.8, show_default=True, type=FiniteFloatRange(0),
@@ -57,10 +59,11 @@ def parse_size(text: str) -> int:
               help="sampling seed: same prompt + seed = same text")
 @force_r_options()
 @click.option("--show-r", is_flag=True, help="print R per generated token and its zone")
+@zones_option
 @kernel_option
 @one_line_errors
-def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, force_r_layer,
-             show_r, kernel):
+def generate(model_dir, prompts, max_tokens, temp, top_p, top_k, seed, force_r, force_r_layer,
+             show_r, zones, kernel):
     """Sample text from a model, streaming; optionally with R clamped.
 
     Decoding is stateful: the prompt runs once, then each token costs O(1) through the
@@ -72,6 +75,7 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
       mlx-kssm generate --model checkpoints/tiny --prompt "To be" --max-tokens 200
       mlx-kssm generate --model exports/tiny --prompt "To be" --force-r 0.3 --show-r
       mlx-kssm generate --model exports/tiny --force-r-layer 1=0.9 --seed 7 --temp 0.7
+      mlx-kssm generate --model exports/tiny --prompt "To be" --prompt "My lord" --show-r
     """
     from ..io import load_with_tokenizer
     from ..kernels import use_kernel
@@ -82,15 +86,17 @@ def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, f
     use_kernel(model, kernel)
     force = ForceR.for_model(ForceR.from_options(force_r, force_r_layer, model.args.n_layers),
                              model)
-    ids = encode_prompt(tokenizer, prompt)
-    click.echo("=" * 10)
-    click.echo(prompt, nl=False)
-    gen = generate_text(model, tokenizer, ids, on_text=_stream, max_tokens=max_tokens,
-                        temp=temp, top_p=top_p, top_k=top_k, seed=seed, force_r=force)
-    click.echo()
-    click.echo("=" * 10)
-    for line in format_r(gen, force, trace=show_r) + format_speed(gen):
-        click.echo(line)
+    prompts = prompts or ("The ",)
+    encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # all checked first
+    for prompt, ids in zip(prompts, encoded):
+        click.echo("=" * 10)
+        click.echo(prompt, nl=False)
+        gen = generate_text(model, tokenizer, ids, on_text=_stream, max_tokens=max_tokens,
+                            temp=temp, top_p=top_p, top_k=top_k, seed=seed, force_r=force)
+        click.echo()
+        click.echo("=" * 10)
+        for line in format_r(gen, force, trace=show_r, zones=zones) + format_speed(gen):
+            click.echo(line)
 
 
 def _stream(text: str) -> None:
@@ -192,11 +198,12 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
 @click.option("--seed", default=1234, show_default=True, type=SEED,
               help="seed of the evaluation windows and samples")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="write all numbers as JSON")
+@zones_option
 @kernel_option
 @one_line_errors
 def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causality, sequences,
              values, random_init_seed, no_random_init, samples, sample_tokens, seed, json_out,
-             kernel):
+             zones, kernel):
     """Validation loss / perplexity, R statistics, sample quality, and the causality suite.
 
     Deterministic: fixed windows, fixed seeds (the bootstrap's too), no training noise: the
@@ -227,7 +234,7 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
     result = run_evaluation(model_dir, data_dir, config)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
-    for line in format_evaluation(result):
+    for line in format_evaluation(result, zones):
         click.echo(line)
     if json_out:
         atomic_write_text(json_out, result.to_json())
@@ -326,8 +333,9 @@ def _force_option(model_dir, force_r, force_r_layer):
 @click.option("--intervene", "intervene_json", multiple=True, metavar="FILE",
               help="an `mlx-kssm intervene --json` file to plot (repeatable; default: any "
                    "*intervene*.json in RUN_DIR)")
+@zones_option
 @one_line_errors
-def plot(run_dir, out_dir, intervene_json):
+def plot(run_dir, out_dir, intervene_json, zones):
     """Draw a training run as PNGs: loss and validation curves, R per layer over training
     with the zone bands, u (v3), and the R-intervention sweep (forced R vs KL / entropy).
 
@@ -341,5 +349,5 @@ def plot(run_dir, out_dir, intervene_json):
     """
     from .plot import plot_run
 
-    for path in plot_run(run_dir, out_dir, list(intervene_json)):
+    for path in plot_run(run_dir, out_dir, list(intervene_json), zones=zones):
         click.echo(f"wrote {path}")
