@@ -187,6 +187,25 @@ def test_evaluate_with_causality(models, data_dir, tmp_path):
     assert report["val_loss"] > 0 and len(report["R"]["per_layer_mean"]) == 2
 
 
+def test_evaluate_names_zones_by_the_table_asked(models, data_dir):
+    from mlx_kssm.models import ZONE_TABLES
+    args = ["--model", models["tiny"], "--data", data_dir, "--batches", "1", "--batch-size",
+            "2", "--seq-len", "16", "--samples", "0"]
+
+    def labels(res):
+        assert res.exit_code == 0, res.output
+        line = [l for l in res.output.splitlines() if "zone occupancy:" in l][0]
+        shown = re.findall(r"(\S+ [A-Z][\w-]+) [\d.]+%", line.split(":", 1)[1])
+        layer_zones = re.findall(r"layer \d+: mean [\d.]+  std [\d.]+  (.+)", res.output)
+        assert shown and layer_zones
+        return set(shown) | set(layer_zones)
+
+    v3 = {label for _, label in ZONE_TABLES["v3"]}
+    v2 = {label for _, label in ZONE_TABLES["v2"]}
+    assert labels(run("evaluate", *args)) <= v3
+    assert labels(run("evaluate", *args, "--zones", "v2")) <= v2
+
+
 def test_evaluate_cli_presents_the_library_result(models, data_dir, tmp_path):
     """`mlx-kssm evaluate --json` writes what mlx_kssm.evaluate returns, number for number,
     and a second run gives the same numbers (evaluation is deterministic)."""

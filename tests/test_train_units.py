@@ -318,6 +318,21 @@ def test_resume_inside_warmup_says_the_lr_keeps_rising():
     assert "keeps rising" not in notes[0] and "from step 50 (LR" in notes[0]
 
 
+def test_monitor_and_status_name_zones_by_the_table_asked(tmp_path):
+    from click.testing import CliRunner
+    from mlx_kssm.cli import main
+    events = [{"event": "train", "step": s, "loss": 5.0, "ce": 5.0, "R": 0.55,
+               "R_layers": [0.55, 0.55], "lr": 1e-3, "tokens_per_sec": 1.0}
+              for s in (10, 20)]
+    (tmp_path / "history.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    default = CliRunner().invoke(main, ["monitor", str(tmp_path), "--once"])
+    v2 = CliRunner().invoke(main, ["monitor", str(tmp_path), "--once", "--zones", "v2"])
+    assert "🌀 Mystery" in default.output and "Goldilocks" not in default.output
+    assert "🌀 Goldilocks" in v2.output and "Mystery" not in v2.output
+    status = CliRunner().invoke(main, ["status", str(tmp_path), "--zones", "v2"])
+    assert "R 0.5500 (🌀 Goldilocks)" in status.output
+
+
 def test_explosion_detector():
     d = ExplosionDetector(3.0)
     assert d.check(5.0) is None and d.check(2.0) is None and d.check(5.9) is None

@@ -36,9 +36,9 @@ Examples:
   mlx-kssm train --resume --output-dir runs/t --max-steps 2000
   # staged training: stage 2 = 500 steps + the decision matrix (docs/training.md)
   mlx-kssm train --preset v3 --data data/prepared/gutenberg --stage 2 --output-dir runs/s2
-  # a wider v3 with a stronger barrier on u, Muon at 5x the LR
-  mlx-kssm train --preset v3 --d-model 320 --groups 40 --lambda-reg 0.1 --optimizer muon \
-      --muon-lr-scale 5 --data DIR --output-dir runs/wide
+  # a wider v3 with a stronger barrier on u; stage verdicts reported, never stopping
+  mlx-kssm train --preset v3 --d-model 320 --groups 40 --lambda-reg 0.1 --stage 3 \\
+      --no-stop-on-failure --data DIR --output-dir runs/wide
   # fine-tune from a model folder, options from a file (flags override it)
   mlx-kssm train --model exports/v2 --config run.toml --learning-rate 3e-4 --output-dir runs/ft
   # data parallel over 2 processes (or Macs: --hostfile)
@@ -105,8 +105,8 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "val loss drop an evaluation needs to count as an improvement for --patience",
     "min_delta"))
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=with_default(
-    "adamw = AdamW on every weight; muon = Muon on the hidden weight matrices (at "
-    "--muon-lr-scale x the LR) and AdamW on the rest", "optimizer"))
+    "adamw = AdamW on every weight; muon = Muon on the hidden weight matrices "
+    "(see --muon-lr-scale), AdamW on the rest", "optimizer"))
 @click.option("--muon-lr-scale", type=FiniteFloatRange(0, min_open=True), help=with_default(
     "Muon's LR as a multiple of --learning-rate (--optimizer muon)", "muon_lr_scale"))
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")

@@ -249,7 +249,7 @@ class _Loop:
         # a stage stopped mid-way has just printed the verdict that stopped it
         if c.stage is not None and status in ("completed", "early_stopped"):
             failed = stopping_rows(self.verdict(), final=True)
-            if failed and c.stop_on_failure:
+            if c.stop_on_failure and self.on_any_rank(bool(failed)):
                 status, exit_code = "stage_failed", EXIT_STAGE_FAILED
                 message = self.failure_message(failed, final=True)
         if state.best_val_loss is not None:
@@ -307,15 +307,22 @@ class _Loop:
         self.last_eval_step = state.step
         if run.config.stage is not None and state.step < run.config.max_steps:
             failed = stopping_rows(self.verdict(), final=False)  # the end prints its own
-            if failed and run.config.stop_on_failure:
+            # rank 0 alone reads the history: every rank stops with it, at the same step
+            if run.config.stop_on_failure and self.on_any_rank(bool(failed)):
                 self.stage_failure = self.failure_message(failed, final=False)
         return e
+
+    def on_any_rank(self, flag: bool) -> bool:
+        if self.run.world > 1:
+            return bool(mx.distributed.all_sum(mx.array(int(flag))).item())
+        return flag
 
     def failure_message(self, failed: list, final: bool) -> str:
         c = self.run.config
         where = f"at the end of stage {c.stage}" if final else \
             f"at step {self.state.step} of stage {c.stage}"
-        return (f"stage {c.stage} verdict FAILURE {where} ({', '.join(failed)}): stopped after "
+        rows = f" ({', '.join(failed)})" if failed else ""
+        return (f"stage {c.stage} verdict FAILURE {where}{rows}: stopped after "
                 "saving a checkpoint (docs/training.md, \"Staged training\"; "
                 "--no-stop-on-failure trains on)")
 
