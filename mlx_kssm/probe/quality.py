@@ -18,7 +18,7 @@ PUNCT_RUN = re.compile(r"([^\w\s])\1{5,}")  # six or more of the same punctuatio
 WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")  # a word: letters, with inner apostrophes
 # Share of a sample's words found in the training corpus's vocabulary: at or above KNOWN_WORDS
 # the sample is words and phrases; below GIBBERISH it is gibberish; between, fragments.
-# Measured on 1,000 40-token windows of 21 Gutenberg books against the vocabulary of 100 others
+# Measured on 1,000 40-token windows of 20 Gutenberg books against the vocabulary of 100 others
 # built as the trainer builds it (docs/training.md, "Samples"): real text 0.97 with cl100k
 # (5th percentile 0.88) and 0.95 with bytes (0.80); the same windows with their letters
 # shuffled 0.17 and 0.18 (95th percentile 0.30 and 0.43).
