@@ -10,8 +10,8 @@ Exit status of every command (README, "Exit status"):
     130  interrupted (Ctrl-C)
 
 A command with statuses of its own lists them in its --help: `train` (3 NaN loss; 4 a stage
-verdict FAILURE; 130 / 143 after saving a checkpoint), `status` (1 when the trainer is not running), `study` (the
-trainer's, for the run that stopped it).
+verdict FAILURE; 130 / 143 after saving a checkpoint), `status` (1 when the trainer is not
+running), `study` (the trainer's, for the run that stopped it).
 
 An unexpected exception (a bug) still ends in one `Error:` line, naming its type; with
 MLX_KSSM_DEBUG=1 it raises, with its traceback.

@@ -816,7 +816,8 @@ def test_model_dimension_flags_build_the_model(data_dir, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
                                   "--output-dir", str(out), "--max-steps", "2", "--seq-len", "32",
-                                  "--batch-size", "4", "--val-batches", "1", "--d-model", "32", "--n-layers", "1", "--groups", "4",
+                                  "--batch-size", "4", "--val-batches", "1", "--d-model", "32",
+                                  "--n-layers", "1", "--groups", "4",
                                   "--osc-per-group", "2", "--ffn-hidden", "48",
                                   "--harmonics", "2"])
     assert r.exit_code == 0, r.output
@@ -837,7 +838,8 @@ def test_model_flags_that_do_not_apply_are_one_error_line(data_dir, tmp_path, ar
     folder = tmp_path / "model"
     from mlx_kssm import save_model
     from mlx_kssm.models import build_model
-    save_model(folder, build_model("tiny", vocab_size=257, seed=0), tokenizer_spec={"kind": "bytes"})
+    save_model(folder, build_model("tiny", vocab_size=257, seed=0),
+               tokenizer_spec={"kind": "bytes"})
     args = [str(folder) if a == "MODEL" else a for a in args]
     out = tmp_path / "run"
     line = _one_error_line(CliRunner().invoke(main, [

@@ -1,7 +1,7 @@
 """Named model presets with the training defaults that go with them.
 
-Five K-SSM presets (`tiny`, `v1-char`, `v2`, `v2-medium`, `v3`); each has three comparison presets built
-from its own sizes, so a comparison is always like for like:
+Five K-SSM presets (`tiny`, `v1-char`, `v2`, `v2-medium`, `v3`); each has three comparison
+presets built from its own sizes, so a comparison is always like for like:
 
     transformer-*     a causal transformer with the same width and depth, its FFN widened or
                       narrowed so the parameter count matches the K-SSM's

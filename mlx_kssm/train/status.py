@@ -209,5 +209,6 @@ def monitor_frame(run_dir, recent: int = 10, zones: str = DEFAULT_ZONES) -> str:
             f"{_fmt(e, 'step')}:{_fmt(e, 'val_loss', '.3f')}" + ("*" if e.get("is_best") else "")
             for e in evals[-8:]) + "   (* = best)")
         if evals[-1].get("val_R") is not None:
-            lines.append(f"  latest val R {evals[-1]['val_R']:.4f} ({r_zone(evals[-1]['val_R'], zones)})")
+            val_r = evals[-1]["val_R"]
+            lines.append(f"  latest val R {val_r:.4f} ({r_zone(val_r, zones)})")
     return "\n".join(lines)
