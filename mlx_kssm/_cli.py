@@ -9,9 +9,9 @@ Exit status of every command (README, "Exit status"):
          value): click's usage message
     130  interrupted (Ctrl-C)
 
-A command with statuses of its own lists them in its --help: `train` (3 NaN loss; 130 / 143
-after saving a checkpoint), `status` (1 when the trainer is not running), `study` (the
-trainer's, for the run that stopped it).
+A command with statuses of its own lists them in its --help: `train` (3 NaN loss; 4 a stage
+verdict FAILURE; 130 / 143 after saving a checkpoint), `status` (1 when the trainer is not
+running), `study` (the trainer's, for the run that stopped it).
 
 An unexpected exception (a bug) still ends in one `Error:` line, naming its type; with
 MLX_KSSM_DEBUG=1 it raises, with its traceback.
@@ -120,6 +120,15 @@ KERNEL_HELP = ("scan implementation: auto = the fused Metal or CUDA kernel of th
                "(checked against the reference on first use), or the pure-MLX reference")
 kernel_option = click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto",
                              show_default=True, help=KERNEL_HELP)
+
+
+def zones_option(command):
+    """--zones v3|v2: the R zone table the command names zones by (docs/model.md)."""
+    from .models.base import DEFAULT_ZONES, ZONE_TABLES
+    return click.option("--zones", type=click.Choice(tuple(ZONE_TABLES)), default=DEFAULT_ZONES,
+                        show_default=True,
+                        help="R zone table: v3 (Goldilocks = R >= 0.30), or v2, the earlier "
+                             "table, for runs judged by it")(command)
 
 
 def options(*decorators):

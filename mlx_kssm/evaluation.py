@@ -268,22 +268,24 @@ def _causality(model, dataset, config: EvalConfig, training_seed, notes) -> dict
     return causality_suite(model, windows, values=config.values, random_init_seed=seed)
 
 
-def format_evaluation(result: EvalResult) -> list:
-    """Terminal lines for an EvalResult: loss, R, samples, the causality suite."""
-    from .models import r_zone
+def format_evaluation(result: EvalResult, zones: str | None = None) -> list:
+    """Terminal lines for an EvalResult: loss, R (zones named by table `zones`, default the
+    default table), samples, the causality suite."""
+    from .models import DEFAULT_ZONES, r_zone
     from .probe.causality import format_causality
 
     lines = [f"{result.model}: {result.config['split']} loss {result.val_loss:.4f}  "
              f"PPL {result.val_ppl:.2f}  ({result.n_tokens:,} tokens)"]
-    rs = result.R
+    rs, zones = result.R, zones or DEFAULT_ZONES
     if rs is None:
         lines.append("R: not applicable (the model has no oscillators)")
     else:
         lines.append(f"R: mean {rs['mean']:.4f}  std {rs['std']:.4f}  range [{rs['min']:.3f}, "
-                     f"{rs['max']:.3f}]  zone {rs['zone']}")
+                     f"{rs['max']:.3f}]  zone {r_zone(rs['mean'], zones)}")
         for i, (m, s) in enumerate(zip(rs["per_layer_mean"], rs["per_layer_std"])):
-            lines.append(f"  layer {i}: mean {m:.4f}  std {s:.4f}  {r_zone(m)}")
-        occupied = [f"{k} {100 * v:.1f}%" for k, v in rs["zone_occupancy"].items() if v > 0]
+            lines.append(f"  layer {i}: mean {m:.4f}  std {s:.4f}  {r_zone(m, zones)}")
+        occupancy = rs.get("zone_occupancy_by_table", {}).get(zones, rs["zone_occupancy"])
+        occupied = [f"{k} {100 * v:.1f}%" for k, v in occupancy.items() if v > 0]
         lines.append("  zone occupancy: " + ", ".join(occupied))
     if result.val_u is not None:
         lines.append(f"u: mean {result.val_u:.4f}  at bound {100 * result.val_u_at_bound:.1f}%")

@@ -50,7 +50,7 @@ from mlx_kssm.train.trainer import read_history, train
 
 PARTS = ("quality1", "quality2", "throughput", "decode", "medium", "suite")
 FULL = {"batch": 64, "seq": 256, "evals": 10, "val_batches": 20, "models":
-        ("v2", "transformer", "control-bolted"), "medium": ("v2-medium", "transformer-medium"),
+        ("v2", "transformer", "control-bolted"), "medium": ("v2-medium", "transformer-v2-medium"),
         "throughput_seqs": (256, 1024, 4096), "step_tokens": 16384, "timed_steps": 20,
         "rounds": 3, "contexts": (64, 4096), "decode_tokens": 200, "max_steps": None}
 DRY = {"batch": 4, "seq": 32, "evals": 2, "val_batches": 2, "models":

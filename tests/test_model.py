@@ -169,16 +169,47 @@ def test_force_r_per_layer(kssm):
 def test_r_zone_counts_a_value_within_1e6_below_a_bound_as_above_it():
     """A forced 0.3 comes back as 0.29999998 in float32: every place that names zones (the
     generate trace, evaluate's statistics, the trainer's report lines) calls r_zone, which
-    names it Unbound, as docs/model.md states."""
-    from mlx_kssm.models import ZONES, r_zone
+    names it by the zone starting at 0.3, as docs/model.md states."""
+    from mlx_kssm.models import ZONE_TABLES, r_zone
     from mlx_kssm.probe.causality import r_statistics
 
-    assert r_zone(0.29999998) == r_zone(0.3) == "✨ Unbound"
-    for lower, label in ZONES[1:]:
-        assert r_zone(lower - 5e-7) == label
-        assert r_zone(lower - 1e-4) != label  # the tolerance is float rounding, no more
+    assert r_zone(0.29999998) == r_zone(0.3) == "⚖ Balance"
+    assert r_zone(0.29999998, "v2") == "✨ Unbound"
+    for name, table in ZONE_TABLES.items():
+        for lower, label in table[1:]:
+            assert r_zone(lower - 5e-7, name) == label
+            assert r_zone(lower - 1e-4, name) != label  # the tolerance is float rounding, no more
     stats = r_statistics(np.full((2, 3, 2), 0.29999998))
-    assert stats["zone"] == "✨ Unbound" and stats["zone_occupancy"]["✨ Unbound"] == 1.0
+    assert stats["zone"] == "⚖ Balance" and stats["zone_occupancy"]["⚖ Balance"] == 1.0
+    assert stats["zone_occupancy_by_table"]["v2"]["✨ Unbound"] == 1.0
+
+
+# R -> zone at and around every bound of both tables (docs/model.md, "R zones")
+V3_ZONES = [(0.0, "∅ Unformed"), (0.0999, "∅ Unformed"), (0.10, "☾ Intimacy"),
+            (0.2999, "☾ Intimacy"), (0.30, "⚖ Balance"), (0.4999, "⚖ Balance"),
+            (0.50, "🌀 Mystery"), (0.6999, "🌀 Mystery"), (0.70, "✨ Wonder"),
+            (0.8499, "✨ Wonder"), (0.85, "🔥 Passion"), (0.9499, "🔥 Passion"),
+            (0.95, "🜂 Ache"), (1.0, "🜂 Ache")]
+V2_ZONES = [(0.0999, "∅ Unformed"), (0.10, "☾ Intimacy"), (0.30, "✨ Unbound"),
+            (0.4999, "✨ Unbound"), (0.50, "🌀 Goldilocks"), (0.7999, "🌀 Goldilocks"),
+            (0.80, "⚖ Balance"), (0.9499, "⚖ Balance"), (0.95, "☍ Over-sync")]
+
+
+@pytest.mark.parametrize("table, cases", [("v3", V3_ZONES), ("v2", V2_ZONES)])
+def test_zone_boundaries_of_both_tables(table, cases):
+    from mlx_kssm.models import r_zone
+    assert [r_zone(r, table) for r, _ in cases] == [label for _, label in cases]
+    if table == "v3":  # the default
+        assert [r_zone(r) for r, _ in cases] == [label for _, label in cases]
+
+
+def test_goldilocks_is_r_at_least_0_3_and_an_unknown_table_is_refused():
+    from mlx_kssm.models import GOLDILOCKS_R, r_zone
+    from mlx_kssm.train.health import GOLDILOCKS
+    assert GOLDILOCKS_R == GOLDILOCKS[0] == 0.30
+    assert r_zone(GOLDILOCKS_R) == "⚖ Balance"  # where the stage 5 gate turns healthy
+    with pytest.raises(ValueError, match="unknown zone table 'v9'"):
+        r_zone(0.5, "v9")
 
 
 def test_layer_gradient_matches_finite_differences():
@@ -272,6 +303,18 @@ def test_v3_bound_passes_gradient_and_reports_fraction_at_bound():
     assert 0.1 <= aux["u"].item() <= 10
     assert 0.0 <= aux["u_at_bound"].item() <= 1.0
     assert aux["reg"].item() > 0
+
+
+def test_v3_regularizer_is_not_negative_when_u_exceeds_1():
+    """-log u alone is negative for u > 1 (a v3 run printed "Reg -0.0123"): the barrier is
+    measured from the top of the regime, -log(u / 10): the same gradient, and >= 0."""
+    from mlx_kssm.models.bistable import bistable_core
+    p = mx.zeros((2, 5, 10))
+    p[..., 3] = 20.0  # d far above its centre: u = d g / (a g) near 1.45 with the box
+    p[..., 1] = 20.0  # b too: |Delta| large, so the 1/|Delta| term is small
+    u, aux = bistable_core(p, "soft", 1e-3, 1e-2, box=0.45)
+    assert mx.min(u).item() > 1.3
+    assert aux["reg"].item() >= 0
 
 
 def test_v3_boxed_core_keeps_u_in_the_regime_and_off_the_pole():

@@ -112,11 +112,29 @@ def test_generate_force_r_show_r(models):
     trace = [l for l in res.output.splitlines() if re.match(r"\s+\d+: ", l)]
     values = [float(v) for l in trace for v in l.split(":", 1)[1].split()]
     assert len(values) == 20 and all(v == 0.3 for v in values)
-    assert "Unbound" in res.output and "Intimacy" not in res.output  # 0.3 opens Unbound
+    assert "Balance" in res.output and "Intimacy" not in res.output  # 0.3 opens Balance
+    v2 = run("generate", "--model", models["tiny"], "--prompt", "The", "-m", "20",
+             "--force-r", "0.3", "--show-r", "--zones", "v2")
+    assert v2.exit_code == 0 and "Unbound" in v2.output and "Balance" not in v2.output
     free = run("generate", "--model", models["tiny"], "--prompt", "The", "-m", "20", "--show-r")
     free_vals = [float(v) for l in free.output.splitlines() if re.match(r"\s+\d+: ", l)
                  for v in l.split(":", 1)[1].split()]
     assert len(set(free_vals)) > 1  # free R moves token to token
+
+
+def test_generate_continues_every_prompt_given(models):
+    """--prompt A --prompt B continues both, in turn (it used to continue B alone)."""
+    both = run("generate", "--model", models["tiny"], "--prompt", "It was", "--prompt", "The end",
+               "-m", "12", "--seed", "4")
+    assert both.exit_code == 0, both.output
+    assert both.output.count("Generation: 12 tokens") == 2
+    blocks = both.output.split("==========\n")
+    assert blocks[1].startswith("It was") and blocks[3].startswith("The end")
+    alone = run("generate", "--model", models["tiny"], "--prompt", "The end", "-m", "12",
+                "--seed", "4")
+    assert alone.output.split("Prompt:")[0].split("==========\n")[1] == blocks[3]
+    assert "encodes to no tokens" in one_line_error(
+        run("generate", "--model", models["tiny"], "--prompt", "A", "--prompt", ""))
 
 
 def test_generate_force_r_layer(models):
@@ -244,6 +262,25 @@ def test_evaluate_with_causality(models, books_data, tmp_path):
     assert report["val_loss"] > 0 and len(report["R"]["per_layer_mean"]) == 2
 
 
+def test_evaluate_names_zones_by_the_table_asked(models, books_data):
+    from mlx_kssm.models import ZONE_TABLES
+    args = ["--model", models["tiny"], "--data", books_data, "--batches", "1", "--batch-size",
+            "2", "--seq-len", "16", "--samples", "0"]
+
+    def labels(res):
+        assert res.exit_code == 0, res.output
+        line = [l for l in res.output.splitlines() if "zone occupancy:" in l][0]
+        shown = re.findall(r"(\S+ [A-Z][\w-]+) [\d.]+%", line.split(":", 1)[1])
+        layer_zones = re.findall(r"layer \d+: mean [\d.]+  std [\d.]+  (.+)", res.output)
+        assert shown and layer_zones
+        return set(shown) | set(layer_zones)
+
+    v3 = {label for _, label in ZONE_TABLES["v3"]}
+    v2 = {label for _, label in ZONE_TABLES["v2"]}
+    assert labels(run("evaluate", *args)) <= v3
+    assert labels(run("evaluate", *args, "--zones", "v2")) <= v2
+
+
 def test_evaluate_cli_presents_the_library_result(models, books_data, tmp_path):
     """`mlx-kssm evaluate --json` writes what mlx_kssm.evaluate returns, number for number,
     and a second run gives the same numbers (evaluation is deterministic)."""
@@ -352,6 +389,34 @@ def test_plot_writes_pngs(models, tmp_path):
     assert res.exit_code == 0, res.output
     for name in ("loss.png", "r_layers.png", "u.png", "intervene.png"):
         assert (run_dir / "plots" / name).stat().st_size > 1000
+
+
+def test_plot_u_share_axis_is_never_negative(tmp_path):
+    """With no position ever at the bound, u.png's right axis (a share in %) ran -5%..5%."""
+    pytest.importorskip("matplotlib")
+    from mlx_kssm.probe.plot import _plot_u, pyplot
+    plt = pyplot()
+    trains = [{"event": "train", "step": s, "u": 1.0 + s / 100, "u_at_bound": 0.0}
+              for s in range(10, 60, 10)]
+    fig = _plot_u(trains, [], plt)
+    assert fig.axes[1].get_ylim()[0] >= 0
+    plt.close(fig)
+    trains[-1]["u_at_bound"] = 0.3
+    fig = _plot_u(trains, [], plt)
+    low, high = fig.axes[1].get_ylim()
+    assert low >= 0 and high >= 30
+    plt.close(fig)
+
+
+def test_plot_zone_table_option(tmp_path):
+    pytest.importorskip("matplotlib")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _history(run_dir)
+    assert run("plot", run_dir, "--zones", "v2").exit_code == 0
+    assert (run_dir / "plots" / "r_layers.png").stat().st_size > 1000
+    res = run("plot", run_dir, "--zones", "v9")
+    assert res.exit_code == 2 and "'v9' is not one of 'v3', 'v2'" in res.output
 
 
 def test_plot_errors(tmp_path, monkeypatch):

@@ -186,6 +186,7 @@ def test_stage_verdict_printed_and_stored(data_dir, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
                                   "--output-dir", str(out), "--stage", "3", "--max-steps", "8",
+                                  "--no-stop-on-failure",
                                   "--seq-len", "32", "--batch-size", "4", "--steps-per-eval", "4",
                                   "--steps-per-report", "2", "--val-batches", "2"])
     assert r.exit_code == 0, r.output
@@ -741,3 +742,143 @@ def test_a_config_built_in_python_is_type_checked(data_dir, tmp_path, field, val
         with pytest.raises(ValueError, match=re.escape(says)):
             train(config, echo=lambda m: None)
         assert not out.exists()
+
+
+# ------------------------------------------------------------------ stage gates that act
+
+def _stage_run(data_dir, out, *extra):
+    return CliRunner().invoke(main, [
+        "train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+        "--stage", "2", "--max-steps", "6", "--seq-len", "32", "--batch-size", "4",
+        "--steps-per-eval", "2", "--steps-per-report", "1", "--val-batches", "2",
+        "--save-every", "100", *extra])
+
+
+def test_stage_failure_stops_the_run_with_exit_4_and_a_loadable_checkpoint(data_dir, tmp_path,
+                                                                           monkeypatch):
+    """Planted: every R counts as "locked at 0", a stage 2 FAILURE that stops a run at its
+    first evaluation; --no-stop-on-failure reports it and trains on."""
+    from mlx_kssm.train import health
+    monkeypatch.setattr(health, "R_HEALTHY", 10.0)
+    monkeypatch.setattr(health, "R_FAILURE", 5.0)
+    out = tmp_path / "run"
+    r = _stage_run(data_dir, out)
+    assert r.exit_code == 4, r.output
+    assert "stage 2 verdict FAILURE at step 2 of stage 2 (R)" in r.output
+    end = read_history(out)[-1]
+    assert (end["event"], end["status"], end["step"]) == ("end", "stage_failed", 2)
+    step_2 = ckpt.latest_checkpoint(out)
+    assert step_2.name == "step_2" and ckpt.is_complete(step_2)
+    model, _ = load_model(step_2)
+    assert model.args.preset == "tiny"
+    r = CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out),
+                                  "--no-stop-on-failure"])
+    assert r.exit_code == 0, r.output
+    assert "Stage 2 verdict: FAILURE" in r.output and read_history(out)[-1]["step"] == 6
+
+
+def test_stage_failure_at_the_end_of_the_stage(data_dir, tmp_path, monkeypatch):
+    """Planted: a val PPL band no model meets; judged at the stage's end only."""
+    from mlx_kssm.train import health
+    monkeypatch.setitem(health.PPL_BANDS, 2, (1.0, 1.5))
+    out = tmp_path / "run"
+    r = _stage_run(data_dir, out)
+    assert r.exit_code == 4, r.output
+    assert "FAILURE at the end of stage 2 (val_ppl)" in r.output
+    assert read_history(out)[-1]["status"] == "stage_failed"
+    assert ckpt.latest_checkpoint(out).name == "step_6"
+    assert _stage_run(data_dir, tmp_path / "b", "--no-stop-on-failure").exit_code == 0
+
+
+# ------------------------------------------------------------------ trainer flags
+
+NEW_FLAGS = ["--lambda-reg", "0.1", "--grokfast-lambda", "0.02", "--grokfast-alpha", "0.9",
+             "--muon-lr-scale", "5", "--min-delta", "0.01", "--d-model", "32", "--n-layers", "3",
+             "--groups", "4", "--osc-per-group", "2", "--ffn-hidden", "48", "--harmonics", "2",
+             "--no-stop-on-failure"]
+
+
+def test_new_train_flags_reach_the_config(monkeypatch):
+    seen = {}
+
+    def fake_train(config, explicit, echo):
+        seen.update(config=config, explicit=explicit)
+        return trainer_mod.TrainResult("completed", 0, 0, None)
+
+    monkeypatch.setattr(trainer_mod, "train", fake_train)
+    r = CliRunner().invoke(main, ["train", "--preset", "v3", "--data", "d", *NEW_FLAGS])
+    assert r.exit_code == 0, r.output
+    c = seen["config"]
+    assert (c.lambda_reg, c.grokfast_lambda, c.grokfast_alpha, c.muon_lr_scale, c.min_delta) == \
+        (0.1, 0.02, 0.9, 5.0, 0.01)
+    assert (c.d_model, c.n_layers, c.groups, c.osc_per_group, c.ffn_hidden, c.harmonics) == \
+        (32, 3, 4, 2, 48, 2)
+    assert c.stop_on_failure is False and {"lambda_reg", "groups", "min_delta"} <= seen["explicit"]
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--grokfast-alpha", "1"), ("--grokfast-lambda", "-1"), ("--muon-lr-scale", "0"),
+    ("--min-delta", "nan"), ("--lambda-reg", "-0.1"), ("--d-model", "0"), ("--groups", "0")])
+def test_new_train_flags_out_of_range_are_usage_errors(data_dir, tmp_path, option, value):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out), "--max-steps", "2", option, value])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output, r.output
+    assert not out.exists()
+
+
+def test_model_dimension_flags_build_the_model(data_dir, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                  "--output-dir", str(out), "--max-steps", "2", "--seq-len", "32",
+                                  "--batch-size", "4", "--val-batches", "1", "--d-model", "32",
+                                  "--n-layers", "1", "--groups", "4",
+                                  "--osc-per-group", "2", "--ffn-hidden", "48",
+                                  "--harmonics", "2"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "config.json").read_text())["model"]
+    assert (m["d_model"], m["n_layers"], m["n_groups"], m["osc_per_group"], m["ffn_hidden"],
+            m["harmonics"]) == (32, 1, 4, 2, 48, 2)
+    model, _ = load_model(out / "best")
+    assert model.args.d_model == 32 and len(model.layers) == 1
+    line = _one_error_line(CliRunner().invoke(main, ["train", "--resume", "--output-dir", str(out),
+                                                     "--max-steps", "4", "--d-model", "64"]))
+    assert "--d-model: --resume continues the run's own model" in line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--preset", "tiny", "--lambda-reg", "0.1"], "preset tiny has no bistable core"),
+    (["--model", "MODEL", "--groups", "4"], "--groups set(s) the model of a --preset run")])
+def test_model_flags_that_do_not_apply_are_one_error_line(data_dir, tmp_path, args, says):
+    folder = tmp_path / "model"
+    from mlx_kssm import save_model
+    from mlx_kssm.models import build_model
+    save_model(folder, build_model("tiny", vocab_size=257, seed=0),
+               tokenizer_spec={"kind": "bytes"})
+    args = [str(folder) if a == "MODEL" else a for a in args]
+    out = tmp_path / "run"
+    line = _one_error_line(CliRunner().invoke(main, [
+        "train", "--data", str(data_dir), "--output-dir", str(out), "--max-steps", "2", *args]))
+    assert says in line
+    assert not out.exists()
+
+
+def test_lambda_reg_sets_the_log_barrier_of_a_bistable_model():
+    from mlx_kssm.models import build_model
+    from mlx_kssm.train.setup import model_overrides
+    overrides = model_overrides(TrainConfig(lambda_reg=0.1, groups=4))
+    assert overrides == {"lambda_logu": 0.1, "n_groups": 4}
+    args = build_model("v3", vocab_size=300, seed=0, d_model=32, **overrides).args
+    assert (args.lambda_logu, args.n_groups) == (0.1, 4)
+    with pytest.raises(ValueError, match="n_groups must be >= 1"):
+        build_model("v3", vocab_size=300, **model_overrides(TrainConfig(groups=0)))
+
+
+def test_min_delta_counts_only_large_improvements_for_patience(data_dir, tmp_path):
+    kw = dict(max_steps=8, steps_per_eval=2, patience=1, save_every=100)
+    plain = train(tiny_config(data_dir, tmp_path / "a", **kw), echo=lambda m: None)
+    assert plain.status == "completed" and plain.step == 8  # it improves at every evaluation
+    strict = train(tiny_config(data_dir, tmp_path / "b", min_delta=100.0, **kw),
+                   echo=lambda m: None)
+    assert (strict.status, strict.step) == ("early_stopped", 4)
+    assert "no val improvement > 100 in 1 evaluations" in strict.message

@@ -206,6 +206,133 @@ def test_samples_goldilocks_and_overall():
     assert stage_verdict(1, base)["overall"] == HEALTHY
 
 
+GIBBERISH_SAMPLE = "o the ne uny ther UEAORRLNoiols"  # a v3 sample once rated "healthy, varied"
+# a training corpus in miniature; its words include "o", "ne" and "ther", as a Gutenberg
+# vocabulary does
+CORPUS = ("It was the best of times, it was the worst of times. She said that she would not go "
+          "to the house again, for the night was dark and the road was long. O my lord, ne "
+          "yet ther be time enough: we shall go again to the old house by the river, and she "
+          "will tell us of the best days she had there. ") * 3
+
+
+def _vocabulary():
+    from mlx_kssm.data.tokenizer import load_tokenizer
+    from mlx_kssm.probe.quality import corpus_vocabulary
+    tok = load_tokenizer("bytes")
+    return corpus_vocabulary(tok.encode_array(CORPUS), tok.decode, chunks=4)
+
+
+def _sample(text, vocabulary):
+    from mlx_kssm.probe.quality import sample_quality
+    return {"prompt": "The ", "text": text, **sample_quality(list(text.encode()), text, vocabulary)}
+
+
+def test_samples_row_tells_words_from_gibberish():
+    """The share of a sample's words found in the training corpus (probe.quality): real text
+    passes, letter-shuffled text and the gibberish once rated healthy do not."""
+    vocabulary = _vocabulary()
+    real = "She was not at the old house by the river that night, and it was long and dark."
+    shuffled = "Seh swa ton ta het dlo sueho yb het virre htat ghtni, dna ti swa nglo dan kard."
+    base = [_train(i, 5 - 0.1 * i, layers=[0.05 + 0.1 * i] * 2) for i in range(8)]
+
+    def row(*texts):
+        samples = [_sample(t, vocabulary) for t in texts]
+        r = [x for x in stage_verdict(3, base + [_eval(100, samples=samples)])["rows"]
+             if x["metric"] == "samples"][0]
+        return r["verdict"], r["detail"]
+
+    assert row(real)[0] == HEALTHY and "words and phrases" in row(real)[1]
+    assert row(shuffled) == (FAILURE, row(shuffled)[1]) and "gibberish" in row(shuffled)[1]
+    assert row(GIBBERISH_SAMPLE) == (WARNING, "fragments: 67% of 6 words in the corpus")
+    assert row(real, GIBBERISH_SAMPLE)[0] == HEALTHY  # pooled over an evaluation's samples
+    # a last word cut short by the token limit counts when a corpus word begins with it
+    from mlx_kssm.probe.quality import known_words
+    assert known_words("she said that she would not go to the hou", vocabulary) == (10, 10)
+    assert known_words("she said that she would not go to the xqz", vocabulary) == (9, 10)
+
+
+def _u_history(us):
+    return [_train(i, 5 - 0.1 * i, u=u) for i, u in enumerate(us)]
+
+
+def test_stage4_u_course_edge_surfing_wandering_locked():
+    def u_row(us):
+        rows = stage_verdict(4, _u_history(us))["rows"]
+        return [r for r in rows if r["metric"] == "u_course"][0]
+
+    edge = u_row([0.5, 0.4, 0.3, 0.25, 0.2, 0.3, 0.22, 0.35])
+    wander = u_row([1.0, 2.0, 3.0, 1.5, 2.5, 4.0, 3.2, 2.2])
+    locked = u_row([1.0, 2.0, 3.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+    assert (edge["verdict"], wander["verdict"], locked["verdict"]) == (HEALTHY, WARNING, FAILURE)
+    assert "edge-surfing" in edge["detail"] and "wandering" in wander["detail"]
+    assert "locked" in locked["detail"]
+    assert u_row([0.3, 0.2, 0.25])["verdict"] == NA  # too few reports
+    no_u = [_train(i, 5 - 0.1 * i) for i in range(8)]
+    assert [r for r in stage_verdict(4, no_u)["rows"] if r["metric"] == "u_course"][0][
+        "verdict"] == NA
+    assert "u_course" not in _verdicts(3, _u_history([0.3] * 8))
+
+
+def test_stopping_rows_mid_stage_and_at_the_end():
+    from mlx_kssm.train.health import stopping_rows
+    base = [_train(i, 5 - 0.1 * i) for i in range(8)]
+    high_ppl = stage_verdict(2, base + [_eval(5000)])
+    assert stopping_rows(high_ppl, final=False) == []  # a stage's PPL is judged at its end
+    assert stopping_rows(high_ppl, final=True) == ["val_ppl"]
+    locked = stage_verdict(2, [_train(i, 5 - 0.1 * i, r=0.0, layers=[0.0, 0.0])
+                               for i in range(8)] + [_eval(100, val_r=0.0)])
+    assert stopping_rows(locked, final=False) == ["R"]
+
+
+def test_warmup_is_capped_on_a_short_run_unless_given():
+    from mlx_kssm.train.setup import cap_warmup
+    notes = []
+    stage1 = TrainConfig(max_steps=STAGE_STEPS[1])  # warmup 100 by default: the LR peaked last
+    capped = cap_warmup(stage1, set(), notes)
+    assert capped.warmup_steps == 10 and "warmup 100 -> 10 steps" in notes[0]
+    notes.clear()
+    given = cap_warmup(stage1.replace(warmup_steps=50), {"warmup_steps"}, notes)
+    assert given.warmup_steps == 50 and "--warmup-steps 50 is over 10%" in notes[0]
+    notes.clear()
+    long_run = TrainConfig(max_steps=5000)
+    assert cap_warmup(long_run, set(), notes) == long_run and notes == []
+    plan = TrainConfig(max_steps=100, schedule_steps=2000)  # the horizon, not max_steps
+    assert cap_warmup(plan, set(), notes).warmup_steps == 100
+
+
+def test_resume_inside_warmup_says_the_lr_keeps_rising():
+    """Resumed at step 5 of a 10-step warmup with a new horizon, the LR rises to step 10: the
+    note said the cosine decayed from step 5."""
+    from mlx_kssm.train.setup import _trainer_state
+    from mlx_kssm.train.state import TrainerState
+    old = TrainConfig(learning_rate=1e-3, warmup_steps=10, max_steps=100)
+    saved = TrainerState(config=old, schedule=Schedule(1e-3, 10, 100), step=5)
+    notes = []
+    state = _trainer_state(old.replace(max_steps=200), saved, 1, notes)
+    assert state.schedule.lr(6) > state.schedule.lr(5)  # what the LR does
+    assert "keeps rising to 1.000e-03 at the end of warmup (step 10)" in notes[0]
+    assert "decays over the new horizon" in notes[0]  # after warmup
+    past = TrainerState(config=old, schedule=Schedule(1e-3, 10, 100), step=50)
+    notes.clear()
+    _trainer_state(old.replace(max_steps=200), past, 1, notes)
+    assert "keeps rising" not in notes[0] and "from step 50 (LR" in notes[0]
+
+
+def test_monitor_and_status_name_zones_by_the_table_asked(tmp_path):
+    from click.testing import CliRunner
+    from mlx_kssm.cli import main
+    events = [{"event": "train", "step": s, "loss": 5.0, "ce": 5.0, "R": 0.55,
+               "R_layers": [0.55, 0.55], "lr": 1e-3, "tokens_per_sec": 1.0}
+              for s in (10, 20)]
+    (tmp_path / "history.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    default = CliRunner().invoke(main, ["monitor", str(tmp_path), "--once"])
+    v2 = CliRunner().invoke(main, ["monitor", str(tmp_path), "--once", "--zones", "v2"])
+    assert "🌀 Mystery" in default.output and "Goldilocks" not in default.output
+    assert "🌀 Goldilocks" in v2.output and "Mystery" not in v2.output
+    status = CliRunner().invoke(main, ["status", str(tmp_path), "--zones", "v2"])
+    assert "R 0.5500 (🌀 Goldilocks)" in status.output
+
+
 def test_explosion_detector():
     d = ExplosionDetector(3.0)
     assert d.check(5.0) is None and d.check(2.0) is None and d.check(5.9) is None
@@ -344,9 +471,10 @@ def test_trainer_state_reads_0_2_checkpoints_and_writes_the_same_keys():
     again = state.to_json()
     assert list(again) == list(STATE_0_2)  # the same keys, in the same order
     assert {k for k in STATE_0_2 if again[k] != STATE_0_2[k]} == {"saved", "config"}
-    # options added since 0.2 are there at their defaults; the 0.2 options are unchanged
-    assert again["config"] == {**STATE_0_2["config"], "sampling": "random", "report_to": None,
-                               "project_name": None}
+    # the config: 0.2's options unchanged, options added since at their defaults
+    old = STATE_0_2["config"]
+    assert {k: again["config"][k] for k in old} == old
+    assert all(v == getattr(TrainConfig(), k) for k, v in again["config"].items() if k not in old)
     fresh = TrainerState(config=TrainConfig(), schedule=Schedule(1e-3, 10, 100))
     assert fresh.to_json()["explosion_min"] is None  # no loss seen: JSON has no infinity
     assert TrainerState.from_json(fresh.to_json()).explosion_min == math.inf

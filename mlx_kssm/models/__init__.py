@@ -7,7 +7,7 @@ from mlx.utils import tree_flatten
 
 from .._types import check_seed
 from . import kssm, transformer, upstream_v3
-from .base import ModelArgs, r_zone, ZONES
+from .base import DEFAULT_ZONES, GOLDILOCKS_R, ZONE_TABLES, ZONES, ModelArgs, r_zone, zone_table
 from .force import ForceR
 from .presets import PRESETS, check_options, preset_args, preset_names, preset_train_defaults
 
@@ -61,4 +61,5 @@ def preset_table(vocab_size: int | None = None) -> list:
 
 
 __all__ = ["ForceR", "ModelArgs", "build_model", "count_parameters", "PRESETS", "preset_args",
-           "preset_names", "preset_table", "preset_train_defaults", "r_zone", "ZONES"]
+           "preset_names", "preset_table", "preset_train_defaults", "r_zone", "zone_table",
+           "DEFAULT_ZONES", "GOLDILOCKS_R", "ZONE_TABLES", "ZONES"]

@@ -275,25 +275,49 @@ def merge_aux(auxes: list) -> dict:
             "u_at_bound": mx.mean(mx.stack([a["u_at_bound"] for a in auxes]))}
 
 
-# Lower bounds of the named R zones (docs/model.md, "R zones").
-ZONES = (
-    (0.00, "∅ Unformed"),
-    (0.10, "☾ Intimacy"),
-    (0.30, "✨ Unbound"),
-    (0.50, "🌀 Goldilocks"),
-    (0.80, "⚖ Balance"),
-    (0.95, "☍ Over-sync"),
-)
+# The R zone tables (docs/training.md, "R zones"): name -> lower bounds and labels, lowest
+# first. "v3" is the default; "v2" is the older table, for reading runs judged by it.
+ZONE_TABLES = {
+    "v3": (
+        (0.00, "∅ Unformed"),
+        (0.10, "☾ Intimacy"),
+        (0.30, "⚖ Balance"),
+        (0.50, "🌀 Mystery"),
+        (0.70, "✨ Wonder"),
+        (0.85, "🔥 Passion"),
+        (0.95, "🜂 Ache"),
+    ),
+    "v2": (
+        (0.00, "∅ Unformed"),
+        (0.10, "☾ Intimacy"),
+        (0.30, "✨ Unbound"),
+        (0.50, "🌀 Goldilocks"),
+        (0.80, "⚖ Balance"),
+        (0.95, "☍ Over-sync"),
+    ),
+}
+DEFAULT_ZONES = "v3"
+ZONES = ZONE_TABLES[DEFAULT_ZONES]
+GOLDILOCKS_R = 0.30  # "Goldilocks": R at or above this (the stage 5 gate)
 
 
 ZONE_TOLERANCE = 1e-6  # a value this close below a bound counts as above it
 
 
-def r_zone(r: float) -> str:
-    """The zone R lies in (docs/model.md). Within ZONE_TOLERANCE of a bound counts as above
-    it, so a forced 0.3 -- 0.29999998 in float32 -- is Unbound wherever it is named."""
-    name = ZONES[0][1]
-    for lower, label in ZONES:
+def zone_table(zones: str = DEFAULT_ZONES) -> tuple:
+    """The (lower bound, label) rows of zone table `zones` ("v3" or "v2")."""
+    if zones not in ZONE_TABLES:
+        raise ValueError(f"unknown zone table {zones!r}; choose from: {', '.join(ZONE_TABLES)}")
+    return ZONE_TABLES[zones]
+
+
+def r_zone(r: float, zones: str = DEFAULT_ZONES) -> str:
+    """The zone R lies in, in table `zones` (docs/model.md). Within ZONE_TOLERANCE of a bound
+    counts as above it, so a forced 0.3 -- 0.29999998 in float32 -- is named by the zone that
+    starts at 0.3 wherever it is named."""
+    table = zone_table(zones)
+    name = table[0][1]
+    for lower, label in table:
         if r >= lower - ZONE_TOLERANCE:
             name = label
     return name

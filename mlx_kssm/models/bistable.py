@@ -2,7 +2,7 @@
 
     u = (d g - c h) / (a g - c e),  kept in the bistable regime [0.1, 10]
     Delta = b g - c f
-    regularizer  lambda_delta / (|Delta| + eps)  +  lambda_logu * (-log u)
+    regularizer  lambda_delta / (|Delta| + eps)  +  lambda_logu * (-log(u / 10))
 
 K-SSM v3 couples its oscillators with K = 2 sigma(u), so K lies in [1.05, 2) inside the regime.
 The bound on u passes gradient everywhere ("soft", the only one).
@@ -24,6 +24,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 U_LO, U_HI = 0.1, 10.0  # the bistable regime of u
+# The log barrier on u is -log(u / U_HI) = -log u + log U_HI: the earlier -log u plus a
+# constant, so the same gradient, but >= 0 over the whole regime (-log u alone is negative
+# once u > 1, which printed a negative regularizer)
 U_SHARPNESS = 10.0  # softplus sharpness of the soft bound: identity ~0.3 inside the bounds
 U_LEAK = 0.01  # gradient that always passes the bound (value unchanged)
 DELTA_EPS = 1e-2
@@ -99,7 +102,7 @@ def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float, box: fl
     b, c, f, g = (p[..., i] for i in (1, 2, 5, 6))
     big_delta = b * g - c * f
     reg = (lambda_delta * mx.mean(1 / (mx.abs(big_delta) + DELTA_EPS))
-           + lambda_logu * mx.mean(-mx.log(u)))
+           + lambda_logu * mx.mean(-mx.log(u / U_HI)))
     at_bound = mx.mean(((u_raw < U_LO) | (u_raw > U_HI)).astype(mx.float32))
     return u, {"u": mx.mean(u), "u_at_bound": at_bound, "reg": reg}
 

@@ -1,7 +1,7 @@
 """Named model presets with the training defaults that go with them.
 
-Four K-SSM presets (`tiny`, `v1-char`, `v2`, `v3`); each has three comparison presets built
-from its own sizes, so a comparison is always like for like:
+Five K-SSM presets (`tiny`, `v1-char`, `v2`, `v2-medium`, `v3`); each has three comparison
+presets built from its own sizes, so a comparison is always like for like:
 
     transformer-*     a causal transformer with the same width and depth, its FFN widened or
                       narrowed so the parameter count matches the K-SSM's
@@ -31,6 +31,9 @@ _CHAR_XS = dict(_CHAR, d_model=40, ffn_hidden=40, n_groups=25)
 _CHAR_S = dict(_CHAR, d_model=80, ffn_hidden=80, n_groups=50)
 _V2 = dict(d_model=256, n_layers=4, ffn_hidden=1024, n_groups=32, osc_per_group=4, harmonics=1,
            vocab_size=100277)
+# the next size up, near 45M parameters at the full cl100k vocabulary (38.5M of them the tied
+# embedding): wider and deeper, the bank widened with the model (192 oscillators per layer)
+_V2_MEDIUM = dict(_V2, d_model=384, n_layers=6, ffn_hidden=1024, n_groups=48)
 # The char and tiny presets train at weight decay 0.1, the tiny ones at LR 5e-3: each chosen
 # against its neighbours over seeds (research/RESULTS.md sections 6 and 8). v2 and v3 keep 0.01
 # and 1e-3, unmeasured at their size.
@@ -48,6 +51,7 @@ KSSM_PRESETS: dict = {
     "v1-char-s": ("v1-char's design at 80 wide (scaling study)", _CHAR_S, _CHAR_TRAIN),
     "v1-char-xs": ("v1-char's design at 40 wide (scaling study)", _CHAR_XS, _CHAR_TRAIN),
     "v2": ("4 layers, hidden 256, 128 oscillators per layer, BPE", _V2, _BPE),
+    "v2-medium": ("6 layers, hidden 384, 192 oscillators per layer, BPE", _V2_MEDIUM, _BPE),
     "v3": ("v2 plus the bistable core (u in [0.1, 10], K = 2 sigma(u), regularizer)",
            dict(_V2, bistable=True), _BPE),
 }
@@ -55,13 +59,15 @@ KSSM_PRESETS: dict = {
 # comparison kind -> {K-SSM preset: comparison preset name}; the v2 names are the historical ones
 _COMPARISON_NAMES = {
     "transformer": {"tiny": "transformer-tiny", "v1-char": "transformer-char", "v2": "transformer",
-                    "v3": "transformer-v3", "v1-char-s": "transformer-char-s",
-                    "v1-char-xs": "transformer-char-xs"},
+                    "v2-medium": "transformer-v2-medium", "v3": "transformer-v3",
+                    "v1-char-s": "transformer-char-s", "v1-char-xs": "transformer-char-xs"},
     "control-bolted": {"tiny": "control-bolted-tiny", "v1-char": "control-bolted-char",
-                       "v2": "control-bolted", "v3": "control-bolted-v3",
-                       "v1-char-s": "control-bolted-char-s", "v1-char-xs": "control-bolted-char-xs"},
+                       "v2": "control-bolted", "v2-medium": "control-bolted-v2-medium",
+                       "v3": "control-bolted-v3", "v1-char-s": "control-bolted-char-s",
+                       "v1-char-xs": "control-bolted-char-xs"},
     "upstream-v3": {"tiny": "upstream-v3-tiny", "v1-char": "upstream-v3-char",
-                    "v2": "upstream-v3", "v3": "upstream-v3", "v1-char-s": "upstream-v3-char-s",
+                    "v2": "upstream-v3", "v2-medium": "upstream-v3-v2-medium",
+                    "v3": "upstream-v3", "v1-char-s": "upstream-v3-char-s",
                     "v1-char-xs": "upstream-v3-char-xs"},
 }
 _COMPARISON_ARGS = {

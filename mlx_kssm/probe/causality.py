@@ -52,7 +52,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..kernels import kernel_of, use_kernel
-from ..models import ZONES, build_model, r_zone
+from ..models import DEFAULT_ZONES, ZONE_TABLES, build_model, r_zone
 from ..models.force import ForceR, check_r
 from . import stats
 
@@ -140,20 +140,27 @@ def entropy(logp):
 
 def r_statistics(r) -> dict:
     """Summary of an (N, T, L) array of R: mean, std, per layer, zone occupancy (of the
-    layer-mean R per position)."""
+    layer-mean R per position) in the default zone table ("zone", "zone_occupancy") and in
+    every table ("zone_occupancy_by_table": table name -> occupancy)."""
     r = np.asarray(r, dtype=np.float64)
     mean_r = r.mean(axis=-1)
-    zones = {label: 0 for _, label in ZONES}
-    labels, counts = np.unique([r_zone(v) for v in mean_r.ravel()], return_counts=True)
-    for label, count in zip(labels, counts):
-        zones[str(label)] = int(count)
-    total = mean_r.size
+    by_table = {name: zone_occupancy(mean_r, name) for name in ZONE_TABLES}
     return {"mean": float(mean_r.mean()), "std": float(mean_r.std()),
             "min": float(mean_r.min()), "max": float(mean_r.max()),
             "per_layer_mean": r.mean(axis=(0, 1)).tolist(),
             "per_layer_std": r.std(axis=(0, 1)).tolist(),
             "zone": r_zone(float(mean_r.mean())),
-            "zone_occupancy": {k: v / total for k, v in zones.items()}}
+            "zone_occupancy": by_table[DEFAULT_ZONES],
+            "zone_occupancy_by_table": by_table}
+
+
+def zone_occupancy(values, zones: str) -> dict:
+    """Zone label of table `zones` -> the share of `values` that lie in it (every zone named)."""
+    counts = {label: 0 for _, label in ZONE_TABLES[zones]}
+    for v in np.ravel(values):
+        counts[r_zone(float(v), zones)] += 1
+    total = max(1, np.size(values))
+    return {k: v / total for k, v in counts.items()}
 
 
 # ---------------------------------------------------------------- measurement

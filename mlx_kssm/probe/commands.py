@@ -12,7 +12,7 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 import click
 
 from .._cli import (CONTEXT, SEED, FiniteFloatRange, UsageProblem, check_output_file,
-                    force_r_options, kernel_option, one_line_errors, options)
+                    force_r_options, kernel_option, one_line_errors, options, zones_option)
 from .._files import atomic_write_json, atomic_write_text
 
 
@@ -44,10 +44,11 @@ def parse_size(text: str) -> int:
 @click.option("--model", "model_dir", required=True, metavar="DIR",
               help="exported folder, training run folder (best/ or newest checkpoint) or "
                    "checkpoint folder")
-@click.option("--prompt", default="The ", show_default=True,
-              help="text to continue; @FILE reads it from a UTF-8 file, - from standard input "
-                   "(used as read, trailing newline included; a prompt starting with @ is "
-                   "written @@...)")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="text to continue; repeat it for several prompts, each continued in turn "
+                   "with the same options and seed. @FILE reads a prompt from a UTF-8 file, - "
+                   "from standard input (used as read, trailing newline included; a prompt "
+                   "starting with @ is written @@...)  [default: \"The \"]")
 @click.option("--max-tokens", "-m", default=100, show_default=True, type=click.IntRange(0),
               help="tokens to generate after the prompt")
 @click.option("--num-samples", "-n", default=1, show_default=True, type=click.IntRange(1),
@@ -68,10 +69,11 @@ def parse_size(text: str) -> int:
               help="prompt loop: read prompts from stdin, one per line, until end of input, an "
                    "empty line or :q; after each generation, every token with its R and R zone "
                    "(and u for v3). --prompt is not used")
+@zones_option
 @kernel_option
 @one_line_errors
-def generate(model_dir, prompt, max_tokens, num_samples, temp, top_p, top_k, seed, force_r,
-             force_r_layer, show_r, interactive, kernel):
+def generate(model_dir, prompts, max_tokens, num_samples, temp, top_p, top_k, seed, force_r,
+             force_r_layer, show_r, interactive, zones, kernel):
     """Sample text from a model, streaming; optionally with R clamped.
 
     Decoding is stateful: the prompt runs once, then each token costs O(1) through the
@@ -87,6 +89,7 @@ def generate(model_dir, prompt, max_tokens, num_samples, temp, top_p, top_k, see
       printf 'To be\nThe king\n' | mlx-kssm generate --model exports/tiny -i -m 40
       mlx-kssm generate --model exports/tiny --prompt @prompt.txt --num-samples 3
       echo "ROMEO:" | mlx-kssm generate --model exports/tiny --prompt -
+      mlx-kssm generate --model exports/tiny --prompt "To be" --prompt "My lord" --show-r
     """
     from ..io import load_with_tokenizer
     from ..kernels import use_kernel
@@ -95,10 +98,12 @@ def generate(model_dir, prompt, max_tokens, num_samples, temp, top_p, top_k, see
     from .prompts import resolve_prompt
 
     _check_sample_seeds(seed, num_samples)
-    if interactive and prompt == "-":
+    if interactive and "-" in prompts:
         raise UsageProblem("--interactive reads its prompts from standard input: --prompt - "
                            "cannot read it too")
-    prompt = resolve_prompt(prompt)  # before loading: a missing @FILE fails at once
+    if prompts.count("-") > 1:
+        raise UsageProblem("--prompt - given twice: standard input is read once")
+    prompts = [resolve_prompt(p) for p in prompts or ("The ",)]  # before loading: a missing @FILE fails at once
     _, model, tokenizer = load_with_tokenizer(model_dir)
     use_kernel(model, kernel)
     force = ForceR.for_model(ForceR.from_options(force_r, force_r_layer, model.args.n_layers),
@@ -106,20 +111,21 @@ def generate(model_dir, prompt, max_tokens, num_samples, temp, top_p, top_k, see
     sampling = dict(max_tokens=max_tokens, temp=temp, top_p=top_p, top_k=top_k, seed=seed,
                     force_r=force)
     if interactive:
-        _interactive(model, tokenizer, sampling)
+        _interactive(model, tokenizer, sampling, zones)
         return
-    ids = encode_prompt(tokenizer, prompt)
-    for sample in range(num_samples):
-        if num_samples > 1:
-            click.echo(f"Sample {sample + 1}/{num_samples} (seed {seed + sample})")
-        click.echo("=" * 10)
-        click.echo(prompt, nl=False)
-        gen = generate_text(model, tokenizer, ids, on_text=_stream,
-                            **{**sampling, "seed": seed + sample})
-        click.echo()
-        click.echo("=" * 10)
-        for line in format_r(gen, force, trace=show_r) + format_speed(gen):
-            click.echo(line)
+    encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]  # all checked first
+    for prompt, ids in zip(prompts, encoded):
+        for sample in range(num_samples):
+            if num_samples > 1:
+                click.echo(f"Sample {sample + 1}/{num_samples} (seed {seed + sample})")
+            click.echo("=" * 10)
+            click.echo(prompt, nl=False)
+            gen = generate_text(model, tokenizer, ids, on_text=_stream,
+                                **{**sampling, "seed": seed + sample})
+            click.echo()
+            click.echo("=" * 10)
+            for line in format_r(gen, force, trace=show_r, zones=zones) + format_speed(gen):
+                click.echo(line)
 
 
 def _check_sample_seeds(seed: int, num_samples: int) -> None:
@@ -138,7 +144,7 @@ def _stream(text: str) -> None:
 QUIT = ":q"
 
 
-def _interactive(model, tokenizer, sampling: dict) -> None:
+def _interactive(model, tokenizer, sampling: dict, zones: str) -> None:
     """generate --interactive: one generation and its per-token R trace per line of stdin,
     until end of input, an empty line or :q. A prompt that encodes to no tokens is skipped
     with a warning. The "> " prompt goes to stderr, and only at a terminal."""
@@ -164,7 +170,7 @@ def _interactive(model, tokenizer, sampling: dict) -> None:
         gen = generate_text(model, tokenizer, ids, on_text=_stream, **sampling)
         click.echo()
         click.echo("=" * 10)
-        for trace_line in format_token_trace(token_trace(gen, tokenizer)):
+        for trace_line in format_token_trace(token_trace(gen, tokenizer, zones)):
             click.echo(trace_line)
         count += 1
     click.echo(f"{count} prompt{'s' if count != 1 else ''} answered", err=True)
@@ -264,11 +270,12 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
 @click.option("--seed", default=1234, show_default=True, type=SEED,
               help="seed of the evaluation windows and samples")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="write all numbers as JSON")
+@zones_option
 @kernel_option
 @one_line_errors
 def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causality, sequences,
              values, random_init_seed, no_random_init, samples, sample_tokens, seed, json_out,
-             kernel):
+             zones, kernel):
     """Validation loss / perplexity, R statistics, sample quality, and the causality suite.
 
     Deterministic: fixed windows, fixed seeds (the bootstrap's too), no training noise: the
@@ -304,7 +311,7 @@ def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causali
     result = run_evaluation(model_dir, data_dir, config)
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
-    for line in format_evaluation(result):
+    for line in format_evaluation(result, zones):
         click.echo(line)
     if json_out:
         atomic_write_text(json_out, result.to_json())
@@ -534,8 +541,9 @@ def _force_option(model_dir, force_r, force_r_layer):
 @click.option("--intervene", "intervene_json", multiple=True, metavar="FILE",
               help="an `mlx-kssm intervene --json` file to plot (repeatable; default: any "
                    "*intervene*.json in RUN_DIR)")
+@zones_option
 @one_line_errors
-def plot(run_dir, out_dir, intervene_json):
+def plot(run_dir, out_dir, intervene_json, zones):
     """Draw a training run as PNGs: loss and validation curves, R per layer over training
     with the zone bands, u (v3), and the R-intervention sweep (forced R vs KL / entropy).
 
@@ -549,5 +557,5 @@ def plot(run_dir, out_dir, intervene_json):
     """
     from .plot import plot_run
 
-    for path in plot_run(run_dir, out_dir, list(intervene_json)):
+    for path in plot_run(run_dir, out_dir, list(intervene_json), zones=zones):
         click.echo(f"wrote {path}")

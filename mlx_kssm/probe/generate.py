@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
-from ..models import r_zone
+from ..models import DEFAULT_ZONES, r_zone
 from ..models.force import ForceR
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass
@@ -153,19 +153,19 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
 
-def format_r(gen: Generation, force=None, trace: bool = False) -> list:
+def format_r(gen: Generation, force=None, trace: bool = False, zones: str = DEFAULT_ZONES) -> list:
     """What a generation's R did: the whole trace (`trace`, format_r_trace), else one line of
-    the forced R and the mean R reached, else nothing."""
+    the forced R and the mean R reached, else nothing. Zones are named by table `zones`."""
     if trace:
-        return format_r_trace(gen.r_trace, force)
+        return format_r_trace(gen.r_trace, force, zones=zones)
     if force is None or not gen.r_trace or not gen.r_trace[0]:
         return []
     mean = _mean([_mean(r) for r in gen.r_trace])
     return [f"R forced: {force.describe()}; mean R over generated tokens {mean:.3f} "
-            f"({r_zone(mean)})"]
+            f"({r_zone(mean, zones)})"]
 
 
-def format_r_trace(r_trace, force=None, per_line: int = 16) -> list:
+def format_r_trace(r_trace, force=None, per_line: int = 16, zones: str = DEFAULT_ZONES) -> list:
     """Compact R trace: the layer-mean R per token, 16 to a line, then per-layer summary."""
     if not r_trace or not r_trace[0]:
         return ["R: this model has no oscillators (no R to show)"]
@@ -178,8 +178,8 @@ def format_r_trace(r_trace, force=None, per_line: int = 16) -> list:
     for layer in range(len(r_trace[0])):
         col = [r[layer] for r in r_trace]
         lines.append(f"  layer {layer}: mean {_mean(col):.3f}  min {min(col):.3f}  "
-                     f"max {max(col):.3f}  zone {r_zone(_mean(col))}")
-    lines.append(f"  all layers: mean {_mean(means):.3f}  zone {r_zone(_mean(means))}")
+                     f"max {max(col):.3f}  zone {r_zone(_mean(col), zones)}")
+    lines.append(f"  all layers: mean {_mean(means):.3f}  zone {r_zone(_mean(means), zones)}")
     return lines
 
 
@@ -190,15 +190,15 @@ def format_speed(gen: Generation) -> list:
             f"Peak memory: {gen.peak_memory_gb:.3f} GB"]
 
 
-def token_trace(gen: Generation, tokenizer) -> list:
+def token_trace(gen: Generation, tokenizer, zones: str = DEFAULT_ZONES) -> list:
     """Per generated token: its text, R (layer mean; None without R), R per layer, its R zone
-    and, for v3, u (layer mean)."""
+    (named by table `zones`) and, for v3, u (layer mean)."""
     rows = []
     for i, token_id in enumerate(gen.tokens):
         r_layers = gen.r_trace[i] if i < len(gen.r_trace) else []
         r = _mean(r_layers) if r_layers else None
         rows.append({"token": tokenizer.decode([token_id]), "id": int(token_id), "r": r,
-                     "r_layers": list(r_layers), "zone": None if r is None else r_zone(r),
+                     "r_layers": list(r_layers), "zone": None if r is None else r_zone(r, zones),
                      "u": gen.u_trace[i] if i < len(gen.u_trace) else None})
     return rows
 

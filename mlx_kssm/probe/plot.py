@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 from .._files import atomic_open
-from ..models import ZONES
+from ..models import DEFAULT_ZONES, zone_table
 from ..train.runlog import read_history
 
-ZONE_COLORS = ("#d9d9d9", "#c6dbef", "#c7e9c0", "#fdd0a2", "#fcbba1", "#dadaeb")
+ZONE_COLORS = ("#d9d9d9", "#c6dbef", "#c7e9c0", "#fdd0a2", "#fcbba1", "#dadaeb", "#f2d7e6")
 
 
 class PlotError(Exception):
@@ -39,10 +40,12 @@ def _series(events, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def zone_bands(ax) -> None:
-    """Shade the R zones (docs/model.md) behind an R axis, labelled at the right edge."""
-    bounds = [lo for lo, _ in ZONES] + [1.0]
-    for i, (lo, label) in enumerate(ZONES):
+def zone_bands(ax, zones: str = DEFAULT_ZONES) -> None:
+    """Shade the R zones of table `zones` (docs/model.md) behind an R axis, labelled at the
+    right edge."""
+    table = zone_table(zones)
+    bounds = [lo for lo, _ in table] + [1.0]
+    for i, (lo, label) in enumerate(table):
         hi = bounds[i + 1]
         ax.axhspan(lo, hi, color=ZONE_COLORS[i % len(ZONE_COLORS)], alpha=0.45, lw=0, zorder=0)
         ax.text(1.01, (lo + hi) / 2, label.split(" ", 1)[-1], transform=ax.get_yaxis_transform(),
@@ -50,12 +53,13 @@ def zone_bands(ax) -> None:
     ax.set_ylim(0, 1)
 
 
-def plot_training(events, out_dir: Path, plt) -> list:
-    """loss.png, r_layers.png and u.png in out_dir, each where the run logged what it shows;
-    returns the paths written."""
+def plot_training(events, out_dir: Path, plt, zones: str = DEFAULT_ZONES) -> list:
+    """loss.png, r_layers.png (over the bands of zone table `zones`) and u.png in out_dir,
+    each where the run logged what it shows; returns the paths written."""
     trains = [e for e in events if e.get("event", "train") == "train"]
     evals = [e for e in events if e.get("event") == "eval"]
-    plots = ((_plot_loss, "loss.png"), (_plot_r_layers, "r_layers.png"), (_plot_u, "u.png"))
+    plots = ((_plot_loss, "loss.png"), (partial(_plot_r_layers, zones=zones), "r_layers.png"),
+             (_plot_u, "u.png"))
     written = []
     for draw, name in plots:
         fig = draw(trains, evals, plt)
@@ -96,7 +100,7 @@ def _plot_loss(trains, evals, plt):
     return fig
 
 
-def _plot_r_layers(trains, evals, plt):
+def _plot_r_layers(trains, evals, plt, zones: str = DEFAULT_ZONES):
     """R per layer over training over the zone bands; None without R."""
     layers = [e for e in trains if e.get("R_layers") and "step" in e]
     if not layers:
@@ -104,7 +108,7 @@ def _plot_r_layers(trains, evals, plt):
     # one line per layer: reports of another layer count (a hand-edited history) are left out
     layers = [e for e in layers if len(e["R_layers"]) == len(layers[0]["R_layers"])]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    zone_bands(ax)
+    zone_bands(ax, zones)
     steps = [e["step"] for e in layers]
     for i in range(len(layers[0]["R_layers"])):
         ax.plot(steps, [e["R_layers"][i] for e in layers], lw=1.3, label=f"layer {i}")
@@ -138,7 +142,10 @@ def _plot_u(trains, evals, plt):
     xb, yb = _series(trains, "u_at_bound")
     if xb:
         ax2 = ax.twinx()
-        ax2.plot(xb, [100 * v for v in yb], color="tab:gray", lw=0.8, alpha=0.7)
+        shares = [100 * v for v in yb]
+        ax2.plot(xb, shares, color="tab:gray", lw=0.8, alpha=0.7)
+        # a share is never negative: with every value 0 matplotlib would centre the axis on 0
+        ax2.set_ylim(0, max(1.0, 1.05 * max(shares)))
         ax2.set_ylabel("% positions at the bound", color="tab:gray")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("u_val")
@@ -186,8 +193,10 @@ def _save(fig, path: Path, plt) -> Path:
     return path
 
 
-def plot_run(run_dir, out_dir=None, intervene_files=()) -> list:
-    """Write every figure the run folder (and intervene JSON files) can give; their paths."""
+def plot_run(run_dir, out_dir=None, intervene_files=(), zones: str = DEFAULT_ZONES) -> list:
+    """Write every figure the run folder (and intervene JSON files) can give, R over the bands
+    of zone table `zones`; their paths."""
+    zone_table(zones)  # an unknown table is refused before anything is written
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PlotError(f"{run_dir} is not a folder")
@@ -195,7 +204,7 @@ def plot_run(run_dir, out_dir=None, intervene_files=()) -> list:
     out_dir = Path(out_dir) if out_dir else run_dir / "plots"
     created = _make_out_dir(out_dir)
     try:
-        written = _plot_all(run_dir, out_dir, intervene_files, plt)
+        written = _plot_all(run_dir, out_dir, intervene_files, plt, zones)
     except BaseException:
         if created:  # nothing plotted: leave no empty folder behind
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -217,8 +226,8 @@ def _make_out_dir(out_dir: Path) -> bool:
     return created
 
 
-def _plot_all(run_dir: Path, out_dir: Path, intervene_files, plt) -> list:
-    written = plot_training(read_history(run_dir), out_dir, plt)
+def _plot_all(run_dir: Path, out_dir: Path, intervene_files, plt, zones: str) -> list:
+    written = plot_training(read_history(run_dir), out_dir, plt, zones)
     files = [Path(f) for f in intervene_files] or sorted(run_dir.glob("*intervene*.json"))
     for i, f in enumerate(files):
         try:

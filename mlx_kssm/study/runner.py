@@ -373,8 +373,11 @@ def train_run(run: PlannedRun, config: StudyConfig, tag: str, echo) -> tuple:
         return ("completed", 0) if state == "done" else ("nan", 0)
     verb = "resuming" if state == "resume" else "training"
     echo(f"== {tag} {run.label}: {verb} {config.max_steps} steps in {run.folder}")
-    result = train(config.train_config(run.model, run.seed, run.folder, state == "resume"),
-                   echo=echo)
+    run_config = config.train_config(run.model, run.seed, run.folder, state == "resume")
+    # the study's --warmup-steps is given to every run as it is reported: never capped
+    defaults = TrainConfig()
+    explicit = {k for k, v in run_config.to_dict().items() if getattr(defaults, k) != v}
+    result = train(run_config, explicit=explicit | {"warmup_steps"}, echo=echo)
     return result.status, result.exit_code
 
 

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from .._cli import CONTEXT, SEED, FiniteFloatRange, one_line_errors
+from .._cli import CONTEXT, SEED, FiniteFloatRange, one_line_errors, zones_option
 from ..kernels import KERNEL_MODES
 from ..models.presets import PRESETS
 from .config import OPTIMIZERS, STAGE_STEPS, TrainConfig
@@ -36,6 +36,9 @@ Examples:
   mlx-kssm train --resume --output-dir runs/t --max-steps 2000
   # staged training: stage 2 = 500 steps + the decision matrix (docs/training.md)
   mlx-kssm train --preset v3 --data data/prepared/gutenberg --stage 2 --output-dir runs/s2
+  # a wider v3 with a stronger barrier on u; stage verdicts reported, never stopping
+  mlx-kssm train --preset v3 --d-model 320 --groups 40 --lambda-reg 0.1 --stage 3 \\
+      --no-stop-on-failure --data DIR --output-dir runs/wide
   # fine-tune from a model folder, options from a file (flags override it)
   mlx-kssm train --model exports/v2 --config run.toml --learning-rate 3e-4 --output-dir runs/ft
   # data parallel over 2 processes (or Macs: --hostfile)
@@ -53,6 +56,7 @@ Stages: {", ".join(f"{k}={v}" for k, v in STAGE_STEPS.items())} steps.
 \b
 Exit status: 0 finished or early-stopped; 130 Ctrl-C / 143 SIGTERM (a checkpoint is saved
 first; continue with --resume); 3 NaN/inf loss (stopped, last good checkpoint kept);
+4 a --stage verdict FAILURE (stopped after saving a checkpoint; see --no-stop-on-failure);
 1 bad input, the folder is locked by another trainer, or a checkpoint could not be written
 (disk full: the error and training.log name it; the last good checkpoint is kept).
 \b
@@ -75,7 +79,8 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
               "--max-steps (train the start of a longer plan)")
 @click.option("--learning-rate", type=FiniteFloatRange(0, min_open=True),
               help="peak LR [preset default]")
-@click.option("--warmup-steps", type=int, help=with_default("linear warmup steps", "warmup_steps"))
+@click.option("--warmup-steps", type=int, help=with_default(
+    "linear warmup steps; left unset, capped at 10% of the LR schedule", "warmup_steps"))
 @click.option("--grad-accum", type=int, help=with_default("micro-batches per step", "grad_accum"))
 @click.option("--grad-clip", type=FiniteFloatRange(0),
               help=with_default("max gradient norm, 0 = off", "grad_clip"))
@@ -102,10 +107,20 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 @click.option("--kernel", type=click.Choice(KERNEL_MODES),
               help="scan implementation: auto = the fused Metal or CUDA kernel of the GPU "
                    "present (checked against the reference on first use)  [default: auto]")
+@click.option("--min-delta", type=FiniteFloatRange(0), help=with_default(
+    "val loss drop an evaluation needs to count as an improvement for --patience",
+    "min_delta"))
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=with_default(
-    "adamw = AdamW on every weight; muon = Muon on the hidden weight matrices (at "
-    "muon_lr_scale x the LR, a --config key) and AdamW on the rest", "optimizer"))
+    "adamw = AdamW on every weight; muon = Muon on the hidden weight matrices "
+    "(see --muon-lr-scale), AdamW on the rest", "optimizer"))
+@click.option("--muon-lr-scale", type=FiniteFloatRange(0, min_open=True), help=with_default(
+    "Muon's LR as a multiple of --learning-rate (--optimizer muon)", "muon_lr_scale"))
 @click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
+@click.option("--grokfast-lambda", type=FiniteFloatRange(0), help=with_default(
+    "Grokfast's amplification: the step uses g + lambda * EMA(g) (the paper's default)",
+    "grokfast_lambda"))
+@click.option("--grokfast-alpha", type=FiniteFloatRange(0, 1, max_open=True), help=with_default(
+    "Grokfast's EMA decay (closer to 1: a slower average)", "grokfast_alpha"))
 @click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
 @click.option("--report-to", metavar="wandb|tensorboard", help=(
     "also log each report and evaluation (loss, LR, tokens/s, val loss, R per layer, R zone "
@@ -114,6 +129,22 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "RUN/tensorboard, wandb's to RUN/wandb (WANDB_MODE=offline: no network). A resumed run "
     "keeps its choice; --report-to none stops it"))
 @click.option("--project-name", help="the Weights & Biases project  [default: mlx-kssm]")
+@click.option("--stop-on-failure/--no-stop-on-failure", default=None, help=with_default(
+    "a --stage verdict FAILURE stops the run, after saving a checkpoint, with exit status 4; "
+    "--no-stop-on-failure only reports it", "stop_on_failure"))
+@click.option("--d-model", type=click.IntRange(1), help="model width [preset default]")
+@click.option("--n-layers", type=click.IntRange(1), help="layers [preset default]")
+@click.option("--groups", type=click.IntRange(1),
+              help="oscillator groups per layer [preset default]")
+@click.option("--osc-per-group", type=click.IntRange(1),
+              help="oscillators per group [preset default]")
+@click.option("--ffn-hidden", type=click.IntRange(1), help="MLP hidden width [preset default; "
+              "a transformer-* preset matches its K-SSM's parameters unless given]")
+@click.option("--harmonics", type=click.IntRange(1),
+              help="order parameters Z_1..Z_m read per group [preset default]")
+@click.option("--lambda-reg", type=FiniteFloatRange(0),
+              help="v3: weight of the log barrier that keeps u off its floor [preset default: "
+                   "0.01]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="run.toml or run.json with any of these options (flags override)")
 @click.option("--list-presets", is_flag=True, help="list presets with their parameter counts "
@@ -146,15 +177,18 @@ def _list_presets(data_dir: str | None) -> None:
     else:
         click.echo("parameters at each preset's default vocabulary (--data DIR: at a prepared "
                    "folder's, what training on it builds):")
-    for name, n_params, description in preset_table(vocab_size):
-        click.echo(f"{name:<20} {n_params / 1e6:>8.2f}M  {description}")
+    rows = preset_table(vocab_size)
+    width = max(len(name) for name, _, _ in rows)
+    for name, n_params, description in rows:
+        click.echo(f"{name:<{width}} {n_params / 1e6:>8.2f}M  {description}")
 
 
 @click.command("status", context_settings=CONTEXT)
 @click.argument("run_dir", default=".", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@zones_option
 @one_line_errors
-def status(run_dir, as_json):
+def status(run_dir, as_json, zones):
     """Is a training run alive, where is it, is it healthy.
 
     \b
@@ -165,7 +199,7 @@ def status(run_dir, as_json):
     from .status import format_status, run_status
 
     s = run_status(run_dir)
-    click.echo(json.dumps(s, indent=2, default=str) if as_json else format_status(s))
+    click.echo(json.dumps(s, indent=2, default=str) if as_json else format_status(s, zones))
     sys.exit(0 if s["alive"] else 1)
 
 
@@ -180,8 +214,9 @@ INTERVAL = FiniteFloatRange(0.1, 86400.0)
 @click.option("--once", is_flag=True, help="print one frame and exit")
 @click.option("--recent", type=click.IntRange(min=1), default=10, show_default=True,
               help="reports shown")
+@zones_option
 @one_line_errors
-def monitor(run_dir, interval, once, recent):
+def monitor(run_dir, interval, once, recent, zones):
     """Live view of a run from its history.jsonl: last reports, R zone visits, u at bound.
 
     \b
@@ -190,7 +225,7 @@ def monitor(run_dir, interval, once, recent):
 
     try:
         while True:
-            frame = monitor_frame(run_dir, recent)
+            frame = monitor_frame(run_dir, recent, zones)
             if once:
                 click.echo(frame)
                 return

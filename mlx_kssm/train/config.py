@@ -26,7 +26,13 @@ PRESET_TRAIN_FIELDS = ("batch_size", "seq_len", "learning_rate", "weight_decay")
 # Flags whose change on --resume makes the run leave the uninterrupted trajectory.
 TRAJECTORY_FIELDS = ("data", "batch_size", "seq_len", "grad_accum", "seed", "optimizer",
                      "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "grokfast",
-                     "min_lr_ratio", "schedule_steps")
+                     "min_lr_ratio", "schedule_steps", "muon_lr_scale", "grokfast_alpha",
+                     "grokfast_lambda")
+# TrainConfig field -> the ModelArgs field it sets on a model built from --preset
+# (presets.preset_args checks them as it checks a preset's own)
+MODEL_FIELDS = {"d_model": "d_model", "n_layers": "n_layers", "groups": "n_groups",
+                "osc_per_group": "osc_per_group", "ffn_hidden": "ffn_hidden",
+                "harmonics": "harmonics", "lambda_reg": "lambda_logu"}
 
 
 @dataclass
@@ -52,19 +58,31 @@ class TrainConfig:
     muon_lr_scale: float = 10.0  # Muon's LR relative to --learning-rate (the earlier project's 10x)
     grokfast: bool = False
     grokfast_alpha: float = 0.98  # EMA decay of the slow gradient
-    grokfast_lambda: float = 2.0  # amplification of the slow gradient
+    # amplification of the slow gradient: g + lambda * ema(g), the Grokfast paper's form and
+    # its default (Lee et al. 2024)
+    grokfast_lambda: float = 2.0
     steps_per_report: int = 10
     steps_per_eval: int = 200
     val_batches: int = 20
     save_every: int = 500
     keep_last: int = 3
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop
+    min_delta: float = 0.0  # an evaluation improves only if it lowers the best val loss by more
     seed: int = 0
     # training windows: "random" (drawn anew each step) or "epoch" (every token once per pass)
     sampling: str = "random"
     resume: bool = False
     kernel: str = "auto"
     stage: Optional[int] = None
+    stop_on_failure: bool = True  # a stage verdict FAILURE stops the run (exit 4)
+    # the model of a --preset run, set instead of the preset's (None: the preset's)
+    d_model: Optional[int] = None
+    n_layers: Optional[int] = None
+    groups: Optional[int] = None
+    osc_per_group: Optional[int] = None
+    ffn_hidden: Optional[int] = None
+    harmonics: Optional[int] = None
+    lambda_reg: Optional[float] = None  # v3's log-barrier weight on u (ModelArgs.lambda_logu)
     explode_factor: float = 3.0  # loss above this x the running minimum is flagged
     sample_prompts: list = field(default_factory=lambda: ["The ", "To be, or not to be"])
     sample_tokens: int = 40

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 
-from ..models import r_zone
+from ..models import DEFAULT_ZONES, GOLDILOCKS_R, r_zone
 from ..models.bistable import U_HI, U_LO
+from ..probe.quality import GIBBERISH, KNOWN_WORDS
 
 HEALTHY, WARNING, FAILURE, NA = "healthy", "warning", "failure", "n/a"
 _RANK = {NA: 0, HEALTHY: 1, WARNING: 2, FAILURE: 3}
@@ -23,7 +24,17 @@ R_HEALTHY, R_FAILURE = 0.01, 0.001  # R > 0.01 healthy, 0.001-0.01 warning
 U_NEAR = 1.2  # u within this factor of a bound is "near the clamps"
 U_AT_BOUND_WARN, U_AT_BOUND_FAIL = 0.1, 0.5  # share of positions at the bound
 FLAT_TOLERANCE = 0.02  # relative change of the train loss below which it is "flat"
-GOLDILOCKS = (0.30, 0.20)  # stage 5: R >= 0.30 healthy, 0.20-0.30 warning
+GOLDILOCKS = (GOLDILOCKS_R, 0.20)  # stage 5: R >= 0.30 healthy, 0.20-0.30 warning
+MIN_SAMPLE_WORDS = 5  # fewer words in an evaluation's samples are not judged for gibberish
+# stage 4, u's course over the second half of the stage's reports (bistable models):
+U_LOCKED = 0.01  # relative spread (max - min) / mean below this: locked
+U_EDGE = 0.5  # u between the near-clamp band and this (within 5x of the floor): at the edge
+U_EDGE_SHARE = 0.5  # reports at the edge needed for "edge-surfing"
+MIN_U_REPORTS = 4
+# rows whose FAILURE stops a run at a mid-stage evaluation: no further step of the stage can
+# be expected to repair them. The others (val PPL, zones, samples, Goldilocks) judge where a
+# stage ends, so they act only at its end.
+STOP_MIDSTAGE = ("loss", "u_val", "R")
 
 
 def is_finite(x) -> bool:
@@ -102,12 +113,12 @@ def u_row(train: list) -> dict:
     return _row("u_val", HEALTHY, u, f"within [{U_LO:g}, {U_HI:g}]")
 
 
-def zones_visited(records: list) -> dict:
-    """Zone -> how many R values (per layer, per report) fell in it."""
+def zones_visited(records: list, zones: str = DEFAULT_ZONES) -> dict:
+    """Zone (of table `zones`) -> how many R values (per layer, per report) fell in it."""
     counts: dict = {}
     for r in records:
         for value in r.get("R_layers") or ([r["R"]] if r.get("R") is not None else []):
-            zone = r_zone(value)
+            zone = r_zone(value, zones)
             counts[zone] = counts.get(zone, 0) + 1
     return counts
 
@@ -133,10 +144,43 @@ def samples_row(evals: list) -> dict:
     collapsed = [s for s in samples if s.get("collapsed")]
     if collapsed:
         return _row("samples", FAILURE, len(collapsed), f"collapsed: {collapsed[0].get('reason')}")
+    judged = [s for s in samples if s.get("words") is not None]
+    n_words = sum(s["words"] for s in judged)
+    if n_words >= MIN_SAMPLE_WORDS:
+        share = round(sum(s["known_words"] for s in judged) / n_words, 3)
+        if share < GIBBERISH:
+            return _row("samples", FAILURE, share,
+                        f"gibberish: {share:.0%} of {n_words} words in the corpus")
+        if share < KNOWN_WORDS:
+            return _row("samples", WARNING, share,
+                        f"fragments: {share:.0%} of {n_words} words in the corpus")
     d2 = min(s.get("distinct_2", 1.0) for s in samples)
     if d2 < 0.5:
         return _row("samples", WARNING, round(d2, 3), "repetitive fragments")
-    return _row("samples", HEALTHY, round(d2, 3), "varied")
+    known = f"{share:.0%} of words in the corpus, " if n_words >= MIN_SAMPLE_WORDS else ""
+    return _row("samples", HEALTHY, round(d2, 3), f"words and phrases: {known}varied")
+
+
+def u_dynamics_row(train: list) -> dict:
+    """Stage 4's u row: edge-surfing (u moves, mostly near the floor of its regime without
+    reaching it), wandering (u moves, elsewhere), locked (u has stopped moving)."""
+    us = [r["u"] for r in train if is_finite(r.get("u"))]
+    if not us:
+        return _row("u_course", NA, None, "model has no bistable core")
+    if len(us) < MIN_U_REPORTS:
+        return _row("u_course", NA, None, f"fewer than {MIN_U_REPORTS} reports of u")
+    recent = us[len(us) // 2:]
+    mean = sum(recent) / len(recent)
+    spread = (max(recent) - min(recent)) / max(abs(mean), 1e-12)
+    if spread < U_LOCKED:
+        return _row("u_course", FAILURE, round(spread, 4), f"locked: u stays at {mean:.3g}")
+    at_edge = sum(U_LO * U_NEAR <= u < U_EDGE for u in recent) / len(recent)
+    band = f"[{U_LO * U_NEAR:g}, {U_EDGE:g})"
+    if at_edge >= U_EDGE_SHARE:
+        return _row("u_course", HEALTHY, round(spread, 4),
+                    f"edge-surfing: {at_edge:.0%} of reports in {band}")
+    return _row("u_course", WARNING, round(spread, 4),
+                f"wandering: mean {mean:.3g}, {at_edge:.0%} of reports in {band}")
 
 
 def goldilocks_row(evals: list) -> dict:
@@ -161,10 +205,19 @@ def stage_verdict(stage: int, history: list) -> dict:
         rows += [val_ppl_row(stage, evals), u_row(train), r_row(train, evals)]
     if stage >= 3:
         rows += [zones_row(stage, train), samples_row(evals)]
+    if stage >= 4:
+        rows.append(u_dynamics_row(train))
     if stage >= 5:
         rows.append(goldilocks_row(evals))
     overall = max((r["verdict"] for r in rows), key=_RANK.get)
     return {"stage": stage, "overall": HEALTHY if overall == NA else overall, "rows": rows}
+
+
+def stopping_rows(verdict: dict, final: bool) -> list:
+    """The metrics of `verdict`'s FAILURE rows that stop a run: every one at the end of the
+    stage (`final`), those of STOP_MIDSTAGE at an evaluation before it."""
+    return [r["metric"] for r in verdict["rows"]
+            if r["verdict"] == FAILURE and (final or r["metric"] in STOP_MIDSTAGE)]
 
 
 def format_verdict(verdict: dict) -> str:

@@ -19,9 +19,9 @@ from ..data.loader import SAMPLERS, BatchSampler, TokenDataset, check_tokenizer,
 from ..io import apply_weights, load_model, resolve_model_dir
 from ..kernels import check_kernel, use_kernel
 from ..models import build_model, preset_train_defaults
-from ..models.presets import DEFAULT_WEIGHT_DECAY, PRESETS
+from ..models.presets import DEFAULT_WEIGHT_DECAY, PRESETS, preset_args
 from . import checkpoint as ckpt
-from .config import TRAJECTORY_FIELDS, TrainConfig, fill_preset_defaults
+from .config import MODEL_FIELDS, TRAJECTORY_FIELDS, TrainConfig, fill_preset_defaults
 from .lock import LOCK_NAME
 from .optim import Grokfast, build_optimizer, restore_checkpoint_arrays
 from .runlog import HISTORY, LOG, RUN_CONFIG
@@ -33,6 +33,9 @@ FALLBACK_DEFAULTS = dict(seq_len=256, batch_size=8, learning_rate=1e-3,
                          weight_decay=DEFAULT_WEIGHT_DECAY)
 # what a trainer writes before config.json: all a folder that is not (yet) a run may hold
 FIRST_WRITES = (LOCK_NAME, LOG, HISTORY)
+# warmup not given explicitly is capped at this share of the LR schedule's horizon: a short
+# run (stage 1's 100 steps against the default 100 warmup steps) would peak on its last step
+WARMUP_SHARE = 0.1
 
 
 @dataclass(kw_only=True)
@@ -71,6 +74,9 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     saved = None if resume_from is None else \
         TrainerState.from_json(resume_from.state, str(resume_from.path / ckpt.STATE))
     config = _options(config, explicit, run_dir, saved, notes).validate()
+    if saved is None:
+        check_model_options(config, explicit)
+        config = cap_warmup(config, explicit, notes)
     if saved is not None and config.max_steps < saved.step:
         raise ValueError(f"--max-steps {config.max_steps} is below the checkpoint's step "
                          f"{saved.step}")
@@ -136,6 +142,45 @@ def _options(config: TrainConfig, explicit: set, run_dir: Path, saved: TrainerSt
     return config
 
 
+def check_model_options(config: TrainConfig, explicit: set) -> None:
+    """The model options (--d-model ... --lambda-reg) shape a model built from --preset; with
+    --model FOLDER the folder's config.json decides, and they are refused."""
+    given = [k for k in MODEL_FIELDS if k in explicit and getattr(config, k) is not None]
+    if given and config.model is not None:
+        raise ValueError(f"{_flags(given)} set(s) the model of a --preset run; --model "
+                         f"{config.model} brings its own (leave {_flags(given)} out)")
+    if config.lambda_reg is not None and config.preset in PRESETS \
+            and not preset_args(config.preset).bistable:
+        raise ValueError(f"--lambda-reg weighs v3's log barrier on u; preset {config.preset} "
+                         "has no bistable core (use v3 or another bistable preset)")
+
+
+def model_overrides(config: TrainConfig) -> dict:
+    """The ModelArgs fields the run's model options set (for build_model)."""
+    return {arg: getattr(config, k) for k, arg in MODEL_FIELDS.items()
+            if getattr(config, k) is not None}
+
+
+def _flags(names) -> str:
+    return ", ".join(f"--{n.replace('_', '-')}" for n in names)
+
+
+def cap_warmup(config: TrainConfig, explicit: set, notes: list) -> TrainConfig:
+    """A new run's warmup: capped at WARMUP_SHARE of the horizon unless given explicitly (a
+    note says so); an explicit one above that share is kept, and a note names the clash."""
+    cap = int(WARMUP_SHARE * config.horizon)
+    if config.warmup_steps <= cap:
+        return config
+    if "warmup_steps" in explicit:
+        notes.append(f"note: --warmup-steps {config.warmup_steps} is over "
+                     f"{WARMUP_SHARE:.0%} of the {config.horizon}-step LR schedule: the LR "
+                     f"peaks at step {min(config.warmup_steps, config.horizon)}")
+        return config
+    notes.append(f"warmup {config.warmup_steps} -> {cap} steps ({WARMUP_SHARE:.0%} of the "
+                 f"{config.horizon}-step LR schedule; set --warmup-steps to choose)")
+    return config.replace(warmup_steps=cap)
+
+
 def _starts_a_run(config: TrainConfig) -> bool:
     return config.data is not None and (config.preset is None) != (config.model is None)
 
@@ -145,6 +190,12 @@ def _resume_config(saved: dict, config: TrainConfig, explicit: set) -> tuple:
     trajectory options that changed)."""
     saved = {**saved, "data": _absolute(saved.get("data")), "model": _absolute(saved.get("model"))}
     _check_same_model(saved, config, explicit)
+    changed_model = [k for k in MODEL_FIELDS
+                     if k in explicit and getattr(config, k) != saved.get(k)]
+    if changed_model:
+        raise ValueError(f"{_flags(changed_model)}: --resume continues the run's own model; "
+                         "its sizes and regularizer are fixed when it starts (leave them out, "
+                         "or start a new run in another --output-dir)")
     merged = TrainConfig.from_dict({**saved, **{k: getattr(config, k) for k in explicit}})
     merged = merged.replace(resume=True, output_dir=config.output_dir)
     changed = [k for k in TRAJECTORY_FIELDS if k in explicit and saved.get(k) != getattr(merged, k)]
@@ -215,7 +266,8 @@ def _build_model(config: TrainConfig, resume_from, train_ds):
         check_tokenizer(train_ds, model_config.get("tokenizer"), resolve_model_dir(config.model),
                         config.model)
     else:
-        model = build_model(config.preset, vocab_size=train_ds.vocab_size, seed=config.seed)
+        model = build_model(config.preset, vocab_size=train_ds.vocab_size, seed=config.seed,
+                            **model_overrides(config))
     name = model.args.preset
     defaults = preset_train_defaults(name) if name in PRESETS else dict(FALLBACK_DEFAULTS)
     return model, fill_preset_defaults(config, defaults)
@@ -232,6 +284,17 @@ def _build_optimizer(config: TrainConfig, model, resume_from):
         restore_checkpoint_arrays(optimizer, grokfast, resume_from.optimizer,
                                   model.trainable_parameters())
     return optimizer, grokfast
+
+
+def _lr_plan(schedule: Schedule, step: int, horizon: int) -> str:
+    """What the LR does from `step` on, in words: still warming up, or decaying."""
+    decay = (f"the cosine decays over the new horizon to {schedule.min_lr:.3e} at step "
+             f"{horizon}")
+    if step < schedule.warmup_steps and not schedule.restarts:
+        return (f"from step {step} (LR {schedule.lr(step):.3e}) the LR keeps rising to "
+                f"{schedule.base_lr:.3e} at the end of warmup (step {schedule.warmup_steps}), "
+                f"then {decay}")
+    return f"from step {step} (LR {schedule.lr(step):.3e}) {decay}"
 
 
 def _trainer_state(config: TrainConfig, saved: TrainerState | None, world: int,
@@ -255,7 +318,5 @@ def _trainer_state(config: TrainConfig, saved: TrainerState | None, world: int,
     if config.horizon != schedule.total_steps:
         old, schedule = schedule.total_steps, schedule.with_horizon(config.horizon, step)
         notes.append(f"LR schedule horizon {old} -> {config.horizon} steps: the LR of steps "
-                     f"1..{step} is kept; from step {step} (LR {schedule.lr(step):.3e}) the "
-                     f"cosine decays over the new horizon to {schedule.min_lr:.3e} at step "
-                     f"{config.horizon}")
+                     f"1..{step} is kept; {_lr_plan(schedule, step, config.horizon)}")
     return dataclasses.replace(saved, config=config, schedule=schedule, world_size=world)

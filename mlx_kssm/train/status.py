@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .._types import is_int
-from ..models import r_zone
+from ..models import DEFAULT_ZONES, r_zone
 from . import checkpoint as ckpt
 from .health import zones_visited
 from .lock import LOCK_NAME, describe, holder_alive, read_lock
@@ -143,7 +143,8 @@ def run_status(run_dir) -> dict:
             if isinstance(config.get("model"), (dict, type(None))) else None}
 
 
-def format_status(s: dict) -> str:
+def format_status(s: dict, zones: str = DEFAULT_ZONES) -> str:
+    """run_status's dict as lines, R zones named by table `zones`."""
     alive = "ALIVE" if s["alive"] else "NOT RUNNING"
     who = f" ({describe(s['lock'])})" if s["alive"] and s["lock"] else ""
     lines = [f"{s['run_dir']}: {alive}{who}; state {s['state']}",
@@ -151,7 +152,7 @@ def format_status(s: dict) -> str:
              + (f", ETA {format_duration(s['eta_s'])}" if s["eta_s"] is not None else "")]
     t = s["last_train"]
     if t:
-        r = f", R {t['R']:.4f} ({r_zone(t['R'])})" if t.get("R") is not None else ""
+        r = f", R {t['R']:.4f} ({r_zone(t['R'], zones)})" if t.get("R") is not None else ""
         u = f", u {t['u']:.4f}" if t.get("u") is not None else ""
         lines.append(f"  last report: loss {_fmt(t, 'loss', '.4f')}, CE {_fmt(t, 'ce', '.4f')}"
                      f"{r}{u}, LR {_fmt(t, 'lr', '.3e')}, {_fmt(t, 'tokens_per_sec', '.1f')} "
@@ -173,28 +174,29 @@ def format_status(s: dict) -> str:
     return "\n".join(lines)
 
 
-def monitor_frame(run_dir, recent: int = 10) -> str:
-    """One screen: status, the last reports, R zone visits, u at the bound, last eval."""
+def monitor_frame(run_dir, recent: int = 10, zones: str = DEFAULT_ZONES) -> str:
+    """One screen: status, the last reports, R zone visits (zones of table `zones`), u at the
+    bound, last eval."""
     run_dir = Path(run_dir)
     s = run_status(run_dir)
     history = read_history(run_dir)
     trains = [r for r in history if r.get("event") == "train"]
-    lines = [format_status(s), "", f"{'step':>7} {'loss':>8} {'CE':>8} {'R':>7} {'zone':<14}"
+    lines = [format_status(s, zones), "", f"{'step':>7} {'loss':>8} {'CE':>8} {'R':>7} {'zone':<14}"
              f" {'u':>7} {'grad':>7} {'LR':>9} {'tok/s':>9}"]
     for r in trains[-recent:]:
         R = f"{r['R']:.4f}" if r.get("R") is not None else "-"
         u = f"{r['u']:.4f}" if r.get("u") is not None else "-"
-        zone = r_zone(r["R"]) if r.get("R") is not None else "-"
+        zone = r_zone(r["R"], zones) if r.get("R") is not None else "-"
         lines.append(f"{_fmt(r, 'step'):>7} {_fmt(r, 'loss', '.4f'):>8} "
                      f"{_fmt(r, 'ce', '.4f'):>8} {R:>7} {zone:<14} {u:>7} "
                      f"{_fmt(r, 'grad_norm', '.3f'):>7} {_fmt(r, 'lr', '.2e'):>9} "
                      f"{_fmt(r, 'tokens_per_sec', '.1f'):>9}")
-    zones = zones_visited(trains)
-    if zones:
-        total = sum(zones.values())
+    visits = zones_visited(trains, zones)
+    if visits:
+        total = sum(visits.values())
         lines.append("")
         lines.append("R zone visits (per layer, per report): " + ", ".join(
-            f"{z} {n} ({n / total:.0%})" for z, n in sorted(zones.items(), key=lambda kv: -kv[1])))
+            f"{z} {n} ({n / total:.0%})" for z, n in sorted(visits.items(), key=lambda kv: -kv[1])))
     with_u = [r for r in trains if r.get("u") is not None and r.get("u_at_bound") is not None]
     if with_u:
         at = [r["u_at_bound"] for r in with_u]
@@ -207,5 +209,6 @@ def monitor_frame(run_dir, recent: int = 10) -> str:
             f"{_fmt(e, 'step')}:{_fmt(e, 'val_loss', '.3f')}" + ("*" if e.get("is_best") else "")
             for e in evals[-8:]) + "   (* = best)")
         if evals[-1].get("val_R") is not None:
-            lines.append(f"  latest val R {evals[-1]['val_R']:.4f} ({r_zone(evals[-1]['val_R'])})")
+            val_r = evals[-1]["val_R"]
+            lines.append(f"  latest val R {val_r:.4f} ({r_zone(val_r, zones)})")
     return "\n".join(lines)

@@ -13,7 +13,9 @@ training step (the RNG key is saved anyway and restored).
 
 Exit status (TrainResult.exit_code): 0 finished or early-stopped; 130 stopped by SIGINT
 (Ctrl-C) and 143 by SIGTERM, both after saving a checkpoint; 3 stopped by the NaN guard
-(nothing saved after the last good checkpoint).
+(nothing saved after the last good checkpoint); 4 a --stage verdict FAILURE (health.py:
+at the stage's end, or at an evaluation before it for the rows of STOP_MIDSTAGE), after
+saving a checkpoint, unless stop_on_failure is off.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from ..models import count_parameters
 from . import checkpoint as ckpt
 from . import lock, setup
 from .config import TrainConfig
-from .health import ExplosionDetector, format_verdict, is_finite, stage_verdict
+from .health import (ExplosionDetector, format_verdict, is_finite, stage_verdict,
+                     stopping_rows)
 from .optim import checkpoint_arrays, set_learning_rate
 from .reporting import Reporters, check_report_to, open_reporters
 from .runlog import (RUN_CONFIG, ReportWindow, RunLog, format_eval, format_report,
@@ -47,11 +50,12 @@ from .state import TrainerState
 from .step import make_step, step_record
 
 EXIT_NAN = 3
+EXIT_STAGE_FAILED = 4
 
 
 @dataclass
 class TrainResult:
-    status: str  # "completed", "early_stopped", "interrupted", "nan"
+    status: str  # "completed", "early_stopped", "interrupted", "nan", "stage_failed"
     step: int
     exit_code: int
     run_dir: Path
@@ -134,6 +138,8 @@ class _Loop:
     reporters: Reporters = field(default_factory=Reporters)  # --report-to's backends
     last_saved: int | None = None  # the step whose checkpoint is on disk
     last_eval_step: int | None = None
+    stage_failure: str | None = None  # why a mid-stage verdict stops the run
+    vocabulary: object = None  # the training corpus's words (probe.quality), built on first use
 
     @classmethod
     def begin(cls, run: setup.Run, state: TrainerState, log: RunLog, signals: StopSignals,
@@ -219,9 +225,12 @@ class _Loop:
             self.log.bar(state.step, c.max_steps, self.window.eta(c.max_steps - state.step, dt))
             if state.step % c.steps_per_eval == 0 or last:
                 self.evaluate()
+                if self.stage_failure:
+                    return self.finish("stage_failed", EXIT_STAGE_FAILED, self.stage_failure)
                 if c.patience and state.evals_without_improvement >= c.patience:
                     return self.finish("early_stopped", 0, (
-                        f"early stop at step {state.step}: no val improvement in {c.patience} "
+                        f"early stop at step {state.step}: no val improvement"
+                        f"{f' > {c.min_delta:g}' if c.min_delta else ''} in {c.patience} "
                         f"evaluations (best {state.best_val_loss:.4f} at step "
                         f"{state.best_step})"))
             if state.step % c.save_every == 0:
@@ -262,8 +271,12 @@ class _Loop:
         if status == "completed" and self.last_eval_step != state.step:
             self.evaluate()
         self.save("final" if status == "completed" else "exit")
-        if c.stage is not None and status != "interrupted":
-            self.verdict()
+        # a stage stopped mid-way has just printed the verdict that stopped it
+        if c.stage is not None and status in ("completed", "early_stopped"):
+            failed = stopping_rows(self.verdict(), final=True)
+            if c.stop_on_failure and self.on_any_rank(bool(failed)):
+                status, exit_code = "stage_failed", EXIT_STAGE_FAILED
+                message = self.failure_message(failed, final=True)
         if state.best_val_loss is not None:
             message += f"; best val loss {state.best_val_loss:.4f} at step {state.best_step}"
         self.log.event({"event": "end", "step": state.step, "status": status,
@@ -293,12 +306,15 @@ class _Loop:
         t0 = time.perf_counter()
         metrics = evaluate_loss(run.model, run.val_set)
         e = {"event": "eval", "step": state.step, **metrics}
-        e["is_best"] = state.best_val_loss is None or metrics["val_loss"] < state.best_val_loss
-        if e["is_best"]:
-            state.best_val_loss, state.best_step = metrics["val_loss"], state.step
+        best = state.best_val_loss
+        e["is_best"] = best is None or metrics["val_loss"] < best
+        # --patience counts evaluations that do not beat the best by more than --min-delta
+        if best is None or metrics["val_loss"] < best - run.config.min_delta:
             state.evals_without_improvement = 0
         else:
             state.evals_without_improvement += 1
+        if e["is_best"]:
+            state.best_val_loss, state.best_step = metrics["val_loss"], state.step
         if run.writer:
             e["samples"] = self.samples()
         e["eval_s"] = time.perf_counter() - t0
@@ -317,14 +333,34 @@ class _Loop:
         self.reporters.eval(e)
         self.last_eval_step = state.step
         if run.config.stage is not None and state.step < run.config.max_steps:
-            self.verdict()  # the end of the run prints its own
+            failed = stopping_rows(self.verdict(), final=False)  # the end prints its own
+            # rank 0 alone reads the history: every rank stops with it, at the same step
+            if run.config.stop_on_failure and self.on_any_rank(bool(failed)):
+                self.stage_failure = self.failure_message(failed, final=False)
         return e
+
+    def on_any_rank(self, flag: bool) -> bool:
+        if self.run.world > 1:
+            return bool(mx.distributed.all_sum(mx.array(int(flag))).item())
+        return flag
+
+    def failure_message(self, failed: list, final: bool) -> str:
+        c = self.run.config
+        where = f"at the end of stage {c.stage}" if final else \
+            f"at step {self.state.step} of stage {c.stage}"
+        rows = f" ({', '.join(failed)})" if failed else ""
+        return (f"stage {c.stage} verdict FAILURE {where}{rows}: stopped after "
+                "saving a checkpoint (docs/training.md, \"Staged training\"; "
+                "--no-stop-on-failure trains on)")
 
     def samples(self) -> list:
         from ..probe.generate import generate_tokens
-        from ..probe.quality import sample_quality
+        from ..probe.quality import corpus_vocabulary, sample_quality
 
         c, out = self.run.config, []
+        if self.vocabulary is None:
+            self.vocabulary = corpus_vocabulary(self.run.sampler.dataset.tokens,
+                                                self.run.tokenizer.decode)
         for i, prompt in enumerate(c.sample_prompts):
             ids = self.run.tokenizer.encode(prompt)
             if not ids:
@@ -334,7 +370,8 @@ class _Loop:
             gen = generate_tokens(self.run.model, ids, max_tokens=c.sample_tokens, temp=0.8,
                                   seed=c.seed + i)
             text = self.run.tokenizer.decode(gen.tokens)
-            out.append({"prompt": prompt, "text": text, **sample_quality(gen.tokens, text)})
+            out.append({"prompt": prompt, "text": text,
+                         **sample_quality(gen.tokens, text, self.vocabulary)})
         return out
 
     def verdict(self) -> dict:
