@@ -135,9 +135,9 @@ def write_plots(summary: dict, folder: Path) -> list:
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind, (color, marker) in KIND_STYLE.items():
         rows = [r for r in trained if kind_of(r["model"]) == kind]
-        sizes = sorted({r["params"] for r in rows})
-        means = [np.mean([r["val_loss"] for r in rows if r["params"] == n]) for n in sizes]
-        ax.plot(sizes, means, color=color, marker=marker, label=kind)
+        counts = sorted({r["params"] for r in rows})
+        means = [np.mean([r["val_loss"] for r in rows if r["params"] == n]) for n in counts]
+        ax.plot(counts, means, color=color, marker=marker, label=kind)
         ax.scatter([r["params"] for r in rows], [r["val_loss"] for r in rows], color=color,
                    s=10, alpha=0.5)
     ax.set(xscale="log", xlabel="parameters", ylabel="val loss (nats/byte)",
