@@ -31,7 +31,7 @@ from typing import Callable
 
 import mlx.core as mx
 
-from .._files import atomic_write_text
+from .._files import atomic_write_text, output_folder
 from ..evaluation import evaluate_loss
 from ..models import count_parameters
 from . import checkpoint as ckpt
@@ -76,7 +76,10 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
         raise ValueError("--output-dir must name a folder, got an empty path")
     group = mx.distributed.init()
     rank, world = group.rank(), group.size()
-    run_dir = Path(config.output_dir)
+    try:  # a linked folder is followed, as every command's output folder is
+        run_dir = output_folder(config.output_dir)
+    except OSError as e:
+        raise ValueError(f"--output-dir {config.output_dir}: {e.strerror}") from None
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output-dir {run_dir} exists and is not a folder")
     writer = rank == 0
