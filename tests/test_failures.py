@@ -97,3 +97,77 @@ def test_a_looping_link_is_refused_with_one_line(model_dir, tmp_path):
     result = CliRunner().invoke(main, ["export", "--model", str(model_dir), "--out", str(loop)])
     assert result.exit_code == 1
     assert "loops" in result.output and "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- defect 9: temps
+
+# Runs the CLI with `target` (module:function) wrapped to SIGTERM its own process the first
+# time it is called, then to wait: the signal arrives at a known point, no timing involved.
+SELF_TERM = """
+import importlib, os, signal, sys, time
+module_name, name = sys.argv[1].split(":")
+module = importlib.import_module(module_name)
+real = getattr(module, name)
+def wrapped(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    return real(*args, **kwargs)
+setattr(module, name, wrapped)
+from mlx_kssm.cli import main
+main(sys.argv[2:], prog_name="mlx-kssm")
+"""
+
+
+def terminated_midway(target: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SELF_TERM, target, *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def hidden(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_sigterm_during_prepare_removes_its_temp_folder_and_exits_143(data_dir, tmp_path):
+    result = terminated_midway("mlx_kssm.data.prepare:_write_tokens", "data", "prepare",
+                               "--source", data_dir.parent / "src", "--out", tmp_path / "p",
+                               "--tokenizer", "bytes")
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "terminated"
+    assert hidden(tmp_path) == [] and not (tmp_path / "p").exists()
+
+
+def test_sigterm_during_export_removes_its_temp_folder_and_keeps_the_earlier(model_dir,
+                                                                             tmp_path):
+    out = tmp_path / "exp"
+    export_model(model_dir, out)
+    before = sorted(p.name for p in out.iterdir())
+    result = terminated_midway("mlx_kssm.io:write_model_folder", "export", "--model",
+                               model_dir, "--out", out)
+    assert result.returncode == 143, result.stderr
+    assert hidden(tmp_path) == [] and sorted(p.name for p in out.iterdir()) == before
+
+
+def test_dead_writers_temp_folders_are_swept_by_a_run_beside_them(model_dir, tmp_path):
+    dead, live = dead_pid(), subprocess.Popen([sys.executable, "-c",
+                                               "import time; time.sleep(60)"])
+    try:
+        for name in (f".other.pid{dead}.tmp", f".data.pid{live.pid}.tmp"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "big.npy").write_bytes(b"0" * 100)
+        (tmp_path / f".w.json.pid{dead}.x1.tmp").write_text("{}")
+        (tmp_path / ".notes.tmp").write_text("a user's, no pid")
+        export_model(model_dir, tmp_path / "another-out")
+        assert hidden(tmp_path) == [".data.pid%d.tmp" % live.pid, ".notes.tmp"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_study_exits_143_on_sigterm_with_a_message(data_dir, tmp_path):
+    result = terminated_midway("mlx_kssm.study.runner:evaluate", "study", "--data", data_dir,
+                               "--preset", "tiny", "--models", "random-init", "--seeds", "1",
+                               "--steps", "2", "--batch-size", "2", "--seq-len", "16",
+                               "--eval-batches", "1", "--sequences", "3", "--samples", "0",
+                               "--out", tmp_path / "s")
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "terminated"
