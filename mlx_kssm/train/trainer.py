@@ -301,14 +301,15 @@ class _Loop:
         from ..probe.quality import sample_quality
 
         c, out = self.run.config, []
+        stopping = lambda: self.signals.received is not None  # noqa: E731
         for i, prompt in enumerate(c.sample_prompts):
             ids = self.run.tokenizer.encode(prompt)
-            if not ids:
+            if not ids or stopping():  # a signal: the checkpoint is what matters now
                 continue
             # a seed per prompt: with one shared noise stream, the contractive state lets
             # two continuations fall into the same text once a few tokens coincide
             gen = generate_tokens(self.run.model, ids, max_tokens=c.sample_tokens, temp=0.8,
-                                  seed=c.seed + i)
+                                  seed=c.seed + i, should_stop=stopping)
             text = self.run.tokenizer.decode(gen.tokens)
             out.append({"prompt": prompt, "text": text, **sample_quality(gen.tokens, text)})
         return out
