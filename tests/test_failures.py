@@ -370,3 +370,21 @@ def test_study_bounds_its_batch_counts_before_training(data_dir, tmp_path):
                              models=["tiny"], **{field: 10**7}).resolved()
         with pytest.raises(ValueError, match=f"{flag} must be at most"):
             config.validate()
+
+
+def test_fetch_and_train_follow_a_link_that_points_nowhere_yet(data_dir, tmp_path):
+    from mlx_kssm.data.fetch import fetch_source
+
+    fetched = tmp_path / "fetched"
+    (tmp_path / "fl").symlink_to(fetched)
+    fetch_source(str(data_dir.parent / "src"), tmp_path / "fl", log=lambda m: None)
+    assert (tmp_path / "fl").is_symlink() and (fetched / "manifest.json").exists()
+
+    run = tmp_path / "run"
+    (tmp_path / "rl").symlink_to(run)
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(data_dir),
+                                       "--output-dir", str(tmp_path / "rl"), "--max-steps", "1",
+                                       "--batch-size", "2", "--seq-len", "16",
+                                       "--val-batches", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rl").is_symlink() and (run / "checkpoints" / "step_1").is_dir()
