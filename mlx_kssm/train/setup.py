@@ -81,8 +81,8 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     use_kernel(model, config.kernel)
     check_vocab(train_ds, model.args.vocab_size)
     check_vocab(val_ds, model.args.vocab_size)
-    _check_fits(model, config, world)
     sampler = BatchSampler(train_ds, config.batch_size, config.seq_len, config.seed, rank, world)
+    _check_fits(model, config, world)  # after the data's own checks: their message is plainer
     # the global batch size: the same validation windows however the run is split
     val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
     optimizer, grokfast = _build_optimizer(config, model, resume_from)
