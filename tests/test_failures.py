@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlx_kssm  # noqa: F401
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -360,6 +361,10 @@ def test_the_r_trace_is_bounded_and_the_summary_covers_every_token(monkeypatch):
     assert gen.r_stats.tokens == 12
     lines = generate_mod.format_r(gen, trace=True)
     assert "the first 5 of 12 tokens" in lines[0]
+    monkeypatch.setattr(generate_mod, "R_TRACE_KEEP", 100)
+    whole = generate_mod.generate_tokens(model, [1, 2, 3], max_tokens=12, temp=0.0)
+    assert whole.tokens == gen.tokens and len(whole.r_trace) == 12
+    assert gen.r_stats.mean() == pytest.approx(float(np.mean(whole.r_trace)), rel=1e-9)
 
 
 def test_study_bounds_its_batch_counts_before_training(data_dir, tmp_path):
