@@ -18,8 +18,8 @@ FLOAT_BYTES = 4  # weights and activations are float32 while computed
 MAX_DIMENSION = 2**31 - 1  # MLX holds an array's every dimension as a 32-bit integer
 # what training keeps per weight: the weight, its gradient, AdamW's two moments
 TRAINING_WEIGHT_COPIES = 4
-# backward keeps the forward's activations and builds their gradients
-TRAINING_ACTIVATION_COPIES = 3
+# backward keeps every layer's forward activations and builds a gradient for each
+TRAINING_ACTIVATION_COPIES = 2
 WINDOW_BYTES_PER_TOKEN = 12  # a held window: int32 input and target, and the gathered row
 
 # option -> the largest value accepted: above it, the time (or memory) it implies is never
@@ -64,41 +64,46 @@ def machine_memory() -> int | None:
 
 @dataclass(frozen=True)
 class Footprint:
-    """What a model config takes: its parameter count and the float32 activations one token
-    keeps alive in a forward pass over `seq_len` positions."""
+    """What a model config takes: its parameter count, and the float32 activations one token
+    position keeps alive in one layer and in the head."""
 
     parameters: int
-    activations_per_token: int  # floats
+    n_layers: int
+    layer_activations: int  # floats per token in one layer
+    head_activations: int  # floats per token: the embedding and the logits
 
     def bytes_needed(self, tokens: int = 0, training: bool = False) -> int:
+        """Weights, plus `tokens` positions in one pass: a forward pass holds one layer's
+        activations at a time, training every layer's and their gradients."""
         weights = self.parameters * FLOAT_BYTES
-        activations = tokens * self.activations_per_token * FLOAT_BYTES
         if training:
-            return (weights * TRAINING_WEIGHT_COPIES
-                    + activations * TRAINING_ACTIVATION_COPIES)
-        return weights + activations
+            per_token = (self.head_activations + self.n_layers * self.layer_activations) \
+                * TRAINING_ACTIVATION_COPIES
+            return weights * TRAINING_WEIGHT_COPIES + tokens * per_token * FLOAT_BYTES
+        per_token = self.head_activations + self.layer_activations
+        return weights + tokens * per_token * FLOAT_BYTES
 
 
-def model_footprint(args, seq_len: int = 1) -> Footprint:
+def model_footprint(args) -> Footprint:
     """The parameters of the model `args` (a ModelArgs) describes, counted as its modules
     create them, and its activations per token, without building anything."""
     d, f, vocab, layers = args.d_model, args.ffn_hidden, args.vocab_size, args.n_layers
     mlp = 2 * d * f + f + 2 * d  # norm, up, down (with biases)
-    mixer, mixer_acts = _mixer(args, seq_len)
+    mixer, mixer_acts = _mixer(args)
     head = 0 if args.tie_embeddings else vocab * d
     parameters = vocab * d + head + d + layers * (mlp + mixer)
-    per_token = 2 * vocab + d + layers * (4 * d + 2 * f + mixer_acts)  # logits and softmax
-    return Footprint(parameters, per_token)
+    return Footprint(parameters, layers, 2 * d + f + mixer_acts, vocab + d)
 
 
-def _mixer(args, seq_len: int) -> tuple:
+def _mixer(args) -> tuple:
     """(parameters, activations per token) of one layer's token mixer."""
     from .models.bistable import N_PROJECTIONS
     from .models.kssm import projection_sizes
 
     d, G, H, N = args.d_model, args.n_groups, args.harmonics, args.n_oscillators
     if args.model_type == "transformer":
-        return 4 * d * d + d, 5 * d + args.n_heads * seq_len  # qkv, out, norm; the scores
+        # qkv, out, norm; attention scores left out (a fused kernel need not hold them)
+        return 4 * d * d + d, 5 * d
     if args.model_type == "upstream_v3":
         parameters = d + (d + 1) + (d + 1) * N_PROJECTIONS + 2 * N + 1 + (3 * H + 1) * d
         return parameters, 2 * d + N_PROJECTIONS + 8 * N + 3 * H
@@ -109,7 +114,7 @@ def _mixer(args, seq_len: int) -> tuple:
 
 
 def check_fits(args, tokens: int = 0, training: bool = False, held_bytes: int = 0,
-               seq_len: int = 1, what: str = "this model") -> Footprint:
+               what: str = "this model") -> Footprint:
     """ResourceError, naming the config's sizes, when `args` (a ModelArgs) with `tokens`
     positions in one forward pass (batch x seq_len; `training`: with backward and optimizer
     state) and `held_bytes` more held at once cannot fit in this machine's memory, or
@@ -120,7 +125,7 @@ def check_fits(args, tokens: int = 0, training: bool = False, held_bytes: int = 
         if value > MAX_DIMENSION:
             raise ResourceError(f"{name} {value:,} is larger than any array dimension MLX "
                                 f"holds ({MAX_DIMENSION:,})")
-    footprint = model_footprint(args, seq_len)
+    footprint = model_footprint(args)
     needed = footprint.bytes_needed(tokens, training) + held_bytes
     memory = machine_memory()
     if memory is not None and needed > memory:

@@ -220,7 +220,7 @@ def _check_fits(model, config: EvalConfig) -> None:
     held_per_token = WINDOW_BYTES_PER_TOKEN + 4 * model.args.n_layers  # ids, R per layer
     held = config.batches * config.batch_size * config.seq_len * held_per_token
     check_fits(model.args, tokens=config.batch_size * config.seq_len, held_bytes=held,
-               seq_len=config.seq_len, what="this evaluation")
+               what="this evaluation")
 
 
 def _resolve_model(model, dataset, tokenizer, label):

@@ -228,8 +228,7 @@ def _check_fits(model, config: TrainConfig, world: int) -> None:
     allocated."""
     held = config.val_batches * config.batch_size * world * config.seq_len
     check_fits(model.args, tokens=config.batch_size * config.seq_len, training=True,
-               held_bytes=held * WINDOW_BYTES_PER_TOKEN, seq_len=config.seq_len,
-               what="this run")
+               held_bytes=held * WINDOW_BYTES_PER_TOKEN, what="this run")
 
 
 def _build_optimizer(config: TrainConfig, model, resume_from):
