@@ -148,6 +148,15 @@ def test_sigterm_during_export_removes_its_temp_folder_and_keeps_the_earlier(mod
     assert hidden(tmp_path) == [] and sorted(p.name for p in out.iterdir()) == before
 
 
+def test_sigterm_during_fetch_removes_its_temp_file_and_exits_143(data_dir, tmp_path):
+    """Signalled while the first file (the manifest) is synced to disk."""
+    out = tmp_path / "fetched"
+    result = terminated_midway("os:fsync", "data", "fetch", "--source",
+                               data_dir.parent / "src", "--out", out)
+    assert result.returncode == 143, result.stderr
+    assert hidden(out) == [] and hidden(tmp_path) == []
+
+
 def test_dead_writers_temp_folders_are_swept_by_a_run_beside_them(model_dir, tmp_path):
     dead, live = dead_pid(), subprocess.Popen([sys.executable, "-c",
                                                "import time; time.sleep(60)"])
