@@ -174,7 +174,7 @@ class StreamDecoder:
     def _show(self, prefix: str, text: str) -> str:
         self.context = (self.context + self.pending)[-self.CONTEXT:]
         self.pending = []
-        return text[len(prefix):] if text.startswith(prefix) else text
+        return text[len(prefix):]
 
 
 def encode_prompt(tokenizer, prompt: str) -> list:
