@@ -8,6 +8,8 @@ Exit status of every command (README, "Exit status"):
     2    a usage mistake click finds while parsing (unknown option, missing or ill-typed
          value): click's usage message
     130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM): the same cleanup as Ctrl-C (temp folders removed, locks
+         released, what existed before left as it was); a second SIGTERM ends it at once
 
 A command with statuses of its own lists them in its --help: `train` (3 NaN loss; 4 a stage
 verdict FAILURE; 130 / 143 after saving a checkpoint), `status` (1 when the trainer is not
@@ -19,9 +21,11 @@ MLX_KSSM_DEBUG=1 it raises, with its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +38,34 @@ from .kernels import KERNEL_MODES
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 DEBUG_ENV = "MLX_KSSM_DEBUG"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt: every
+    cleanup that runs for Ctrl-C (a temp folder removed, a lock released) runs for it too,
+    where SIGTERM's default action killed the process and left them."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While entered (in the main thread), SIGTERM raises Terminated. The trainer installs
+    its own handler inside (finish the step, save, exit 143) and restores this one after."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class UsageProblem(Exception):
@@ -59,9 +90,13 @@ def one_line_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with sigterm_raises():
+                return command(*args, **kwargs)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)

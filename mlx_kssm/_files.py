@@ -10,6 +10,7 @@ carries a `tmp`, `trash` or `stale` part and the writer's pid as `pidN`, e.g.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -136,8 +137,8 @@ def _process_state(pid: int) -> str | None:
 def remove_stale_temps(folder, prefix: str = "") -> list:
     """Remove the temp files and folders (see the module docstring) that dead processes left
     in `folder`; a name without a pid (an earlier version's) counts as dead. In folders the
-    package does not own, `prefix` limits this to names starting with "." + prefix.
-    Returns the names removed."""
+    package does not own, `prefix` limits this to names starting with "." + prefix, and
+    `sweep_dead_writers` covers the other names there. Returns the names removed."""
     try:
         entries = sorted(Path(folder).iterdir())
     except OSError:  # no such folder (yet)
@@ -149,12 +150,38 @@ def remove_stale_temps(folder, prefix: str = "") -> list:
         owner = _OWNER.search(entry.name)
         if owner and pid_alive(int(owner.group(1))):
             continue  # a live writer's
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        remove_path(entry)
         removed.append(entry.name)
     return removed
+
+
+def sweep_dead_writers(folder) -> list:
+    """Remove what dead writers of this package left in `folder`, whatever output they were
+    writing: only names that carry a writer's pid (`.NAME.pidN....tmp`), so nothing a user
+    named is touched, and only when that process is gone. Returns the names removed."""
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        owner = _OWNER.search(entry.name)
+        if (owner is None or not is_temp_name(entry.name) or int(owner.group(1)) == os.getpid()
+                or pid_alive(int(owner.group(1)))):
+            continue
+        remove_path(entry)
+        removed.append(entry.name)
+    return removed
+
+
+def remove_path(path) -> None:
+    """Remove a file, a folder or a symbolic link (the link only, never what it points to:
+    shutil.rmtree refuses a link, and ignoring that error left the link in place)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- whole folders
@@ -175,19 +202,41 @@ def foreign_entries(folder, belongs) -> list:
     return [name for name in visible_entries(folder) if not belongs(name)]
 
 
+def output_folder(path) -> Path:
+    """Where an output folder named `path` really is. A symbolic link is followed: its target
+    is what gets written or replaced, and the link stays as it was (every command that writes
+    a folder -- export, data prepare, data fetch, train -- treats a linked output alike). A
+    link that loops is refused, naming it."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(e.errno, "a symbolic link that loops: give a folder",
+                          str(path)) from None
+        # a dangling link: its target is created
+    return target
+
+
 @contextmanager
 def replacing_folder(final):
     """Yield a fresh temporary folder beside `final`; on success it replaces `final` whole
     (the old version renamed aside, the new one renamed in, the old one deleted); on any
     failure it is removed and `final` stays as it was. A kill between the two renames
-    leaves `.NAME.old`, which the next call (or `recover_swap`) renames back. The caller
-    checks first that `final` holds nothing else worth keeping (`foreign_entries`)."""
-    final = Path(final)
+    leaves `.NAME.old`, which the next call (or `recover_swap`) renames back. When `final`
+    is a symbolic link, its target is replaced and the link kept (`output_folder`). Temp
+    folders that dead writers left beside it are removed first (`sweep_dead_writers`). The
+    caller checks first that `final` holds nothing else worth keeping (`foreign_entries`)."""
+    final = output_folder(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     old = recover_swap(final)
     remove_stale_temps(final.parent, prefix=f"{final.name}.")
+    sweep_dead_writers(final.parent)
     tmp = final.with_name(f".{final.name}.{temp_tag()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)
     tmp.mkdir()
     try:
         yield tmp
@@ -197,20 +246,21 @@ def replacing_folder(final):
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
         recover_swap(final)  # failed between the two renames: the old version goes back
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    remove_path(old)
 
 
 def recover_swap(final) -> Path:
     """Undo a `replacing_folder` swap a kill interrupted: `.NAME.old` back to NAME when NAME
-    is missing, else drop it. Returns the `.NAME.old` path."""
+    is missing, else drop it (a link only unlinked: what it points to stays). Returns the
+    `.NAME.old` path."""
     final = Path(final)
     old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(old):
+        if os.path.lexists(final):
+            remove_path(old)
         else:
             os.replace(old, final)
     return old

@@ -25,6 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ._resources import WINDOW_BYTES_PER_TOKEN, check_count, check_fits
 from ._types import MAX_SEED, check_fields
 
 
@@ -127,6 +128,8 @@ class EvalConfig:
             raise ValueError(f"samples must be >= 0, got {self.samples}")
         if self.causality and self.sequences < 3:
             raise ValueError(f"the causality suite needs >= 3 sequences, got {self.sequences}")
+        check_count("batches", self.batches)
+        check_count("sample_tokens", self.sample_tokens)
         return self
 
     def _check_types(self) -> None:
@@ -194,6 +197,7 @@ def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, labe
     config = dataclasses.replace(config, kernel=kernel_of(model))  # recorded as it ran
     check_vocab(dataset, model.args.vocab_size)
     say = progress or (lambda text: None)
+    _check_fits(model, config)
     say(f"{name}: loss on {config.batches} x {config.batch_size} windows of {config.seq_len}")
     batches = eval_batches(dataset, config.batches, config.batch_size, config.seq_len,
                            seed=config.seed)
@@ -208,6 +212,15 @@ def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, labe
         say(f"{name}: causality suite on {config.sequences} windows")
         result.causality = _causality(model, dataset, config, training_seed, result.notes)
     return result
+
+
+def _check_fits(model, config: EvalConfig) -> None:
+    """--batch-size x --seq-len (one forward pass) and --batches (the windows and their R,
+    held until the end) must fit in memory: checked before either is allocated."""
+    held_per_token = WINDOW_BYTES_PER_TOKEN + 4 * model.args.n_layers  # ids, R per layer
+    held = config.batches * config.batch_size * config.seq_len * held_per_token
+    check_fits(model.args, tokens=config.batch_size * config.seq_len, held_bytes=held,
+               what="this evaluation")
 
 
 def _resolve_model(model, dataset, tokenizer, label):

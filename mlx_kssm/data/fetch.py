@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .._files import (atomic_write_bytes, atomic_write_json, atomic_write_text,
-                      foreign_entries, inside, remove_stale_temps, sha256_bytes, sha256_file,
-                      temp_tag)
+                      foreign_entries, inside, output_folder, remove_stale_temps,
+                      sha256_bytes, sha256_file, sweep_dead_writers, temp_tag)
 from .._types import is_int
 from .errors import DataError, FetchError
 
@@ -266,6 +266,11 @@ def fetch_source(source: str, out_dir, ids: list[int] | None = None, list_file=N
     that did download are written and cached: running it again fetches only the rest)."""
     if source != "gutenberg" and (ids is not None or list_file):
         raise DataError("--ids and --list apply to --source gutenberg only")
+    try:  # a linked --out is followed, as every command's output folder is
+        out_dir = output_folder(out_dir)
+    except OSError as e:
+        raise DataError(f"--out {out_dir}: {e.strerror}") from None
+    sweep_dead_writers(out_dir.parent)
     if source == "shakespeare":
         return fetch_shakespeare(out_dir, cache_dir, log)
     if source != "gutenberg":

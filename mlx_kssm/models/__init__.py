@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .._resources import check_fits
 from .._types import check_seed
 from . import kssm, transformer, upstream_v3
 from .base import DEFAULT_ZONES, GOLDILOCKS_R, ZONE_TABLES, ZONES, ModelArgs, r_zone, zone_table
@@ -24,6 +25,7 @@ def build_model(preset_or_args, vocab_size: int | None = None, seed: int | None 
     if vocab_size is not None:
         args.vocab_size = vocab_size  # validate() refuses a non-integer (2.7, "300", True)
     args.validate()
+    check_fits(args)  # an absurd config.json size: one message, not a crash inside MLX
     if seed is not None:
         check_seed(seed)
         mx.random.seed(seed)

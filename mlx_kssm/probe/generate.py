@@ -14,17 +14,52 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from .._resources import check_count
 from ..models import DEFAULT_ZONES, r_zone
 from ..models.force import ForceR
 
 PREFILL_CHUNK = 512  # prompt tokens per forward pass
+R_TRACE_KEEP = 4096  # generated tokens whose R per layer is kept; RStats covers them all
+
+
+@dataclass
+class RStats:
+    """R per layer summed over every generated token, with its minimum and maximum: what
+    the closing lines report, in memory independent of the generation's length."""
+
+    tokens: int = 0
+    sums: list = field(default_factory=list)
+    mins: list = field(default_factory=list)
+    maxs: list = field(default_factory=list)
+    mean_sum: float = 0.0  # sum over tokens of the mean over layers
+
+    def add(self, r_layers: list) -> None:
+        if not r_layers:
+            return
+        if not self.tokens:
+            self.sums, self.mins, self.maxs = [0.0] * len(r_layers), list(r_layers), \
+                list(r_layers)
+        self.tokens += 1
+        self.mean_sum += _mean(r_layers)
+        for i, r in enumerate(r_layers):
+            self.sums[i] += r
+            self.mins[i], self.maxs[i] = min(self.mins[i], r), max(self.maxs[i], r)
+
+    def mean(self) -> float | None:
+        """R averaged over tokens and layers; None when nothing was added (no R)."""
+        return self.mean_sum / self.tokens if self.tokens else None
+
+    def layer_means(self) -> list:
+        return [total / self.tokens for total in self.sums]
 
 
 @dataclass
 class Generation:
     tokens: list  # generated ids (prompt excluded)
     prompt_tokens: int = 0
-    r_trace: list = field(default_factory=list)  # per generated token: R per layer (list)
+    # per generated token: R per layer (a list), for the first R_TRACE_KEEP tokens
+    r_trace: list = field(default_factory=list)
+    r_stats: RStats = field(default_factory=RStats)  # R over every generated token
     prompt_r: list = field(default_factory=list)  # R per layer after the last prompt token
     u_trace: list = field(default_factory=list)  # v3 only: per generated token, u (layer mean)
     prompt_tps: float = 0.0
@@ -66,11 +101,14 @@ def prefill(model, prompt_ids, cache, force_r=None, chunk: int = PREFILL_CHUNK):
 
 def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
                     top_p: float = 1.0, top_k: int = 0, seed: int = 0, force_r=None,
-                    stop_ids=(), on_token=None, prefill_chunk: int = PREFILL_CHUNK) -> Generation:
+                    stop_ids=(), on_token=None, prefill_chunk: int = PREFILL_CHUNK,
+                    should_stop=None) -> Generation:
     """Generate up to `max_tokens` ids after `prompt_ids`. `on_token(id, r_layers)` streams.
-    `force_r`: a ForceR or any form ForceR.of takes, checked once here."""
+    `force_r`: a ForceR or any form ForceR.of takes, checked once here. `should_stop()`,
+    asked before each token, ends the generation early when true (a signal arrived)."""
     if len(prompt_ids) == 0:
         raise ValueError("the prompt is empty: give at least one token")
+    check_count("max_tokens", max_tokens)
     force_r = ForceR.for_model(force_r, model)
     key = mx.random.key(seed)
     cache = model.make_cache()
@@ -82,6 +120,8 @@ def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
                      prompt_r=[] if r_last is None else np.array(r_last).tolist())
     t1 = time.perf_counter()
     for _ in range(max_tokens):
+        if should_stop is not None and should_stop():
+            break
         key, sub = mx.random.split(key)
         token = sample_next(last, temp, top_p, top_k, sub)
         token_id = int(token.item())
@@ -93,7 +133,9 @@ def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
         if aux.get("u") is not None:
             out.u_trace.append(float(aux["u"].item()))
         out.tokens.append(token_id)
-        out.r_trace.append(r_layers)
+        if len(out.r_trace) < R_TRACE_KEEP:
+            out.r_trace.append(r_layers)
+        out.r_stats.add(r_layers)
         if on_token is not None:
             on_token(token_id, r_layers)
         last = logits[0, -1]
@@ -105,27 +147,38 @@ def generate_tokens(model, prompt_ids, max_tokens: int = 100, temp: float = 0.8,
 
 
 class StreamDecoder:
-    """Incremental text for streaming: `push(id)` returns the new characters. Text that ends
-    in the replacement character (a multi-byte character cut between tokens) is held back
-    until the next token completes it."""
+    """Incremental text for streaming: `push(id)` returns the new characters, at a cost
+    independent of how many came before. Only the ids not shown yet are decoded, after a
+    few shown ones whose text is subtracted again (a tokenizer may render a token by what
+    precedes it, as a leading space). Text that ends in the replacement character (a
+    multi-byte character cut between tokens) is held back until a later token completes it,
+    or MAX_PENDING ids have waited (then it is invalid and shown as it is)."""
+
+    CONTEXT = 4  # shown ids decoded again before the new ones
+    MAX_PENDING = 16  # longer than any character's bytes in any tokenizer
 
     def __init__(self, decode):
         self.decode = decode
-        self.ids: list = []
-        self.shown = 0
+        self.context: list = []  # the last CONTEXT ids shown
+        self.pending: list = []  # ids not shown yet
 
     def push(self, token_id: int) -> str:
-        self.ids.append(int(token_id))
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):
+        self.pending.append(int(token_id))
+        prefix = self.decode(self.context)
+        text = self.decode(self.context + self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < self.MAX_PENDING:
             return ""
-        new, self.shown = text[self.shown:], len(text)
-        return new
+        return self._show(prefix, text)
 
     def flush(self) -> str:
-        text = self.decode(self.ids)
-        new, self.shown = text[self.shown:], len(text)
-        return new
+        if not self.pending:
+            return ""
+        return self._show(self.decode(self.context), self.decode(self.context + self.pending))
+
+    def _show(self, prefix: str, text: str) -> str:
+        self.context = (self.context + self.pending)[-self.CONTEXT:]
+        self.pending = []
+        return text[len(prefix):]
 
 
 def encode_prompt(tokenizer, prompt: str) -> list:
@@ -157,29 +210,37 @@ def format_r(gen: Generation, force=None, trace: bool = False, zones: str = DEFA
     """What a generation's R did: the whole trace (`trace`, format_r_trace), else one line of
     the forced R and the mean R reached, else nothing. Zones are named by table `zones`."""
     if trace:
-        return format_r_trace(gen.r_trace, force, zones=zones)
-    if force is None or not gen.r_trace or not gen.r_trace[0]:
+        return format_r_trace(gen.r_trace, force, gen.r_stats, zones=zones)
+    mean = gen.r_stats.mean()
+    if force is None or mean is None:
         return []
-    mean = _mean([_mean(r) for r in gen.r_trace])
     return [f"R forced: {force.describe()}; mean R over generated tokens {mean:.3f} "
             f"({r_zone(mean, zones)})"]
 
 
-def format_r_trace(r_trace, force=None, per_line: int = 16, zones: str = DEFAULT_ZONES) -> list:
-    """Compact R trace: the layer-mean R per token, 16 to a line, then per-layer summary."""
+def format_r_trace(r_trace, force=None, stats: RStats | None = None,
+                   per_line: int = 16, zones: str = DEFAULT_ZONES) -> list:
+    """Compact R trace: the layer-mean R per token, 16 to a line (the tokens `r_trace`
+    kept), then the per-layer summary over every token (`stats`; else over `r_trace`), its
+    zones named by table `zones`."""
     if not r_trace or not r_trace[0]:
         return ["R: this model has no oscillators (no R to show)"]
+    if stats is None:
+        stats = RStats()
+        for r in r_trace:
+            stats.add(r)
     means = [_mean(r) for r in r_trace]
-    lines = [f"R per token (mean over {len(r_trace[0])} layers)"
+    shown = (f", the first {len(r_trace):,} of {stats.tokens:,} tokens"
+             if stats.tokens > len(r_trace) else "")
+    lines = [f"R per token (mean over {len(r_trace[0])} layers{shown})"
              + (f", forced: {force.describe()}" if force is not None else "") + ":"]
     for i in range(0, len(means), per_line):
         chunk = means[i:i + per_line]
         lines.append(f"  {i:>4}: " + " ".join(f"{r:.3f}" for r in chunk))
-    for layer in range(len(r_trace[0])):
-        col = [r[layer] for r in r_trace]
-        lines.append(f"  layer {layer}: mean {_mean(col):.3f}  min {min(col):.3f}  "
-                     f"max {max(col):.3f}  zone {r_zone(_mean(col), zones)}")
-    lines.append(f"  all layers: mean {_mean(means):.3f}  zone {r_zone(_mean(means), zones)}")
+    for layer, mean in enumerate(stats.layer_means()):
+        lines.append(f"  layer {layer}: mean {mean:.3f}  min {stats.mins[layer]:.3f}  "
+                     f"max {stats.maxs[layer]:.3f}  zone {r_zone(mean, zones)}")
+    lines.append(f"  all layers: mean {stats.mean():.3f}  zone {r_zone(stats.mean(), zones)}")
     return lines
 
 

@@ -78,8 +78,7 @@ def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 
             runs.append({"force_r": v, "kl_to_free": max(0.0, kl), "entropy": ent,
                          "top_token": int(mx.argmax(logp).item()), "r_achieved": r_last,
                          "r_mean": r_mean,
-                         "r_generation": (float(np.mean(gen.r_trace)) if gen.r_trace
-                                          and gen.r_trace[0] else None),
+                         "r_generation": gen.r_stats.mean(),  # every token's
                          "tokens": gen.tokens, "text": text,
                          "distinct_1": quality["distinct_1"], "distinct_2": quality["distinct_2"],
                          "repetition": repetition_rate(gen.tokens),

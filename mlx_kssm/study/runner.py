@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .._files import atomic_write_json, sha256_file
+from .._resources import check_count
 from .._types import is_int
 from ..data.loader import TokenDataset
 from ..evaluation import EvalConfig, evaluate
@@ -100,6 +101,8 @@ class StudyConfig:
                 raise ValueError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.sequences < 3:
             raise ValueError(f"--sequences must be >= 3, got {self.sequences}")
+        check_count("val_batches", self.val_batches)
+        check_count("batches", self.eval_batches, "--eval-batches")
         lr_bad = self.learning_rate is not None and not 0 < self.learning_rate < math.inf
         if lr_bad or self.warmup_steps < 0 or self.samples < 0:
             raise ValueError("--learning-rate must be > 0 and finite, --warmup-steps and "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .._resources import check_count
 from .._types import MAX_SEED, check_value, field_types
 from ..data.loader import SAMPLERS
 
@@ -147,7 +148,27 @@ class TrainConfig:
             raise ValueError("--warmup-steps, --patience and --grad-clip must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        self._check_hyperparameters()
+        for name in ("sample_tokens", "val_batches", "grad_accum"):
+            check_count(name, getattr(self, name))
         return self
+
+    def _check_hyperparameters(self) -> None:
+        """Values that train without an error but not as meant: a negative Muon scale is
+        gradient ascent, an EMA decay outside [0, 1) diverges, a factor <= 1 flags every
+        report as an explosion."""
+        if not self.muon_lr_scale > 0:
+            raise ValueError(f"--muon-lr-scale (Muon's LR as a multiple of --learning-rate) "
+                             f"must be > 0, got {self.muon_lr_scale}")
+        if not 0 <= self.grokfast_alpha < 1:
+            raise ValueError(f"--grokfast-alpha (the EMA decay of the slow gradient) must lie "
+                             f"in [0, 1), got {self.grokfast_alpha}")
+        if not self.grokfast_lambda >= 0:
+            raise ValueError(f"--grokfast-lambda (the slow gradient's amplification) must be "
+                             f">= 0, got {self.grokfast_lambda}")
+        if not self.explode_factor > 1:
+            raise ValueError(f"explode_factor (a loss above this x its running minimum is "
+                             f"flagged) must be > 1, got {self.explode_factor}")
 
     def _check_finite(self) -> None:
         # inf passes every "> 0" check and nan every comparison: both would train to NaN

@@ -15,6 +15,7 @@ import mlx.nn as nn
 from mlx.optimizers import Optimizer
 
 from .._files import foreign_entries
+from .._resources import WINDOW_BYTES_PER_TOKEN, check_fits
 from ..data.loader import SAMPLERS, BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
 from ..io import apply_weights, load_model, resolve_model_dir
 from ..kernels import check_kernel, use_kernel
@@ -88,6 +89,7 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     check_vocab(val_ds, model.args.vocab_size)
     sampler = SAMPLERS[config.sampling](train_ds, config.batch_size, config.seq_len, config.seed,
                                         rank, world)
+    _check_fits(model, config, world)  # after the data's own checks: their message is plainer
     # the global batch size: the same validation windows however the run is split
     val_set = eval_batches(val_ds, config.val_batches, config.batch_size * world, config.seq_len)
     optimizer, grokfast = _build_optimizer(config, model, resume_from)
@@ -271,6 +273,15 @@ def _build_model(config: TrainConfig, resume_from, train_ds):
     name = model.args.preset
     defaults = preset_train_defaults(name) if name in PRESETS else dict(FALLBACK_DEFAULTS)
     return model, fill_preset_defaults(config, defaults)
+
+
+def _check_fits(model, config: TrainConfig, world: int) -> None:
+    """--batch-size x --seq-len (a training step) and --val-batches (the validation windows,
+    held for the whole run) must fit in memory beside the model: checked before either is
+    allocated."""
+    held = config.val_batches * config.batch_size * world * config.seq_len
+    check_fits(model.args, tokens=config.batch_size * config.seq_len, training=True,
+               held_bytes=held * WINDOW_BYTES_PER_TOKEN, what="this run")
 
 
 def _build_optimizer(config: TrainConfig, model, resume_from):

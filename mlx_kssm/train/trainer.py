@@ -33,7 +33,7 @@ from typing import Callable
 
 import mlx.core as mx
 
-from .._files import atomic_write_text
+from .._files import atomic_write_text, output_folder
 from ..evaluation import evaluate_loss
 from ..models import count_parameters
 from . import checkpoint as ckpt
@@ -82,7 +82,10 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
         raise ValueError("--output-dir must name a folder, got an empty path")
     group = mx.distributed.init()
     rank, world = group.rank(), group.size()
-    run_dir = Path(config.output_dir)
+    try:  # a linked folder is followed, as every command's output folder is
+        run_dir = output_folder(config.output_dir)
+    except OSError as e:
+        raise ValueError(f"--output-dir {config.output_dir}: {e.strerror}") from None
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output-dir {run_dir} exists and is not a folder")
     writer = rank == 0
@@ -361,14 +364,15 @@ class _Loop:
         if self.vocabulary is None:
             self.vocabulary = corpus_vocabulary(self.run.sampler.dataset.tokens,
                                                 self.run.tokenizer.decode)
+        stopping = lambda: self.signals.received is not None  # noqa: E731
         for i, prompt in enumerate(c.sample_prompts):
             ids = self.run.tokenizer.encode(prompt)
-            if not ids:
+            if not ids or stopping():  # a signal: the checkpoint is what matters now
                 continue
             # a seed per prompt: with one shared noise stream, the contractive state lets
             # two continuations fall into the same text once a few tokens coincide
             gen = generate_tokens(self.run.model, ids, max_tokens=c.sample_tokens, temp=0.8,
-                                  seed=c.seed + i)
+                                  seed=c.seed + i, should_stop=stopping)
             text = self.run.tokenizer.decode(gen.tokens)
             out.append({"prompt": prompt, "text": text,
                          **sample_quality(gen.tokens, text, self.vocabulary)})
