@@ -45,10 +45,27 @@ def run_folder(model_folder: Path) -> Path | None:
 def model_card(name: str, model, tokenizer, model_folder: Path, data_meta: dict | None,
                evaluation: dict | None, force_r=None) -> str:
     run = run_folder(Path(model_folder))
-    sections = [_front_matter(), f"# {name}\n", _summary(model), _usage(name),
+    sections = [_front_matter(), _title(name, model, data_meta, run), _summary(model),
+                _usage(name),
                 _model_table(model, tokenizer, force_r), _training(model_folder, run),
                 _data(data_meta, run), _evaluation(model_folder, evaluation)]
     return "\n".join(sections)
+
+
+def _title(name: str, model, data_meta: dict | None, run: Path | None) -> str:
+    """`# NAME: K-SSM PRESET trained on DATA`, the data as --data describes it (its first
+    source titles), else as the run recorded it (its folder name)."""
+    kind = f"K-SSM {model.args.preset or 'custom'}"
+    titles = [s.get("title") or s.get("file") for s in (data_meta or {}).get("sources") or []
+              if isinstance(s, dict)]
+    if titles:
+        data = ", ".join(map(str, titles[:3])) + (f" and {len(titles) - 3} more"
+                                                  if len(titles) > 3 else "")
+    else:
+        recorded = ((read_json(run / "config.json") or {}).get("train", {}).get("data")
+                    if run else None)
+        data = Path(str(recorded)).name if recorded else "unrecorded data"
+    return f"# {name}: {kind} trained on {data}\n"
 
 
 def _front_matter() -> str:
@@ -82,7 +99,15 @@ response = generate(model, tokenizer, prompt="The ", max_tokens=100, verbose=Tru
 ```bash
 mlx_lm.generate --model {name} --trust-remote-code --prompt "The " --max-tokens 100
 mlx_lm.server --model {name} --trust-remote-code   # OpenAI-compatible /v1/completions
+mlx_lm.chat --model {name} --trust-remote-code      # and the server's /v1/chat/completions
 ```
+
+This is a base model: its chat template writes each message as a `role: text` line and ends
+with `assistant:`, and the model goes on from there as it would from any text (it was not
+trained to answer, nor to stop after its turn).
+
+`mlx_lm.convert` and `mlx_lm.fuse` write mlx-lm's own short card in place of this one: copy
+this README.md into their output folder to keep it.
 
 To clamp R in the served model, set `"force_r"` in config.json (a number for every layer, or
 one number or null per layer), or export with `mlx-kssm export --format mlx-lm --force-r R`.
