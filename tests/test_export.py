@@ -464,6 +464,10 @@ def test_quantize_errors(bytes_run, tmp_path):
                                     str(tmp_path / "again"), "--quantize", "8"])
     _one_error_line(res, "quantized already")
     assert not (tmp_path / "again").exists()
+    res = CliRunner().invoke(main, ["train", "--model", str(out), "--data", str(bytes_run[1]),
+                                    "--output-dir", str(tmp_path / "run"), "--max-steps", "1"])
+    _one_error_line(res, "is quantized: train from its floating-point original")
+    assert not (tmp_path / "run").exists()
     res = CliRunner().invoke(main, ["export", "--model", str(bytes_run[0]), "--out",
                                     str(tmp_path / "g"), "--group-size", "32"])
     _one_error_line(res, "--group-size applies with --quantize only")

@@ -371,6 +371,7 @@ def test_quantized_export_runs_in_mlx_lm(runs, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((out / "config.json").read_text())["quantization"][
         "layers.0.bank.out_proj"] == {"group_size": 64, "bits": 4}
+    assert "| quantization | 4-bit affine, group size 64" in (out / "README.md").read_text()
     lm, tokenizer = load(str(out), trust_remote_code=True)
     assert type(lm.layers[0].bank.out_proj).__name__ == "PaddedQuantizedLinear"
     for prompt in PROMPTS:

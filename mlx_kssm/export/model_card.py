@@ -43,11 +43,13 @@ def run_folder(model_folder: Path) -> Path | None:
 
 
 def model_card(name: str, model, tokenizer, model_folder: Path, data_meta: dict | None,
-               evaluation: dict | None, force_r=None) -> str:
+               evaluation: dict | None, force_r=None, quantization=None) -> str:
+    """The card's text. `quantization`: (bits, group size) or config.json's entry, or None."""
     run = run_folder(Path(model_folder))
     sections = [_front_matter(), _title(name, model, data_meta, run), _summary(model),
                 _usage(name),
-                _model_table(model, tokenizer, force_r), _training(model_folder, run),
+                _model_table(model, tokenizer, force_r, quantization),
+                _training(model_folder, run),
                 _data(data_meta, run), _evaluation(model_folder, evaluation)]
     return "\n".join(sections)
 
@@ -114,7 +116,7 @@ one number or null per layer), or export with `mlx-kssm export --format mlx-lm -
 """
 
 
-def _model_table(model, tokenizer, force_r) -> str:
+def _model_table(model, tokenizer, force_r, quantization=None) -> str:
     a = model.args
     design = {1: "1 (input-dependent rotation, no gate, sigmoid/tanh)",
               2: "2 (fixed rotation per oscillator, output gate, algebraic squashes)"}
@@ -126,8 +128,18 @@ def _model_table(model, tokenizer, force_r) -> str:
              else "bolted (negative control: R bypassed)"),
             ("coupling", _coupling(a)),
             ("tokenizer", describe_tokenizer(tokenizer.spec)),
-            ("forced R", "none" if force_r is None else json.dumps(force_r))]
+            ("forced R", "none" if force_r is None else json.dumps(force_r)),
+            ("quantization", _quantization(quantization))]
     return "## Model\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def _quantization(quantization) -> str:
+    if isinstance(quantization, dict):
+        quantization = (quantization.get("bits"), quantization.get("group_size"))
+    if not quantization:
+        return "none"
+    bits, group_size = quantization
+    return f"{bits}-bit affine, group size {group_size} (docs/interop.md of mlx-kssm)"
 
 
 def _coupling(a) -> str:

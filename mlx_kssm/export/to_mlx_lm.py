@@ -26,7 +26,7 @@ import numpy as np
 
 from .._files import atomic_write_text
 from ..data.tokenizer import CompactTokenizer, describe_tokenizer
-from ..io import MAX_SHARD_BYTES, export_model, load, resolve_model_dir
+from ..io import MAX_SHARD_BYTES, export_model, load, read_config, resolve_model_dir
 from ..models.force import ForceR
 from .hf_tokenizer import PROBE_TEXT, ConversionError, base_tokenizer, tokenizer_files
 from .model_card import model_card
@@ -76,7 +76,8 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
     except ConversionError as e:
         raise ExportError(f"{folder}: {e}") from None
     files["README.md"] = model_card(Path(out).name, model, tokenizer, folder, data_meta,
-                                    evaluation, force_config)
+                                    evaluation, force_config,
+                                    quantize or read_config(folder).get("quantization"))
     config = mlx_lm_config(tokenizer, force_config)
     files[MODEL_FILE] = model_source()
 
