@@ -99,14 +99,16 @@ response = generate(model, tokenizer, prompt="The ", max_tokens=100, verbose=Tru
 ```
 
 ```bash
-mlx_lm.generate --model {name} --trust-remote-code --prompt "The " --max-tokens 100
+mlx_lm.generate --model {name} --trust-remote-code --ignore-chat-template --prompt "The "
 mlx_lm.server --model {name} --trust-remote-code   # OpenAI-compatible /v1/completions
 mlx_lm.chat --model {name} --trust-remote-code      # and the server's /v1/chat/completions
 ```
 
 This is a base model: its chat template writes each message as a `role: text` line and ends
 with `assistant:`, and the model goes on from there as it would from any text (it was not
-trained to answer, nor to stop after its turn).
+trained to answer, nor to stop after its turn). `mlx_lm.generate` applies that template to
+`--prompt` unless given `--ignore-chat-template`: with it, the model continues the prompt
+itself, as `mlx-kssm generate` does.
 
 `mlx_lm.convert` and `mlx_lm.fuse` write mlx-lm's own short card in place of this one: copy
 this README.md into their output folder to keep it.

@@ -287,8 +287,10 @@ def export(model_dir, out_dir, fmt, dtype, max_shard_size, quantize, group_size,
     --format mlx-lm adds what mlx-lm needs to load the folder as a custom model: kssm.py
     (the architecture; mlx-lm runs it with --trust-remote-code), "model_file" and the
     vocabulary map in config.json, tokenizer.json + tokenizer_config.json (the base tokenizer:
-    mlx-lm sees cl100k_base or byte ids; ids a compacted model never saw get no probability)
-    and a model card, README.md. Before it replaces OUT, the folder is loaded with mlx-lm and
+    mlx-lm sees cl100k_base or byte ids; ids a compacted model never saw get no probability;
+    a base model's chat template of "role: text" lines, which mlx_lm.generate applies to
+    --prompt unless given --ignore-chat-template), generation_config.json and a model card,
+    README.md (docs/interop.md). Before it replaces OUT, the folder is loaded with mlx-lm and
     its logits are compared with mlx_kssm's. Needs: pip install 'mlx-kssm[mlx-lm]'.
 
     --quantize BITS writes quantized weights as mlx_lm.convert -q does ("quantization" in
@@ -302,7 +304,8 @@ def export(model_dir, out_dir, fmt, dtype, max_shard_size, quantize, group_size,
       mlx-kssm export --model checkpoints/v2/best --out exports/v2-fp16 --dtype float16
       mlx-kssm export --model checkpoints/tiny --out exports/tiny-mlx-lm --format mlx-lm \\
           --data data/prepared/shakespeare --evaluation eval.json
-      mlx_lm.generate --model exports/tiny-mlx-lm --trust-remote-code --prompt "ROMEO."
+      mlx_lm.generate --model exports/tiny-mlx-lm --trust-remote-code --ignore-chat-template \
+          --prompt "ROMEO."
       mlx-kssm export --model checkpoints/tiny --out exports/tiny-r03 --format mlx-lm --force-r 0.3
       mlx_lm.server --model exports/tiny-r03 --trust-remote-code --port 8080
       mlx-kssm export --model checkpoints/v2 --out exports/v2-4bit --format mlx-lm --quantize 4
@@ -320,7 +323,8 @@ def export(model_dir, out_dir, fmt, dtype, max_shard_size, quantize, group_size,
     click.echo(describe_export(out, dtype))
     if fmt == "mlx-lm":
         click.echo(f"checked: mlx-lm loads it and its logits match mlx_kssm's. Try:\n"
-                   f"  mlx_lm.generate --model {out} --trust-remote-code --prompt \"The \"")
+                   f"  mlx_lm.generate --model {out} --trust-remote-code --ignore-chat-template "
+                   f"--prompt \"The \"")
 
 
 def _force_option(model_dir, force_r, force_r_layer):
