@@ -291,16 +291,19 @@ def _streamed(detokenizer, ids) -> str:
 
 @needs_mlx_lm
 @pytest.mark.parametrize("name", ["bytes-d1", "cl100k-d2"])
-def test_streamed_text_is_mlx_kssms_decode(runs, loaded, name):
+def test_streamed_text_is_mlx_kssms_decode(runs, loaded, exports, name):
     """mlx-lm's streamed text is tokenizer.decode(tokens), the leading space included (its
     BPEStreamingDetokenizer, which a ByteLevel decoder selects, dropped it)."""
     from mlx_lm import stream_generate
+    from tokenizers import Tokenizer
 
     lm, tokenizer = loaded(name)
     base = _base(runs[name])
     text = " and the rest: ROMEO.  two  spaces\n naïve 日本語 🙂\n"
     assert _streamed(tokenizer.detokenizer, base.encode(text)) == base.decode(
         base.encode(text)) == text
+    raw = Tokenizer.from_file(str(exports(name) / "tokenizer.json"))  # HF `tokenizers` alone
+    assert raw.decode(raw.encode(text).ids) == text and raw.encode(text).ids == base.encode(text)
     ours = _kssm_greedy(runs[name], PROMPTS[1], max_tokens=16)
     pieces = list(stream_generate(lm, tokenizer, PROMPTS[1], max_tokens=16))
     assert "".join(p.text for p in pieces) == base.decode(ours)
