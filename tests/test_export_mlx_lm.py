@@ -564,7 +564,8 @@ def test_model_card_reports_training_data_and_verdicts(runs):
     assert "| correlation | R tracks next-token entropy | INCONCLUSIVE |" in card
     assert "pg1342_2024.txt" in card and "| seed | 1 |" in card  # the data, the run
     title = card.split("---\n")[2].strip().splitlines()[0]  # after the front matter
-    assert title.startswith("# tiny-kssm: K-SSM tiny trained on ") and "pg1342_2024.txt" in title, title
+    assert title.startswith("# tiny-kssm: K-SSM tiny trained on "), title
+    assert "pg1342_2024.txt" in title, title
     assert "cl100k_base compacted to" in card and "| forced R | 0.3 |" in card
     bare = model_card("m", model, tokenizer, resolve_model_dir(runs["cl100k-d2"]), None, None)
     assert "Causality suite: not run" in bare and "--data DIR" in bare
