@@ -356,7 +356,7 @@ def load(path):
         from .data.tokenizer import load_tokenizer
         folder = resolve_model_dir(path)
         try:
-            tokenizer = load_tokenizer(_with_compaction_ids(config, folder), root=folder)
+            tokenizer = load_tokenizer(tokenizer_spec(config, folder), root=folder)
         except DataError as e:
             raise ModelLoadError(f"{folder / CONFIG}: tokenizer: {e}") from None
         if tokenizer.vocab_size > model.args.vocab_size:
@@ -365,11 +365,13 @@ def load(path):
     return model, tokenizer
 
 
-def _with_compaction_ids(config: dict, folder: Path):
-    """The tokenizer spec, its compaction's ids read from the mlx-lm export's bitmap
-    ("vocab_compaction") where the map file it names is absent: mlx_lm.convert and
-    mlx_lm.fuse copy config.json but not vocab_map.npy."""
-    spec = config["tokenizer"]
+def tokenizer_spec(config: dict, folder):
+    """The tokenizer spec of the model folder `folder` (config.json read as `config`), its
+    compaction's ids read from the mlx-lm export's bitmap ("vocab_compaction") where the map
+    file it names is absent: mlx_lm.convert and mlx_lm.fuse copy config.json but not
+    vocab_map.npy."""
+    folder = Path(folder)
+    spec = config.get("tokenizer")
     compaction = spec.get("compaction") if isinstance(spec, dict) else None
     bitmap = config.get("vocab_compaction")
     if not (isinstance(compaction, dict) and isinstance(compaction.get("map_file"), str)
@@ -449,7 +451,7 @@ def export_model(src, out, dtype: str | None = None,
             if add_files is not None:
                 extra.update(add_files(tmp))
             # `tmp` is fresh but already holds what add_files wrote: not save_model's checks
-            write_model_folder(tmp, model, config.get("tokenizer"), cast,
+            write_model_folder(tmp, model, tokenizer_spec(config, folder), cast,
                          max_shard_bytes, extra, folder)
             load(tmp)  # the new folder must load on its own before it replaces anything
             if check is not None:

@@ -384,7 +384,7 @@ def test_quantized_export_runs_in_mlx_lm(runs, tmp_path):
 
 @needs_mlx_lm
 @pytest.mark.slow
-def test_mlx_lm_convert_q_loads_in_mlx_kssm(exports, tmp_path):
+def test_mlx_lm_convert_q_loads_in_mlx_kssm(runs, exports, tmp_path):
     """mlx_lm.convert -q of an export (a compacted cl100k_base: convert drops vocab_map.npy,
     config.json's bitmap stands in) loads in mlx-kssm, which decodes mlx-lm's tokens; its
     README is mlx-lm's generic card (ours does not survive: docs/interop.md says so)."""
@@ -399,9 +399,13 @@ def test_mlx_lm_convert_q_loads_in_mlx_kssm(exports, tmp_path):
     lm, hf = load(str(out), trust_remote_code=True)
     for prompt in PROMPTS:
         assert _mlx_kssm_greedy_base(out, prompt, 12) == _mlx_lm_greedy(lm, hf, prompt, 12)
-    res = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", PROMPTS[0],
-                                    "-m", "4", "--temp", "0"])
-    assert res.exit_code == 0, res.output
+    commands = (["generate", "--model", str(out), "--prompt", PROMPTS[0], "-m", "4"],
+                ["evaluate", "--model", str(out), "--data", str(runs["data"]), "--batches", "1",
+                 "--batch-size", "1", "--seq-len", "16", "--samples", "0"],
+                ["export", "--model", str(out), "--out", str(tmp_path / "again")])
+    for args in commands:  # evaluate and export check the compacted vocabulary too
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
     assert "K-SSM" not in (out / "README.md").read_text()
 
 
