@@ -247,8 +247,8 @@ def check_same_tokenizer(folder, dataset) -> None:
     """Refuse a model folder whose tokenizer differs from the one the data was prepared with
     (the compaction map included: the same id would stand for other text)."""
     from .data.loader import check_tokenizer
-    from .io import read_config
-    check_tokenizer(dataset, read_config(folder).get("tokenizer"), folder, folder)
+    from .io import read_config, tokenizer_spec
+    check_tokenizer(dataset, tokenizer_spec(read_config(folder), folder), folder, folder)
 
 
 def _sample_checks(model, tokenizer, batches, config: EvalConfig) -> list:

@@ -336,7 +336,14 @@ def load_model(path):
         model = build_model(ModelArgs.from_config(config))
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{folder / CONFIG}: {e}") from None
-    apply_weights(model, load_weights_dict(folder), source=str(folder))
+    weights = load_weights_dict(folder)
+    if config.get("quantization") is not None:  # ours or mlx_lm.convert -q's (quantize.py)
+        from .quantize import apply_quantization
+        try:
+            apply_quantization(model, config["quantization"], weights)
+        except ValueError as e:
+            raise ModelLoadError(f"{folder / CONFIG}: {e}") from None
+    apply_weights(model, weights, source=str(folder))
     return model, config
 
 
@@ -349,13 +356,39 @@ def load(path):
         from .data.tokenizer import load_tokenizer
         folder = resolve_model_dir(path)
         try:
-            tokenizer = load_tokenizer(config["tokenizer"], root=folder)
+            tokenizer = load_tokenizer(tokenizer_spec(config, folder), root=folder)
         except DataError as e:
             raise ModelLoadError(f"{folder / CONFIG}: tokenizer: {e}") from None
         if tokenizer.vocab_size > model.args.vocab_size:
             raise ModelLoadError(f"{folder / CONFIG}: the tokenizer has {tokenizer.vocab_size} "
                                  f"ids but the model's vocab_size is {model.args.vocab_size}")
     return model, tokenizer
+
+
+def tokenizer_spec(config: dict, folder):
+    """The tokenizer spec of the model folder `folder` (config.json read as `config`), its
+    compaction's ids read from the mlx-lm export's bitmap ("vocab_compaction") where the map
+    file it names is absent: mlx_lm.convert and mlx_lm.fuse copy config.json but not
+    vocab_map.npy."""
+    folder = Path(folder)
+    spec = config.get("tokenizer")
+    compaction = spec.get("compaction") if isinstance(spec, dict) else None
+    bitmap = config.get("vocab_compaction")
+    if not (isinstance(compaction, dict) and isinstance(compaction.get("map_file"), str)
+            and isinstance(bitmap, dict) and not (folder / compaction["map_file"]).exists()):
+        return spec
+    import base64
+
+    import numpy as np
+    try:
+        bits = np.frombuffer(base64.b64decode(bitmap["base_ids_bitmap"]), dtype=np.uint8)
+        used = np.unpackbits(bits, bitorder="little")[:int(bitmap["base_vocab_size"])]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{folder / CONFIG}: vocab_compaction is not a bitmap of ids: "
+                             f"{e}") from None
+    ids = np.flatnonzero(used).tolist()
+    rest = {k: v for k, v in compaction.items() if k != "map_file"}
+    return {**spec, "compaction": {**rest, "base_ids": ids}}
 
 
 def load_with_tokenizer(path):
@@ -370,7 +403,8 @@ def load_with_tokenizer(path):
 
 # what `export --format mlx-lm` adds (mlx_kssm/export/to_mlx_lm.py): the model file, the
 # Hugging Face tokenizer files and the model card
-MLX_LM_FILES = ("kssm.py", "tokenizer.json", "tokenizer_config.json", "README.md")
+MLX_LM_FILES = ("kssm.py", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                "README.md")
 # and the config.json keys it adds (written afresh by each mlx-lm export, never carried over)
 MLX_LM_KEYS = ("model_file", "vocab_compaction", "force_r")
 
@@ -387,10 +421,12 @@ def is_model_file(name: str) -> bool:
 
 
 def export_model(src, out, dtype: str | None = None,
-                 max_shard_bytes: int = MAX_SHARD_BYTES, add_files=None, check=None) -> Path:
+                 max_shard_bytes: int = MAX_SHARD_BYTES, add_files=None, check=None,
+                 quantize: tuple[int, int] | None = None) -> Path:
     """Write the model in `src` (any folder `resolve_model_dir` accepts) as a self-contained
     folder `out`: config.json (model args, preset, tokenizer spec), model.safetensors (sharded
-    with an index above `max_shard_bytes`), and the tokenizer's files. `add_files(folder)`
+    with an index above `max_shard_bytes`), and the tokenizer's files. `quantize`: (bits,
+    group size) quantizes the weights in mlx-lm's format (quantize.py). `add_files(folder)`
     writes more files into the new folder and returns keys for its config.json; `check(folder)`
     must pass on the complete new folder before it replaces anything (another format's loader).
 
@@ -407,12 +443,15 @@ def export_model(src, out, dtype: str | None = None,
     extra = {k: v for k, v in config.items()
              if k not in model.args.to_dict() and k not in ("tokenizer", *MLX_LM_KEYS)}
     extra["dtype"] = dtype or "float32"
+    if quantize is not None:
+        from .quantize import quantize_model
+        extra["quantization"] = extra["quantization_config"] = quantize_model(model, *quantize)
     try:
         with replacing_folder(out) as tmp:
             if add_files is not None:
                 extra.update(add_files(tmp))
             # `tmp` is fresh but already holds what add_files wrote: not save_model's checks
-            write_model_folder(tmp, model, config.get("tokenizer"), cast,
+            write_model_folder(tmp, model, tokenizer_spec(config, folder), cast,
                          max_shard_bytes, extra, folder)
             load(tmp)  # the new folder must load on its own before it replaces anything
             if check is not None:

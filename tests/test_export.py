@@ -332,3 +332,149 @@ def test_export_refuses_files_named_like_an_exports_but_not_one(run_dir, tmp_pat
                                              "model folder"):
         export_model(run, tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+# ----------------------------------------------------------------------- quantization
+
+@pytest.fixture(scope="module")
+def bytes_run(tmp_path_factory):
+    """A bytes-tokenizer tiny model (its readout 48 wide: no group size divides it) and a
+    prepared bytes data folder for evaluate."""
+    root = tmp_path_factory.mktemp("quantized")
+    (root / "texts").mkdir()
+    shutil.copy(FIXTURES / "pg1342_2024.txt", root / "texts" / "pg1342_2024.txt")
+    prepare(root / "texts", root / "data", tokenizer="bytes", val_fraction=0.3,
+            log=lambda s: None)
+    save_model(root / "model", build_model("tiny", vocab_size=257, seed=2),
+               tokenizer_spec={"kind": "bytes"})
+    return root / "model", root / "data"
+
+
+def _quantized(bytes_run, tmp_path, bits, *extra):
+    out = tmp_path / f"q{bits}"
+    res = CliRunner().invoke(main, ["export", "--model", str(bytes_run[0]), "--out", str(out),
+                                    "--quantize", str(bits), *extra])
+    assert res.exit_code == 0, res.output
+    assert f"{bits}-bit" in res.output
+    return out
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_export_loads_and_stays_close(bytes_run, tmp_path, bits):
+    """The folder holds mlx-lm's quantization config; every layer is quantized, the 48-wide
+    readout padded to 64 (named in the config), and the logits stay near the float model's."""
+    import mlx.nn as nn
+    from mlx_kssm.models.quantized import PaddedQuantizedLinear
+
+    out = _quantized(bytes_run, tmp_path, bits)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["bits"] == bits and config["quantization"]["group_size"] == 64
+    assert config["quantization"]["layers.0.bank.out_proj"] == {"group_size": 64, "bits": bits}
+    assert config["quantization_config"] == config["quantization"]
+    model, tokenizer = load(out)
+    bank = model.layers[0].bank
+    assert isinstance(bank.out_proj, PaddedQuantizedLinear) and bank.out_proj.input_dims == 48
+    assert isinstance(bank.in_proj, nn.QuantizedLinear)
+    assert isinstance(model.embed, nn.QuantizedEmbedding)
+    assert isinstance(model.layers[0].mlp.down, nn.QuantizedLinear)
+    assert mlx_kssm.count_parameters(model) == mlx_kssm.count_parameters(load(bytes_run[0])[0])
+    assert (out / "model.safetensors").stat().st_size < \
+        (bytes_run[0] / "model.safetensors").stat().st_size / (2 if bits == 8 else 3.5)
+    ids = mx.array([tokenizer.encode("It is a truth universally acknowledged")])
+    ours, theirs = np.array(model(ids)).ravel(), np.array(load(bytes_run[0])[0](ids)).ravel()
+    assert np.corrcoef(ours, theirs)[0, 1] > (0.999 if bits == 8 else 0.9)
+
+
+def test_padded_quantized_layer_is_the_unpadded_layer():
+    """Zero columns padded onto the weight meet zeros padded onto the input: the layer
+    computes x @ W.T + b with W the dequantized weight cut back to its own width."""
+    from mlx_kssm.models.quantized import QuantizableLinear
+
+    mx.random.seed(0)
+    linear = QuantizableLinear(48, 16)
+    layer = linear.to_quantized(group_size=64, bits=4)
+    x = mx.random.normal((3, 48))
+    weight = mx.dequantize(layer.weight, layer.scales, layer.biases, 64, 4)[:, :48]
+    assert np.allclose(np.array(layer(x)), np.array(x @ weight.T + linear.bias), atol=1e-5)
+    assert type(QuantizableLinear(64, 16).to_quantized(group_size=64, bits=4)).__name__ == \
+        "QuantizedLinear"  # a width the group size divides: no padding
+
+
+def test_quantized_folder_runs_every_command(bytes_run, tmp_path):
+    """generate, evaluate (the causality suite included) and intervene take the quantized
+    folder; forcing R stays exact."""
+    out = _quantized(bytes_run, tmp_path, 4)
+    model, tokenizer = load(out)
+    ids = mx.array([tokenizer.encode("To be, or not to be")])
+    _, r = model(ids, force_r=0.3, return_r=True)
+    assert np.array_equal(np.array(r), np.full(r.shape, 0.3, dtype=np.float32))
+    runner = CliRunner()
+    res = runner.invoke(main, ["generate", "--model", str(out), "--prompt", "It is", "-m", "8",
+                               "--temp", "0"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["intervene", "--model", str(out), "--prompt", "It is",
+                               "--values", "0.1,0.9", "--max-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["evaluate", "--model", str(out), "--data", str(bytes_run[1]),
+                               "--batches", "2", "--batch-size", "2", "--seq-len", "32",
+                               "--causality", "--sequences", "4", "--samples", "1",
+                               "--sample-tokens", "4", "--json", str(tmp_path / "e.json")])
+    result = json.loads((tmp_path / "e.json").read_text())
+    # the suite ran: its exit status is its verdict's (0 PASS, 1 FAIL, 3 INCONCLUSIVE)
+    verdict_status = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[result["causality"]["verdict"]]
+    assert res.exit_code == verdict_status, res.output
+    assert np.isfinite(result["val_loss"]) and "intervention" in result["causality"]
+
+
+def test_group_size_takes_the_largest_size_that_divides(bytes_run, tmp_path):
+    """--group-size 128: 64-wide layers take 64, named in the config; the readout pads."""
+    out = _quantized(bytes_run, tmp_path, 8, "--group-size", "128")
+    quantization = json.loads((out / "config.json").read_text())["quantization"]
+    assert quantization["group_size"] == 128
+    assert quantization["layers.0.bank.in_proj"] == {"group_size": 64, "bits": 8}
+    assert "layers.0.mlp.down" not in quantization  # 256 wide: the top-level 128 divides it
+    assert quantization["layers.0.bank.out_proj"] == {"group_size": 128, "bits": 8}
+    layer = load(out)[0].layers[0]
+    assert (layer.mlp.down.group_size, layer.bank.in_proj.group_size) == (128, 64)
+    assert layer.bank.out_proj.scales.shape[-1] == 1  # 48 inputs padded to one group of 128
+
+
+def _one_error_line(res, *fragments):
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error:")] == lines[-1:], res.output
+    for fragment in fragments:
+        assert fragment in lines[-1], res.output
+
+
+def test_wrong_group_size_in_config_is_one_error_line(bytes_run, tmp_path):
+    out = _quantized(bytes_run, tmp_path, 4)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization"]["group_size"] = 32
+    (out / "config.json").write_text(json.dumps(config))
+    res = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "It is"])
+    _one_error_line(res, "group size 32", "quantized with other settings")
+    config["quantization"]["group_size"] = 48
+    (out / "config.json").write_text(json.dumps(config))
+    res = CliRunner().invoke(main, ["generate", "--model", str(out), "--prompt", "It is"])
+    _one_error_line(res, "group_size must be one of 32, 64, 128")
+
+
+def test_quantize_errors(bytes_run, tmp_path):
+    out = _quantized(bytes_run, tmp_path, 4)
+    res = CliRunner().invoke(main, ["export", "--model", str(out), "--out",
+                                    str(tmp_path / "again"), "--quantize", "8"])
+    _one_error_line(res, "quantized already")
+    assert not (tmp_path / "again").exists()
+    res = CliRunner().invoke(main, ["train", "--model", str(out), "--data", str(bytes_run[1]),
+                                    "--output-dir", str(tmp_path / "run"), "--max-steps", "1"])
+    _one_error_line(res, "is quantized: train from its floating-point original")
+    assert not (tmp_path / "run").exists()
+    res = CliRunner().invoke(main, ["export", "--model", str(bytes_run[0]), "--out",
+                                    str(tmp_path / "g"), "--group-size", "32"])
+    _one_error_line(res, "--group-size applies with --quantize only")
+    res = CliRunner().invoke(main, ["export", "--model", str(out), "--out",
+                                    str(tmp_path / "plain"), "--dtype", "float16"])
+    assert res.exit_code == 0, res.output  # a quantized folder re-exports as it is
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["quantization"]
+    load(tmp_path / "plain")

@@ -219,8 +219,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(port, body) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+def _post(port, body, endpoint="completions") -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/{endpoint}",
                                      data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -259,6 +259,13 @@ def test_mlx_lm_server_answers_completions(exports, loaded):
             expected = tokenizer.decode(_mlx_lm_greedy(lm, tokenizer, prompt, max_tokens=8))
             assert text.strip() and text.strip() == expected.strip()
         assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        # the chat endpoint, through the export's own template ("role: text" lines)
+        answer = _post(port, {"messages": [{"role": "user", "content": "Hello"}],
+                              "max_tokens": 8, "temperature": 0}, "chat/completions")
+        chat_prompt = "user: Hello\nassistant:"
+        expected = tokenizer.decode(_mlx_lm_greedy(lm, tokenizer, chat_prompt, max_tokens=8))
+        assert answer["choices"][0]["message"]["content"] == expected
+        assert answer["usage"]["prompt_tokens"] == len(tokenizer.encode(chat_prompt))
     finally:
         server.terminate()
         try:
@@ -268,6 +275,164 @@ def test_mlx_lm_server_answers_completions(exports, loaded):
             server.wait()
         server.stderr.close()
     assert server.returncode is not None
+
+
+# ----------------------------------------------------------------------- text, chat, quantized
+
+def _base(run):
+    _, tokenizer = mlx_kssm.load(run)
+    return tokenizer.base if isinstance(tokenizer, CompactTokenizer) else tokenizer
+
+
+def _streamed(detokenizer, ids) -> str:
+    """The text a streaming client sees: each segment as it comes, then the flush."""
+    text = ""
+    for token in ids:
+        detokenizer.add_token(token)
+        text += detokenizer.last_segment
+    detokenizer.finalize()
+    return text + detokenizer.last_segment
+
+
+@needs_mlx_lm
+@pytest.mark.parametrize("name", ["bytes-d1", "cl100k-d2"])
+def test_streamed_text_is_mlx_kssms_decode(runs, loaded, exports, name):
+    """mlx-lm's streamed text is tokenizer.decode(tokens), the leading space included (its
+    BPEStreamingDetokenizer, which a ByteLevel decoder selects, dropped it)."""
+    from mlx_lm import stream_generate
+    from tokenizers import Tokenizer
+
+    lm, tokenizer = loaded(name)
+    base = _base(runs[name])
+    text = " and the rest: ROMEO.  two  spaces\n naïve 日本語 🙂\n"
+    assert _streamed(tokenizer.detokenizer, base.encode(text)) == base.decode(
+        base.encode(text)) == text
+    raw = Tokenizer.from_file(str(exports(name) / "tokenizer.json"))  # HF `tokenizers` alone
+    assert raw.decode(raw.encode(text).ids) == text and raw.encode(text).ids == base.encode(text)
+    ours = _kssm_greedy(runs[name], PROMPTS[1], max_tokens=16)
+    pieces = list(stream_generate(lm, tokenizer, PROMPTS[1], max_tokens=16))
+    assert "".join(p.text for p in pieces) == base.decode(ours)
+
+
+@needs_mlx_lm
+@pytest.mark.parametrize("name", ["bytes-d1", "cl100k-d2"])
+def test_endoftext_is_plain_text_in_both(runs, loaded, exports, name):
+    """The literal text <|endoftext|> is plain text to mlx-kssm and to the HF files alike (as
+    tiktoken refuses to read special tokens from text by default); the separator's id decodes
+    to it in both and ends generation (generation_config.json)."""
+    _, tokenizer = loaded(name)
+    base = _base(runs[name])
+    text = "The end.<|endoftext|>Next"
+    assert tokenizer.encode(text, add_special_tokens=False) == base.encode(text)
+    assert base.sep_id not in base.encode(text)
+    ids = base.encode("The end.") + [base.sep_id] + base.encode("Next")
+    assert tokenizer.decode(ids) == base.decode(ids) == text
+    assert tokenizer.eos_token_ids == {base.sep_id}
+    config = json.loads((exports(name) / "generation_config.json").read_text())
+    assert config == {"eos_token_id": base.sep_id}
+
+
+@needs_mlx_lm
+def test_chat_template_is_role_text_lines(loaded):
+    _, tokenizer = loaded("bytes-d1")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert tokenizer.has_chat_template
+    assert tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                         tokenize=False) == \
+        "system: Be brief.\nuser: Hi\nassistant:"
+
+
+@needs_mlx_lm
+@pytest.mark.slow
+def test_mlx_lm_chat_runs_on_the_export(exports, loaded):
+    """mlx_lm.chat (interactive) driven through stdin: one turn, then q. It answers with the
+    greedy continuation of the templated turn."""
+    import re
+
+    lm, tokenizer = loaded("bytes-d1")
+    res = subprocess.run([sys.executable, "-m", "mlx_lm", "chat", "--model",
+                          str(exports("bytes-d1")), "--trust-remote-code", "--max-tokens", "8",
+                          "--temp", "0"], input="Hello\nq\n", capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    expected = tokenizer.decode(_mlx_lm_greedy(lm, tokenizer, "user: Hello\nassistant:", 7))
+    words = lambda text: re.sub(r"\x1b\[[0-9;]*[A-Za-z]|\W", "", text)  # noqa: E731
+    assert words(expected) and words(expected) in words(res.stdout)
+    assert "chat_template is not set" not in res.stdout + res.stderr
+
+
+def _mlx_kssm_greedy_base(folder, prompt, max_tokens):
+    """mlx-kssm generate --temp 0 on `folder`, as base ids."""
+    return _kssm_greedy(folder, prompt, max_tokens=max_tokens)
+
+
+@needs_mlx_lm
+@pytest.mark.slow
+def test_quantized_export_runs_in_mlx_lm(runs, tmp_path):
+    """export --format mlx-lm --quantize 4: mlx-lm loads it (the 72-wide readout padded, named
+    in the config) and decodes the tokens mlx-kssm decodes from the same folder."""
+    from mlx_lm import load
+
+    out = tmp_path / "q4"
+    res = CliRunner().invoke(main, ["export", "--model", str(runs["bytes-d1"]), "--format",
+                                    "mlx-lm", "--out", str(out), "--quantize", "4"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["quantization"][
+        "layers.0.bank.out_proj"] == {"group_size": 64, "bits": 4}
+    assert "| quantization | 4-bit affine, group size 64" in (out / "README.md").read_text()
+    lm, tokenizer = load(str(out), trust_remote_code=True)
+    assert type(lm.layers[0].bank.out_proj).__name__ == "PaddedQuantizedLinear"
+    for prompt in PROMPTS:
+        assert _mlx_lm_greedy(lm, tokenizer, prompt, max_tokens=16) == \
+            _mlx_kssm_greedy_base(out, prompt, 16)
+
+
+@needs_mlx_lm
+@pytest.mark.slow
+def test_mlx_lm_convert_q_loads_in_mlx_kssm(runs, exports, tmp_path):
+    """mlx_lm.convert -q of an export (a compacted cl100k_base: convert drops vocab_map.npy,
+    config.json's bitmap stands in) loads in mlx-kssm, which decodes mlx-lm's tokens; its
+    README is mlx-lm's generic card (ours does not survive: docs/interop.md says so)."""
+    from mlx_lm import convert, load
+
+    out = tmp_path / "converted"
+    convert(str(exports("cl100k-d2")), str(out), quantize=True, q_bits=4,
+            trust_remote_code=True)
+    assert not (out / "vocab_map.npy").exists()
+    model, tokenizer = mlx_kssm.load(out)
+    assert type(model.layers[0].bank.in_proj).__name__ == "QuantizedLinear"
+    lm, hf = load(str(out), trust_remote_code=True)
+    for prompt in PROMPTS:
+        assert _mlx_kssm_greedy_base(out, prompt, 12) == _mlx_lm_greedy(lm, hf, prompt, 12)
+    commands = (["generate", "--model", str(out), "--prompt", PROMPTS[0], "-m", "4"],
+                ["evaluate", "--model", str(out), "--data", str(runs["data"]), "--batches", "1",
+                 "--batch-size", "1", "--seq-len", "16", "--samples", "0"],
+                ["export", "--model", str(out), "--out", str(tmp_path / "again")])
+    for args in commands:  # evaluate and export check the compacted vocabulary too
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+    assert "K-SSM" not in (out / "README.md").read_text()
+
+
+@needs_mlx_lm
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is None,
+                    reason="mlx_lm.perplexity needs datasets (the mlx-lm extra brings it)")
+def test_mlx_lm_perplexity_runs_on_local_text(exports, tmp_path):
+    data = tmp_path / "ppl"
+    data.mkdir()
+    text = (FIXTURES / "pg1342_2024.txt").read_text(encoding="utf-8")[:20000]
+    lines = [json.dumps({"text": text[i:i + 2000]}) for i in range(0, len(text), 2000)]
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n")
+    env = {**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf")}
+    res = subprocess.run([sys.executable, "-m", "mlx_lm", "perplexity", "--model",
+                          str(exports("bytes-d1")), "--trust-remote-code", "--data-path",
+                          str(data), "--sequence-length", "64", "--num-samples", "4",
+                          "--batch-size", "2"], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "Perplexity" in res.stdout
 
 
 # ----------------------------------------------------------------------- bad input
@@ -414,9 +579,13 @@ def test_model_card_reports_training_data_and_verdicts(runs):
     assert "| correlation | R tracks next-token entropy | INCONCLUSIVE |" in card
     assert "| learned to use it | forcing R moves the output more than at random init | FAIL |" in card
     assert "pg1342_2024.txt" in card and "| seed | 1 |" in card  # the data, the run
+    title = card.split("---\n")[2].strip().splitlines()[0]  # after the front matter
+    assert title.startswith("# tiny-kssm: K-SSM tiny trained on "), title
+    assert "pg1342_2024.txt" in title, title
     assert "cl100k_base compacted to" in card and "| forced R | 0.3 |" in card
     bare = model_card("m", model, tokenizer, resolve_model_dir(runs["cl100k-d2"]), None, None)
     assert "Causality suite: not run" in bare and "--data DIR" in bare
+    assert "\n# m: K-SSM tiny trained on somewhere\n" in bare  # the run's recorded data
 
 
 def test_model_file_is_mlx_kssms_own_code():

@@ -2,6 +2,7 @@
 
     export(model_dir, out_dir)                        the mlx-kssm format (io.export_model)
     export(model_dir, out_dir, fmt="mlx-lm", ...)     also loads in mlx-lm (to_mlx_lm.py)
+    export(..., quantize=4, group_size=64)            quantized weights (mlx_kssm/quantize.py)
 
 `describe_export(out)` loads the written folder on its own and says what it holds.
 """
@@ -21,31 +22,48 @@ FORMATS = ("mlx-kssm", "mlx-lm")
 
 def export(model_dir, out_dir, fmt: str = "mlx-kssm", dtype: str | None = None,
            max_shard_bytes: int = MAX_SHARD_BYTES, force_r=None, data=None, evaluation=None,
-           log=None) -> Path:
+           log=None, quantize: int | None = None, group_size: int | None = None) -> Path:
     """Export the model in `model_dir` (any folder io.resolve_model_dir accepts) to `out_dir`
     in format `fmt`. mlx-lm only: `force_r` (a ForceR or any form ForceR.of takes), `data`
     (the prepared folder it was trained on) and `evaluation` (an `mlx-kssm evaluate --json`
-    file) go into its config.json and model card; `log(line)` hears of the slow steps."""
+    file) go into its config.json and model card; `log(line)` hears of the slow steps.
+    `quantize` (bits) and `group_size` (default 64) quantize the weights as mlx-lm does."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    quantization = _quantization(quantize, group_size)
     if fmt == "mlx-lm":
         return _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data,
-                              evaluation, log)
+                              evaluation, log, quantization)
     given = [name for name, value in (("--force-r", force_r), ("--data", data),
                                       ("--evaluation", evaluation)) if value is not None]
     if given:
         raise ValueError(f"{', '.join(given)} apply to --format mlx-lm only")
-    return export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    return export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                        quantize=quantization)
 
 
-def _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data, evaluation, log):
+def _quantization(bits, group_size) -> tuple[int, int] | None:
+    """(bits, group size) to quantize with, or None; checked before anything is read."""
+    from ..quantize import DEFAULT_GROUP_SIZE, check_settings
+    if bits is None:
+        if group_size is not None:
+            raise ValueError("--group-size applies with --quantize only")
+        return None
+    group_size = DEFAULT_GROUP_SIZE if group_size is None else group_size
+    check_settings(bits, group_size, "--quantize/--group-size")
+    return bits, group_size
+
+
+def _export_mlx_lm(model_dir, out_dir, dtype, max_shard_bytes, force_r, data, evaluation, log,
+                   quantization):
     from .to_mlx_lm import export_mlx_lm, require_mlx_lm
 
     require_mlx_lm()
     evaluation_json = None if evaluation is None else _evaluation_of(model_dir, evaluation, log)
     meta = _training_data_meta(model_dir, data) if data is not None else None
     return export_mlx_lm(model_dir, out_dir, dtype=dtype, force_r=force_r, data_meta=meta,
-                         evaluation=evaluation_json, max_shard_bytes=max_shard_bytes, log=log)
+                         evaluation=evaluation_json, max_shard_bytes=max_shard_bytes, log=log,
+                         quantize=quantization)
 
 
 def _evaluation_of(model_dir, evaluation, log) -> dict:
@@ -93,6 +111,9 @@ def describe_export(out, dtype: str | None = None) -> str:
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     size = sum((out / f).stat().st_size for f in files)
     config = read_config(out)
+    quantization = config.get("quantization")
+    bits = (f", {quantization.get('bits')}-bit (group size {quantization.get('group_size')})"
+            if isinstance(quantization, dict) else "")
     return (f"exported {config.get('preset') or config.get('model_type')} "
-            f"({count_parameters(model):,} parameters, {dtype or 'float32'}) to {out}: "
+            f"({count_parameters(model):,} parameters, {dtype or 'float32'}{bits}) to {out}: "
             f"{', '.join(files)} ({size / 1e6:.2f} MB)")

@@ -1,6 +1,6 @@
-"""A model's tokenizer as Hugging Face files (tokenizer.json + tokenizer_config.json), built
-offline, so `transformers.AutoTokenizer.from_pretrained(folder)` -- how mlx-lm loads every
-tokenizer -- gives the same ids as mlx_kssm.
+"""A model's tokenizer as Hugging Face files (tokenizer.json, tokenizer_config.json and
+generation_config.json), built offline, so `transformers.AutoTokenizer.from_pretrained(folder)`
+-- how mlx-lm loads every tokenizer -- gives the same ids as mlx_kssm.
 
 - tiktoken encodings (cl100k_base, the others tiktoken knows, a .tiktoken ranks file): a
   byte-level BPE whose ids are the encoding's ranks. Its merges are recovered from the ranks
@@ -9,6 +9,14 @@ tokenizer -- gives the same ids as mlx_kssm.
   special tokens keep their ids; ids the encoding leaves unused become reserved special
   tokens, so every id decodes.
 - bytes (character-level models): the 256 bytes as ids 0..255 and <|endoftext|> = 256.
+
+Text reads as mlx_kssm decodes it: the ByteLevel decoder is wrapped in a Sequence, so mlx-lm
+streams text with its NaiveStreamingDetokenizer (the tokenizer's own decode, exact) rather
+than its BPEStreamingDetokenizer, which drops the space a generation starts with.
+`<|endoftext|>` in text is plain text, as in mlx_kssm (and tiktoken, whose encode refuses to
+read special tokens from text by default): `split_special_tokens` in tokenizer_config.json
+makes transformers encode it byte by byte; its id still decodes to `<|endoftext|>` and ends
+generation (eos). The chat template is a base model's: "role: text" lines, then "assistant:".
 
 A compacted vocabulary is not converted here: the exported model maps the base ids itself.
 Every conversion is checked on a probe text against the tokenizer it converts; a tokenizer
@@ -25,6 +33,11 @@ from ..data.tokenizer import (SEPARATOR_TEXT, BytesTokenizer, CompactTokenizer,
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+GENERATION_CONFIG = "generation_config.json"
+# a base model's chat format: each message as a "role: text" line, then "assistant:" for the
+# model to go on from (no space after it: BPE tokens carry their leading space)
+CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n"
+                 "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
 # what the conversion must reproduce: contractions, digit runs, whitespace runs and line ends,
 # punctuation, accents, CJK and emoji (multi-byte UTF-8)
 PROBE_TEXT = ("It's 1234567 o'clock, THEY'RE here;  two  spaces\t\ttabs\r\nCRLF\n\n\n"
@@ -50,11 +63,14 @@ def hf_tokenizer(tokenizer):
     else:
         raise ConversionError(f"no Hugging Face conversion for the tokenizer "
                               f"{describe_tokenizer(base.spec)}")
-    check_same_ids(hf, base, PROBE_TEXT)
+    check_same_ids(hf, base, PROBE_TEXT + SEPARATOR_TEXT)
     return hf
 
 
 def check_same_ids(hf, base, text: str) -> None:
+    # split_special_tokens, as transformers reads it from tokenizer_config.json (the
+    # `tokenizers` library does not store it in tokenizer.json)
+    hf.encode_special_tokens = True
     theirs = hf.encode(text, add_special_tokens=False).ids
     ours = [int(i) for i in base.encode(text)]
     if theirs != ours:
@@ -68,17 +84,26 @@ def check_same_ids(hf, base, text: str) -> None:
 
 def tokenizer_config(tokenizer) -> dict:
     """tokenizer_config.json: the fast tokenizer class, <|endoftext|> (the document separator
-    mlx_kssm stops at) as end of sequence, no tokens added around a prompt."""
+    mlx_kssm stops at) as end of sequence but plain text when it is in a text, no tokens added
+    around a prompt, the base model's chat template."""
     return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": SEPARATOR_TEXT,
             "bos_token": None, "unk_token": None, "pad_token": None, "add_bos_token": False,
             "add_eos_token": False, "clean_up_tokenization_spaces": False,
-            "model_max_length": 1 << 30}
+            "split_special_tokens": True, "model_max_length": 1 << 30,
+            "chat_template": CHAT_TEMPLATE}
+
+
+def generation_config(tokenizer) -> dict:
+    """generation_config.json: the id generation stops at (the separator, as a base id)."""
+    return {"eos_token_id": int(base_tokenizer(tokenizer).sep_id)}
 
 
 def tokenizer_files(tokenizer) -> dict:
-    """{file name: text} of the two files for `tokenizer`."""
-    return {TOKENIZER_JSON: tokenizer_json(tokenizer), TOKENIZER_CONFIG: json.dumps(
-        tokenizer_config(tokenizer), indent=2) + "\n"}
+    """{file name: text} of the three files for `tokenizer`."""
+    as_json = lambda obj: json.dumps(obj, indent=2) + "\n"  # noqa: E731
+    return {TOKENIZER_JSON: tokenizer_json(tokenizer),
+            TOKENIZER_CONFIG: as_json(tokenizer_config(tokenizer)),
+            GENERATION_CONFIG: as_json(generation_config(tokenizer))}
 
 
 _converted: dict = {}  # base tokenizer spec -> tokenizer.json text
@@ -115,7 +140,8 @@ def _byte_level(vocab: dict, merges: list, pattern: str | None, specials: dict):
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     hf.pre_tokenizer = byte_level if pattern is None else pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False), byte_level])
-    hf.decoder = decoders.ByteLevel()
+    # a Sequence, not ByteLevel itself: mlx-lm then streams with the exact detokenizer
+    hf.decoder = decoders.Sequence([decoders.ByteLevel()])
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False)
                            for _, t in sorted(specials.items())])
     return hf

@@ -60,6 +60,7 @@ from ..models.bistable import (CORE_CENTER, DELTA_EPS, FORCED_U_FLOOR, N_PROJECT
                                core_projections, raw_u)
 from ..models.kssm import OscillatorBankBase, algebraic_unit, projection_sizes
 from ..models.base import MLP
+from ..models.quantized import PaddedQuantizedLinear, QuantizableLinear
 
 # ----------------------------------------------------------------------- for mlx-lm
 
@@ -145,16 +146,16 @@ class OscillatorBank(OscillatorBankBase):
         N = G * n
         self.args, self.G, self.n = args, G, n
         self.norm = nn.RMSNorm(D)
-        self.in_proj = nn.Linear(D, sum(projection_sizes(args)))
+        self.in_proj = QuantizableLinear(D, sum(projection_sizes(args)))
         self.omega = mx.zeros((G, n))
         self.lambda_bias = mx.zeros((G, n))
         self.dt_raw = mx.array(0.0)
         self.z0 = mx.zeros((2, G, n))
         if args.readout == "bolted":
-            self.out_proj = nn.Linear(2 * N, D)
+            self.out_proj = QuantizableLinear(2 * N, D)
             self.state_norm = nn.RMSNorm(2 * N)
         else:
-            self.out_proj = nn.Linear(3 * args.harmonics * G, D)
+            self.out_proj = QuantizableLinear(3 * args.harmonics * G, D)
 
     def __call__(self, x, mask=None, cache=None, force_r=None):
         T = x.shape[1]

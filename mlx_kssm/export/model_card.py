@@ -43,12 +43,31 @@ def run_folder(model_folder: Path) -> Path | None:
 
 
 def model_card(name: str, model, tokenizer, model_folder: Path, data_meta: dict | None,
-               evaluation: dict | None, force_r=None) -> str:
+               evaluation: dict | None, force_r=None, quantization=None) -> str:
+    """The card's text. `quantization`: (bits, group size) or config.json's entry, or None."""
     run = run_folder(Path(model_folder))
-    sections = [_front_matter(), f"# {name}\n", _summary(model), _usage(name),
-                _model_table(model, tokenizer, force_r), _training(model_folder, run),
+    sections = [_front_matter(), _title(name, model, data_meta, run), _summary(model),
+                _usage(name),
+                _model_table(model, tokenizer, force_r, quantization),
+                _training(model_folder, run),
                 _data(data_meta, run), _evaluation(model_folder, evaluation)]
     return "\n".join(sections)
+
+
+def _title(name: str, model, data_meta: dict | None, run: Path | None) -> str:
+    """`# NAME: K-SSM PRESET trained on DATA`, the data as --data describes it (its first
+    source titles), else as the run recorded it (its folder name)."""
+    kind = f"K-SSM {model.args.preset or 'custom'}"
+    titles = [s.get("title") or s.get("file") for s in (data_meta or {}).get("sources") or []
+              if isinstance(s, dict)]
+    if titles:
+        data = ", ".join(map(str, titles[:3])) + (f" and {len(titles) - 3} more"
+                                                  if len(titles) > 3 else "")
+    else:
+        recorded = ((read_json(run / "config.json") or {}).get("train", {}).get("data")
+                    if run else None)
+        data = Path(str(recorded)).name if recorded else "unrecorded data"
+    return f"# {name}: {kind} trained on {data}\n"
 
 
 def _front_matter() -> str:
@@ -80,16 +99,26 @@ response = generate(model, tokenizer, prompt="The ", max_tokens=100, verbose=Tru
 ```
 
 ```bash
-mlx_lm.generate --model {name} --trust-remote-code --prompt "The " --max-tokens 100
+mlx_lm.generate --model {name} --trust-remote-code --ignore-chat-template --prompt "The "
 mlx_lm.server --model {name} --trust-remote-code   # OpenAI-compatible /v1/completions
+mlx_lm.chat --model {name} --trust-remote-code      # and the server's /v1/chat/completions
 ```
+
+This is a base model: its chat template writes each message as a `role: text` line and ends
+with `assistant:`, and the model goes on from there as it would from any text (it was not
+trained to answer, nor to stop after its turn). `mlx_lm.generate` applies that template to
+`--prompt` unless given `--ignore-chat-template`: with it, the model continues the prompt
+itself, as `mlx-kssm generate` does.
+
+`mlx_lm.convert` and `mlx_lm.fuse` write mlx-lm's own short card in place of this one: copy
+this README.md into their output folder to keep it.
 
 To clamp R in the served model, set `"force_r"` in config.json (a number for every layer, or
 one number or null per layer), or export with `mlx-kssm export --format mlx-lm --force-r R`.
 """
 
 
-def _model_table(model, tokenizer, force_r) -> str:
+def _model_table(model, tokenizer, force_r, quantization=None) -> str:
     a = model.args
     design = {1: "1 (input-dependent rotation, no gate, sigmoid/tanh)",
               2: "2 (fixed rotation per oscillator, output gate, algebraic squashes)"}
@@ -101,8 +130,18 @@ def _model_table(model, tokenizer, force_r) -> str:
              else "bolted (negative control: R bypassed)"),
             ("coupling", _coupling(a)),
             ("tokenizer", describe_tokenizer(tokenizer.spec)),
-            ("forced R", "none" if force_r is None else json.dumps(force_r))]
+            ("forced R", "none" if force_r is None else json.dumps(force_r)),
+            ("quantization", _quantization(quantization))]
     return "## Model\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def _quantization(quantization) -> str:
+    if isinstance(quantization, dict):
+        quantization = (quantization.get("bits"), quantization.get("group_size"))
+    if not quantization:
+        return "none"
+    bits, group_size = quantization
+    return f"{bits}-bit affine, group size {group_size} (docs/interop.md of mlx-kssm)"
 
 
 def _coupling(a) -> str:

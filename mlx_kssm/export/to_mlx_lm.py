@@ -6,7 +6,9 @@
     OUT/kssm.py            the model file (Model, ModelArgs): mlx_lm_kssm.py with mlx_kssm's
                            own code in place of its imports (model_file.py)
     OUT/model.safetensors  the weights, {"format": "mlx"}: the tensors mlx_kssm itself loads
-    OUT/tokenizer.json, tokenizer_config.json   the base tokenizer for transformers
+    OUT/tokenizer.json, tokenizer_config.json   the base tokenizer for transformers, with a
+                           base model's chat template ("role: text" lines)
+    OUT/generation_config.json   the id generation stops at
     OUT/README.md          the model card
     OUT/vocab_map.npy      a compaction map: mlx_kssm's own loader reads the folder too
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from .._files import atomic_write_text
 from ..data.tokenizer import CompactTokenizer, describe_tokenizer
-from ..io import MAX_SHARD_BYTES, export_model, load, resolve_model_dir
+from ..io import MAX_SHARD_BYTES, export_model, load, read_config, resolve_model_dir
 from ..models.force import ForceR
 from .hf_tokenizer import PROBE_TEXT, ConversionError, base_tokenizer, tokenizer_files
 from .model_card import model_card
@@ -55,12 +57,12 @@ def require_mlx_lm():
 
 def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: dict | None = None,
                   evaluation: dict | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-                  log=None) -> Path:
+                  log=None, quantize: tuple[int, int] | None = None) -> Path:
     """Export the K-SSM model in `src` (any folder `resolve_model_dir` accepts) to `out` for
     mlx-lm. `force_r`: a ForceR or any form ForceR.of takes, written to config.json;
     `data_meta` (a prepared folder's meta.json) and `evaluation` (what
     `mlx-kssm evaluate --json` wrote) describe the model in its card. `log(line)` hears of
-    the slow steps (seconds each for cl100k_base)."""
+    the slow steps (seconds each for cl100k_base). `quantize`: (bits, group size)."""
     log = log or (lambda line: None)
     require_mlx_lm()
     folder = resolve_model_dir(src)
@@ -74,7 +76,8 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
     except ConversionError as e:
         raise ExportError(f"{folder}: {e}") from None
     files["README.md"] = model_card(Path(out).name, model, tokenizer, folder, data_meta,
-                                    evaluation, force_config)
+                                    evaluation, force_config,
+                                    quantize or read_config(folder).get("quantization"))
     config = mlx_lm_config(tokenizer, force_config)
     files[MODEL_FILE] = model_source()
 
@@ -85,10 +88,12 @@ def export_mlx_lm(src, out, dtype: str | None = None, force_r=None, data_meta: d
 
     def check(tmp: Path) -> None:
         log("checking: mlx-lm loads the new folder, its logits against mlx_kssm's")
-        check_logits(tmp, model, tokenizer, force, dtype or "float32")
+        # quantized: against mlx_kssm's load of the same quantized weights
+        reference = model if quantize is None else load(tmp)[0]
+        check_logits(tmp, reference, tokenizer, force, dtype or "float32")
 
     return export_model(src, out, dtype=dtype, max_shard_bytes=max_shard_bytes,
-                        add_files=add_files, check=check)
+                        add_files=add_files, check=check, quantize=quantize)
 
 
 def _check_exportable(model, tokenizer, folder) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .._resources import check_fits
@@ -48,7 +49,17 @@ def _model_args(preset_or_args, overrides: dict) -> ModelArgs:
 
 
 def count_parameters(model) -> int:
-    return sum(v.size for _, v in tree_flatten(model.parameters()))
+    """Parameters as the floating-point model has them: a quantized layer's weight counts its
+    unpacked values (uint32 words x 32 / bits; a padded one its own width), not its words,
+    scales or biases."""
+    total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    for _, module in model.named_modules():
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            rows, words = module["weight"].shape
+            width = getattr(module, "input_dims", words * 32 // module.bits)
+            total += rows * width - rows * words - module["scales"].size
+            total -= module["biases"].size if module.get("biases") is not None else 0
+    return total
 
 
 def preset_table(vocab_size: int | None = None) -> list:

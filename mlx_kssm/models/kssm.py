@@ -28,6 +28,7 @@ from ..kernels import oscillator_scan, oscillator_step
 from .base import MLP, LanguageModel, ModelArgs, check_layer_cache_kind
 from .bistable import N_PROJECTIONS, bistable_core, init_core_projection
 from .order_params import order_parameters, unit_phasors
+from .quantized import QuantizableLinear
 
 
 class OscillatorCache:
@@ -136,7 +137,8 @@ class OscillatorBank(OscillatorBankBase):
         self.args = args
         self.norm = nn.RMSNorm(args.d_model)
         sizes = projection_sizes(args)
-        self.in_proj = nn.Linear(args.d_model, sum(sizes))
+        # QuantizableLinear: quantized at any width (the readout's is rarely a multiple of 32)
+        self.in_proj = QuantizableLinear(args.d_model, sum(sizes))
         coupling_start = coupling_offset(args)
         if args.bistable:
             init_core_projection(self.in_proj, coupling_start, args.core_box)
@@ -148,10 +150,10 @@ class OscillatorBank(OscillatorBankBase):
         theta0 = mx.random.uniform(-math.pi, math.pi, (G, n))
         self.z0 = mx.stack([mx.cos(theta0), mx.sin(theta0)])  # learned initial state
         if args.readout == "bolted":
-            self.out_proj = nn.Linear(2 * N, args.d_model)
+            self.out_proj = QuantizableLinear(2 * N, args.d_model)
             self.state_norm = nn.RMSNorm(2 * N)
         else:
-            self.out_proj = nn.Linear(3 * args.harmonics * G, args.d_model)
+            self.out_proj = QuantizableLinear(3 * args.harmonics * G, args.d_model)
         # Ablation switch: zero the order-parameter features (the only-path test).
         self.ablate_readout = False
         self.scan_kernel = "auto"  # the scan's implementation: kernels.use_kernel sets it

@@ -476,10 +476,17 @@ mlx_lm_options = options(
               help="cast the weights (default: keep float32)")
 @click.option("--max-shard-size", default="2GB", show_default=True,
               help="split model.safetensors into shards with an index above this size")
+@click.option("--quantize", "-q", "quantize", type=click.Choice(["2", "3", "4", "5", "6", "8"]),
+              default=None, metavar="BITS",
+              help="quantize the weights to BITS (4 or 8 as a rule; 2 3 5 6 also), in mlx-lm's "
+                   "format: every command and mlx-lm load the folder")
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
+              help="with --quantize: inputs per quantization group (default 64; a layer whose "
+                   "width it does not divide takes a smaller size that does, or pads)")
 @mlx_lm_options
 @one_line_errors
-def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_layer, data_dir,
-           evaluation_json):
+def export(model_dir, out_dir, fmt, dtype, max_shard_size, quantize, group_size, force_r,
+           force_r_layer, data_dir, evaluation_json):
     """Write a self-contained model folder (mlx-lm layout).
 
     \b
@@ -495,9 +502,16 @@ def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_laye
     --format mlx-lm adds what mlx-lm needs to load the folder as a custom model: kssm.py
     (the architecture; mlx-lm runs it with --trust-remote-code), "model_file" and the
     vocabulary map in config.json, tokenizer.json + tokenizer_config.json (the base tokenizer:
-    mlx-lm sees cl100k_base or byte ids; ids a compacted model never saw get no probability)
-    and a model card, README.md. Before it replaces OUT, the folder is loaded with mlx-lm and
+    mlx-lm sees cl100k_base or byte ids; ids a compacted model never saw get no probability;
+    a base model's chat template of "role: text" lines, which mlx_lm.generate applies to
+    --prompt unless given --ignore-chat-template), generation_config.json and a model card,
+    README.md (docs/interop.md). Before it replaces OUT, the folder is loaded with mlx-lm and
     its logits are compared with mlx_kssm's. Needs: pip install 'mlx-kssm[mlx-lm]'.
+
+    --quantize BITS writes quantized weights as mlx_lm.convert -q does ("quantization" in
+    config.json); the oscillator bank's projections quantize too (padded where the group size
+    does not divide their width). Quantized folders, these and mlx_lm.convert's, load in every
+    command.
 
     \b
     Examples:
@@ -505,9 +519,12 @@ def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_laye
       mlx-kssm export --model checkpoints/v2/best --out exports/v2-fp16 --dtype float16
       mlx-kssm export --model checkpoints/tiny --out exports/tiny-mlx-lm --format mlx-lm \\
           --data data/prepared/shakespeare --evaluation eval.json
-      mlx_lm.generate --model exports/tiny-mlx-lm --trust-remote-code --prompt "ROMEO."
+      mlx_lm.generate --model exports/tiny-mlx-lm --trust-remote-code --ignore-chat-template \
+          --prompt "ROMEO."
       mlx-kssm export --model checkpoints/tiny --out exports/tiny-r03 --format mlx-lm --force-r 0.3
       mlx_lm.server --model exports/tiny-r03 --trust-remote-code --port 8080
+      mlx-kssm export --model checkpoints/v2 --out exports/v2-4bit --format mlx-lm --quantize 4
+      mlx-kssm export --model checkpoints/v1 --out exports/v1-8bit -q 8 --group-size 32
     """
     from ..export.exporter import describe_export, export as run_export
 
@@ -515,11 +532,14 @@ def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_laye
                      max_shard_bytes=parse_size(max_shard_size),
                      force_r=_force_option(model_dir, force_r, force_r_layer),
                      data=data_dir, evaluation=evaluation_json,
-                     log=lambda line: click.echo(line, err=True))
+                     log=lambda line: click.echo(line, err=True),
+                     quantize=None if quantize is None else int(quantize),
+                     group_size=None if group_size is None else int(group_size))
     click.echo(describe_export(out, dtype))
     if fmt == "mlx-lm":
         click.echo(f"checked: mlx-lm loads it and its logits match mlx_kssm's. Try:\n"
-                   f"  mlx_lm.generate --model {out} --trust-remote-code --prompt \"The \"")
+                   f"  mlx_lm.generate --model {out} --trust-remote-code --ignore-chat-template "
+                   f"--prompt \"The \"")
 
 
 def _force_option(model_dir, force_r, force_r_layer):

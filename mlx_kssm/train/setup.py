@@ -17,7 +17,8 @@ from mlx.optimizers import Optimizer
 from .._files import foreign_entries
 from .._resources import WINDOW_BYTES_PER_TOKEN, check_fits
 from ..data.loader import SAMPLERS, BatchSampler, TokenDataset, check_tokenizer, check_vocab, eval_batches
-from ..io import apply_weights, load_model, resolve_model_dir
+from ..io import (ModelLoadError, apply_weights, load_model, resolve_model_dir,
+                  tokenizer_spec)
 from ..kernels import check_kernel, use_kernel
 from ..models import build_model, preset_train_defaults
 from ..models.presets import DEFAULT_WEIGHT_DECAY, PRESETS, preset_args
@@ -265,8 +266,11 @@ def _build_model(config: TrainConfig, resume_from, train_ds):
     elif config.model is not None:
         mx.random.seed(config.seed)
         model, model_config = load_model(config.model)
-        check_tokenizer(train_ds, model_config.get("tokenizer"), resolve_model_dir(config.model),
-                        config.model)
+        if model_config.get("quantization") is not None:  # frozen weights, unsaveable config
+            raise ModelLoadError(f"--model {config.model} is quantized: train from its "
+                                 "floating-point original")
+        folder = resolve_model_dir(config.model)
+        check_tokenizer(train_ds, tokenizer_spec(model_config, folder), folder, config.model)
     else:
         model = build_model(config.preset, vocab_size=train_ds.vocab_size, seed=config.seed,
                             **model_overrides(config))
