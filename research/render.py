@@ -256,7 +256,15 @@ def _summary_loss(entry: dict) -> str:
     """One model's val loss, read as the entry's `from` says:
     "runs": a "runs" JSON's row, mean ± sd (with the seed count);
     "field": a record's field as printed (the study's mean ± 95% CI), then `suffix`;
-    "gpu": the best val loss of the GPU histories in results/gpu, mean ± sd."""
+    "gpu": the best val loss of the GPU histories in results/gpu, mean ± sd;
+    "scaling": one model's runs in the scaling summary, mean ± sd over seeds."""
+    if entry["from"] == "scaling":
+        runs = _scaling_runs_of(entry)
+        if not runs:
+            return "— (not run yet)"
+        spread = "sd, " if len(runs) > 1 else ""
+        return mean_sd([r["val_loss"] for r in runs], 3) + \
+            f" ({spread}{len(runs)} seed{'s' if len(runs) > 1 else ''})"
     if entry["from"] == "gpu":
         runs = _gpu_report().quality(HERE / "results" / "gpu")[entry["key"]]
         return mean_sd([r["best"] for r in runs], 3) + f" (sd, {len(runs)} seeds, best)"
@@ -270,7 +278,16 @@ def _summary_loss(entry: dict) -> str:
     return record[entry["field"]] + entry.get("suffix", "")
 
 
+def _scaling_runs_of(entry: dict) -> list:
+    return sorted((r for r in load(entry["json"])["runs"]
+                   if r["model"] == entry["key"] and r.get("val_loss") is not None),
+                  key=lambda r: r["seed"])
+
+
 def _summary_causality(entry: dict) -> str:
+    if entry["from"] == "scaling":
+        verdicts = [r.get("verdict") for r in _scaling_runs_of(entry)]
+        return " ".join(v[0] for v in verdicts if v) or "n/a"
     if "causality_json" not in entry:
         return "—"
     data = load(entry["causality_json"])
