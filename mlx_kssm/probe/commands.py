@@ -11,7 +11,8 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 import click
 
 from .._cli import (CONTEXT, SEED, FiniteFloatRange, UsageProblem, check_output_file,
-                    force_r_options, kernel_option, one_line_errors, options)
+                    force_r_options, kernel_option, model_loading_options, one_line_errors,
+                    options)
 from .._files import atomic_write_json, atomic_write_text
 
 
@@ -58,6 +59,7 @@ def parse_size(text: str) -> int:
 @force_r_options()
 @click.option("--show-r", is_flag=True, help="print R per generated token and its zone")
 @kernel_option
+@model_loading_options
 @one_line_errors
 def generate(model_dir, prompt, max_tokens, temp, top_p, top_k, seed, force_r, force_r_layer,
              show_r, kernel):
@@ -126,6 +128,7 @@ def _stream(text: str) -> None:
 @click.option("--json", "json_out", default=None, metavar="FILE",
               help="write the full sweep (per prompt and value) as JSON")
 @kernel_option
+@model_loading_options
 @one_line_errors
 def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values, max_tokens,
               temp, top_p, top_k, seed, json_out, kernel):
@@ -193,6 +196,7 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
               help="seed of the evaluation windows and samples")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="write all numbers as JSON")
 @kernel_option
+@model_loading_options
 @one_line_errors
 def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causality, sequences,
              values, random_init_seed, no_random_init, samples, sample_tokens, seed, json_out,
@@ -262,6 +266,7 @@ mlx_lm_options = options(
 @click.option("--max-shard-size", default="2GB", show_default=True,
               help="split model.safetensors into shards with an index above this size")
 @mlx_lm_options
+@model_loading_options
 @one_line_errors
 def export(model_dir, out_dir, fmt, dtype, max_shard_size, force_r, force_r_layer, data_dir,
            evaluation_json):

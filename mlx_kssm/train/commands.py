@@ -34,6 +34,8 @@ Examples:
   # train 500 steps of a 2000-step plan now, the rest later: identical to one long run
   mlx-kssm train --preset tiny --data DIR --max-steps 500 --schedule-steps 2000 --output-dir runs/t
   mlx-kssm train --resume --output-dir runs/t --max-steps 2000
+  # go back to an earlier checkpoint (later ones are moved to checkpoints/superseded/)
+  mlx-kssm train --output-dir runs/t --resume-from runs/t/checkpoints/step_500
   # staged training: stage 2 = 500 steps + the decision matrix (docs/training.md)
   mlx-kssm train --preset v3 --data data/prepared/gutenberg --stage 2 --output-dir runs/s2
   # fine-tune from a model folder, options from a file (flags override it)
@@ -53,6 +55,9 @@ Exit status: 0 finished or early-stopped; 130 Ctrl-C / 143 SIGTERM (a checkpoint
 first; continue with --resume); 3 NaN/inf loss (stopped, last good checkpoint kept);
 1 bad input, the folder is locked by another trainer, or a checkpoint could not be written
 (disk full: the error and training.log name it; the last good checkpoint is kept).
+\b
+--resume takes the newest checkpoint that loads and holds finite weights: a damaged or NaN
+newer one is skipped with a warning naming it (and left in place).
 \b
 A run that died before its first checkpoint: run the same command again (its history starts
 afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json).
@@ -93,6 +98,10 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "evals without val improvement before stopping; 0 = never", "patience"))
 @click.option("--seed", type=SEED, help=with_default("init and data seed", "seed"))
 @click.option("--resume", is_flag=True, default=None, help="continue the run in --output-dir")
+@click.option("--resume-from", type=click.Path(file_okay=False), metavar="STEP_DIR",
+              help="resume from this checkpoint (a step_N folder of --output-dir's "
+                   "checkpoints/) instead of the newest: optimizer state, step and data "
+                   "position come from it; implies --resume")
 @click.option("--kernel", type=click.Choice(KERNEL_MODES),
               help="scan implementation: auto = the fused Metal or CUDA kernel of the GPU "
                    "present (checked against the reference on first use)  [default: auto]")

@@ -70,6 +70,8 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     defaults = TrainConfig()
     if explicit is None:
         explicit = {k for k, v in config.to_dict().items() if getattr(defaults, k) != v}
+    if config.resume_from is not None:  # a chosen checkpoint of the run: a resume
+        config = config.replace(resume=True)
     if not config.resume:
         config.validate()
     if not config.output_dir:  # Path("") is the working directory itself
