@@ -65,18 +65,31 @@ _ALLOW_NONFINITE = contextvars.ContextVar("allow_nonfinite", default=False)
 _NOTE = contextvars.ContextVar("load_note", default=None)
 
 
+class _Notes:
+    """Lines about what a load resolved to, held until the load succeeds (a failed one ends
+    in its one error line alone), each said once."""
+
+    def __init__(self, emit):
+        self.emit, self.pending, self.said = emit, [], set()
+
+    def add(self, line: str) -> None:
+        if line not in self.said and line not in self.pending:
+            self.pending.append(line)
+
+    def flush(self) -> None:
+        for line in self.pending:
+            self.said.add(line)
+            self.emit(line)
+        self.pending = []
+
+
 @contextmanager
 def loading_options(allow_nonfinite: bool = False, note=None):
     """Within the block, every load accepts non-finite weights if `allow_nonfinite` (for
-    forensic use), and `note(line)` hears which folder a run folder resolved to."""
-    seen = set()
-
-    def note_once(line: str) -> None:
-        if note is not None and line not in seen:
-            seen.add(line)
-            note(line)
-
-    tokens = (_ALLOW_NONFINITE.set(allow_nonfinite), _NOTE.set(note_once))
+    forensic use), and `note(line)` hears, once a load succeeded, which folder a run folder
+    resolved to."""
+    tokens = (_ALLOW_NONFINITE.set(allow_nonfinite),
+              _NOTE.set(None if note is None else _Notes(note)))
     try:
         yield
     finally:
@@ -85,9 +98,15 @@ def loading_options(allow_nonfinite: bool = False, note=None):
 
 
 def _note(line: str) -> None:
-    note = _NOTE.get()
-    if note is not None:
-        note(line)
+    notes = _NOTE.get()
+    if notes is not None:
+        notes.add(line)
+
+
+def _notes_said() -> None:
+    notes = _NOTE.get()
+    if notes is not None:
+        notes.flush()
 
 
 def nonfinite_tensors(arrays: dict) -> list:
@@ -440,6 +459,13 @@ def load_model(path, allow_nonfinite: bool | None = None):
 
 
 def _load_resolved(path, allow_nonfinite: bool | None = None):
+    """(folder, model, config), and the notes on what `path` resolved to said."""
+    loaded = _load_resolved_once(path, allow_nonfinite)
+    _notes_said()
+    return loaded
+
+
+def _load_resolved_once(path, allow_nonfinite: bool | None = None):
     """(folder, model, config). A best/ that the trainer replaced while it was read (its
     files renamed away) is resolved and read again, once."""
     folder = resolve_model_dir(path)

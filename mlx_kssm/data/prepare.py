@@ -36,7 +36,7 @@ from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign
                       inside, naming, replacing_folder, sha256_file, visible_entries)
 from .._types import has_type, is_int
 from .errors import DataError
-from .fetch import check_text, decode_text, list_text_files
+from .fetch import check_text, decode_text, jsonl_texts, list_text_files
 from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
 FORMAT = "mlx-kssm-tokens"  # meta.json's marker: what makes a folder a prepared one
@@ -158,18 +158,9 @@ def iter_documents(src: Source) -> Iterator[str]:
 
 
 def _jsonl_documents(path: Path) -> Iterator[str]:
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{path}:{lineno}: not a JSON object with a \"text\" field") from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: \"text\" is not a string")
-            if text.strip():
-                yield text
+    """One document per line, checked as a .txt file is (fetch.jsonl_texts)."""
+    with open(path, "rb") as f:
+        yield from jsonl_texts(f, path)
 
 
 def choose_val_docs(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:

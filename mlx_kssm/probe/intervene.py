@@ -139,7 +139,8 @@ def intervene(model_dir, prompts=(), data=None, split: str = "val", n_prompts: i
 
     folder, model, tokenizer = load_with_tokenizer(model_dir)
     use_kernel(model, kernel)
-    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    from .generate import check_prompt_text
+    prompt_ids = [tokenizer.encode(check_prompt_text(p)) for p in prompts]
     if data is not None:
         prompt_ids += heldout_prompts(data, split, model, folder, n_prompts, prompt_len,
                                       seed + HELDOUT_SEED_OFFSET)

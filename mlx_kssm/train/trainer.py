@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import signal
 import socket
@@ -81,6 +82,10 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     run_dir = Path(config.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"--output-dir {run_dir} exists and is not a folder")
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise ValueError(f"--output-dir {run_dir} is a symbolic link that leads nowhere (to "
+                         f"{os.readlink(run_dir)!r}: a loop, or a missing folder): remove it "
+                         "or point it at a folder")
     writer = rank == 0
     if writer:  # before the lock: a folder that is not a run gets nothing written into it
         setup.check_run_folder(run_dir)
@@ -320,12 +325,12 @@ class _Loop:
         return v
 
     # -- checkpoints
-    def snapshot(self) -> dict:
+    def snapshot(self, pending_events: int = 0) -> dict:
         """trainer_state.json as of now: the state, with what the RNG, the detector and the log
-        hold brought in."""
+        hold brought in. `pending_events`: events to be written with it (a checkpoint's own)."""
         self.state.take_rng_key()
         self.state.explosion_min = self.detector.minimum
-        self.state.history_len = self.log.n_events  # events up to this checkpoint's own
+        self.state.history_len = self.log.n_events + pending_events
         return self.state.to_json()
 
     def save(self, reason: str) -> None:
@@ -335,15 +340,18 @@ class _Loop:
             return
         t0 = time.perf_counter()
         arrays = checkpoint_arrays(run.optimizer, run.grokfast)
-        self.log.event({"event": "checkpoint", "step": step, "reason": reason,
-                        "path": str(ckpt.step_dir(run.run_dir, step))})
+        # the checkpoint records the history up to its own event, which is written only once
+        # the save succeeded: a failed write leaves no event for a step never saved
+        state = self.snapshot(pending_events=1)
         try:
-            path = ckpt.save_checkpoint(run.run_dir, step, run.model, arrays, self.snapshot(),
+            path = ckpt.save_checkpoint(run.run_dir, step, run.model, arrays, state,
                                         run.tokenizer_spec, run.config.keep_last,
                                         tokenizer_root=run.config.data)
         except OSError as error:
             raise self.write_failed(f"checkpoint {ckpt.step_dir(run.run_dir, step)}",
                                     error) from None
+        self.log.event({"event": "checkpoint", "step": step, "reason": reason,
+                        "path": str(path)})
         self.last_saved = step
         self.log.line(f"Iter {step}: saved {path} ({reason}, {time.perf_counter() - t0:.2f}s)")
 
