@@ -114,7 +114,7 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
               help="run.toml or run.json with any of these options (flags override)")
 @click.option("--list-presets", is_flag=True, help="list presets with sizes and exit")
 @one_line_errors
-def train(config_file, list_presets, **flags):
+def train(config_file, list_presets, resume_from, **flags):
     import mlx_kssm  # noqa: F401
     from .config import config_from_options
     from .trainer import train as run_training
@@ -125,7 +125,7 @@ def train(config_file, list_presets, **flags):
             click.echo(f"{name:<20} {n_params / 1e6:>8.2f}M  {description}")
         return
     config, explicit = config_from_options(config_file, flags)
-    result = run_training(config, explicit=explicit, echo=click.echo)
+    result = run_training(config, explicit=explicit, echo=click.echo, resume_from=resume_from)
     if result.exit_code:
         sys.exit(result.exit_code)
 

@@ -60,9 +60,6 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop
     seed: int = 0
     resume: bool = False
-    # a step_N folder of this run to resume from instead of the newest (implies resume; used
-    # once: the run's saved options never carry it)
-    resume_from: Optional[str] = None
     kernel: str = "auto"
     stage: Optional[int] = None
     explode_factor: float = 3.0  # loss above this x the running minimum is flagged

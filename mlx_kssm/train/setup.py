@@ -56,10 +56,11 @@ class Run:
 
 
 def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
-            world: int) -> tuple[Run, TrainerState]:
-    """(the run, its state) for `train`. Raises ValueError, DataError, ModelLoadError or
-    RuntimeError on bad input, having written nothing but the cleanup of the leftovers of a
-    killed trainer."""
+            world: int, resume_from=None) -> tuple[Run, TrainerState]:
+    """(the run, its state) for `train` (`resume_from`: a step_N folder to continue from
+    instead of the newest). Raises ValueError, DataError, ModelLoadError or RuntimeError on
+    bad input, having written nothing but the cleanup of the leftovers of a killed trainer
+    (and, once all is checked, --resume-from's setting aside of the later checkpoints)."""
     writer = rank == 0
     notes = ckpt.recover(run_dir) if writer else []
     config = _absolute_paths(config)
@@ -67,12 +68,11 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     if existing is not None and not config.resume:
         raise ValueError(f"{run_dir} already holds a run (last checkpoint {existing.name}); "
                          "pass --resume to continue it, or choose another --output-dir")
-    resume_from = _checkpoint_to_resume(config, run_dir, existing, notes)
+    asked_step = resume_from is not None
+    resume_from = _checkpoint_to_resume(config, resume_from, run_dir, existing, notes)
     saved = None if resume_from is None else \
         TrainerState.from_json(resume_from.state, str(resume_from.path / ckpt.STATE))
-    asked_step = config.resume_from is not None
-    config = _options(config, explicit, run_dir, saved, notes).replace(resume_from=None)
-    config = config.validate()
+    config = _options(config, explicit, run_dir, saved, notes).validate()
     if saved is not None and config.max_steps < saved.step:
         raise ValueError(f"--max-steps {config.max_steps} is below the checkpoint's step "
                          f"{saved.step}")
@@ -96,13 +96,14 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     return run, state
 
 
-def _checkpoint_to_resume(config: TrainConfig, run_dir: Path, existing: Path | None,
+def _checkpoint_to_resume(config: TrainConfig, named, run_dir: Path, existing: Path | None,
                           notes: list):
-    """The checkpoint to continue from: --resume-from's, else the newest good one (a damaged
-    or non-finite newer one is skipped with a warning), else None (a new run)."""
-    if config.resume_from is None:
+    """The checkpoint to continue from: the one --resume-from `named`, else the newest good
+    one (a damaged or non-finite newer one is skipped with a warning), else None (a new
+    run)."""
+    if named is None:
         return ckpt.resumable_checkpoint(run_dir, notes) if config.resume else None
-    folder = ckpt.checkpoint_to_resume_from(run_dir, config.resume_from)
+    folder = ckpt.checkpoint_to_resume_from(run_dir, named)
     loaded = ckpt.load_checkpoint(folder)
     if existing is not None and existing.name != folder.name:
         notes.append(f"--resume-from {folder.name}: not the latest checkpoint "

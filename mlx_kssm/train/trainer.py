@@ -59,19 +59,22 @@ class TrainResult:
     message: str = ""
 
 
-def train(config: TrainConfig, explicit: set | None = None, echo=print) -> TrainResult:
+def train(config: TrainConfig, explicit: set | None = None, echo=print,
+          resume_from=None) -> TrainResult:
     """Run or resume the training run `config.output_dir`.
 
     `explicit`: the option names the user set (flags or config file); on --resume those
     override the saved run config and everything else comes from it. None means: every
-    option that differs from TrainConfig's default.
+    option that differs from TrainConfig's default. `resume_from`: a step_N folder of the
+    run's checkpoints/ to resume from instead of the newest (implies resume; a one-off
+    choice, not one of the run's saved options).
     Raises ValueError, DataError, ModelLoadError, RuntimeError or lock.LockError on bad input.
     """
     config.check_types()
     defaults = TrainConfig()
     if explicit is None:
         explicit = {k for k, v in config.to_dict().items() if getattr(defaults, k) != v}
-    if config.resume_from is not None:  # a chosen checkpoint of the run: a resume
+    if resume_from is not None:  # a chosen checkpoint of the run: a resume
         config = config.replace(resume=True)
     if not config.resume:
         config.validate()
@@ -95,7 +98,7 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
         lock.acquire(run_dir, log=echo)
     try:
         with StopSignals() as signals:
-            run, state = setup.prepare(config, explicit, run_dir, rank, world)
+            run, state = setup.prepare(config, explicit, run_dir, rank, world, resume_from)
             started = True
             return _Loop.begin(run, state, RunLog(run_dir, writer, echo), signals).loop()
     finally:
