@@ -156,10 +156,19 @@ def check_text(raw: bytes, path) -> None:
             raise DataError(f"{path}: UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t "
                             "UTF-8 FILE > NEW) and give that file")
         raise DataError(f"{path}: binary data (NUL bytes), not text: refused")
-    text = decode_text(raw)
-    if text and len(_CONTROL.findall(text)) > MAX_CONTROL_SHARE * len(text):
-        raise DataError(f"{path}: binary data (over {MAX_CONTROL_SHARE:.0%} control "
-                        "characters), not text: refused")
+    check_control_share(decode_text(raw), path)
+
+
+def check_control_share(text: str, path) -> None:
+    """Refuse decoded text that is mostly control characters (binary data); counted without
+    a list of matches, so a long text costs no second copy of itself."""
+    limit = MAX_CONTROL_SHARE * len(text)
+    count = 0
+    for _ in _CONTROL.finditer(text):
+        count += 1
+        if count > limit:
+            raise DataError(f"{path}: binary data (over {MAX_CONTROL_SHARE:.0%} control "
+                            "characters), not text: refused")
 
 
 def looks_utf16(raw: bytes) -> bool:
@@ -186,12 +195,14 @@ def jsonl_texts(lines: Iterable[bytes], path) -> Iterable[str]:
         except UnicodeDecodeError as e:
             raise DataError(f"{where}: not UTF-8 (byte 0x{line[e.start]:02x} at offset "
                             f"{e.start}); JSON Lines must be UTF-8: convert the file") from None
+        del line  # a long line is held at most twice at any moment (bytes, text)
         if not decoded.strip():
             continue
         try:
             text = json.loads(decoded)["text"]
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{where}: not a JSON object with a \"text\" field") from None
+        del decoded
         if not isinstance(text, str):
             raise DataError(f"{where}: \"text\" is not a string")
         if "\0" in text:
