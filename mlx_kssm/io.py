@@ -118,7 +118,7 @@ def nonfinite_tensors(arrays: dict) -> list:
     return [k for k, ok in zip(names, flags.tolist()) if not ok]
 
 
-def check_finite(arrays: dict, source, what: str = "weights",
+def check_finite(arrays: dict, source, what: str = "weight",
                  allow: bool | None = None) -> None:
     """NonFiniteWeights naming the first tensors (and their count) that hold NaN or Inf,
     unless `allow` (default: what `loading_options` set)."""
@@ -127,10 +127,11 @@ def check_finite(arrays: dict, source, what: str = "weights",
     bad = nonfinite_tensors(arrays)
     if bad:
         shown = ", ".join(bad[:NONFINITE_SHOWN]) + (", ..." if len(bad) > NONFINITE_SHOWN else "")
+        # the option is named only where it governs the load (a resume never takes NaN)
+        hint = " (--allow-nonfinite loads it anyway, for inspection)" if allow is None else ""
         raise NonFiniteWeights(
             f"{source}: {len(bad)} of {len(arrays)} {what} tensors hold NaN or Inf ({shown}): "
-            "the model diverged or the file is damaged; refused (--allow-nonfinite loads it "
-            "anyway, for inspection)")
+            f"the model diverged or the file is damaged; refused{hint}")
 
 
 def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:

@@ -101,6 +101,17 @@ def test_commands_refuse_nonfinite_weights_unless_allowed(model_dir, command):
     assert res.exit_code == 0, res.output
 
 
+def test_evaluate_refuses_nonfinite_weights(model_dir, data_dir):
+    plant_nan(model_dir)
+    args = ["--data", data_dir, "--batches", "1", "--batch-size", "2", "--seq-len", "16",
+            "--samples", "0"]
+    res = run_cli("evaluate", "--model", model_dir, *args)
+    assert res.exit_code == 1 and len(error_lines(res)) == 1
+    assert "NaN or Inf" in res.output and "val loss" not in res.output.lower()
+    res = run_cli("evaluate", "--model", model_dir, "--allow-nonfinite", *args)
+    assert res.exit_code == 0, res.output
+
+
 def test_export_refuses_nonfinite_weights(model_dir, tmp_path):
     plant_nan(model_dir)
     res = run_cli("export", "--model", model_dir, "--out", tmp_path / "out")
@@ -148,6 +159,7 @@ def test_resume_skips_a_checkpoint_with_nan_weights(finished_run, tmp_path):
     notes = []
     assert ckpt.resumable_checkpoint(run, notes).path.name == "step_3"
     assert "embed.weight" in notes[0] and "NaN" in notes[0]
+    assert "--allow-nonfinite" not in notes[0]  # train has no such option: never resumed
 
 
 def test_resume_when_no_checkpoint_loads_is_one_error(data_dir, finished_run, tmp_path):
@@ -248,3 +260,21 @@ def test_a_missing_best_without_a_previous_one_is_an_error(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(ModelLoadError, match="does not exist"):
         resolve_model_dir(tmp_path / "run" / "best")
+
+
+def test_the_nan_stop_never_calls_a_skipped_checkpoint_the_last_good_one(data_dir, finished_run,
+                                                                         tmp_path, monkeypatch):
+    from mlx_kssm.train import step as step_mod
+    run = copy_run(finished_run, tmp_path)
+    plant_nan(run / "checkpoints" / "step_6")
+    real = step_mod.loss_fn
+
+    def poisoned(model, inputs, targets):
+        loss, metrics = real(model, inputs, targets)
+        return loss * mx.array(float("nan")), metrics
+
+    monkeypatch.setattr(step_mod, "loss_fn", poisoned)
+    res = train(tiny_config(data_dir, run, max_steps=9, resume=True), **QUIET)
+    assert (res.status, res.step) == ("nan", 4)
+    assert "last good checkpoint" in res.message and "step_3" in res.message
+    assert "step_6" not in res.message

@@ -358,10 +358,17 @@ class _Loop:
         self.last_saved = step
         self.log.line(f"Iter {step}: saved {path} ({reason}, {time.perf_counter() - t0:.2f}s)")
 
+    def last_checkpoint(self):
+        """The newest complete checkpoint up to the current step: one after it is not this
+        trajectory's (a checkpoint the resume skipped as damaged or non-finite)."""
+        folders = [f for f in ckpt.list_checkpoints(self.run.run_dir)
+                   if ckpt.step_of(f) <= self.state.step]
+        return folders[-1] if folders else None
+
     def write_failed(self, what: str, error: OSError) -> OSError:
         """The error a failed checkpoint or best/ write stops the run with (a full disk:
         training on could never be saved), recorded in training.log and history.jsonl."""
-        last = ckpt.latest_checkpoint(self.run.run_dir)
+        last = self.last_checkpoint()
         where = f" (writing {Path(error.filename).name})" if error.filename else ""
         kept = (f"the last good checkpoint {last} is kept" if last
                 else "no checkpoint was saved before")
@@ -375,7 +382,7 @@ class _Loop:
 
     def nan_stop(self, record) -> TrainResult:
         step, best = self.state.step, self.state.best_val_loss
-        last = ckpt.latest_checkpoint(self.run.run_dir)
+        last = self.last_checkpoint()
         where = (f"last good checkpoint {last} (resume with --resume and a lower "
                  "--learning-rate)" if last else "no checkpoint was saved before it")
         message = (f"loss is {record['loss']} (grad norm {record['grad_norm']}) at step "
