@@ -278,3 +278,21 @@ def test_the_nan_stop_never_calls_a_skipped_checkpoint_the_last_good_one(data_di
     assert (res.status, res.step) == ("nan", 4)
     assert "last good checkpoint" in res.message and "step_3" in res.message
     assert "step_6" not in res.message
+
+
+def test_best_renamed_while_it_is_read_is_read_again(finished_run, tmp_path, monkeypatch):
+    """The trainer renames best/ aside (the first of its two renames) after a reader found
+    it and before the reader got its weights: the read is retried, from .best.old."""
+    import mlx_kssm.io as io_mod
+    run = copy_run(finished_run, tmp_path)
+    real, calls = io_mod.load_weights_dict, []
+
+    def renamed_underneath(folder):
+        calls.append(folder)
+        if len(calls) == 1:
+            os.replace(run / "best", run / BEST_OLD)
+        return real(folder)  # the first: best/ is gone, ModelLoadError
+
+    monkeypatch.setattr(io_mod, "load_weights_dict", renamed_underneath)
+    load_model(run / "best")
+    assert calls == [run / "best", run / BEST_OLD]
