@@ -421,8 +421,8 @@ def resolve_model_dir(path) -> Path:
     ckpts = sorted((p for p in path.glob("checkpoints/step_*") if (p / CONFIG).exists()),
                    key=lambda p: int(p.name.split("_")[-1]))
     if ckpts:
-        _note(f"{path} is a training run with no best/: loading its newest checkpoint, "
-              f"{ckpts[-1]}")
+        _note(f"{path} is a training run without a complete best/: loading its newest "
+              f"checkpoint, {ckpts[-1]}")
         return ckpts[-1]
     raise ModelLoadError(f"{path} holds no model: expected config.json + {WEIGHTS}, "
                          "a run folder with best/ or checkpoints/step_N/")

@@ -253,7 +253,7 @@ def test_model_run_without_best_names_the_checkpoint(finished_run, tmp_path):
         assert resolve_model_dir(run).name == "step_6"
         assert notes == []  # said once the load succeeded: a failed one says only its error
         load_model(run)
-    assert len(notes) == 1 and "no best/" in notes[0] and "step_6" in notes[0]
+    assert len(notes) == 1 and "without a complete best/" in notes[0] and "step_6" in notes[0]
 
 
 def test_a_missing_best_without_a_previous_one_is_an_error(tmp_path):
