@@ -151,6 +151,21 @@ def check_output_file(path: str, option: str) -> None:
         raise UsageProblem(f"{option} {path}: can't write in {parent} ({e.strerror})") from None
 
 
+def model_loading_options(command):
+    """--allow-nonfinite for a command that loads a model, and a note on stderr naming the
+    folder a run folder resolved to (its best/ or newest checkpoint). Goes above
+    @one_line_errors."""
+    @functools.wraps(command)
+    def wrapper(*args, allow_nonfinite=False, **kwargs):
+        from .io import loading_options
+        with loading_options(allow_nonfinite, note=lambda line: click.echo(line, err=True)):
+            return command(*args, **kwargs)
+    return click.option(
+        "--allow-nonfinite", is_flag=True,
+        help="load weights holding NaN or Inf (refused otherwise: a diverged run), to "
+             "inspect them")(wrapper)
+
+
 KERNEL_HELP = ("scan implementation: auto = the fused Metal or CUDA kernel of the GPU present "
                "(checked against the reference on first use), or the pure-MLX reference")
 kernel_option = click.option("--kernel", type=click.Choice(KERNEL_MODES), default="auto",

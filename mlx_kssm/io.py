@@ -6,7 +6,13 @@ file is written to a temporary name and renamed, config.json last, so a crash ne
 folder whose config points at half-written weights.
 
 `resolve_model_dir` accepts an exported folder, a training run folder (its `best/`, else its
-newest checkpoint), or a checkpoint folder, so every command takes any of them.
+newest checkpoint), or a checkpoint folder, so every command takes any of them. best/ is
+replaced by two renames (best/ -> .best.old, the new one -> best/): a reader that finds no
+best/ in between, or after a kill there, uses .best.old, the complete previous best.
+
+Weights that are not finite (NaN, Inf: a diverged run) are refused on load, naming the
+tensors; `loading_options(allow_nonfinite=True)` (the CLI's --allow-nonfinite) loads them for
+inspection.
 
 Tokenizer files travel with the weights: a compaction map (`vocab_map.npy`) or a `.tiktoken`
 ranks file named by the tokenizer spec is copied into the folder and the spec points at the
@@ -15,11 +21,13 @@ copy (relative to the folder), so an exported folder needs nothing else (`export
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -39,10 +47,91 @@ DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 # keys every saved config.json has (mlx-kssm 0.1's included): what marks a model config
 MODEL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers")
+BEST = "best"  # a training run's best model folder
+BEST_OLD = f".{BEST}.old"  # the previous best/ while (or if a kill stopped) its replacement
+NONFINITE_SHOWN = 3  # tensors a non-finite refusal names
 
 
 class ModelLoadError(Exception):
     """A model folder that cannot be loaded; the message says what and where."""
+
+
+class NonFiniteWeights(ModelLoadError):
+    """Weights holding NaN or Inf: the folder reads, but the model computes nothing usable."""
+
+
+# set for one command by `loading_options` (the CLI's --allow-nonfinite; where loads are noted)
+_ALLOW_NONFINITE = contextvars.ContextVar("allow_nonfinite", default=False)
+_NOTE = contextvars.ContextVar("load_note", default=None)
+
+
+class _Notes:
+    """Lines about what a load resolved to, held until the load succeeds (a failed one ends
+    in its one error line alone), each said once."""
+
+    def __init__(self, emit):
+        self.emit, self.pending, self.said = emit, [], set()
+
+    def add(self, line: str) -> None:
+        if line not in self.said and line not in self.pending:
+            self.pending.append(line)
+
+    def flush(self) -> None:
+        for line in self.pending:
+            self.said.add(line)
+            self.emit(line)
+        self.pending = []
+
+
+@contextmanager
+def loading_options(allow_nonfinite: bool = False, note=None):
+    """Within the block, every load accepts non-finite weights if `allow_nonfinite` (for
+    forensic use), and `note(line)` hears, once a load succeeded, which folder a run folder
+    resolved to."""
+    tokens = (_ALLOW_NONFINITE.set(allow_nonfinite),
+              _NOTE.set(None if note is None else _Notes(note)))
+    try:
+        yield
+    finally:
+        _NOTE.reset(tokens[1])
+        _ALLOW_NONFINITE.reset(tokens[0])
+
+
+def _note(line: str) -> None:
+    notes = _NOTE.get()
+    if notes is not None:
+        notes.add(line)
+
+
+def _notes_said() -> None:
+    notes = _NOTE.get()
+    if notes is not None:
+        notes.flush()
+
+
+def nonfinite_tensors(arrays: dict) -> list:
+    """Names of the floating arrays holding NaN or Inf, in name order."""
+    names = sorted(k for k, v in arrays.items() if mx.issubdtype(v.dtype, mx.floating))
+    if not names:
+        return []
+    flags = mx.stack([mx.all(mx.isfinite(arrays[k])) for k in names])
+    return [k for k, ok in zip(names, flags.tolist()) if not ok]
+
+
+def check_finite(arrays: dict, source, what: str = "weight",
+                 allow: bool | None = None) -> None:
+    """NonFiniteWeights naming the first tensors (and their count) that hold NaN or Inf,
+    unless `allow` (default: what `loading_options` set)."""
+    if _ALLOW_NONFINITE.get() if allow is None else allow:
+        return
+    bad = nonfinite_tensors(arrays)
+    if bad:
+        shown = ", ".join(bad[:NONFINITE_SHOWN]) + (", ..." if len(bad) > NONFINITE_SHOWN else "")
+        # the option is named only where it governs the load (a resume never takes NaN)
+        hint = " (--allow-nonfinite loads it anyway, for inspection)" if allow is None else ""
+        raise NonFiniteWeights(
+            f"{source}: {len(bad)} of {len(arrays)} {what} tensors hold NaN or Inf ({shown}): "
+            f"the model diverged or the file is damaged; refused{hint}")
 
 
 def atomic_save_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
@@ -312,31 +401,94 @@ def apply_weights(model, weights: dict, source: str = "weights") -> None:
 
 
 def resolve_model_dir(path) -> Path:
-    """An exported folder, a run folder (best/, else newest checkpoint) or a checkpoint."""
+    """An exported folder, a run folder (best/, else newest checkpoint) or a checkpoint. A
+    run folder's choice is noted (see `loading_options`)."""
     path = Path(path)
+    if path.name == BEST and not _is_model_folder(path):
+        previous = _previous_best(path.parent)  # best/ caught between its two renames
+        if previous is not None:
+            _note(f"{path} is being replaced (or a kill stopped its replacement): loading the "
+                  f"previous best, {previous}")
+            return previous
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist")
-    if (path / CONFIG).exists() and ((path / WEIGHTS).exists() or (path / INDEX).exists()):
+    if _is_model_folder(path):
         return path
-    if (path / "best" / CONFIG).exists():
-        return path / "best"
+    best = _run_best(path)
+    if best is not None:
+        _note(f"{path} is a training run: loading its best checkpoint, {best}")
+        return best
     ckpts = sorted((p for p in path.glob("checkpoints/step_*") if (p / CONFIG).exists()),
                    key=lambda p: int(p.name.split("_")[-1]))
     if ckpts:
+        _note(f"{path} is a training run without a complete best/: loading its newest "
+              f"checkpoint, {ckpts[-1]}")
         return ckpts[-1]
     raise ModelLoadError(f"{path} holds no model: expected config.json + {WEIGHTS}, "
                          "a run folder with best/ or checkpoints/step_N/")
 
 
-def load_model(path):
-    """(model, config dict) from any folder `resolve_model_dir` accepts."""
+def _is_model_folder(path: Path) -> bool:
+    return (path / CONFIG).exists() and ((path / WEIGHTS).exists() or (path / INDEX).exists())
+
+
+def _previous_best(run: Path) -> Path | None:
+    old = run / BEST_OLD
+    return old if _is_model_folder(old) else None
+
+
+def _run_best(run: Path) -> Path | None:
+    """RUN/best, or while it is swapped RUN/.best.old; the swap may complete between two
+    looks, so a few are taken before concluding the run has no best."""
+    for _ in range(3):
+        if _is_model_folder(run / BEST):
+            return run / BEST
+        previous = _previous_best(run)
+        if previous is not None:
+            return previous
+        if not (run / BEST).exists():
+            return None
+    return None
+
+
+def load_model(path, allow_nonfinite: bool | None = None):
+    """(model, config dict) from any folder `resolve_model_dir` accepts. Weights holding NaN
+    or Inf are refused (NonFiniteWeights) unless `allow_nonfinite` (default: what
+    `loading_options` set)."""
+    _, model, config = _load_resolved(path, allow_nonfinite)
+    return model, config
+
+
+def _load_resolved(path, allow_nonfinite: bool | None = None):
+    """(folder, model, config), and the notes on what `path` resolved to said."""
+    loaded = _load_resolved_once(path, allow_nonfinite)
+    _notes_said()
+    return loaded
+
+
+def _load_resolved_once(path, allow_nonfinite: bool | None = None):
+    """(folder, model, config). A best/ that the trainer replaced while it was read (its
+    files renamed away) is resolved and read again, once."""
     folder = resolve_model_dir(path)
+    try:
+        return folder, *_load_model(folder, allow_nonfinite)
+    except ModelLoadError:
+        if folder.name not in (BEST, BEST_OLD) or _is_model_folder(folder):
+            raise
+    if folder.name == BEST_OLD:
+        path = folder.parent / BEST
+    folder = resolve_model_dir(path)
+    return folder, *_load_model(folder, allow_nonfinite)
+
+
+def _load_model(folder: Path, allow_nonfinite: bool | None):
     config = read_config(folder)
     try:
         model = build_model(ModelArgs.from_config(config))
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{folder / CONFIG}: {e}") from None
     weights = load_weights_dict(folder)
+    check_finite(weights, folder, allow=allow_nonfinite)
     if config.get("quantization") is not None:  # ours or mlx_lm.convert -q's (quantize.py)
         from .quantize import apply_quantization
         try:
@@ -347,14 +499,18 @@ def load_model(path):
     return model, config
 
 
-def load(path):
+def load(path, allow_nonfinite: bool | None = None):
     """(model, tokenizer) from a model folder; tokenizer is None if the folder names none."""
-    model, config = load_model(path)
+    _, model, tokenizer = _load_with_folder(path, allow_nonfinite)
+    return model, tokenizer
+
+
+def _load_with_folder(path, allow_nonfinite: bool | None = None):
+    folder, model, config = _load_resolved(path, allow_nonfinite)
     tokenizer = None
     if config.get("tokenizer") is not None:
         from .data.errors import DataError
         from .data.tokenizer import load_tokenizer
-        folder = resolve_model_dir(path)
         try:
             tokenizer = load_tokenizer(tokenizer_spec(config, folder), root=folder)
         except DataError as e:
@@ -362,7 +518,7 @@ def load(path):
         if tokenizer.vocab_size > model.args.vocab_size:
             raise ModelLoadError(f"{folder / CONFIG}: the tokenizer has {tokenizer.vocab_size} "
                                  f"ids but the model's vocab_size is {model.args.vocab_size}")
-    return model, tokenizer
+    return folder, model, tokenizer
 
 
 def tokenizer_spec(config: dict, folder):
@@ -391,11 +547,10 @@ def tokenizer_spec(config: dict, folder):
     return {**spec, "compaction": {**rest, "base_ids": ids}}
 
 
-def load_with_tokenizer(path):
+def load_with_tokenizer(path, allow_nonfinite: bool | None = None):
     """(folder, model, tokenizer) from any folder `resolve_model_dir` accepts, for work that
     turns text into ids: a folder that names no tokenizer is a ModelLoadError."""
-    folder = resolve_model_dir(path)
-    model, tokenizer = load(folder)
+    folder, model, tokenizer = _load_with_folder(path, allow_nonfinite)
     if tokenizer is None:
         raise ModelLoadError(f"{folder}/config.json names no tokenizer: cannot turn text into ids")
     return folder, model, tokenizer

@@ -13,6 +13,7 @@ from mlx_kssm import build_model
 from mlx_kssm.data.tokenizer import BytesTokenizer
 from mlx_kssm.probe import causality
 from mlx_kssm.probe.causality import causality_suite, format_causality, windows_from_batches
+from mlx_kssm.models.force import ForceR
 from mlx_kssm.probe.generate import generate_tokens
 
 from _fit import fit
@@ -205,3 +206,51 @@ def test_forcing_bolted_control_leaves_text_unchanged():
     free = generate_tokens(model, prompt, max_tokens=30, temp=0.0, seed=0)
     forced = generate_tokens(model, prompt, max_tokens=30, temp=0.0, seed=0, force_r=0.9)
     assert forced.tokens == free.tokens
+
+
+# ---------------------------------------------------------------- long windows in chunks
+
+def _forward_lengths(model, monkeypatch) -> list:
+    """Record the number of positions of every forward pass of `model`."""
+    lengths, cls = [], type(model)
+    real = cls.__call__
+
+    def recording(self, inputs, *args, **kwargs):
+        lengths.append(inputs.shape[1])
+        return real(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__call__", recording)
+    return lengths
+
+
+def test_measure_in_chunks_equals_one_pass(monkeypatch):
+    from mlx_kssm.probe.causality import measure
+    model = build_model("tiny", vocab_size=64, seed=0)
+    windows = np.random.default_rng(0).integers(0, 64, size=(3, 40)).astype(np.int32)
+    whole = measure(model, windows, [0.1, 0.9], chunk=40)
+    lengths = _forward_lengths(model, monkeypatch)
+    chunked = measure(model, windows, [0.1, 0.9], chunk=7)
+    assert max(lengths) == 7  # no forward pass spans the window
+    for key in ("r", "entropy", "top1_changed"):
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-4, atol=1e-5)
+    for pair in whole["kl"]:
+        np.testing.assert_allclose(chunked["kl"][pair], whole["kl"][pair], rtol=1e-3, atol=1e-6)
+    for v in whole["kl_free"]:
+        assert chunked["kl_free"][v] == pytest.approx(whole["kl_free"][v], rel=1e-3, abs=1e-6)
+
+
+def test_intervene_runs_a_long_prompt_in_chunks(monkeypatch):
+    from mlx_kssm.probe import intervene as intervene_mod
+    model = build_model("tiny", vocab_size=64, seed=0)
+    prompt = np.random.default_rng(1).integers(0, 64, size=50).tolist()
+    force = ForceR.of(0.7, len(model.layers))
+    whole = intervene_mod._next_token(model, prompt, force, chunk=50)
+    lengths = _forward_lengths(model, monkeypatch)
+    monkeypatch.setattr(intervene_mod, "POSITION_CHUNK", 8)
+    res = intervene_mod.intervention_sweep(model, [prompt], [0.7], max_tokens=0)
+    assert max(lengths) <= 8
+    chunked = intervene_mod._next_token(model, prompt, force, chunk=8)
+    np.testing.assert_allclose(np.array(chunked[0]), np.array(whole[0]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-4, atol=1e-5)
+    assert chunked[2] == pytest.approx(whole[2], rel=1e-5)
+    assert res["prompts"][0]["runs"][1]["r_mean"] == pytest.approx(whole[2], rel=1e-5)

@@ -268,13 +268,19 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, setup, args, message):
         make_corpus(src, 3)
     elif setup == "unreadable":
         make_corpus(src, 3)
-        real_read_bytes = Path.read_bytes
+        real_read_bytes, real_open = Path.read_bytes, Path.open
 
         def read_bytes(path):  # tests run as root, where chmod 000 does not stop a read
             if path.name == "doc01.txt":
                 raise PermissionError(13, "Permission denied")
             return real_read_bytes(path)
+
+        def open_path(path, *args, **kwargs):
+            if path.name == "doc01.txt":
+                raise PermissionError(13, "Permission denied")
+            return real_open(path, *args, **kwargs)
         monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        monkeypatch.setattr(Path, "open", open_path)
     elif setup == "wrong_type":
         (src / "a.csv").write_text("a,b\n")
     argv = ["data", "prepare", "--out", str(tmp_path / "out")] + [a.format(tmp=tmp_path) for a in args]
@@ -449,3 +455,58 @@ def test_prepare_checks_the_val_fraction_type(tmp_path, value):
     with pytest.raises(DataError, match="--val-fraction must be a number, got"):
         prepare(tmp_path / "src", tmp_path / "out", "bytes", val_fraction=value, **QUIET)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- long lines, in pieces
+
+def _long_line(n_words: int) -> str:
+    import random
+    rng = random.Random(0)
+    words = ["the", "night,", "fox", "(dark)", "ran", "12345", "don't", "  far", "\tsky", "é"]
+    return " ".join(rng.choice(words) for _ in range(n_words))
+
+
+@pytest.mark.parametrize("tokenizer", ["bytes", "cl100k_base"])
+@pytest.mark.parametrize("n_docs", [1, 3])
+def test_long_documents_tokenize_in_pieces_as_in_one_pass(tmp_path, monkeypatch, tokenizer,
+                                                          n_docs):
+    import sys
+    from mlx_kssm.data.tokenizer import load_tokenizer
+    prepare_mod = sys.modules["mlx_kssm.data.prepare"]  # the package exports the function
+    (tmp_path / "src").mkdir()
+    for d in range(n_docs):
+        (tmp_path / "src" / f"d{d}.txt").write_text(_long_line(3000 + 100 * d))
+    prepare(tmp_path / "src", tmp_path / "whole", tokenizer, False, 0.3, 0, **QUIET)
+    seen = []
+    cls = type(load_tokenizer(tokenizer))
+    real = cls.encode_array
+    monkeypatch.setattr(cls, "encode_array", lambda self, text: seen.append(len(text)) or
+                        real(self, text))
+    monkeypatch.setattr(prepare_mod, "PIECE_CHARS", 1000)
+    prepare(tmp_path / "src", tmp_path / "pieces", tokenizer, False, 0.3, 0, **QUIET)
+    assert max(seen) <= 1000 and len(seen) > 10 * n_docs  # the documents went in pieces
+    for split in ("train", "val"):
+        assert np.array_equal(np.load(tmp_path / "whole" / f"tokens_{split}.npy"),
+                              np.load(tmp_path / "pieces" / f"tokens_{split}.npy"))
+    a, b = (json.loads((tmp_path / f / "meta.json").read_text()) for f in ("whole", "pieces"))
+    assert a["splits"] == b["splits"]
+
+
+def test_a_long_line_costs_about_twice_its_size(tmp_path, monkeypatch):
+    """Peak memory of preparing one 8 MB line stays near 2x its size (its bytes and its text,
+    while decoding; then the text and one piece's tokens), not the ~7x one pass took. (Pieces
+    of 64k characters here: the default million's tokens would dominate so small a line.)"""
+    import sys
+    monkeypatch.setattr(sys.modules["mlx_kssm.data.prepare"], "PIECE_CHARS", 1 << 16)
+    size = 8 << 20
+    (tmp_path / "src").mkdir()
+    line = _long_line(size // 4)
+    (tmp_path / "src" / "one.txt").write_text(line[:size])
+    del line
+    tracemalloc.start()
+    try:
+        prepare(tmp_path / "src", tmp_path / "out", "bytes", False, 0.1, 0, **QUIET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.3 * size, f"peak {peak / size:.2f}x the line"

@@ -801,7 +801,7 @@ NEW_FLAGS = ["--lambda-reg", "0.1", "--grokfast-lambda", "0.02", "--grokfast-alp
 def test_new_train_flags_reach_the_config(monkeypatch):
     seen = {}
 
-    def fake_train(config, explicit, echo):
+    def fake_train(config, explicit, echo, resume_from=None):
         seen.update(config=config, explicit=explicit)
         return trainer_mod.TrainResult("completed", 0, 0, None)
 

@@ -177,11 +177,69 @@ def check_text(raw: bytes, path) -> None:
     """Refuse binary data named .txt/.jsonl (an executable, random bytes): it would tokenize
     into noise without complaint. Text has no NUL bytes and almost no control characters."""
     if b"\0" in raw:
+        if looks_utf16(raw):
+            raise DataError(f"{path}: UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t "
+                            "UTF-8 FILE > NEW) and give that file")
         raise DataError(f"{path}: binary data (NUL bytes), not text: refused")
-    text = decode_text(raw)
-    if text and len(_CONTROL.findall(text)) > MAX_CONTROL_SHARE * len(text):
-        raise DataError(f"{path}: binary data (over {MAX_CONTROL_SHARE:.0%} control "
-                        "characters), not text: refused")
+    check_control_share(decode_text(raw), path)
+
+
+def check_control_share(text: str, path) -> None:
+    """Refuse decoded text that is mostly control characters (binary data); counted without
+    a list of matches, so a long text costs no second copy of itself."""
+    limit = MAX_CONTROL_SHARE * len(text)
+    count = 0
+    for _ in _CONTROL.finditer(text):
+        count += 1
+        if count > limit:
+            raise DataError(f"{path}: binary data (over {MAX_CONTROL_SHARE:.0%} control "
+                            "characters), not text: refused")
+
+
+def looks_utf16(raw: bytes) -> bool:
+    """A UTF-16 byte-order mark, or mostly-ASCII text with every other byte NUL."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return True
+    head = raw[:4096]
+    if len(head) < 4:
+        return False
+    even, odd = head[0::2], head[1::2]
+    return max(even.count(0) / len(even), odd.count(0) / len(odd)) > 0.9
+
+
+def jsonl_texts(lines: Iterable[bytes], path, field: str = "text") -> Iterable[str]:
+    """The `field` of each line of a .jsonl file, held to the rules of a .txt file: UTF-8
+    (JSON's own encoding; a line that is not is refused, never turned into U+FFFD), no NUL
+    (raw or as \\u0000), not mostly control characters. Blank lines and texts are skipped."""
+    for lineno, line in enumerate(lines, 1):
+        where = f"{path}:{lineno}"
+        if b"\0" in line:
+            check_text(line, where)  # names UTF-16 or binary data
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not UTF-8 (byte 0x{line[e.start]:02x} at offset "
+                            f"{e.start}); JSON Lines must be UTF-8: convert the file") from None
+        del line  # a long line is held at most twice at any moment (bytes, text)
+        if not decoded.strip():
+            continue
+        try:
+            text = json.loads(decoded)[field]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{where}: not a JSON object with a \"{field}\" field") from None
+        del decoded
+        if not isinstance(text, str):
+            raise DataError(f"{where}: \"{field}\" is not a string")
+        if "\0" in text:
+            raise DataError(f"{where}: the text holds a NUL character (\\u0000): binary "
+                            "data, not text: refused")
+        try:
+            check_text(text.encode("utf-8"), where)
+        except UnicodeEncodeError:
+            raise DataError(f"{where}: the text holds a lone surrogate (a \\ud800-\\udfff "
+                            "escape), not text: refused") from None
+        if text.strip():
+            yield text
 
 
 def decode_text(raw: bytes) -> str:
@@ -514,7 +572,12 @@ def _copy_texts(texts: list[LocalText], out_dir, catalog: dict, log: Log) -> lis
     out_dir = Path(out_dir)
     earlier = check_out_dir(out_dir)
     for text in texts:
-        check_text(text.read(), text.origin)
+        raw = text.read()
+        if text.name.endswith(".jsonl"):  # line by line, as prepare reads it
+            for _ in jsonl_texts(raw.split(b"\n"), text.origin):
+                pass
+        else:
+            check_text(raw, text.origin)
     names = []
     for text in texts:
         names.append(_unique_name(text.name, set(names)))
@@ -636,6 +699,9 @@ def list_text_files(path, suffixes: tuple = TEXT_SUFFIXES) -> list[Path]:
         if path.suffix not in suffixes:
             raise DataError(f"{path}: not a {kinds} file")
         return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: not a regular file or a folder (a FIFO, socket or device): "
+                        "give a .txt or .jsonl file, or a folder of them")
     try:
         files = sorted(p for p in path.rglob("*") if p.suffix in suffixes and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))

@@ -8,10 +8,12 @@ Output folder:
                                      (the default for BPE tokenizers: see compacts_by_default)
   meta.json                          tokenizer spec, vocab size, dtype, counts, sources...
 
-Streaming: documents are read and tokenized one at a time and their tokens appended to a
-raw uint32 temp file per split; at the end each temp file is copied, in chunks (remapped
-when compacting, which needs the whole corpus's id set first), into its .npy. Memory holds
-one document plus one chunk, whatever the corpus size.
+Streaming: documents are read one at a time and tokenized in pieces of about a million
+characters (cut before a space that follows a word, where a BPE pre-tokenizer starts a new
+token anyway), the tokens appended to a raw uint32 temp file per split; at the end each temp
+file is copied, in chunks (remapped when compacting, which needs the whole corpus's id set
+first), into its .npy. Memory holds one document's text (twice, briefly, while it is
+decoded) plus one piece's tokens, whatever the corpus size or the length of a line.
 
 Sources: .txt files (one document each), .jsonl files (one per line: its "text" field) and
 .parquet files (one per row: its "text" column, read a batch of rows at a time; needs the
@@ -26,6 +28,7 @@ Every document is followed by the separator token (sep_id), so both files end wi
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import io
 import json
@@ -42,13 +45,16 @@ from .._files import (atomic_open, atomic_write_json, describe_os_error, foreign
                       inside, naming, replacing_folder, sha256_file, visible_entries)
 from .._types import has_type, is_int
 from .errors import DataError
-from .fetch import TEXT_SUFFIXES, check_text, decode_text, list_text_files
+from .fetch import (TEXT_SUFFIXES, check_control_share, check_text, decode_text, jsonl_texts,
+                    list_text_files)
 from .tokenizer import TIKTOKEN_FILE, compact_tokenizer, load_tokenizer
 
 FORMAT = "mlx-kssm-tokens"  # meta.json's marker: what makes a folder a prepared one
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 CHUNK_TOKENS = 1 << 20
+PIECE_CHARS = 1 << 20  # characters of a document tokenized at once
+READ_BYTES = 1 << 20  # a text file is read and decoded in blocks of this size
 MAP_FILE = "vocab_map.npy"
 OUTPUT_FILES = ("tokens_train.npy", "tokens_val.npy", "meta.json", MAP_FILE, TIKTOKEN_FILE)
 SOURCE_SUFFIXES = TEXT_SUFFIXES + (".parquet",)
@@ -165,29 +171,73 @@ def iter_documents(src: Source) -> Iterator[str]:
         elif src.path.suffix == ".parquet":
             yield from _parquet_documents(src.path, src.text_field)
         else:
-            raw = src.path.read_bytes()
-            check_text(raw, src.path)
-            text = decode_text(raw).replace("\r\n", "\n")
-            if text.strip():
+            text = _read_text(src.path)
+            if text and not text.isspace():  # (strip() would copy a long text)
                 yield text
     except OSError as exc:
         raise DataError(f"{src.path}: cannot read: {exc.strerror or exc}") from None
 
 
+def _read_text(path: Path) -> str:
+    """A .txt file's text, checked by check_text's rules, newlines normalized. UTF-8 is
+    decoded block by block, so at most the text and its parts are held at once (about twice
+    its size), never the bytes beside them; other charsets (decode_text) read it whole."""
+    try:
+        text = _read_utf8(path)
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        text = decode_text(raw)
+        del raw
+        text = text.replace("\r\n", "\n")
+    check_control_share(text, path)
+    return text
+
+
+def _read_utf8(path: Path) -> str:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parts, carry = [], ""
+    with path.open("rb") as f:
+        block = f.read(READ_BYTES).removeprefix(b"\xef\xbb\xbf")
+        while block:
+            if b"\0" in block:
+                check_text(block, path)  # raises: UTF-16, or binary data
+            part = carry + decoder.decode(block)
+            part, carry = (part[:-1], "\r") if part.endswith("\r") else (part, "")
+            parts.append(part.replace("\r\n", "\n"))  # a CR LF cut between blocks: carried
+            block = f.read(READ_BYTES)
+    parts.append(carry + decoder.decode(b"", final=True))
+    return "".join(parts)
+
+
+def encode_pieces(tok, text: str, piece: int | None = None) -> Iterator[np.ndarray]:
+    """`tok.encode_array(text)` in pieces of at most `piece` characters, so a long document
+    never has all its tokens in memory at once. Each cut falls before a space that follows a
+    non-space: the regex pre-tokenizers of BPE tokenizers start a token there anyway, so the
+    ids equal one pass's (only a run of `piece` characters without such a space is cut
+    blindly)."""
+    start, piece = 0, piece or PIECE_CHARS
+    while start < len(text):
+        end = _cut_point(text, start, piece)
+        yield tok.encode_array(text[start:end])
+        start = end
+
+
+def _cut_point(text: str, start: int, piece: int) -> int:
+    end = start + piece
+    if end >= len(text):
+        return len(text)
+    low = start + piece // 2
+    cut = text.rfind(" ", low, end)
+    while cut > low and text[cut - 1].isspace():
+        cut = text.rfind(" ", low, cut)
+    return cut if cut > low else end
+
+
 def _jsonl_documents(path: Path, text_field: str = TEXT_FIELD) -> Iterator[str]:
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_field]
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{path}:{lineno}: not a JSON object with a \"{text_field}\" "
-                                "field") from None
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: \"{text_field}\" is not a string")
-            if text.strip():
-                yield text
+    """One document per line (its `text_field`), checked as a .txt file is
+    (fetch.jsonl_texts)."""
+    with open(path, "rb") as f:
+        yield from jsonl_texts(f, path, text_field)
 
 
 def _parquet_documents(path: Path, text_field: str = TEXT_FIELD) -> Iterator[str]:
@@ -260,12 +310,35 @@ class _RawSplit:
         self.path, self.stats = path, SplitStats()
         self.file = open(path, "wb")
 
-    def append(self, ids: np.ndarray, sep_id: int) -> None:
+    def write(self, ids: np.ndarray) -> None:
+        """Part of a document's tokens."""
         with naming(self.path):
             self.file.write(np.ascontiguousarray(ids, dtype=np.uint32).tobytes())
+        self.stats.tokens += ids.size
+
+    def end_document(self, sep_id: int) -> None:
+        with naming(self.path):
             self.file.write(np.uint32(sep_id).tobytes())
-        self.stats.tokens += ids.size + 1
+        self.stats.tokens += 1
         self.stats.docs += 1
+
+    def append(self, ids: np.ndarray, sep_id: int) -> None:
+        self.write(ids)
+        self.end_document(sep_id)
+
+    def move_tail(self, start: int, other: "_RawSplit") -> None:
+        """Move this file's tokens from index `start` on to the end of `other`, in chunks."""
+        offset = start * 4
+        with naming(self.path):
+            self.file.flush()
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                while block := f.read(CHUNK_TOKENS * 4):
+                    other.write(np.frombuffer(block, dtype=np.uint32))
+            moved = self.stats.tokens - start
+            self.file.truncate(offset)
+            self.file.seek(offset)
+        self.stats.tokens -= moved
 
 
 def compacts_by_default(base) -> bool:
@@ -404,24 +477,32 @@ def _tokenize_all(sources, base, raw, n_docs, val_fraction, seed, log) -> np.nda
     for n, src in enumerate(sources, 1):
         file_tokens = 0
         for text in iter_documents(src):
-            ids = base.encode_array(text)
-            used[ids] = True
-            file_tokens += ids.size
-            if is_val is None:
-                _cut_single_document(ids, raw, base.sep_id, val_fraction)
-            else:
-                raw["val" if is_val[doc_index] else "train"].append(ids, base.sep_id)
+            split = raw["train" if is_val is None or not is_val[doc_index] else "val"]
+            start = split.stats.tokens
+            for ids in encode_pieces(base, text):
+                used[ids] = True
+                split.write(ids)
+            file_tokens += split.stats.tokens - start
+            if is_val is not None:
+                split.end_document(base.sep_id)
             doc_index += 1
         log(f"[{n}/{len(sources)}] {src.name}: {src.docs} doc(s), {file_tokens:,} tokens")
+    text = None  # the last document's text is let go before the cut below copies tokens
+    if is_val is None:  # the one document
+        _cut_single_document(raw, 0, base.sep_id, val_fraction)
     return used
 
 
-def _cut_single_document(ids: np.ndarray, raw, sep_id: int, val_fraction: float) -> None:
-    if ids.size < 4:
+def _cut_single_document(raw, start: int, sep_id: int, val_fraction: float) -> None:
+    """The one document, written to train from token `start` on: its last `val_fraction`
+    of tokens move to val, and each split counts the document once."""
+    n = raw["train"].stats.tokens - start
+    if n < 4:
         raise DataError("a single document needs at least 4 tokens to split into train and val")
-    cut = ids.size - max(1, int(round(val_fraction * ids.size)))
-    raw["train"].append(ids[:cut], sep_id)
-    raw["val"].append(ids[cut:], sep_id)  # each split counts the one document once
+    cut = n - max(1, int(round(val_fraction * n)))
+    raw["train"].move_tail(start + cut, raw["val"])
+    raw["train"].end_document(sep_id)
+    raw["val"].end_document(sep_id)
 
 
 def _meta(tok, dtype, stats, sources, n_docs, source, tokenizer, compact, val_fraction,

@@ -62,6 +62,7 @@ MIN_R_STD = 0.01
 MIN_KL = 1e-3  # nats: the smallest effect of forcing that counts
 MIN_CORR = 0.05
 LOGIT_BUDGET = 1 << 25  # floats of logits per forward chunk (B * T * V), ~128 MB
+POSITION_CHUNK = 512  # positions per forward pass over a long window (through the cache)
 SIGN_FLIP_RESAMPLES = 20000  # Monte Carlo sign patterns when a test has more than 16 units
 # test 3's multiple-comparison rule, word for word as the module docstring states it (with the
 # defaults) and as format_causality prints it (with the values used); the code below follows it
@@ -120,12 +121,27 @@ def _chunks(n_rows: int, seq_len: int, vocab: int):
         yield slice(i, min(n_rows, i + step))
 
 
-def log_probs(model, x, force_r=None):
-    """Next-token log-probabilities (float32) and R of a forward pass over token windows x."""
-    logits, r = model(mx.array(x), force_r=force_r, return_r=True)
+def log_probs(model, x, force_r=None, cache=None):
+    """Next-token log-probabilities (float32) and R of a forward pass over token windows x
+    (continuing `cache`, make_cache()'s list, when given)."""
+    logits, r = model(mx.array(x), cache=cache, force_r=force_r, return_r=True)
     logp = logits.astype(mx.float32)
     logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)
     return logp, r
+
+
+def chunked_log_probs(model, x, force_r=None, chunk: int = POSITION_CHUNK):
+    """`log_probs` over windows x (B, T), `chunk` positions at a time through the model's
+    stateful cache: yields each chunk's (logp (B, t, V), R (B, t, L) or None). A long window
+    in one pass holds activations and logits for all its positions at once (gigabytes for
+    30k tokens); in chunks memory is bounded by the chunk, whatever T. The caller reduces each
+    chunk before taking the next; the cache is evaluated between chunks, so the lazy graph
+    never spans the window."""
+    x = mx.array(x)
+    cache = model.make_cache()
+    for start in range(0, x.shape[1], chunk):
+        yield log_probs(model, x[:, start:start + chunk], force_r, cache)
+        mx.eval([getattr(layer, "__dict__", layer) for layer in cache])
 
 
 def kl_divergence(logp_a, logp_b):
@@ -166,39 +182,68 @@ def zone_occupancy(values, zones: str) -> dict:
 # ---------------------------------------------------------------- measurement
 
 
-def measure(model, windows: np.ndarray, values) -> dict | None:
+def measure(model, windows: np.ndarray, values, chunk: int = POSITION_CHUNK) -> dict | None:
     """Everything the tests need from forward passes over `windows` (N, T), or None for a
     model without R: R (N, T, L), free-run entropy (N, T), and per sequence the KL between
     each pair of forced values (both directions), the KL of each forced run to the free run,
-    and the share of positions whose top-1 token differs between the lowest and highest value."""
+    and the share of positions whose top-1 token differs between the lowest and highest value.
+    Windows run `chunk` positions at a time through the model's cache (chunked_log_probs)."""
     n_seq, seq_len = windows.shape
     pairs = list(itertools.combinations(values, 2))
-    lo, hi = values[0], values[-1]
     parts = {"r": [], "entropy": [], "top1_changed": []}
     kl = {key: [] for pair in pairs for key in (pair, pair[::-1])}
     kl_free = {v: [] for v in values}
     achieved_err = 0.0
     forces = {v: ForceR.of(v, len(model.layers)) for v in values}
-    for sl in _chunks(n_seq, seq_len, model.args.vocab_size):
-        logp_free, r = log_probs(model, windows[sl])
-        if r is None:
+    for sl in _chunks(n_seq, min(seq_len, chunk), model.args.vocab_size):
+        rows = _measure_rows(model, windows[sl], values, forces, list(kl), chunk)
+        if rows is None:
             return None
-        parts["r"].append(np.array(r.astype(mx.float32)))
-        parts["entropy"].append(np.array(entropy(logp_free)))
-        forced = {}
+        for key in parts:
+            parts[key].append(rows[key])
+        for key in kl:
+            kl[key].append(rows["kl"][key])
         for v in values:
-            forced[v], r_v = log_probs(model, windows[sl], force_r=forces[v])
-            achieved_err = max(achieved_err, float(mx.max(mx.abs(r_v - v)).item()))
-            kl_free[v].append(np.array(kl_divergence(forced[v], logp_free).mean(axis=-1)))
-        for a, b in kl:
-            kl[(a, b)].append(np.array(kl_divergence(forced[a], forced[b]).mean(axis=-1)))
-        changed = mx.argmax(forced[lo], axis=-1) != mx.argmax(forced[hi], axis=-1)
-        parts["top1_changed"].append(np.array(changed.astype(mx.float32).mean(axis=-1)))
+            kl_free[v].append(rows["kl_free"][v])
+        achieved_err = max(achieved_err, rows["achieved_err"])
     out = {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()}
     out["kl"] = {pair: np.concatenate(v).astype(np.float64) for pair, v in kl.items()}
     out["kl_free"] = {v: float(np.concatenate(x).mean()) for v, x in kl_free.items()}
     out["achieved_r_max_error"] = achieved_err
     return out
+
+
+def _measure_rows(model, rows: np.ndarray, values, forces, kl_keys, chunk) -> dict | None:
+    """`measure` for a few windows, chunk by chunk of positions: the free run and each forced
+    run carry their own cache; per-position figures are kept, the KLs summed per sequence."""
+    seq_len = rows.shape[1]
+    lo, hi = values[0], values[-1]
+    free = chunked_log_probs(model, rows, None, chunk)
+    first = next(free)
+    if first[1] is None:  # a model without R: nothing to force
+        return None
+    runs = [itertools.chain([first], free)]
+    runs += [chunked_log_probs(model, rows, forces[v], chunk) for v in values]
+    r_parts, entropy_parts = [], []
+    kl_sum = {key: 0.0 for key in kl_keys}
+    kl_free_sum = {v: 0.0 for v in values}
+    changed, achieved_err = 0.0, 0.0
+    for (logp_free, r), *forced_runs in zip(*runs):
+        forced = {v: logp for v, (logp, _) in zip(values, forced_runs)}
+        r_parts.append(np.array(r.astype(mx.float32)))
+        entropy_parts.append(np.array(entropy(logp_free)))
+        for v, (logp, r_v) in zip(values, forced_runs):
+            achieved_err = max(achieved_err, float(mx.max(mx.abs(r_v - v)).item()))
+            kl_free_sum[v] += np.array(kl_divergence(logp, logp_free).sum(axis=-1))
+        for a, b in kl_keys:
+            kl_sum[(a, b)] += np.array(kl_divergence(forced[a], forced[b]).sum(axis=-1))
+        top1 = mx.argmax(forced[lo], axis=-1) != mx.argmax(forced[hi], axis=-1)
+        changed += np.array(top1.astype(mx.float32).sum(axis=-1))
+    return {"r": np.concatenate(r_parts, axis=1), "entropy": np.concatenate(entropy_parts, axis=1),
+            "top1_changed": changed / seq_len,
+            "kl": {key: total / seq_len for key, total in kl_sum.items()},
+            "kl_free": {v: total / seq_len for v, total in kl_free_sum.items()},
+            "achieved_err": achieved_err}
 
 
 # ---------------------------------------------------------------- the tests

@@ -12,7 +12,8 @@ import mlx_kssm  # noqa: F401  (BLAS before mlx)
 import click
 
 from .._cli import (CONTEXT, SEED, FiniteFloatRange, UsageProblem, check_output_file,
-                    force_r_options, kernel_option, one_line_errors, options, zones_option)
+                    force_r_options, kernel_option, model_loading_options, one_line_errors,
+                    options, zones_option)
 from .._files import atomic_write_json, atomic_write_text
 
 
@@ -71,6 +72,7 @@ def parse_size(text: str) -> int:
                    "(and u for v3). --prompt is not used")
 @zones_option
 @kernel_option
+@model_loading_options
 @one_line_errors
 def generate(model_dir, prompts, max_tokens, num_samples, temp, top_p, top_k, seed, force_r,
              force_r_layer, show_r, interactive, zones, kernel):
@@ -204,6 +206,7 @@ def _interactive(model, tokenizer, sampling: dict, zones: str) -> None:
 @click.option("--json", "json_out", default=None, metavar="FILE",
               help="write the full sweep (per prompt and value) as JSON")
 @kernel_option
+@model_loading_options
 @one_line_errors
 def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values, max_tokens,
               temp, top_p, top_k, seed, json_out, kernel):
@@ -272,6 +275,7 @@ def intervene(model_dir, data_dir, split, prompts, n_prompts, prompt_len, values
 @click.option("--json", "json_out", default=None, metavar="FILE", help="write all numbers as JSON")
 @zones_option
 @kernel_option
+@model_loading_options
 @one_line_errors
 def evaluate(model_dir, data_dir, split, n_batches, batch_size, seq_len, causality, sequences,
              values, random_init_seed, no_random_init, samples, sample_tokens, seed, json_out,
@@ -484,6 +488,7 @@ mlx_lm_options = options(
               help="with --quantize: inputs per quantization group (default 64; a layer whose "
                    "width it does not divide takes a smaller size that does, or pads)")
 @mlx_lm_options
+@model_loading_options
 @one_line_errors
 def export(model_dir, out_dir, fmt, dtype, max_shard_size, quantize, group_size, force_r,
            force_r_layer, data_dir, evaluation_json):

@@ -181,9 +181,22 @@ class StreamDecoder:
         return text[len(prefix):]
 
 
+def check_prompt_text(prompt: str, option: str = "--prompt") -> str:
+    """`prompt` if it is text; ValueError naming `option` where the command line held bytes
+    that are not UTF-8 (Python keeps them as lone surrogates, which no tokenizer encodes)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = ord(prompt[e.start])
+        byte = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+        raise ValueError(f"{option} is not valid UTF-8 text ({byte} at character {e.start}): "
+                         "give the prompt as UTF-8") from None
+    return prompt
+
+
 def encode_prompt(tokenizer, prompt: str) -> list:
-    """The prompt's ids; ValueError when it encodes to none."""
-    ids = tokenizer.encode(prompt)
+    """The prompt's ids; ValueError when it is not UTF-8 or encodes to none."""
+    ids = tokenizer.encode(check_prompt_text(prompt))
     if not ids:
         raise ValueError("the prompt encodes to no tokens: give some text with --prompt")
     return ids

@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..models.force import ForceR
-from .causality import entropy, kl_divergence, log_probs
+from .causality import POSITION_CHUNK, chunked_log_probs, entropy, kl_divergence
 from .generate import generate_tokens
 from .quality import sample_quality
 
@@ -37,11 +37,21 @@ def repetition_rate(tokens, n: int = 3) -> float:
     return repeats / len(grams)
 
 
-def _next_token(model, prompt_ids, force_r):
-    logp, r = log_probs(model, [list(prompt_ids)], force_r)
+def _next_token(model, prompt_ids, force_r, chunk: int | None = None):
+    """(log-probabilities after the prompt, R per layer at its last token, mean R over its
+    positions and layers). The prompt runs in chunks through the model's cache, so a long
+    one costs memory of a chunk, not of its length."""
+    r_sum, r_count, r = 0.0, 0, None
+    chunk = chunk or POSITION_CHUNK
+    for logp, r in chunked_log_probs(model, [list(prompt_ids)], force_r, chunk):
+        last = logp[0, -1]
+        if r is not None:
+            r_sum += float(mx.sum(r.astype(mx.float32)).item())
+            r_count += r.size
+        mx.eval(last)
     r_last = None if r is None else np.array(r[0, -1].astype(mx.float32)).tolist()
-    r_mean = None if r is None else float(mx.mean(r).item())
-    return logp[0, -1], r_last, r_mean
+    r_mean = None if r is None else r_sum / r_count
+    return last, r_last, r_mean
 
 
 def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 40,
@@ -70,7 +80,8 @@ def intervention_sweep(model, prompts, values=DEFAULT_VALUES, max_tokens: int = 
             kl = float(kl_divergence(logp, logp_free).item())
             ent = float(entropy(logp).item())
             gen = generate_tokens(model, prompt, max_tokens=max_tokens, temp=temp, top_p=top_p,
-                                  top_k=top_k, seed=seed, force_r=force)
+                                  top_k=top_k, seed=seed, force_r=force,
+                                  prefill_chunk=POSITION_CHUNK)
             text = decode(gen.tokens)
             quality = sample_quality(gen.tokens, text)
             if v is None:
@@ -138,7 +149,8 @@ def intervene(model_dir, prompts=(), data=None, split: str = "val", n_prompts: i
 
     folder, model, tokenizer = load_with_tokenizer(model_dir)
     use_kernel(model, kernel)
-    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    from .generate import check_prompt_text
+    prompt_ids = [tokenizer.encode(check_prompt_text(p)) for p in prompts]
     if data is not None:
         prompt_ids += heldout_prompts(data, split, model, folder, n_prompts, prompt_len,
                                       seed + HELDOUT_SEED_OFFSET)

@@ -6,6 +6,12 @@ renamed to step_N (a rename is atomic), and only then is `latest` replaced (atom
 older folders rotated away (renamed out of sight before deletion). So a SIGKILL at any moment
 leaves `latest`, or failing that the newest complete step folder, loadable. No pickle: arrays
 in safetensors, everything else JSON.
+
+Resume (`resumable_checkpoint`) takes the newest checkpoint that loads and whose arrays are
+finite; one that does not (a damaged disk, a NaN written by a diverging run) is skipped with
+a warning naming it, and left in place. `--resume-from` names the step folder itself; the
+checkpoints after it are moved to checkpoints/superseded/ (kept, out of the way of a later
+--resume).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +28,14 @@ import mlx.core as mx
 
 from .._files import (atomic_write_text, fsync_dir, inside, recover_swap, remove_stale_temps,
                       replacing_folder, temp_tag)
-from ..io import (CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors, load_weights_dict,
-                  read_config, write_model_folder)
+from ..io import (BEST, CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors,
+                  check_finite, load_weights_dict, read_config, write_model_folder)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
-BEST = "best"
+SUPERSEDED = "superseded"  # checkpoints/superseded/: later checkpoints --resume-from set aside
 METRICS = "metrics.json"
 STEP_NAME = re.compile(r"step_\d+")  # what `latest` may hold: a folder of this run's checkpoints
 
@@ -94,7 +101,7 @@ def save_checkpoint(run_dir, step: int, model, optimizer_arrays: dict, state: di
     os.replace(tmp, final)
     fsync_dir(root)
     atomic_write_text(root / LATEST, final.name + "\n")
-    rotate(run_dir, keep_last)
+    rotate(run_dir, keep_last, up_to=step)
     return final
 
 
@@ -151,8 +158,14 @@ def _latest_pointer(root: Path) -> Path | None:
     return named
 
 
-def rotate(run_dir, keep_last: int) -> None:
-    folders = list_checkpoints(run_dir)
+def step_of(folder: Path) -> int:
+    return int(folder.name[5:])
+
+
+def rotate(run_dir, keep_last: int, up_to: int | None = None) -> None:
+    """Keep the newest `keep_last` checkpoints up to step `up_to`. Later ones (one a resume
+    skipped as unreadable) are left alone: counting them could rotate the good ones away."""
+    folders = [f for f in list_checkpoints(run_dir) if up_to is None or step_of(f) <= up_to]
     for old in folders[:-keep_last] if keep_last > 0 else []:
         _remove_dir(old)
 
@@ -183,4 +196,65 @@ def load_checkpoint(folder) -> Checkpoint:
         raise ModelLoadError(f"{folder}: checkpoint unreadable: {e}") from None
     if not isinstance(state, dict):
         raise ModelLoadError(f"{folder / STATE} is not a JSON object: checkpoint unreadable")
-    return Checkpoint(folder, read_config(folder), load_weights_dict(folder), optimizer, state)
+    weights = load_weights_dict(folder)
+    # never resumed from, even for inspection: the run would only go on computing NaN
+    check_finite(weights, folder / WEIGHTS, allow=False)
+    check_finite(optimizer, folder / OPTIMIZER, what="optimizer", allow=False)
+    return Checkpoint(folder, read_config(folder), weights, optimizer, state)
+
+
+def resumable_checkpoint(run_dir, notes: list) -> Checkpoint | None:
+    """The newest checkpoint that loads with finite arrays (the one `latest_checkpoint`
+    names first), or None when the run has none. Each skipped one gets a WARNING in `notes`
+    (it is not deleted); when none loads, the newest one's error is raised."""
+    first = latest_checkpoint(run_dir)
+    if first is None:
+        return None
+    candidates = [first] + [f for f in reversed(list_checkpoints(run_dir)) if f != first]
+    skipped = []
+    for folder in candidates:
+        try:
+            loaded = load_checkpoint(folder)
+        except ModelLoadError as e:
+            skipped.append((folder, e))
+            continue
+        for bad, error in skipped:
+            notes.append(f"WARNING: checkpoint {bad} skipped, it cannot be resumed from: "
+                         f"{error}. Resuming from {folder.name}, the newest good one; "
+                         f"{bad.name} is left as it is (nothing deleted)")
+        return loaded
+    first_error = skipped[0][1]
+    raise type(first_error)(f"no checkpoint in {Path(run_dir) / CHECKPOINTS} can be resumed "
+                            f"from ({len(skipped)} tried); the newest: {first_error}")
+
+
+def checkpoint_to_resume_from(run_dir, named) -> Path:
+    """The folder --resume-from names, which must be a step_N folder of this run's
+    checkpoints/ (resolved, so a link or '..' cannot reach another run)."""
+    root = (Path(run_dir) / CHECKPOINTS).resolve()
+    folder = Path(named)
+    if not folder.is_dir():
+        raise ModelLoadError(f"--resume-from {named}: no such folder (give a step_N folder in "
+                             f"{Path(run_dir) / CHECKPOINTS})")
+    folder = folder.resolve()
+    if folder.parent != root or not STEP_NAME.fullmatch(folder.name):
+        raise ModelLoadError(f"--resume-from {named} is not a checkpoint of this run: give a "
+                             f"step_N folder in {Path(run_dir) / CHECKPOINTS}")
+    return Path(run_dir) / CHECKPOINTS / folder.name
+
+
+def set_aside_later(run_dir, step: int) -> list:
+    """Move the step folders after `step` to checkpoints/superseded/<time>/ and point
+    `latest` at step_`step`: the run goes on from there, and a later --resume must not jump
+    back to the abandoned branch. Returns the names moved."""
+    root = Path(run_dir) / CHECKPOINTS
+    later = [f for f in root.glob("step_*") if f.is_dir() and f.name[5:].isdigit()
+             and step_of(f) > step]
+    if later:
+        aside = root / SUPERSEDED / time.strftime("%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        for folder in sorted(later, key=step_of):
+            os.replace(folder, aside / folder.name)
+        fsync_dir(root)
+    atomic_write_text(root / LATEST, f"step_{step}\n")
+    return sorted((f.name for f in later), key=lambda n: int(n[5:]))

@@ -34,6 +34,8 @@ Examples:
   # train 500 steps of a 2000-step plan now, the rest later: identical to one long run
   mlx-kssm train --preset tiny --data DIR --max-steps 500 --schedule-steps 2000 --output-dir runs/t
   mlx-kssm train --resume --output-dir runs/t --max-steps 2000
+  # go back to an earlier checkpoint (later ones are moved to checkpoints/superseded/)
+  mlx-kssm train --output-dir runs/t --resume-from runs/t/checkpoints/step_500
   # staged training: stage 2 = 500 steps + the decision matrix (docs/training.md)
   mlx-kssm train --preset v3 --data data/prepared/gutenberg --stage 2 --output-dir runs/s2
   # a wider v3 with a stronger barrier on u; stage verdicts reported, never stopping
@@ -59,6 +61,9 @@ first; continue with --resume); 3 NaN/inf loss (stopped, last good checkpoint ke
 4 a --stage verdict FAILURE (stopped after saving a checkpoint; see --no-stop-on-failure);
 1 bad input, the folder is locked by another trainer, or a checkpoint could not be written
 (disk full: the error and training.log name it; the last good checkpoint is kept).
+\b
+--resume takes the newest checkpoint that loads and holds finite weights: a damaged or NaN
+newer one is skipped with a warning naming it (and left in place).
 \b
 A run that died before its first checkpoint: run the same command again (its history starts
 afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json).
@@ -104,6 +109,10 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "non-overlapping windows, each seen once per pass in a seeded order (one pass with no "
     "repetition: --max-steps = train tokens / (batch x seq))", "sampling"))
 @click.option("--resume", is_flag=True, default=None, help="continue the run in --output-dir")
+@click.option("--resume-from", type=click.Path(file_okay=False), metavar="STEP_DIR",
+              help="resume from this checkpoint (a step_N folder of --output-dir's "
+                   "checkpoints/) instead of the newest: optimizer state, step and data "
+                   "position come from it; implies --resume")
 @click.option("--kernel", type=click.Choice(KERNEL_MODES),
               help="scan implementation: auto = the fused Metal or CUDA kernel of the GPU "
                    "present (checked against the reference on first use)  [default: auto]")
@@ -150,7 +159,7 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
 @click.option("--list-presets", is_flag=True, help="list presets with their parameter counts "
               "and exit; with --data DIR, counted at DIR's vocabulary (what training builds)")
 @one_line_errors
-def train(config_file, list_presets, **flags):
+def train(config_file, list_presets, resume_from, **flags):
     import mlx_kssm  # noqa: F401
     from .config import config_from_options
     from .trainer import train as run_training
@@ -159,7 +168,7 @@ def train(config_file, list_presets, **flags):
         _list_presets(flags.get("data"))
         return
     config, explicit = config_from_options(config_file, flags)
-    result = run_training(config, explicit=explicit, echo=click.echo)
+    result = run_training(config, explicit=explicit, echo=click.echo, resume_from=resume_from)
     if result.exit_code:
         sys.exit(result.exit_code)
 

@@ -202,11 +202,14 @@ def read_config_file(path) -> dict:
         raise ValueError(f"--config {path}: no such file")
     try:
         if path.suffix == ".toml":
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text("utf-8"))
         elif path.suffix == ".json":
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text("utf-8"))
         else:
             raise ValueError(f"--config {path}: expected a .toml or .json file")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--config {path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                         f"offset {e.start}): save it as UTF-8") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"--config {path}: {e}") from None
     if not isinstance(raw, dict):

@@ -61,10 +61,11 @@ class Run:
 
 
 def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
-            world: int) -> tuple[Run, TrainerState]:
-    """(the run, its state) for `train`. Raises ValueError, DataError, ModelLoadError or
-    RuntimeError on bad input, having written nothing but the cleanup of the leftovers of a
-    killed trainer."""
+            world: int, resume_from=None) -> tuple[Run, TrainerState]:
+    """(the run, its state) for `train` (`resume_from`: a step_N folder to continue from
+    instead of the newest). Raises ValueError, DataError, ModelLoadError or RuntimeError on
+    bad input, having written nothing but the cleanup of the leftovers of a killed trainer
+    (and, once all is checked, --resume-from's setting aside of the later checkpoints)."""
     writer = rank == 0
     notes = ckpt.recover(run_dir) if writer else []
     config = _absolute_paths(config)
@@ -72,7 +73,8 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
     if existing is not None and not config.resume:
         raise ValueError(f"{run_dir} already holds a run (last checkpoint {existing.name}); "
                          "pass --resume to continue it, or choose another --output-dir")
-    resume_from = ckpt.load_checkpoint(existing) if (config.resume and existing) else None
+    asked_step = resume_from is not None
+    resume_from = _checkpoint_to_resume(config, resume_from, run_dir, existing, notes)
     saved = None if resume_from is None else \
         TrainerState.from_json(resume_from.state, str(resume_from.path / ckpt.STATE))
     config = _options(config, explicit, run_dir, saved, notes).validate()
@@ -99,7 +101,33 @@ def prepare(config: TrainConfig, explicit: set, run_dir: Path, rank: int,
               optimizer=optimizer, grokfast=grokfast, sampler=sampler, val_set=val_set,
               tokenizer=train_ds.tokenizer(), tokenizer_spec=train_ds.meta["tokenizer"],
               resumed_from=None if resume_from is None else resume_from.path, notes=notes)
+    if asked_step and writer:  # last: nothing above failed, so the run does go on from there
+        _set_aside_later(run_dir, saved.step, notes)
     return run, state
+
+
+def _checkpoint_to_resume(config: TrainConfig, named, run_dir: Path, existing: Path | None,
+                          notes: list):
+    """The checkpoint to continue from: the one --resume-from `named`, else the newest good
+    one (a damaged or non-finite newer one is skipped with a warning), else None (a new
+    run)."""
+    if named is None:
+        return ckpt.resumable_checkpoint(run_dir, notes) if config.resume else None
+    folder = ckpt.checkpoint_to_resume_from(run_dir, named)
+    loaded = ckpt.load_checkpoint(folder)
+    if existing is not None and existing.name != folder.name:
+        notes.append(f"--resume-from {folder.name}: not the latest checkpoint "
+                     f"({existing.name}); the run continues from {folder.name} and redoes "
+                     "the steps after it")
+    return loaded
+
+
+def _set_aside_later(run_dir: Path, step: int, notes: list) -> None:
+    moved = ckpt.set_aside_later(run_dir, step)
+    if moved:
+        notes.append(f"the later checkpoints ({', '.join(moved)}) were moved to "
+                     f"{run_dir / ckpt.CHECKPOINTS / ckpt.SUPERSEDED}/ (kept, not deleted), "
+                     "so that a later --resume continues this run, not theirs")
 
 
 # ---------------------------------------------------------------- the run folder

@@ -147,9 +147,7 @@ def format_status(s: dict, zones: str = DEFAULT_ZONES) -> str:
     """run_status's dict as lines, R zones named by table `zones`."""
     alive = "ALIVE" if s["alive"] else "NOT RUNNING"
     who = f" ({describe(s['lock'])})" if s["alive"] and s["lock"] else ""
-    lines = [f"{s['run_dir']}: {alive}{who}; state {s['state']}",
-             f"  step {s['step']}/{s['max_steps'] or '?'}"
-             + (f", ETA {format_duration(s['eta_s'])}" if s["eta_s"] is not None else "")]
+    lines = [f"{s['run_dir']}: {alive}{who}; state {s['state']}", "  " + _progress(s)]
     t = s["last_train"]
     if t:
         r = f", R {t['R']:.4f} ({r_zone(t['R'], zones)})" if t.get("R") is not None else ""
@@ -172,6 +170,15 @@ def format_status(s: dict, zones: str = DEFAULT_ZONES) -> str:
         lines.append(f"  stage {v.get('stage', '?')} verdict: {v.get('overall', '?')}")
     lines += [f"  WARNING: {w}" for w in s["warnings"]]
     return "\n".join(lines)
+
+
+def _progress(s: dict) -> str:
+    """"step 120/1000, ETA 3m20s"; before the first report of a live run, "starting" (it
+    loads data, builds and compiles: step 0 would read as stuck)."""
+    if s["last_train"] is None and s["alive"]:
+        return f"starting (no step reported yet; {s['max_steps'] or '?'} steps planned)"
+    return (f"step {s['step']}/{s['max_steps'] or '?'}"
+            + (f", ETA {format_duration(s['eta_s'])}" if s["eta_s"] is not None else ""))
 
 
 def monitor_frame(run_dir, recent: int = 10, zones: str = DEFAULT_ZONES) -> str:

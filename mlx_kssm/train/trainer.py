@@ -63,12 +63,15 @@ class TrainResult:
     message: str = ""
 
 
-def train(config: TrainConfig, explicit: set | None = None, echo=print) -> TrainResult:
+def train(config: TrainConfig, explicit: set | None = None, echo=print,
+          resume_from=None) -> TrainResult:
     """Run or resume the training run `config.output_dir`.
 
     `explicit`: the option names the user set (flags or config file); on --resume those
     override the saved run config and everything else comes from it. None means: every
-    option that differs from TrainConfig's default.
+    option that differs from TrainConfig's default. `resume_from`: a step_N folder of the
+    run's checkpoints/ to resume from instead of the newest (implies resume; a one-off
+    choice, not one of the run's saved options).
     Raises ValueError, DataError, ModelLoadError, RuntimeError or lock.LockError on bad input.
     """
     config.check_types()
@@ -76,6 +79,8 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     defaults = TrainConfig()
     if explicit is None:
         explicit = {k for k, v in config.to_dict().items() if getattr(defaults, k) != v}
+    if resume_from is not None:  # a chosen checkpoint of the run: a resume
+        config = config.replace(resume=True)
     if not config.resume:
         config.validate()
     if not config.output_dir:  # Path("") is the working directory itself
@@ -98,7 +103,7 @@ def train(config: TrainConfig, explicit: set | None = None, echo=print) -> Train
     reporters = Reporters()
     try:
         with StopSignals() as signals:
-            run, state = setup.prepare(config, explicit, run_dir, rank, world)
+            run, state = setup.prepare(config, explicit, run_dir, rank, world, resume_from)
             log = RunLog(run_dir, writer, echo)
             reporters = _open_reporters(run, log)
             started = True
@@ -386,12 +391,12 @@ class _Loop:
         return v
 
     # -- checkpoints
-    def snapshot(self) -> dict:
+    def snapshot(self, pending_events: int = 0) -> dict:
         """trainer_state.json as of now: the state, with what the RNG, the detector and the log
-        hold brought in."""
+        hold brought in. `pending_events`: events to be written with it (a checkpoint's own)."""
         self.state.take_rng_key()
         self.state.explosion_min = self.detector.minimum
-        self.state.history_len = self.log.n_events  # events up to this checkpoint's own
+        self.state.history_len = self.log.n_events + pending_events
         return self.state.to_json()
 
     def save(self, reason: str) -> None:
@@ -401,22 +406,32 @@ class _Loop:
             return
         t0 = time.perf_counter()
         arrays = checkpoint_arrays(run.optimizer, run.grokfast)
-        self.log.event({"event": "checkpoint", "step": step, "reason": reason,
-                        "path": str(ckpt.step_dir(run.run_dir, step))})
+        # the checkpoint records the history up to its own event, which is written only once
+        # the save succeeded: a failed write leaves no event for a step never saved
+        state = self.snapshot(pending_events=1)
         try:
-            path = ckpt.save_checkpoint(run.run_dir, step, run.model, arrays, self.snapshot(),
+            path = ckpt.save_checkpoint(run.run_dir, step, run.model, arrays, state,
                                         run.tokenizer_spec, run.config.keep_last,
                                         tokenizer_root=run.config.data)
         except OSError as error:
             raise self.write_failed(f"checkpoint {ckpt.step_dir(run.run_dir, step)}",
                                     error) from None
+        self.log.event({"event": "checkpoint", "step": step, "reason": reason,
+                        "path": str(path)})
         self.last_saved = step
         self.log.line(f"Iter {step}: saved {path} ({reason}, {time.perf_counter() - t0:.2f}s)")
+
+    def last_checkpoint(self):
+        """The newest complete checkpoint up to the current step: one after it is not this
+        trajectory's (a checkpoint the resume skipped as damaged or non-finite)."""
+        folders = [f for f in ckpt.list_checkpoints(self.run.run_dir)
+                   if ckpt.step_of(f) <= self.state.step]
+        return folders[-1] if folders else None
 
     def write_failed(self, what: str, error: OSError) -> OSError:
         """The error a failed checkpoint or best/ write stops the run with (a full disk:
         training on could never be saved), recorded in training.log and history.jsonl."""
-        last = ckpt.latest_checkpoint(self.run.run_dir)
+        last = self.last_checkpoint()
         where = f" (writing {Path(error.filename).name})" if error.filename else ""
         kept = (f"the last good checkpoint {last} is kept" if last
                 else "no checkpoint was saved before")
@@ -430,7 +445,7 @@ class _Loop:
 
     def nan_stop(self, record) -> TrainResult:
         step, best = self.state.step, self.state.best_val_loss
-        last = ckpt.latest_checkpoint(self.run.run_dir)
+        last = self.last_checkpoint()
         where = (f"last good checkpoint {last} (resume with --resume and a lower "
                  "--learning-rate)" if last else "no checkpoint was saved before it")
         message = (f"loss is {record['loss']} (grad norm {record['grad_norm']}) at step "
