@@ -13,10 +13,12 @@ import pytest
 
 import mlx_kssm  # noqa: F401  (on Linux: OpenBLAS before mlx)
 from mlx_kssm.data.prepare import prepare
+from mlx_kssm.train import TrainConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BOOKS = FIXTURES / "gutenberg"
 BOOK_FILES = ("pg1342_2024.txt", "pg1661_2002.txt", "pg84_2008_crlf.txt")
+WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into night sky".split()
 
 
 def _quiet(message):
@@ -49,3 +51,21 @@ def books_data(tmp_path_factory) -> Path:
     copy_books(root / "texts")
     prepare(root / "texts", root / "prepared", tokenizer="bytes", val_fraction=0.34, log=_quiet)
     return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def words_data(tmp_path_factory) -> Path:
+    """Five documents of 600 seeded random words as byte tokens, one held out: the data of
+    the tiny training runs (tiny_config)."""
+    return prepare_words(tmp_path_factory.mktemp("data"), WORDS, docs=5, per_doc=600,
+                         val_fraction=0.2)
+
+
+def tiny_config(data_dir, out, **changes) -> TrainConfig:
+    """A `tiny` run of 6 steps of 4 x 32 bytes: a report every step, an evaluation and a
+    checkpoint every 3; `changes` override any field."""
+    base = dict(preset="tiny", data=str(data_dir), output_dir=str(out), seq_len=32,
+                batch_size=4, max_steps=6, warmup_steps=2, steps_per_report=1,
+                steps_per_eval=3, val_batches=2, save_every=3, sample_tokens=8,
+                sample_prompts=["The "])
+    return TrainConfig(**{**base, **changes})

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlx_kssm  # noqa: F401
@@ -22,18 +21,12 @@ from mlx_kssm.cli import main
 from mlx_kssm.data.prepare import prepare
 from mlx_kssm.io import export_model, load
 
-WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into night sky".split()
+
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    (root / "src").mkdir()
-    for d in range(3):
-        (root / "src" / f"doc{d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(400)))
-    prepare(root / "src", root / "prep", tokenizer="bytes", val_fraction=0.2, log=lambda m: None)
-    return root / "prep"
+def data_dir(words_data):
+    return words_data
 
 
 @pytest.fixture(scope="module")

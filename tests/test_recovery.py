@@ -4,44 +4,30 @@ readers of best/ while it is swapped."""
 
 import json
 import os
-import random
 import shutil
 
 import mlx_kssm  # noqa: F401
 import mlx.core as mx
 import pytest
+from conftest import tiny_config
 from click.testing import CliRunner
 
 from mlx_kssm import build_model, save_model
 from mlx_kssm.cli import main
-from mlx_kssm.data.prepare import prepare
 from mlx_kssm.io import (BEST_OLD, ModelLoadError, NonFiniteWeights, load_model, loading_options,
                          resolve_model_dir)
-from mlx_kssm.train import TrainConfig, read_history, train
+from mlx_kssm.train import read_history, train
 from mlx_kssm.train import checkpoint as ckpt
 
-WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into night sky".split()
 QUIET = dict(echo=lambda m: None)
 
 
+
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    (root / "src").mkdir()
-    for d in range(5):
-        (root / "src" / f"doc{d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
-    prepare(root / "src", root / "prep", tokenizer="bytes", val_fraction=0.2, log=lambda m: None)
-    return root / "prep"
+def data_dir(words_data):
+    return words_data
 
 
-def tiny_config(data_dir, out, **kw):
-    base = dict(preset="tiny", data=str(data_dir), output_dir=str(out), seq_len=32,
-                batch_size=4, max_steps=6, warmup_steps=2, steps_per_report=1,
-                steps_per_eval=3, val_batches=2, save_every=3, sample_tokens=8,
-                sample_prompts=["The "])
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def train_losses(run_dir):

@@ -2,42 +2,33 @@
 hold what history.jsonl holds; a missing extra or an unknown name is one Error line."""
 
 import json
-import random
 import struct
 import sys
 
 import pytest
+from conftest import tiny_config
 from click.testing import CliRunner
 
 import mlx_kssm  # noqa: F401
 from mlx_kssm.cli import main
-from mlx_kssm.data.prepare import prepare
 from mlx_kssm.models import ZONES
-from mlx_kssm.train import TrainConfig, read_history, train
+from mlx_kssm.train import read_history, train
 from mlx_kssm.train.health import zones_visited
 from mlx_kssm.train.reporting import eval_scalars, train_scalars, zone_name
 
-WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into night sky".split()
+
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    (root / "src").mkdir()
-    for d in range(5):
-        (root / "src" / f"doc{d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(600)))
-    prepare(root / "src", root / "prep", tokenizer="bytes", val_fraction=0.2, log=lambda m: None)
-    return root / "prep"
+def data_dir(words_data):
+    return words_data
 
 
-def tiny_config(data_dir, out, **kw):
-    base = dict(preset="tiny", data=str(data_dir), output_dir=str(out), seq_len=32,
-                batch_size=4, max_steps=4, warmup_steps=1, steps_per_report=1,
-                steps_per_eval=2, val_batches=1, save_every=2, sample_tokens=4,
-                sample_prompts=["The "])
-    base.update(kw)
-    return TrainConfig(**base)
+def short_config(data_dir, out, **changes):
+    """tiny_config shortened to 4 steps, an evaluation and a checkpoint every 2."""
+    return tiny_config(data_dir, out, **{**dict(max_steps=4, warmup_steps=1, steps_per_eval=2,
+                                                val_batches=1, save_every=2, sample_tokens=4),
+                                         **changes})
 
 
 def expected_scalars(history) -> dict:
@@ -119,10 +110,10 @@ def test_tensorboard_events_hold_the_history(data_dir, tmp_path):
     pytest.importorskip("tensorboardX", reason="the tensorboard extra (tensorboardX) is not "
                         "installed")
     run = tmp_path / "run"
-    first = train(tiny_config(data_dir, run, max_steps=2, schedule_steps=4,
+    first = train(short_config(data_dir, run, max_steps=2, schedule_steps=4,
                               report_to="tensorboard"), echo=lambda m: None)
     assert first.status == "completed"
-    resumed = train(tiny_config(data_dir, run, max_steps=4, resume=True), echo=lambda m: None,
+    resumed = train(short_config(data_dir, run, max_steps=4, resume=True), echo=lambda m: None,
                     explicit={"max_steps", "resume"})
     assert resumed.status == "completed"
     history = read_history(run)
@@ -133,7 +124,7 @@ def test_tensorboard_events_hold_the_history(data_dir, tmp_path):
         pytest.approx(1.0)
     # --report-to none on a later resume stops it: nothing more reaches the event files
     files = sorted((run / "tensorboard").iterdir())
-    stopped = train(tiny_config(data_dir, run, max_steps=5, resume=True, report_to="none"),
+    stopped = train(short_config(data_dir, run, max_steps=5, resume=True, report_to="none"),
                     echo=lambda m: None, explicit={"max_steps", "resume", "report_to"})
     assert stopped.step == 5 and sorted((run / "tensorboard").iterdir()) == files
     assert read_tensorboard(run / "tensorboard") == logged
@@ -175,7 +166,7 @@ def test_wandb_offline_run_holds_the_history(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
-    result = train(tiny_config(data_dir, run, report_to="wandb", project_name="kssm-test"),
+    result = train(short_config(data_dir, run, report_to="wandb", project_name="kssm-test"),
                    echo=lambda m: None)
     assert result.status == "completed"
     logged = read_wandb(run)

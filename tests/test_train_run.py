@@ -15,7 +15,7 @@ import mlx_kssm  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import prepare_words
+from conftest import tiny_config
 from click.testing import CliRunner
 from mlx.utils import tree_flatten
 
@@ -28,24 +28,15 @@ from mlx_kssm.train import checkpoint as ckpt
 from mlx_kssm.train import step as step_mod
 from mlx_kssm.train import trainer as trainer_mod
 
-WORDS = "the quick brown fox jumps over lazy dog and cat runs far away into night sky".split()
 
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return prepare_words(tmp_path_factory.mktemp("data"), WORDS, docs=5, per_doc=600, val_fraction=0.2)
+@pytest.fixture(scope="module")
+def data_dir(words_data):
+    return words_data
 
 
 TINY_LR = preset_train_defaults("tiny")["learning_rate"]  # tiny_config trains at it
 
 
-def tiny_config(data_dir, out, **kw):
-    base = dict(preset="tiny", data=str(data_dir), output_dir=str(out), seq_len=32,
-                batch_size=4, max_steps=6, warmup_steps=2, steps_per_report=1,
-                steps_per_eval=3, val_batches=2, save_every=3, sample_tokens=8,
-                sample_prompts=["The "])
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def train_losses(run_dir):
