@@ -62,23 +62,23 @@ def test_scalars_of_a_report_and_an_evaluation():
     """Every figure of an Iter line and an evaluation, R per layer, the zone shares, u."""
     report = {"event": "train", "step": 5, "loss": 2.5, "ce": 2.4, "reg": 0.1, "grad_norm": 1.5,
               "lr": 1e-3, "tokens_per_sec": 900.0, "peak_mem_gb": 0.2, "R_layers": [0.2, 0.6],
-              "R": 0.4, "zone": "✨ Unbound", "u": 1.5, "u_at_bound": 0.25}
+              "R": 0.4, "zone": "⚖ Balance", "u": 1.5, "u_at_bound": 0.25}
     counts = zones_visited([report, {"R_layers": [0.6, 0.97]}])
     scalars = train_scalars(report, counts)
     assert scalars["train/loss"] == 2.5 and scalars["train/lr"] == 1e-3
     assert scalars["train/tokens_per_sec"] == 900.0 and scalars["train/u"] == 1.5
     assert scalars["train/u_at_bound"] == 0.25 and scalars["train/R"] == 0.4
     assert scalars["train/R_layer_0"] == 0.2 and scalars["train/R_layer_1"] == 0.6
-    assert scalars["train/R_zone"] == 2  # Unbound, the third of ZONES
-    assert scalars["R_zones/intimacy"] == 0.25 and scalars["R_zones/goldilocks"] == 0.5
-    assert scalars["R_zones/over_sync"] == 0.25 and scalars["R_zones/unformed"] == 0.0
+    assert scalars["train/R_zone"] == 2  # Balance, the third of ZONES (the v3 table)
+    assert scalars["R_zones/intimacy"] == 0.25 and scalars["R_zones/mystery"] == 0.5
+    assert scalars["R_zones/ache"] == 0.25 and scalars["R_zones/unformed"] == 0.0
     assert {f"R_zones/{zone_name(label)}" for _, label in ZONES} <= set(scalars)
     evaluation = {"event": "eval", "step": 5, "val_loss": 2.0, "val_ppl": 7.39, "val_reg": 0.0,
                   "val_R": 0.85, "val_R_std": 0.01, "val_R_layers": [0.8, 0.9], "val_u": None,
                   "n_tokens": 100, "is_best": True}
     scalars = eval_scalars(evaluation)
     assert scalars == {"val/loss": 2.0, "val/ppl": 7.39, "val/reg": 0.0, "val/R": 0.85,
-                       "val/R_std": 0.01, "val/R_zone": 4, "val/R_layer_0": 0.8,
+                       "val/R_std": 0.01, "val/R_zone": 5, "val/R_layer_0": 0.8,
                        "val/R_layer_1": 0.9}
 
 
