@@ -11,7 +11,8 @@ import click
 from ._cli import CONTEXT
 from .data.commands import data
 from .doctor import doctor
-from .probe.commands import evaluate, export, generate, intervene, plot, validate
+from .export.commands import export
+from .probe.commands import evaluate, generate, intervene, plot, validate
 from .study.commands import study
 from .train.commands import monitor, status, train
 
