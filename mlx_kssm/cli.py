@@ -12,7 +12,8 @@ from ._cli import CONTEXT
 from .data.commands import data
 from .doctor import doctor
 from .export.commands import export
-from .probe.commands import evaluate, generate, intervene, plot, validate
+from .evaluation.commands import evaluate
+from .probe.commands import generate, intervene, plot, validate
 from .study.commands import study
 from .train.commands import monitor, status, train
 
