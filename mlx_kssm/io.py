@@ -35,6 +35,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ._files import (atomic_open, atomic_write_text, describe_os_error, foreign_entries,
                      inside, replacing_folder, visible_entries, with_message)
+from .data.loader import check_tokenizer
 from .data.tokenizer import TIKTOKEN_FILE  # a custom BPE ranks file copied into a model folder
 from .models import ModelArgs, build_model
 
@@ -49,6 +50,7 @@ SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 MODEL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers")
 BEST = "best"  # a training run's best model folder
 BEST_OLD = f".{BEST}.old"  # the previous best/ while (or if a kill stopped) its replacement
+STATE = "trainer_state.json"  # a checkpoint's trainer state (train/checkpoint.py), its seed too
 NONFINITE_SHOWN = 3  # tensors a non-finite refusal names
 
 
@@ -545,6 +547,12 @@ def tokenizer_spec(config: dict, folder):
     ids = np.flatnonzero(used).tolist()
     rest = {k: v for k, v in compaction.items() if k != "map_file"}
     return {**spec, "compaction": {**rest, "base_ids": ids}}
+
+
+def check_same_tokenizer(folder, dataset) -> None:
+    """Refuse a model folder whose tokenizer differs from the one the data was prepared with
+    (the compaction map included: the same id would stand for other text)."""
+    check_tokenizer(dataset, tokenizer_spec(read_config(folder), folder), folder, folder)
 
 
 def load_with_tokenizer(path, allow_nonfinite: bool | None = None):

@@ -27,6 +27,7 @@ import numpy as np
 
 from .._resources import WINDOW_BYTES_PER_TOKEN, check_count, check_fits
 from .._types import MAX_SEED, check_fields
+from ..io import STATE, check_same_tokenizer
 
 
 def _batch_stats(model, inputs, targets):
@@ -235,20 +236,11 @@ def _resolve_model(model, dataset, tokenizer, label):
 
 def training_seed(folder) -> int | None:
     """The seed a run folder's checkpoint (or best/) was trained with, if it records one."""
-    from ..train.checkpoint import STATE  # here: the trainer imports this module
     try:
         state = json.loads((Path(folder) / STATE).read_text())
         return int(state["config"]["seed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def check_same_tokenizer(folder, dataset) -> None:
-    """Refuse a model folder whose tokenizer differs from the one the data was prepared with
-    (the compaction map included: the same id would stand for other text)."""
-    from ..data.loader import check_tokenizer
-    from ..io import read_config, tokenizer_spec
-    check_tokenizer(dataset, tokenizer_spec(read_config(folder), folder), folder, folder)
 
 
 def _sample_checks(model, tokenizer, batches, config: EvalConfig) -> list:

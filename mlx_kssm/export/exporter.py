@@ -17,8 +17,8 @@ import mlx.core as mx
 
 from .._files import describe_os_error, replacing_folder, with_message
 from ..io import (MAX_SHARD_BYTES, ModelLoadError, check_dtype, check_replaceable,
-                  is_saved_file, load, load_model, load_weights_dict, read_config,
-                  resolve_model_dir, tokenizer_spec, write_model_folder)
+                  check_same_tokenizer, is_saved_file, load, load_model, load_weights_dict,
+                  read_config, resolve_model_dir, tokenizer_spec, write_model_folder)
 from ..models import count_parameters
 
 FORMATS = ("mlx-kssm", "mlx-lm")
@@ -156,7 +156,6 @@ def _training_data_meta(model_dir, data) -> dict:
     """meta.json of `data`, which the card will describe as the model's training data: refused,
     as evaluate refuses it, if it was prepared with another tokenizer than the model's."""
     from ..data.loader import TokenDataset
-    from ..evaluation import check_same_tokenizer
     dataset = TokenDataset(data, "train")
     check_same_tokenizer(resolve_model_dir(model_dir), dataset)
     return dataset.meta
