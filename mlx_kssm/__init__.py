@@ -14,7 +14,8 @@ from .models import ForceR, ModelArgs, build_model, count_parameters  # noqa: E4
 
 __all__ = ["ForceR", "ModelArgs", "build_model", "count_parameters"]
 
-from .io import export_model, load, save_model  # noqa: E402
+from .io import load, save_model  # noqa: E402
+from .export.exporter import export_model  # noqa: E402
 
 __all__ += ["export_model", "load", "save_model"]
 

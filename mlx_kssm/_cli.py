@@ -25,6 +25,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -199,3 +200,12 @@ def force_r_options(scope: str = "", every_layer: str = "in every layer, for eve
         click.option("--force-r-layer", multiple=True, metavar="L=R",
                      help=f"{scope}clamp R in layer L only (repeatable; overrides --force-r "
                           "there)"))
+
+
+def parse_values(text: str, what: str = "--values") -> list:
+    """Comma- or space-separated forced R values (each checked to lie in [0, 1])."""
+    from .models.force import check_r
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    if not parts:
+        raise UsageProblem(f"{what} is empty: give values like 0.1,0.5,0.9")
+    return [check_r(p, f"{what} entry") for p in parts]

@@ -11,7 +11,9 @@ import click
 from ._cli import CONTEXT
 from .data.commands import data
 from .doctor import doctor
-from .probe.commands import evaluate, export, generate, intervene, plot, validate
+from .export.commands import export
+from .evaluation.commands import evaluate
+from .probe.commands import generate, intervene, plot, validate
 from .study.commands import study
 from .train.commands import monitor, status, train
 

@@ -16,7 +16,7 @@ inspection.
 
 Tokenizer files travel with the weights: a compaction map (`vocab_map.npy`) or a `.tiktoken`
 ranks file named by the tokenizer spec is copied into the folder and the spec points at the
-copy (relative to the folder), so an exported folder needs nothing else (`export_model`).
+copy (relative to the folder), so an exported folder needs nothing else (`export_model`, mlx_kssm/export/exporter.py).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ._files import (atomic_open, atomic_write_text, describe_os_error, foreign_entries,
                      inside, replacing_folder, visible_entries, with_message)
+from .data.loader import check_tokenizer
 from .data.tokenizer import TIKTOKEN_FILE  # a custom BPE ranks file copied into a model folder
 from .models import ModelArgs, build_model
 
@@ -49,6 +50,7 @@ SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 MODEL_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers")
 BEST = "best"  # a training run's best model folder
 BEST_OLD = f".{BEST}.old"  # the previous best/ while (or if a kill stopped) its replacement
+STATE = "trainer_state.json"  # a checkpoint's trainer state (train/checkpoint.py), its seed too
 NONFINITE_SHOWN = 3  # tensors a non-finite refusal names
 
 
@@ -194,7 +196,7 @@ def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
     if not os.fspath(path):  # Path("") is ".": an empty string would write into the cwd
         raise ValueError("save_model: the folder path is empty: name a folder")
     path = Path(path)
-    dtype = _check_dtype(dtype, path)
+    dtype = check_dtype(dtype, path)
     _check_extra_config(extra_config, model, path)
     _check_tokenizer_spec(tokenizer_spec, model, tokenizer_root, path)
     check_replaceable(path, is_saved_file, "save_model", ValueError, label="save_model: ")
@@ -213,7 +215,7 @@ def save_model(path, model, tokenizer_spec: dict | None = None, dtype=None,
     return path
 
 
-def _check_dtype(dtype, path: Path):
+def check_dtype(dtype, path: Path):
     """The mx dtype to cast to, or None. Only floating dtypes: integer weights fail to load."""
     if dtype is None:
         return None
@@ -547,6 +549,12 @@ def tokenizer_spec(config: dict, folder):
     return {**spec, "compaction": {**rest, "base_ids": ids}}
 
 
+def check_same_tokenizer(folder, dataset) -> None:
+    """Refuse a model folder whose tokenizer differs from the one the data was prepared with
+    (the compaction map included: the same id would stand for other text)."""
+    check_tokenizer(dataset, tokenizer_spec(read_config(folder), folder), folder, folder)
+
+
 def load_with_tokenizer(path, allow_nonfinite: bool | None = None):
     """(folder, model, tokenizer) from any folder `resolve_model_dir` accepts, for work that
     turns text into ids: a folder that names no tokenizer is a ModelLoadError."""
@@ -556,62 +564,7 @@ def load_with_tokenizer(path, allow_nonfinite: bool | None = None):
     return folder, model, tokenizer
 
 
-# what `export --format mlx-lm` adds (mlx_kssm/export/to_mlx_lm.py): the model file, the
-# Hugging Face tokenizer files and the model card
-MLX_LM_FILES = ("kssm.py", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                "README.md")
-# and the config.json keys it adds (written afresh by each mlx-lm export, never carried over)
-MLX_LM_KEYS = ("model_file", "vocab_compaction", "force_r")
-
-
 def is_saved_file(name: str) -> bool:
     """A file `save_model` writes (what a saved model folder may hold)."""
     return (name in (CONFIG, WEIGHTS, INDEX, VOCAB_MAP, TIKTOKEN_FILE)
             or SHARD.fullmatch(name) is not None)
-
-
-def is_model_file(name: str) -> bool:
-    """A file an export writes, in either format (what an exported folder may hold)."""
-    return is_saved_file(name) or name in MLX_LM_FILES
-
-
-def export_model(src, out, dtype: str | None = None,
-                 max_shard_bytes: int = MAX_SHARD_BYTES, add_files=None, check=None,
-                 quantize: tuple[int, int] | None = None) -> Path:
-    """Write the model in `src` (any folder `resolve_model_dir` accepts) as a self-contained
-    folder `out`: config.json (model args, preset, tokenizer spec), model.safetensors (sharded
-    with an index above `max_shard_bytes`), and the tokenizer's files. `quantize`: (bits,
-    group size) quantizes the weights in mlx-lm's format (quantize.py). `add_files(folder)`
-    writes more files into the new folder and returns keys for its config.json; `check(folder)`
-    must pass on the complete new folder before it replaces anything (another format's loader).
-
-    `out` is new, empty, or an earlier export, which is replaced whole once the new folder is
-    written and loads; a failure (a full disk) leaves it as it was. A folder holding anything
-    else (a run folder, a checkpoint, data) is refused, never overwritten."""
-    folder = resolve_model_dir(src)
-    out = Path(out)
-    if out.exists() and out.resolve() == folder.resolve():
-        raise ModelLoadError(f"--out {out} is the source folder itself: choose another folder")
-    check_replaceable(out, is_model_file, "an export", label="--out ")
-    cast = _check_dtype(dtype, out)  # before anything is written
-    model, config = load_model(folder)
-    extra = {k: v for k, v in config.items()
-             if k not in model.args.to_dict() and k not in ("tokenizer", *MLX_LM_KEYS)}
-    extra["dtype"] = dtype or "float32"
-    if quantize is not None:
-        from .quantize import quantize_model
-        extra["quantization"] = extra["quantization_config"] = quantize_model(model, *quantize)
-    try:
-        with replacing_folder(out) as tmp:
-            if add_files is not None:
-                extra.update(add_files(tmp))
-            # `tmp` is fresh but already holds what add_files wrote: not save_model's checks
-            write_model_folder(tmp, model, tokenizer_spec(config, folder), cast,
-                         max_shard_bytes, extra, folder)
-            load(tmp)  # the new folder must load on its own before it replaces anything
-            if check is not None:
-                check(tmp)
-    except OSError as e:
-        raise with_message(e, f"export to {out} failed: {describe_os_error(e)}; {out} is left "
-                              "as it was") from None
-    return out

@@ -43,7 +43,7 @@ import numpy as np
 
 from mlx_kssm import build_model
 from mlx_kssm.data.loader import TokenDataset
-from mlx_kssm.doctor import environment
+from mlx_kssm.machine import environment
 from mlx_kssm.models.presets import PRESETS
 from mlx_kssm.train.config import TrainConfig
 from mlx_kssm.train.trainer import read_history, train

@@ -20,7 +20,8 @@ from safetensors.numpy import load_file
 from mlx_kssm import build_model, save_model
 from mlx_kssm.cli import main
 from mlx_kssm.data.prepare import prepare
-from mlx_kssm.io import ModelLoadError, export_model, load, load_model
+from mlx_kssm.export.exporter import export_model
+from mlx_kssm.io import ModelLoadError, load, load_model
 from mlx_kssm.probe.generate import generate_tokens
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "gutenberg"

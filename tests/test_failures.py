@@ -19,7 +19,8 @@ from mlx_kssm import build_model, save_model
 from mlx_kssm import _files
 from mlx_kssm.cli import main
 from mlx_kssm.data.prepare import prepare
-from mlx_kssm.io import export_model, load
+from mlx_kssm.export.exporter import export_model
+from mlx_kssm.io import load
 
 
 
@@ -135,7 +136,7 @@ def test_sigterm_during_export_removes_its_temp_folder_and_keeps_the_earlier(mod
     out = tmp_path / "exp"
     export_model(model_dir, out)
     before = sorted(p.name for p in out.iterdir())
-    result = terminated_midway("mlx_kssm.io:write_model_folder", "export", "--model",
+    result = terminated_midway("mlx_kssm.export.exporter:write_model_folder", "export", "--model",
                                model_dir, "--out", out)
     assert result.returncode == 143, result.stderr
     assert hidden(tmp_path) == [] and sorted(p.name for p in out.iterdir()) == before

@@ -1,10 +1,12 @@
 """`mlx-kssm export` as a library call: one model folder out, in either format.
 
-    export(model_dir, out_dir)                        the mlx-kssm format (io.export_model)
+    export(model_dir, out_dir)                        the mlx-kssm format (export_model)
     export(model_dir, out_dir, fmt="mlx-lm", ...)     also loads in mlx-lm (to_mlx_lm.py)
     export(..., quantize=4, group_size=64)            quantized weights (mlx_kssm/quantize.py)
 
-`describe_export(out)` loads the written folder on its own and says what it holds.
+`export_model(src, out)` writes the folder every format starts from (the mlx-kssm format; the
+mlx-lm format adds its files through `add_files`); `describe_export(out)` loads the written
+folder on its own and says what it holds.
 """
 
 from __future__ import annotations
@@ -13,11 +15,20 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..io import (MAX_SHARD_BYTES, ModelLoadError, export_model, load, load_weights_dict,
-                  read_config, resolve_model_dir)
+from .._files import describe_os_error, replacing_folder, with_message
+from ..io import (MAX_SHARD_BYTES, ModelLoadError, check_dtype, check_replaceable,
+                  check_same_tokenizer, is_saved_file, load, load_model, load_weights_dict,
+                  read_config, resolve_model_dir, tokenizer_spec, write_model_folder)
 from ..models import count_parameters
 
 FORMATS = ("mlx-kssm", "mlx-lm")
+
+# what `export --format mlx-lm` adds (mlx_kssm/export/to_mlx_lm.py): the model file, the
+# Hugging Face tokenizer files and the model card
+MLX_LM_FILES = ("kssm.py", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                "README.md")
+# and the config.json keys it adds (written afresh by each mlx-lm export, never carried over)
+MLX_LM_KEYS = ("model_file", "vocab_compaction", "force_r")
 
 
 def export(model_dir, out_dir, fmt: str = "mlx-kssm", dtype: str | None = None,
@@ -40,6 +51,53 @@ def export(model_dir, out_dir, fmt: str = "mlx-kssm", dtype: str | None = None,
         raise ValueError(f"{', '.join(given)} apply to --format mlx-lm only")
     return export_model(model_dir, out_dir, dtype=dtype, max_shard_bytes=max_shard_bytes,
                         quantize=quantization)
+
+
+def is_model_file(name: str) -> bool:
+    """A file an export writes, in either format (what an exported folder may hold)."""
+    return is_saved_file(name) or name in MLX_LM_FILES
+
+
+def export_model(src, out, dtype: str | None = None,
+                 max_shard_bytes: int = MAX_SHARD_BYTES, add_files=None, check=None,
+                 quantize: tuple[int, int] | None = None) -> Path:
+    """Write the model in `src` (any folder `resolve_model_dir` accepts) as a self-contained
+    folder `out`: config.json (model args, preset, tokenizer spec), model.safetensors (sharded
+    with an index above `max_shard_bytes`), and the tokenizer's files. `quantize`: (bits,
+    group size) quantizes the weights in mlx-lm's format (quantize.py). `add_files(folder)`
+    writes more files into the new folder and returns keys for its config.json; `check(folder)`
+    must pass on the complete new folder before it replaces anything (another format's loader).
+
+    `out` is new, empty, or an earlier export, which is replaced whole once the new folder is
+    written and loads; a failure (a full disk) leaves it as it was. A folder holding anything
+    else (a run folder, a checkpoint, data) is refused, never overwritten."""
+    folder = resolve_model_dir(src)
+    out = Path(out)
+    if out.exists() and out.resolve() == folder.resolve():
+        raise ModelLoadError(f"--out {out} is the source folder itself: choose another folder")
+    check_replaceable(out, is_model_file, "an export", label="--out ")
+    cast = check_dtype(dtype, out)  # before anything is written
+    model, config = load_model(folder)
+    extra = {k: v for k, v in config.items()
+             if k not in model.args.to_dict() and k not in ("tokenizer", *MLX_LM_KEYS)}
+    extra["dtype"] = dtype or "float32"
+    if quantize is not None:
+        from ..quantize import quantize_model
+        extra["quantization"] = extra["quantization_config"] = quantize_model(model, *quantize)
+    try:
+        with replacing_folder(out) as tmp:
+            if add_files is not None:
+                extra.update(add_files(tmp))
+            # `tmp` is fresh but already holds what add_files wrote: not save_model's checks
+            write_model_folder(tmp, model, tokenizer_spec(config, folder), cast,
+                               max_shard_bytes, extra, folder)
+            load(tmp)  # the new folder must load on its own before it replaces anything
+            if check is not None:
+                check(tmp)
+    except OSError as e:
+        raise with_message(e, f"export to {out} failed: {describe_os_error(e)}; {out} is left "
+                              "as it was") from None
+    return out
 
 
 def _quantization(bits, group_size) -> tuple[int, int] | None:
@@ -98,7 +156,6 @@ def _training_data_meta(model_dir, data) -> dict:
     """meta.json of `data`, which the card will describe as the model's training data: refused,
     as evaluate refuses it, if it was prepared with another tokenizer than the model's."""
     from ..data.loader import TokenDataset
-    from ..evaluation import check_same_tokenizer
     dataset = TokenDataset(data, "train")
     check_same_tokenizer(resolve_model_dir(model_dir), dataset)
     return dataset.meta

@@ -12,7 +12,7 @@
     OUT/README.md          the model card
     OUT/vocab_map.npy      a compaction map: mlx_kssm's own loader reads the folder too
 
-It is written like every export (io.export_model): in a temporary folder that replaces OUT
+It is written like every export (exporter.export_model): in a temporary folder that replaces OUT
 whole only once it loads in mlx_kssm and in mlx-lm, and mlx-lm's logits equal mlx_kssm's on a
 probe text. Needs the `mlx-lm` extra (mlx-lm, and transformers/tokenizers with it).
 """
@@ -26,8 +26,9 @@ import numpy as np
 
 from .._files import atomic_write_text
 from ..data.tokenizer import CompactTokenizer, describe_tokenizer
-from ..io import MAX_SHARD_BYTES, export_model, load, read_config, resolve_model_dir
+from ..io import MAX_SHARD_BYTES, load, read_config, resolve_model_dir
 from ..models.force import ForceR
+from .exporter import export_model
 from .hf_tokenizer import PROBE_TEXT, ConversionError, base_tokenizer, tokenizer_files
 from .model_card import model_card
 from .model_file import model_source

@@ -169,7 +169,7 @@ def heldout_prompts(data, split: str, model, folder, n: int, prompt_len: int,
     """`n` windows of `prompt_len` tokens from the `split` of the prepared folder `data`, as
     token-id lists, checked against the model's vocabulary and tokenizer (model `folder`)."""
     from ..data.loader import DataError, TokenDataset, check_vocab, eval_batches
-    from ..evaluation import check_same_tokenizer
+    from ..io import check_same_tokenizer
     dataset = TokenDataset(data, split)
     if n * prompt_len > len(dataset):  # before n x prompt_len ids are allocated (GiBs)
         raise DataError(f"--n-prompts {n} x --prompt-len {prompt_len} = {n * prompt_len:,} "

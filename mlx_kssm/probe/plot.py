@@ -14,8 +14,8 @@ from functools import partial
 from pathlib import Path
 
 from .._files import atomic_open
+from ..history import read_history
 from ..models import DEFAULT_ZONES, zone_table
-from ..train.runlog import read_history
 
 ZONE_COLORS = ("#d9d9d9", "#c6dbef", "#c7e9c0", "#fdd0a2", "#fcbba1", "#dadaeb", "#f2d7e6")
 

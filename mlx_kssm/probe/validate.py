@@ -121,8 +121,7 @@ def overall_verdict(parts: dict):
 def _load(folder, dataset):
     """(model, tokenizer, folder) of a model folder that matches the data's tokenizer."""
     from ..data.loader import check_vocab
-    from ..evaluation import check_same_tokenizer
-    from ..io import load_with_tokenizer
+    from ..io import check_same_tokenizer, load_with_tokenizer
 
     folder, model, tokenizer = load_with_tokenizer(folder)
     check_same_tokenizer(folder, dataset)  # its message names the folder

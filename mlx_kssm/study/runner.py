@@ -33,6 +33,7 @@ from .._resources import check_count
 from .._types import is_int
 from ..data.loader import TokenDataset
 from ..evaluation import EvalConfig, evaluate
+from ..machine import environment
 from ..models.presets import KSSM_PRESETS, PRESETS, comparison_presets, preset_train_defaults
 from ..train import checkpoint as ckpt
 from ..train import lock
@@ -303,7 +304,6 @@ def save_record(study_dir: Path, record: dict) -> None:
 
 
 def command_entry(config: StudyConfig, argv) -> dict:
-    from ..doctor import environment
     return {"started": _now(), "argv": list(argv or sys.argv),
             "equivalent": study_command(config), "environment": environment()}
 

@@ -28,12 +28,11 @@ import mlx.core as mx
 
 from .._files import (atomic_write_text, fsync_dir, inside, recover_swap, remove_stale_temps,
                       replacing_folder, temp_tag)
-from ..io import (BEST, CONFIG, WEIGHTS, ModelLoadError, atomic_save_safetensors,
+from ..io import (BEST, CONFIG, STATE, WEIGHTS, ModelLoadError, atomic_save_safetensors,
                   check_finite, load_weights_dict, read_config, write_model_folder)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
 SUPERSEDED = "superseded"  # checkpoints/superseded/: later checkpoints --resume-from set aside
 METRICS = "metrics.json"

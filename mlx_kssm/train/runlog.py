@@ -1,12 +1,7 @@
 """What a run tells: printed lines (also appended to training.log), history.jsonl events, the
-progress bar, the report of the steps since the last one, and the formatters; and
-`read_history`, the one reader of history.jsonl (the trainer, status, monitor, plot and the
-benchmarks all use it).
-
-history.jsonl holds one JSON object per line, appended as things happen ("start", "train",
-"eval", "checkpoint", "verdict", "resume", "warning", "nan", "end"). A kill can tear its last
-line; readers skip lines that are not JSON objects, and reports whose figures are not numbers
-(a hand-edited file), so every reader can format what it gets.
+progress bar, the report of the steps since the last one, and the formatters. history.jsonl's
+one reader, `read_history`, is mlx_kssm/history.py (re-exported here): plot and the benchmarks
+read a run without importing the trainer's package.
 """
 
 from __future__ import annotations
@@ -21,61 +16,12 @@ from pathlib import Path
 import mlx.core as mx
 
 from .._files import atomic_write_bytes, atomic_write_text, naming
-from .._types import has_type, is_int
+from ..history import HISTORY, history_lines, parse_event, read_history  # noqa: F401
 from ..models import r_zone
 
-HISTORY = "history.jsonl"
 LOG = "training.log"
 RUN_CONFIG = "config.json"  # the run's options, model and tokenizer, written when it starts
 ETA_STEPS = 50  # the ETA averages this many recent step times
-# figures of "train" and "eval" reports that readers format as numbers (where present)
-NUMBERS = ("loss", "ce", "reg", "grad_norm", "lr", "tokens_per_sec", "peak_mem_gb", "R", "u",
-           "u_at_bound", "max_steps", "val_loss", "val_ppl", "val_R", "val_R_std", "val_u",
-           "val_u_at_bound", "val_reg", "n_tokens", "eval_s")
-NUMBER_LISTS = ("R_layers", "val_R_layers")
-
-
-def read_history(run_dir) -> list:
-    """history.jsonl as a list of dicts; a line that is not a JSON object (the torn last line
-    a kill leaves, bytes that are not UTF-8) or a report with a figure that is not a number
-    is skipped."""
-    path = Path(run_dir) / HISTORY
-    if not path.exists():
-        return []
-    return [r for r in map(_parse, history_lines(path)) if r is not None and _usable(r)]
-
-
-def history_lines(path: Path) -> list:
-    """The file's lines as bytes, each with its newline. Split at b"\\n" only: the events are
-    written with ensure_ascii=False, so a sample's text may hold U+2028 or U+0085, at which
-    str.splitlines would also split."""
-    lines = path.read_bytes().split(b"\n")
-    return [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
-
-
-def _parse(line: bytes) -> dict | None:
-    try:
-        record = json.loads(line)  # bytes that are not UTF-8 raise a ValueError too
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _is_number(value) -> bool:
-    return has_type(value, float)
-
-
-def _usable(record: dict) -> bool:
-    """A report's step and figures are numbers; other events are used as they are (a "nan"
-    event's loss is the string "nan" by design)."""
-    if record.get("event", "train") not in ("train", "eval"):  # plot: no event = a report
-        return True
-    if not is_int(record.get("step", 0)):  # shown as a whole number
-        return False
-    if any(record.get(k) is not None and not _is_number(record[k]) for k in NUMBERS):
-        return False
-    lists = [record.get(k) or [] for k in NUMBER_LISTS]
-    return all(isinstance(v, list) and all(map(_is_number, v)) for v in lists)
 
 
 def _is_checkpoint_event(record, step: int) -> bool:
@@ -139,7 +85,7 @@ class RunLog:
         aborted attempt append to), the cut follows the checkpoint's event instead."""
         path = self.run_dir / HISTORY
         lines = history_lines(path) if path.exists() else []
-        records = [_parse(line) for line in lines]
+        records = [parse_event(line) for line in lines]
         keep = min(n_events, len(lines))
         if not _is_checkpoint_event(records[keep - 1] if keep else None, step):
             found = [i for i, r in enumerate(records) if _is_checkpoint_event(r, step)]

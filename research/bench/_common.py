@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing with median/min/max, machine info, JSON."""
+"""Helpers shared by the benchmark scripts: the step timer (`seconds`, `timed`: median/min/max),
+the trainer's own step, machine info, JSON."""
 
 from __future__ import annotations
 
@@ -19,16 +20,20 @@ def summarize(values) -> dict | None:
             "runs": len(values)}
 
 
+def seconds(fn, *args) -> float:
+    """Wall-clock seconds of one call fn(*args): the one step timer every benchmark uses. fn
+    must finish its work before returning (mx.eval, torch.cuda.synchronize): MLX and CUDA
+    compute lazily or asynchronously, and an unfinished step would time only its graph."""
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def timed(fn, repeats: int = 3, warmup: int = 1) -> dict:
     """Seconds per call of fn(): summarize() over `repeats` calls after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return summarize(times)
+    return summarize([seconds(fn) for _ in range(repeats)])
 
 
 def trainer_step(model, batch_size: int, seq_len: int, learning_rate: float = 1e-3,

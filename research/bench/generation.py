@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -31,7 +30,7 @@ import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import emit, machine, summarize as summary  # noqa: E402
+from _common import emit, machine, seconds, summarize as summary  # noqa: E402
 from mlx_kssm import build_model  # noqa: E402
 from mlx_kssm.probe.generate import generate_tokens  # noqa: E402
 
@@ -46,24 +45,26 @@ def stateful_per_token(model, prompt, n_new):
     token: returns (1 / median per-token seconds, seconds of the first token after prefill)."""
     cache = model.make_cache()
     logits = model(mx.array([list(prompt)]), cache=cache)
-    tok = int(mx.argmax(logits[0, -1]).item())
-    times = []
-    for _ in range(n_new):
-        t0 = time.perf_counter()
-        logits = model(mx.array([[tok]]), cache=cache)
-        tok = int(mx.argmax(logits[0, -1]).item())
-        times.append(time.perf_counter() - t0)
+    tokens = [int(mx.argmax(logits[0, -1]).item())]
+
+    def decode_one():  # .item() waits for the token: the step is finished when timed
+        logits = model(mx.array([tokens[-1:]]), cache=cache)
+        tokens.append(int(mx.argmax(logits[0, -1]).item()))
+
+    times = [seconds(decode_one) for _ in range(n_new)]
     return 1.0 / statistics.median(times), times[0]
 
 
 def recompute(model, prompt, n_new):
     ctx = list(prompt)
     C = len(prompt)
-    t0 = time.perf_counter()
-    for _ in range(n_new):
-        logits = model(mx.array([ctx[-C:]]))
-        ctx.append(int(mx.argmax(logits[0, -1]).item()))
-    return n_new / (time.perf_counter() - t0)
+
+    def decode_all():
+        for _ in range(n_new):
+            logits = model(mx.array([ctx[-C:]]))
+            ctx.append(int(mx.argmax(logits[0, -1]).item()))
+
+    return n_new / seconds(decode_all)
 
 
 def recompute_tokens(C: int) -> int:

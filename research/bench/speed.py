@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -23,7 +22,7 @@ sys.path.insert(0, HERE)
 import mlx_kssm  # noqa: E402,F401  (BLAS before mlx)
 import numpy as np  # noqa: E402
 
-from _common import emit, machine, summarize, trainer_step  # noqa: E402
+from _common import emit, machine, seconds, summarize, trainer_step  # noqa: E402
 
 
 def step_times(presets: dict, vocab: int, batch: int, seq: int, rounds: int, warmup: int) -> dict:
@@ -42,9 +41,7 @@ def step_times(presets: dict, vocab: int, batch: int, seq: int, rounds: int, war
     times = {role: [] for role in presets}
     for _ in range(rounds):
         for role, run in runs.items():
-            t0 = time.perf_counter()
-            run(x, y)
-            times[role].append(time.perf_counter() - t0)
+            times[role].append(seconds(run, x, y))
     ratios = [k / t for k, t in zip(times["kssm"], times["transformer"])]
     return {"seq_len": seq, "batch": batch, "tokens_per_step": batch * seq,
             "parameters": params,

@@ -275,7 +275,6 @@ def make_train_step(model, lr: float = 1e-3, weight_decay: float = 0.01, grad_cl
 def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: int,
             device: str = "cpu") -> None:
     import sys
-    import time
 
     import numpy as np
 
@@ -286,7 +285,7 @@ def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: i
     import mlx.nn as nn
 
     from mlx_kssm import build_model, count_parameters
-    from _common import trainer_step
+    from _common import seconds, trainer_step
 
     model = build_model(preset, vocab_size=vocab, seed=0)
     info = {"n_parameters": count_parameters(model)}
@@ -320,9 +319,7 @@ def _worker(kind: str, preset: str, vocab: int, batch: int, seq: int, threads: i
     for line in sys.stdin:
         if line.strip() != "step":
             break
-        t0 = time.perf_counter()
-        step()
-        print(time.perf_counter() - t0, flush=True)
+        print(seconds(step), flush=True)
 
 
 def bench(presets, vocab: int, batch: int, seq: int, repeats: int, warmup: int, variants,

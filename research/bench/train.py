@@ -19,7 +19,6 @@ import json
 import platform
 import tempfile
 import sys
-import time
 from pathlib import Path
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
@@ -34,7 +33,7 @@ from mlx_kssm.train import checkpoint as ckpt
 from mlx_kssm.train.optim import optimizer_arrays
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import trainer_step  # noqa: E402
+from _common import seconds, trainer_step  # noqa: E402
 
 SHAPES = {"tiny": (16, 128), "v1-char": (16, 256), "v2": (8, 256)}
 VOCAB = 100277  # cl100k_base, what the BPE presets train on
@@ -54,11 +53,12 @@ def batch_copy_seconds(vocab: int, batch: int, seq: int, copies: int = 200) -> f
             "format_version": 1, "tokenizer": None, "vocab_size": vocab, "dtype": dtype,
             "data_offset": len(npy_header(dtype, FILE_TOKENS)), "splits": {"train": split}}))
         sampler = BatchSampler(TokenDataset(tmp, "train"), batch, seq, seed=0)
-        t0 = time.perf_counter()
-        for step in range(copies):
+
+        def copy(step):
             inputs, targets = sampler.batch(step)
             mx.eval(mx.array(inputs), mx.array(targets))
-        return (time.perf_counter() - t0) / copies
+
+        return sum(seconds(copy, step) for step in range(copies)) / copies
 
 
 def bench(preset: str, steps: int, warmup: int, val_batches: int) -> dict:
@@ -75,26 +75,18 @@ def bench(preset: str, steps: int, warmup: int, val_batches: int) -> dict:
     def one_step():
         step(*batch_arrays())
 
-    t0 = time.perf_counter()
-    one_step()
-    compile_s = time.perf_counter() - t0
+    compile_s = seconds(one_step)
     for _ in range(warmup - 1):
         one_step()
     mx.reset_peak_memory()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    step_s = (time.perf_counter() - t0) / steps
+    step_s = sum(seconds(one_step) for _ in range(steps)) / steps
     peak = mx.get_peak_memory() / 1e9
 
     val = [tuple(np.array(a) for a in batch_arrays()) for _ in range(val_batches)]
-    t0 = time.perf_counter()
-    evaluate_loss(model, val)
-    eval_s = time.perf_counter() - t0
+    eval_s = seconds(evaluate_loss, model, val)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        ckpt.save_checkpoint(Path(tmp), 1, model, optimizer_arrays(optimizer), {"step": 1})
-        save_s = time.perf_counter() - t0
+        save_s = seconds(ckpt.save_checkpoint, Path(tmp), 1, model, optimizer_arrays(optimizer),
+                         {"step": 1})
     copy_s = batch_copy_seconds(vocab, batch, seq)
     return {"preset": preset, "parameters": count_parameters(model), "batch": batch,
             "seq_len": seq, "steps_timed": steps, "compile_first_step_s": round(compile_s, 2),

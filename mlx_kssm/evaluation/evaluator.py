@@ -25,8 +25,16 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ._resources import WINDOW_BYTES_PER_TOKEN, check_count, check_fits
-from ._types import MAX_SEED, check_fields
+from .._resources import WINDOW_BYTES_PER_TOKEN, check_count, check_fits
+from .._types import MAX_SEED, check_fields
+from ..data.loader import TokenDataset, check_vocab, eval_batches
+from ..io import STATE, check_same_tokenizer, load_with_tokenizer
+from ..kernels import kernel_of, use_kernel
+from ..models import DEFAULT_ZONES, r_zone
+from ..probe.causality import (causality_suite, format_causality, r_statistics, spread_windows,
+                               windows_overlap)
+from ..probe.generate import generate_tokens
+from ..probe.quality import sample_quality
 
 
 def _batch_stats(model, inputs, targets):
@@ -184,14 +192,11 @@ def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, labe
     the data's) or a model object (then `tokenizer` defaults to the data's). `progress(text)`
     hears what is being computed. Raises ValueError / DataError / ModelLoadError on bad input.
     """
-    from .data.loader import TokenDataset, check_vocab, eval_batches
-
     if config is not None and not isinstance(config, EvalConfig):
         raise ValueError(f"config must be an EvalConfig, got {type(config).__name__}")
     config = (config or EvalConfig()).validate()
     dataset = TokenDataset(data, config.split)
     model, tokenizer, name, training_seed = _resolve_model(model, dataset, tokenizer, label)
-    from .kernels import kernel_of, use_kernel
     if config.kernel is not None:
         use_kernel(model, config.kernel)
     config = dataclasses.replace(config, kernel=kernel_of(model))  # recorded as it ran
@@ -205,7 +210,6 @@ def evaluate(model, data, config: EvalConfig | None = None, tokenizer=None, labe
     r = metrics.pop("R")
     result = EvalResult(model=name, data=str(data), config=config.to_dict(), **metrics)
     if r is not None:
-        from .probe.causality import r_statistics
         result.R = r_statistics(r)
     result.samples = _sample_checks(model, tokenizer, batches, config)
     if config.causality:
@@ -226,7 +230,6 @@ def _check_fits(model, config: EvalConfig) -> None:
 def _resolve_model(model, dataset, tokenizer, label):
     """(model, tokenizer, name, training seed or None) for a folder or a model object."""
     if isinstance(model, (str, Path)):
-        from .io import load_with_tokenizer
         folder, model, tokenizer = load_with_tokenizer(model)
         check_same_tokenizer(folder, dataset)
         return model, tokenizer, label or str(folder), training_seed(folder)
@@ -235,7 +238,6 @@ def _resolve_model(model, dataset, tokenizer, label):
 
 def training_seed(folder) -> int | None:
     """The seed a run folder's checkpoint (or best/) was trained with, if it records one."""
-    from .train.checkpoint import STATE  # here: the trainer imports this module
     try:
         state = json.loads((Path(folder) / STATE).read_text())
         return int(state["config"]["seed"])
@@ -243,19 +245,8 @@ def training_seed(folder) -> int | None:
         return None
 
 
-def check_same_tokenizer(folder, dataset) -> None:
-    """Refuse a model folder whose tokenizer differs from the one the data was prepared with
-    (the compaction map included: the same id would stand for other text)."""
-    from .data.loader import check_tokenizer
-    from .io import read_config, tokenizer_spec
-    check_tokenizer(dataset, tokenizer_spec(read_config(folder), folder), folder, folder)
-
-
 def _sample_checks(model, tokenizer, batches, config: EvalConfig) -> list:
     """Seeded generations from the first windows' first 8 tokens, checked for collapse."""
-    from .probe.generate import generate_tokens
-    from .probe.quality import sample_quality
-
     out = []
     for i in range(min(config.samples, len(batches[0][0]))):
         prompt = batches[0][0][i][:8].tolist()
@@ -268,8 +259,6 @@ def _sample_checks(model, tokenizer, batches, config: EvalConfig) -> list:
 
 
 def _causality(model, dataset, config: EvalConfig, training_seed, notes) -> dict:
-    from .probe.causality import causality_suite, spread_windows, windows_overlap
-
     if windows_overlap(len(dataset), config.sequences, config.seq_len):
         notes.append(f"the {dataset.split} split holds {len(dataset)} tokens, fewer than "
                      f"{config.sequences} x {config.seq_len}: causality windows overlap")
@@ -284,9 +273,6 @@ def _causality(model, dataset, config: EvalConfig, training_seed, notes) -> dict
 def format_evaluation(result: EvalResult, zones: str | None = None) -> list:
     """Terminal lines for an EvalResult: loss, R (zones named by table `zones`, default the
     default table), samples, the causality suite."""
-    from .models import DEFAULT_ZONES, r_zone
-    from .probe.causality import format_causality
-
     lines = [f"{result.model}: {result.config['split']} loss {result.val_loss:.4f}  "
              f"PPL {result.val_ppl:.2f}  ({result.n_tokens:,} tokens)"]
     rs, zones = result.R, zones or DEFAULT_ZONES
