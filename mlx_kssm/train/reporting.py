@@ -20,6 +20,9 @@ report, keyed by what it measures):
 
 from __future__ import annotations
 
+import os
+import time
+
 import importlib
 from pathlib import Path
 
@@ -145,7 +148,11 @@ class TensorBoardBackend:
     def __init__(self, run_dir: Path):
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(logdir=str(Path(run_dir) / TENSORBOARD_DIR))
+        # the event file is named by the second and host: a resume within the same second
+        # would reopen (and truncate) the first run's file without a suffix of its own
+        suffix = f".{os.getpid()}.{time.time_ns()}"
+        self.writer = SummaryWriter(logdir=str(Path(run_dir) / TENSORBOARD_DIR),
+                                    filename_suffix=suffix)
 
     def log(self, step: int, scalars: dict) -> None:
         for tag, value in scalars.items():
