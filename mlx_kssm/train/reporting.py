@@ -20,10 +20,9 @@ report, keyed by what it measures):
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
-
-import importlib
 from pathlib import Path
 
 from ..models import ZONES, r_zone
