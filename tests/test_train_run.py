@@ -781,6 +781,27 @@ def test_stage_failure_at_the_end_of_the_stage(data_dir, tmp_path, monkeypatch):
     assert _stage_run(data_dir, tmp_path / "b", "--no-stop-on-failure").exit_code == 0
 
 
+def test_stage5_end_runs_the_behavioural_probe_as_a_warning_level_row(data_dir, tmp_path):
+    """Stage 5's end runs the behavioural probe at cheap settings, logs its score with the CI
+    and judges it in the verdict; a tiny model's weak score warns and does not stop the run."""
+    from mlx_kssm.train.health import BEHAVIOUR_SAMPLES, BEHAVIOUR_TOKENS
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, [
+        "train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+        "--stage", "5", "--max-steps", "2", "--seq-len", "32", "--batch-size", "4",
+        "--steps-per-eval", "100", "--steps-per-report", "1", "--val-batches", "1",
+        "--no-stop-on-failure"])
+    assert r.exit_code == 0, r.output
+    history = read_history(out)
+    [probe] = [e for e in history if e["event"] == "behaviour"]
+    assert (probe["samples"], probe["max_tokens"]) == (BEHAVIOUR_SAMPLES, BEHAVIOUR_TOKENS)
+    assert probe["completions"] == 5 * BEHAVIOUR_SAMPLES and len(probe["score_ci"]) == 2
+    assert "Behavioural score" in r.output
+    verdict = [e for e in history if e["event"] == "verdict"][-1]
+    [row] = [x for x in verdict["rows"] if x["metric"] == "behaviour"]
+    assert row["verdict"] in ("healthy", "warning") and "behavioural score" in row["detail"]
+
+
 # ------------------------------------------------------------------ trainer flags
 
 NEW_FLAGS = ["--lambda-reg", "0.1", "--grokfast-lambda", "0.02", "--grokfast-alpha", "0.9",
