@@ -687,7 +687,18 @@ def test_out_of_range_flags_are_usage_errors(data_dir, tmp_path, option, value):
 @pytest.mark.parametrize("line, message", [
     ("seed = -1", "--seed must lie in [0, 4294967295], got -1"),
     ("learning_rate = inf", "--learning-rate must be a finite number, got inf"),
-    ("grad_clip = nan", "--grad-clip must be a finite number, got nan")])
+    ("grad_clip = nan", "--grad-clip must be a finite number, got nan"),
+    # reached only through --config (the flags' own ranges refuse them while parsing): a
+    # negative min_delta or lambda_reg trained without a word, groups = 0 was refused as
+    # "n_groups", a name the user never wrote
+    ("min_delta = -0.5", "--min-delta must be >= 0, got -0.5"),
+    ("lambda-reg = -1.0", "--lambda-reg must be >= 0, got -1.0"),
+    ("groups = 0", "--groups must be >= 1, got 0"),
+    ("d_model = 0", "--d-model must be >= 1, got 0"),
+    ("n_layers = -2", "--n-layers must be >= 1, got -2"),
+    ("osc_per_group = 0", "--osc-per-group must be >= 1, got 0"),
+    ("ffn_hidden = 0", "--ffn-hidden must be >= 1, got 0"),
+    ("harmonics = 0", "--harmonics must be >= 1, got 0")])
 def test_out_of_range_config_values_are_one_error_line(data_dir, tmp_path, line, message):
     toml = tmp_path / "run.toml"
     toml.write_text(line + "\n")
