@@ -721,6 +721,17 @@ def test_config_file_of_the_wrong_type_is_one_error_line(data_dir, tmp_path):
     assert not out.exists()
 
 
+def test_muon_and_grokfast_help_says_they_are_unmeasured():
+    """No run here measured Muon or Grokfast on a K-SSM: each of their options says so."""
+    helps = {p.opts[0]: p.help for p in main.commands["train"].params if p.opts}
+    for option in ("--optimizer", "--muon-lr-scale", "--grokfast", "--grokfast-lambda",
+                   "--grokfast-alpha"):
+        assert "not measured here" in helps[option] and "docs/training.md" in helps[option], option
+    assert "not measured here" not in helps["--learning-rate"]
+    r = CliRunner().invoke(main, ["train", "--help"])
+    assert r.exit_code == 0 and "not measured here" in r.output
+
+
 def test_optimizer_has_help():
     r = CliRunner().invoke(main, ["train", "--help"])
     option = r.output[r.output.index("--optimizer"):r.output.index("--grokfast")]
