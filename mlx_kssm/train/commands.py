@@ -125,7 +125,8 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "min_delta"))
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=with_default(
     "adamw = AdamW on every weight; muon = Muon on the hidden weight matrices "
-    "(see --muon-lr-scale), AdamW on the rest (muon: not measured here, see docs/training.md)", "optimizer"))
+    "(see --muon-lr-scale), AdamW on the rest (muon: not measured here, see "
+    "docs/training.md)", "optimizer"))
 @click.option("--muon-lr-scale", type=FiniteFloatRange(0, min_open=True), help=with_default(
     "with --optimizer muon: Muon's LR as a multiple of --learning-rate " + UNMEASURED,
     "muon_lr_scale"))
