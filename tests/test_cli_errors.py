@@ -4,6 +4,7 @@ never a traceback; an unexpected exception is one line too (its traceback on dem
 Ctrl-C exits 130."""
 
 import shutil
+from pathlib import Path
 
 import click
 import pytest
@@ -126,6 +127,16 @@ def test_every_command_has_the_wrapper():
     names = {name: getattr(command.callback, "one_line_errors", False)
              for name, command in _commands(main)}
     assert len(names) == 13 and all(names.values()), names
+
+
+def test_the_package_text_does_not_lean_on_lab_history():
+    """Comments, docstrings and help speak for themselves: no "the earlier project" (a name a
+    user has never met) anywhere in the package's source or data files."""
+    package = Path(mlx_kssm.__file__).parent
+    hits = [f"{path.relative_to(package)}:{n}" for path in sorted(package.rglob("*"))
+            if path.suffix in (".py", ".json") for n, line in
+            enumerate(path.read_text("utf-8").splitlines(), 1) if "earlier project" in line]
+    assert hits == []
 
 
 def test_an_unexpected_exception_is_one_line_with_its_traceback_on_demand(monkeypatch):

@@ -687,7 +687,18 @@ def test_out_of_range_flags_are_usage_errors(data_dir, tmp_path, option, value):
 @pytest.mark.parametrize("line, message", [
     ("seed = -1", "--seed must lie in [0, 4294967295], got -1"),
     ("learning_rate = inf", "--learning-rate must be a finite number, got inf"),
-    ("grad_clip = nan", "--grad-clip must be a finite number, got nan")])
+    ("grad_clip = nan", "--grad-clip must be a finite number, got nan"),
+    # reached only through --config (the flags' own ranges refuse them while parsing): a
+    # negative min_delta or lambda_reg trained without a word, groups = 0 was refused as
+    # "n_groups", a name the user never wrote
+    ("min_delta = -0.5", "--min-delta must be >= 0, got -0.5"),
+    ("lambda-reg = -1.0", "--lambda-reg must be >= 0, got -1.0"),
+    ("groups = 0", "--groups must be >= 1, got 0"),
+    ("d_model = 0", "--d-model must be >= 1, got 0"),
+    ("n_layers = -2", "--n-layers must be >= 1, got -2"),
+    ("osc_per_group = 0", "--osc-per-group must be >= 1, got 0"),
+    ("ffn_hidden = 0", "--ffn-hidden must be >= 1, got 0"),
+    ("harmonics = 0", "--harmonics must be >= 1, got 0")])
 def test_out_of_range_config_values_are_one_error_line(data_dir, tmp_path, line, message):
     toml = tmp_path / "run.toml"
     toml.write_text(line + "\n")
@@ -708,6 +719,17 @@ def test_config_file_of_the_wrong_type_is_one_error_line(data_dir, tmp_path):
         "--max-steps", "2", "--config", str(toml)]))
     assert line == f"Error: --config {toml}: seq_len must be an integer, got True"
     assert not out.exists()
+
+
+def test_muon_and_grokfast_help_says_they_are_unmeasured():
+    """No run here measured Muon or Grokfast on a K-SSM: each of their options says so."""
+    helps = {p.opts[0]: p.help for p in main.commands["train"].params if p.opts}
+    for option in ("--optimizer", "--muon-lr-scale", "--grokfast", "--grokfast-lambda",
+                   "--grokfast-alpha"):
+        assert "not measured here" in helps[option] and "docs/training.md" in helps[option], option
+    assert "not measured here" not in helps["--learning-rate"]
+    r = CliRunner().invoke(main, ["train", "--help"])
+    assert r.exit_code == 0 and "not measured here" in r.output
 
 
 def test_optimizer_has_help():
@@ -779,6 +801,27 @@ def test_stage_failure_at_the_end_of_the_stage(data_dir, tmp_path, monkeypatch):
     assert read_history(out)[-1]["status"] == "stage_failed"
     assert ckpt.latest_checkpoint(out).name == "step_6"
     assert _stage_run(data_dir, tmp_path / "b", "--no-stop-on-failure").exit_code == 0
+
+
+def test_stage5_end_runs_the_behavioural_probe_as_a_warning_level_row(data_dir, tmp_path):
+    """Stage 5's end runs the behavioural probe at cheap settings, logs its score with the CI
+    and judges it in the verdict; a tiny model's weak score warns and does not stop the run."""
+    from mlx_kssm.train.health import BEHAVIOUR_SAMPLES, BEHAVIOUR_TOKENS
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, [
+        "train", "--preset", "tiny", "--data", str(data_dir), "--output-dir", str(out),
+        "--stage", "5", "--max-steps", "2", "--seq-len", "32", "--batch-size", "4",
+        "--steps-per-eval", "100", "--steps-per-report", "1", "--val-batches", "1",
+        "--no-stop-on-failure"])
+    assert r.exit_code == 0, r.output
+    history = read_history(out)
+    [probe] = [e for e in history if e["event"] == "behaviour"]
+    assert (probe["samples"], probe["max_tokens"]) == (BEHAVIOUR_SAMPLES, BEHAVIOUR_TOKENS)
+    assert probe["completions"] == 5 * BEHAVIOUR_SAMPLES and len(probe["score_ci"]) == 2
+    assert "Behavioural score" in r.output
+    verdict = [e for e in history if e["event"] == "verdict"][-1]
+    [row] = [x for x in verdict["rows"] if x["metric"] == "behaviour"]
+    assert row["verdict"] in ("healthy", "warning") and "behavioural score" in row["detail"]
 
 
 # ------------------------------------------------------------------ trainer flags

@@ -284,6 +284,35 @@ def test_stopping_rows_mid_stage_and_at_the_end():
     assert stopping_rows(locked, final=False) == ["R"]
 
 
+def _behaviour(score, ci, step=8):
+    return {"event": "behaviour", "step": step, "score": score, "score_ci": ci,
+            "paired_difference": 0.5, "paired_difference_ci": [0.0, 1.0], "completions": 10}
+
+
+def test_stage5_behaviour_row_is_a_score_with_its_ci_and_never_a_failure():
+    """Stage 5's behavioural probe row: healthy when the CI lies above 0, else a warning
+    (no baseline in training to call it a failure); n/a until measured at the stage's end,
+    and a measurement followed by more training no longer counts."""
+    from mlx_kssm.train.health import stopping_rows
+    base = [_train(i, 5 - 0.1 * i, layers=[0.05 + 0.1 * i] * 2) for i in range(8)]
+    ok = base + [_eval(100, val_r=0.35)]
+
+    def row(history):
+        return [r for r in stage_verdict(5, history)["rows"] if r["metric"] == "behaviour"][0]
+
+    present = row(ok + [_behaviour(0.4, [0.1, 0.7])])
+    assert present["verdict"] == HEALTHY and present["value"] == 0.4
+    assert "behavioural score 0.40 (95% CI 0.10-0.70" in present["detail"]
+    assert "agency" not in present["detail"].lower()
+    none = stage_verdict(5, ok + [_behaviour(0.0, [0.0, 0.0])])
+    assert [r["verdict"] for r in none["rows"] if r["metric"] == "behaviour"] == [WARNING]
+    assert none["overall"] == WARNING and stopping_rows(none, final=True) == []
+    assert row(ok + [_behaviour(0.1, [0.0, 0.3])])["verdict"] == WARNING
+    assert row(ok)["verdict"] == NA
+    assert row(ok + [_behaviour(0.4, [0.1, 0.7]), _train(9, 4.0)])["verdict"] == NA
+    assert "behaviour" not in _verdicts(4, ok + [_behaviour(0.4, [0.1, 0.7])])
+
+
 def test_warmup_is_capped_on_a_short_run_unless_given():
     from mlx_kssm.train.setup import cap_warmup
     notes = []

@@ -1,6 +1,6 @@
-"""Checks on generated samples: mode collapse (the earlier project's failure modes: one token
-repeated, punctuation runs like '::::', too little variety) and gibberish (words the training
-corpus never uses)."""
+"""Checks on generated samples: mode collapse (the ways a small model's samples fail: one
+token repeated, punctuation runs like '::::', too little variety) and gibberish (words the
+training corpus never uses)."""
 
 from __future__ import annotations
 

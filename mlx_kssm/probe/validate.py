@@ -35,7 +35,7 @@ from .robustness import (JUDGED_SCALE, MAX_RISE, NOISE_SCALES, TEMPERATURES, U_F
                          clamp_sweep, heldout_windows, noise_sweep, temperature_sweep)
 
 PARTS = ("causality", "robustness", "behaviour", "clamp_sweep", "inference")
-# the earlier project's inference-suite prompts: used when no --prompts file is given
+# the prompts of the seed guides' final-validation checklist: used without --prompts
 DEFAULT_PROMPTS = ("The nature of consciousness", "I think therefore", "To be or not")
 EXIT_STATUS = {stats.PASS: 0, stats.FAIL: 1, stats.INCONCLUSIVE: 3}
 

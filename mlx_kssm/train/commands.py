@@ -15,6 +15,10 @@ from ..models.presets import PRESETS
 from .config import OPTIMIZERS, STAGE_STEPS, TrainConfig
 
 
+# Muon and Grokfast are implemented but no run here has measured what they do to a K-SSM
+UNMEASURED = "(not measured here: see docs/training.md)"
+
+
 def with_default(text: str, field: str, also: str = "") -> str:
     """Help text ending in TrainConfig's default for `field` (the flags default to None, so
     that --resume can tell what the user set; click cannot show the default itself)."""
@@ -121,15 +125,19 @@ afresh), or `--resume --output-dir DIR` alone (options come from DIR/config.json
     "min_delta"))
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=with_default(
     "adamw = AdamW on every weight; muon = Muon on the hidden weight matrices "
-    "(see --muon-lr-scale), AdamW on the rest", "optimizer"))
+    "(see --muon-lr-scale), AdamW on the rest (muon: not measured here, see "
+    "docs/training.md)", "optimizer"))
 @click.option("--muon-lr-scale", type=FiniteFloatRange(0, min_open=True), help=with_default(
-    "Muon's LR as a multiple of --learning-rate (--optimizer muon)", "muon_lr_scale"))
-@click.option("--grokfast", is_flag=True, default=None, help="Grokfast EMA gradient filter")
+    "with --optimizer muon: Muon's LR as a multiple of --learning-rate " + UNMEASURED,
+    "muon_lr_scale"))
+@click.option("--grokfast", is_flag=True, default=None,
+              help="Grokfast EMA gradient filter " + UNMEASURED)
 @click.option("--grokfast-lambda", type=FiniteFloatRange(0), help=with_default(
-    "Grokfast's amplification: the step uses g + lambda * EMA(g) (the paper's default)",
-    "grokfast_lambda"))
+    "Grokfast's amplification: the step uses g + lambda * EMA(g); the default is the "
+    "paper's " + UNMEASURED, "grokfast_lambda"))
 @click.option("--grokfast-alpha", type=FiniteFloatRange(0, 1, max_open=True), help=with_default(
-    "Grokfast's EMA decay (closer to 1: a slower average)", "grokfast_alpha"))
+    "Grokfast's EMA decay, closer to 1 for a slower average " + UNMEASURED,
+    "grokfast_alpha"))
 @click.option("--stage", type=click.IntRange(1, 5), help="staged training 1..5 (docs/training.md)")
 @click.option("--report-to", metavar="wandb|tensorboard", help=(
     "also log each report and evaluation (loss, LR, tokens/s, val loss, R per layer, R zone "

@@ -1,5 +1,5 @@
 """Health gates: the NaN guard, the explosion flag, and the staged-training verdicts of the
-earlier project's decision matrix (docs/training.md).
+decision matrix of docs/training.md ("Staged training").
 
 Verdicts are computed from history records (the dicts written to history.jsonl), so the
 same function judges a live run, a finished run and a synthetic test history.
@@ -31,6 +31,9 @@ U_LOCKED = 0.01  # relative spread (max - min) / mean below this: locked
 U_EDGE = 0.5  # u between the near-clamp band and this (within 5x of the floor): at the edge
 U_EDGE_SHARE = 0.5  # reports at the edge needed for "edge-surfing"
 MIN_U_REPORTS = 4
+# stage 5's behavioural probe (probe/behaviour.py), run once where the stage ends: seeds per
+# prompt and tokens per completion, few enough to take seconds (validate runs the full probe)
+BEHAVIOUR_SAMPLES, BEHAVIOUR_TOKENS = 2, 16
 # rows whose FAILURE stops a run at a mid-stage evaluation: no further step of the stage can
 # be expected to repair them. The others (val PPL, zones, samples, Goldilocks) judge where a
 # stage ends, so they act only at its end.
@@ -195,6 +198,29 @@ def goldilocks_row(evals: list) -> dict:
     return _row("goldilocks", FAILURE, r, f"R < {warning}")
 
 
+def behaviour_row(history: list) -> dict:
+    """Stage 5's behavioural probe: the share of completions of the action prompts with an
+    action verb, with its CI (a score of the text, not a measure of agency). At most a
+    WARNING: training has no baseline to hold the score against (`validate --baseline`
+    has), so the row never stops a run. Only a "behaviour" event after the last report
+    counts: one from before a resume describes other weights."""
+    latest = None
+    for record in history:
+        if record.get("event") == "behaviour":
+            latest = record
+        elif record.get("event") == "train":
+            latest = None
+    if latest is None:
+        return _row("behaviour", NA, None, "measured where the stage ends")
+    score, (lo, hi) = latest["score"], latest["score_ci"]
+    found = "action verbs present" if lo > 0 else ("few action verbs" if score > 0
+                                                   else "no action verbs")
+    detail = (f"{found}: behavioural score {score:.2f} (95% CI {lo:.2f}-{hi:.2f}, "
+              f"{latest['completions']} completions), paired prompts differ "
+              f"{latest['paired_difference']:.0%}; no baseline here (validate --baseline)")
+    return _row("behaviour", HEALTHY if lo > 0 else WARNING, score, detail)
+
+
 def stage_verdict(stage: int, history: list) -> dict:
     """The staged-training decision matrix (docs/training.md) for `stage` over history records. Returns
     {"stage", "overall", "rows": [{metric, verdict, value, detail}]}."""
@@ -208,7 +234,7 @@ def stage_verdict(stage: int, history: list) -> dict:
     if stage >= 4:
         rows.append(u_dynamics_row(train))
     if stage >= 5:
-        rows.append(goldilocks_row(evals))
+        rows += [goldilocks_row(evals), behaviour_row(history)]
     overall = max((r["verdict"] for r in rows), key=_RANK.get)
     return {"stage": stage, "overall": HEALTHY if overall == NA else overall, "rows": rows}
 

@@ -39,8 +39,8 @@ from ..models import count_parameters
 from . import checkpoint as ckpt
 from . import lock, setup
 from .config import TrainConfig
-from .health import (ExplosionDetector, format_verdict, is_finite, stage_verdict,
-                     stopping_rows)
+from .health import (BEHAVIOUR_SAMPLES, BEHAVIOUR_TOKENS, ExplosionDetector, format_verdict,
+                     is_finite, stage_verdict, stopping_rows)
 from .optim import checkpoint_arrays, set_learning_rate
 from .reporting import Reporters, check_report_to, open_reporters
 from .runlog import (RUN_CONFIG, ReportWindow, RunLog, format_eval, format_report,
@@ -281,6 +281,8 @@ class _Loop:
         self.save("final" if status == "completed" else "exit")
         # a stage stopped mid-way has just printed the verdict that stopped it
         if c.stage is not None and status in ("completed", "early_stopped"):
+            if c.stage >= 5:
+                self.behaviour()
             failed = stopping_rows(self.verdict(), final=True)
             if c.stop_on_failure and self.on_any_rank(bool(failed)):
                 status, exit_code = "stage_failed", EXIT_STAGE_FAILED
@@ -382,6 +384,25 @@ class _Loop:
             out.append({"prompt": prompt, "text": text,
                          **sample_quality(gen.tokens, text, self.vocabulary)})
         return out
+
+    def behaviour(self) -> None:
+        """Stage 5's behavioural probe (health.behaviour_row) on the final weights, at cheap
+        settings, logged as a "behaviour" event for the verdict to read."""
+        from ..probe.behaviour import behaviour_probes
+
+        run = self.run
+        if not run.writer or self.signals.received is not None:
+            return
+        result = behaviour_probes(run.model, run.tokenizer, samples=BEHAVIOUR_SAMPLES,
+                                  max_tokens=BEHAVIOUR_TOKENS, seed=run.config.seed)
+        event = {"event": "behaviour", "step": self.state.step,
+                 "completions": len(result["completions"]),
+                 **{k: result[k] for k in ("score", "score_ci", "paired_difference",
+                                           "paired_difference_ci", "samples", "max_tokens")}}
+        lo, hi = event["score_ci"]
+        self.log.line(f"Behavioural score {event['score']:.2f} (95% CI {lo:.2f}-{hi:.2f}): "
+                      "the share of completions of the action prompts with an action verb")
+        self.log.event(event)
 
     def verdict(self) -> dict:
         history = read_history(self.run.run_dir) if self.run.writer else []
