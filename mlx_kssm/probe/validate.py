@@ -195,6 +195,29 @@ def validate(model_dir, data_dir, config: ValidateConfig | None = None, baseline
     behaviour); `prompts`: the inference suite's (default DEFAULT_PROMPTS). `progress(text)`
     hears each part as it starts. Raises ValueError / DataError / ModelLoadError on bad input,
     before any part runs."""
+    run = _inputs(model_dir, data_dir, config, baseline, prompts)
+    result = {"model": str(run.folder), "data": str(data_dir),
+              "baseline": str(run.base[2]) if run.base else None,
+              "config": run.config.to_dict(), "parts": {}, "baseline_parts": {}, "seconds": {}}
+    _run_parts(run, model_dir, data_dir, result, progress or (lambda text: None))
+    result["verdict"] = overall_verdict(result["parts"])
+    result["exit_status"] = exit_status(result["verdict"])
+    return result
+
+
+@dataclass
+class _Inputs:
+    """What validate's parts run on, every input checked."""
+    config: ValidateConfig
+    model: object
+    tokenizer: object
+    folder: object
+    base: tuple | None  # (model, tokenizer, folder) of --baseline
+    prompts: list
+    windows: tuple
+
+
+def _inputs(model_dir, data_dir, config, baseline, prompts) -> _Inputs:
     from ..data.loader import TokenDataset
     from ..kernels import use_kernel
     from .generate import encode_prompt
@@ -202,7 +225,6 @@ def validate(model_dir, data_dir, config: ValidateConfig | None = None, baseline
     if config is not None and not isinstance(config, ValidateConfig):
         raise ValueError(f"config must be a ValidateConfig, got {type(config).__name__}")
     config = (config or ValidateConfig()).validate()
-    say = progress or (lambda text: None)
     dataset = TokenDataset(data_dir, config.split)
     model, tokenizer, folder = _load(model_dir, dataset)
     base = _load(baseline, dataset) if baseline is not None else None
@@ -215,45 +237,46 @@ def validate(model_dir, data_dir, config: ValidateConfig | None = None, baseline
         if m is not None and config.kernel is not None:
             use_kernel(m, config.kernel)
     windows = heldout_windows(dataset.tokens, config.sequences, config.seq_len)
+    return _Inputs(config, model, tokenizer, folder, base, prompts, windows)
 
-    result = {"model": str(folder), "data": str(data_dir),
-              "baseline": str(base[2]) if base else None, "config": config.to_dict(),
-              "parts": {}, "baseline_parts": {}, "seconds": {}}
-    parts, timings = result["parts"], result["seconds"]
 
-    def timed(name, fn, *args):
-        start = time.perf_counter()
-        out = fn(*args)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        return out
+def _timed(timings: dict, name: str, fn, *args):
+    """fn(*args), its seconds added to timings[name]."""
+    start = time.perf_counter()
+    out = fn(*args)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    return out
 
+
+def _run_parts(run: _Inputs, model_dir, data_dir, result: dict, say) -> None:
+    config, base, parts, timings = run.config, run.base, result["parts"], result["seconds"]
     say(f"validate 1/5: causality suite on {config.sequences} windows of {config.seq_len}")
-    parts["causality"], result["evaluation"] = timed("causality", _causality, model_dir,
-                                                      data_dir, config)
+    parts["causality"], result["evaluation"] = _timed(timings, "causality", _causality,
+                                                       model_dir, data_dir, config)
     say(f"validate 2/5: robustness: noise {list(config.noise_scales)}, temperatures "
         f"{list(config.temperatures)}" + (" (model and baseline)" if base else ""))
-    parts["robustness"] = timed("robustness", _robustness, model, tokenizer, windows, config)
+    parts["robustness"] = _timed(timings, "robustness", _robustness, run.model, run.tokenizer,
+                                 run.windows, config)
     if base:
-        result["baseline_parts"]["robustness"] = timed("robustness", _robustness, base[0],
-                                                       base[1], windows, config)
+        result["baseline_parts"]["robustness"] = _timed(timings, "robustness", _robustness,
+                                                        base[0], base[1], run.windows, config)
     say(f"validate 3/5: behavioural probes, {config.probe_samples} samples per prompt")
-    parts["behaviour"] = timed("behaviour", _behaviour, model, tokenizer, config)
+    parts["behaviour"] = _timed(timings, "behaviour", _behaviour, run.model, run.tokenizer,
+                                config)
     parts["behaviour"]["verdict"] = None
     if base:
         from .behaviour import compare
-        theirs = timed("behaviour", _behaviour, base[0], base[1], config)
+        theirs = _timed(timings, "behaviour", _behaviour, base[0], base[1], config)
         result["baseline_parts"]["behaviour"] = theirs
         parts["behaviour"]["against_baseline"] = compare(parts["behaviour"], theirs)
         parts["behaviour"]["verdict"] = parts["behaviour"]["against_baseline"]["verdict"]
-    say("validate 4/5: clamp sweep" + ("" if getattr(model.args, "bistable", False)
+    say("validate 4/5: clamp sweep" + ("" if getattr(run.model.args, "bistable", False)
                                       else " (not applicable: no bistable core)"))
-    parts["clamp_sweep"] = timed("clamp_sweep", clamp_sweep, model, *windows, config.u_floors)
-    say(f"validate 5/5: inference suite, {len(prompts)} prompts")
-    parts["inference"] = timed("inference", inference_suite, model, tokenizer, prompts,
-                               config.max_tokens, config.temp, config.seed)
-    result["verdict"] = overall_verdict(parts)
-    result["exit_status"] = exit_status(result["verdict"])
-    return result
+    parts["clamp_sweep"] = _timed(timings, "clamp_sweep", clamp_sweep, run.model, *run.windows,
+                                  config.u_floors)
+    say(f"validate 5/5: inference suite, {len(run.prompts)} prompts")
+    parts["inference"] = _timed(timings, "inference", inference_suite, run.model, run.tokenizer,
+                                run.prompts, config.max_tokens, config.temp, config.seed)
 
 
 # ---------------------------------------------------------------- printing
