@@ -193,7 +193,7 @@ def _scaling_gaps(trained: list, sizes: list) -> list:
         rows.append([size, f"{kssm[0]['non_embedding_params']:,}" if kssm else "—",
                      _paired(kssm, attn), _paired(kssm, control)])
     header = ["size", "K-SSM non-embedding", "K-SSM minus transformer, paired by seed",
-              "K-SSM minus bolted control (the contract's price)"]
+              "K-SSM minus bolted control (+: the control's lead, the contract's price)"]
     return _md_table(header, ["l", "r", "l", "l"], rows)
 
 
