@@ -65,3 +65,11 @@ def check_fields(obj, prefix: str = "") -> None:
     user's file: "257" is not 257, true is not 1)."""
     for name, (kind, optional) in field_types(type(obj)).items():
         check_value(name, getattr(obj, name), kind, optional, prefix)
+
+
+def check_positive_counts(obj, names) -> None:
+    """Each field of `obj` named in `names` at least 1 (a count: windows, samples, tokens);
+    ValueError naming the first that is not, as its option is spelled ("batch-size")."""
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(obj, name)}")

@@ -26,7 +26,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .._resources import WINDOW_BYTES_PER_TOKEN, check_count, check_fits
-from .._types import MAX_SEED, check_fields
+from .._types import MAX_SEED, check_fields, check_positive_counts
 from ..data.loader import TokenDataset, check_vocab, eval_batches
 from ..io import STATE, check_same_tokenizer, load_with_tokenizer
 from ..kernels import kernel_of, use_kernel
@@ -127,9 +127,7 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         self._check_types()
-        for name in ("batches", "batch_size", "sequences", "sample_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_positive_counts(self, ("batches", "batch_size", "sequences", "sample_tokens"))
         if self.seq_len < 2:
             raise ValueError(f"seq-len must be >= 2, got {self.seq_len}")
         if self.samples < 0:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._types import MAX_SEED, check_fields
+from .._types import MAX_SEED, check_fields, check_positive_counts
 from ..models.bistable import U_HI
 from . import stats
 from .robustness import (JUDGED_SCALE, MAX_RISE, NOISE_SCALES, TEMPERATURES, U_FLOORS,
@@ -63,10 +63,8 @@ class ValidateConfig:
 
     def validate(self) -> "ValidateConfig":
         check_fields(self)
-        for name in ("sequences", "probe_samples", "probe_tokens", "max_tokens",
-                     "temperature_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_positive_counts(self, ("sequences", "probe_samples", "probe_tokens", "max_tokens",
+                                     "temperature_samples"))
         if self.sequences < 3:
             raise ValueError(f"validate needs >= 3 sequences, got {self.sequences}")
         if self.seq_len < 2:
