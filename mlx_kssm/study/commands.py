@@ -38,6 +38,20 @@ Examples:
       --steps 2000 --batch-size 12 --seq-len 64 --out studies/char
 
 \b
+Variants (--variants FILE, TOML or JSON): an ablation as an input. Each table names a
+model that is a preset with options changed; its name can then go in --models (without
+--models: the preset, then every variant, in file order). Each variant trains on the same
+batches, from the weights its preset would have for that seed with the changes applied:
+  [wide]
+  preset = "v1-char-s"
+  model = { n_groups = 100 }          # ModelArgs fields (docs/model.md)
+  train = { learning_rate = 3e-3 }    # learning_rate, weight_decay (optional)
+  description = "twice the oscillators per layer"
+  # one change against the preset, 2 seeds
+  mlx-kssm study --data DIR --preset v1-char-s --variants variants.toml \\
+      --models v1-char-s,wide --seeds 2 --steps 2000 --out studies/wide
+
+\b
 Exit status: 0 done; 1 bad input (one Error: line); 130 Ctrl-C / 143 SIGTERM: the running
 training run saved a checkpoint first, and the same command continues the study.
 """
@@ -51,6 +65,9 @@ training run saved a checkpoint first, and the same command continues the study.
 @click.option("--models", default=None, metavar="A,B,...",
               help="models to compare: preset names and/or random-init  [default: the preset, "
                    "its three comparisons, random-init]")
+@click.option("--variants", "variants_file", default=None, metavar="FILE",
+              help="a .toml/.json file of named variants (a preset with options changed), "
+                   "usable in --models; see above")
 @click.option("--seeds", default=3, show_default=True, type=int,
               help="seeds 0..N-1 (model init and batches)")
 @click.option("--steps", "max_steps", default=1000, show_default=True, type=int,

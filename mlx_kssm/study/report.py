@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .._files import atomic_write_bytes, atomic_write_text
 from ..probe import stats
+from .variants import describe
 
 # effect sizes of the causality suite: (key, column title, how to read it off a suite result)
 EFFECTS = (
@@ -164,12 +165,20 @@ def _seed_rows(c: dict) -> list:
     return rows
 
 
+def variant_lines(variants: dict) -> list:
+    """The variants (models that are a preset with options changed), one line each."""
+    if not variants:
+        return []
+    return ["## Variants", "", *(f"- {describe(name, v)}" for name, v in variants.items()), ""]
+
+
 def study_markdown(record: dict) -> str:
     config, summary = record["config"], record["summary"]
     env = record["commands"][-1]["environment"] if record["commands"] else {}
     lr = config["learning_rate"]
     lr_text = "each model's preset default" if lr is None else format(lr, "g")
-    lr_text += ", weight decay each model's preset default"  # a study sets no weight decay
+    # a study sets no weight decay; a variant may set its own
+    lr_text += ", weight decay each model's preset default (a variant's own where it names one)"
     lines = [f"# Study: {config['preset']} and its comparisons", "",
              f"- data: `{config['data']}` (meta.json sha256 {config['data_fingerprint'][:12]})",
              f"- budget: {config['max_steps']} steps x batch {config['batch_size']} x seq "
@@ -180,8 +189,9 @@ def study_markdown(record: dict) -> str:
              "windows (docs/causality.md)",
              f"- machine: {machine_line(env)}",
              f"- command: `{record['commands'][-1]['equivalent']}`" if record["commands"] else "",
-             f"- statistics: {record['statistics']}", "",
-             "## Validation loss and perplexity (mean ± 95% CI over seeds)", ""]
+             f"- statistics: {record['statistics']}", ""]
+    lines += variant_lines(config.get("variants") or {})
+    lines += ["## Validation loss and perplexity (mean ± 95% CI over seeds)", ""]
     lines += loss_table(summary)
     lines += ["", "## Causality effect sizes (mean ± 95% CI over seeds)", "",
               "KL: next-token KL between R forced low and high; random-init: the same "

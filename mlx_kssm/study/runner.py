@@ -39,6 +39,8 @@ from ..train import checkpoint as ckpt
 from ..train import lock
 from ..train.config import TrainConfig
 from ..train.trainer import read_history, train
+from .variants import (VARIANTS_DIR, check_variants, load_variants, save_initial_weights,
+                       variant_train_value)
 
 RANDOM_INIT = "random-init"
 STUDY_JSON, STUDY_MD, RUNS = "study.json", "study.md", "runs"
@@ -59,7 +61,10 @@ class StudyConfig:
     data: str
     output_dir: str
     preset: str = "tiny"  # the K-SSM preset; its comparisons make the default model list
-    models: list | None = None  # preset names and/or "random-init"; None: default_models
+    models: list | None = None  # preset names, variant names and/or "random-init";
+    # None: default_models, or with variants the preset and then every variant
+    variants: dict | None = None  # name -> {"preset", "model", "train", ...} (variants.py)
+    variants_file: str | None = None  # a .toml/.json variant file, read when variants is None
     seeds: int = 3  # seeds 0 .. seeds-1: the init and the batches of every model
     max_steps: int = 1000
     batch_size: int | None = None
@@ -88,8 +93,15 @@ class StudyConfig:
         # batch and sequence length make the budget, the same for every model; the learning
         # rate stays each model's own unless given (a transformer and a K-SSM differ in it)
         fill = {k: defaults[k] for k in ("batch_size", "seq_len") if getattr(self, k) is None}
-        models = list(self.models) if self.models else default_models(self.preset)
-        return StudyConfig(**{**self.to_dict(), **fill, "models": models})
+        variants = self.variants
+        if variants is None and self.variants_file is not None:
+            variants = load_variants(self.variants_file)
+        variants = check_variants(variants, "variants") if variants else None
+        if self.models:
+            models = list(self.models)
+        else:
+            models = [self.preset, *variants] if variants else default_models(self.preset)
+        return StudyConfig(**{**self.to_dict(), **fill, "models": models, "variants": variants})
 
     def validate(self) -> "StudyConfig":
         """Check everything before anything is written: names, counts, the data and that the
@@ -108,10 +120,13 @@ class StudyConfig:
         if lr_bad or self.warmup_steps < 0 or self.samples < 0:
             raise ValueError("--learning-rate must be > 0 and finite, --warmup-steps and "
                              "--samples >= 0")
-        unknown = [m for m in self.models if m not in PRESETS and m != RANDOM_INIT]
+        variants = self.variants or {}
+        unknown = [m for m in self.models
+                   if m not in PRESETS and m not in variants and m != RANDOM_INIT]
         if unknown:
+            named = f", variant names ({', '.join(variants)})" if variants else ""
             raise ValueError(f"unknown model {unknown[0]!r}: give preset names "
-                             f"({', '.join(PRESETS)}) or {RANDOM_INIT}")
+                             f"({', '.join(PRESETS)}){named} or {RANDOM_INIT}")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"--models lists a model twice: {', '.join(self.models)}")
         for split in ("val", "train"):
@@ -124,10 +139,22 @@ class StudyConfig:
     def budget(self) -> dict:
         return {k: getattr(self, k) for k in BUDGET_FIELDS}
 
+    def variant(self, model: str) -> dict | None:
+        return (self.variants or {}).get(model)
+
     def train_config(self, model: str, seed: int, run_dir: Path, resume: bool) -> TrainConfig:
-        return TrainConfig(preset=model, data=self.data, output_dir=str(run_dir),
+        """A preset trains from its preset; a variant from its saved initial weights, with
+        its learning rate and weight decay given explicitly (a model folder has no preset's
+        training defaults to fall back on)."""
+        start = dict(preset=model)
+        if self.variant(model) is not None:
+            start = dict(model=str(variant_init_dir(Path(self.output_dir), model, seed)),
+                         learning_rate=model_learning_rate(model, self),
+                         weight_decay=model_weight_decay(model, self))
+        return TrainConfig(**{"learning_rate": self.learning_rate, **start},
+                           data=self.data, output_dir=str(run_dir),
                            batch_size=self.batch_size, seq_len=self.seq_len,
-                           learning_rate=self.learning_rate, max_steps=self.max_steps,
+                           max_steps=self.max_steps,
                            warmup_steps=self.warmup_steps, steps_per_eval=self.steps_per_eval,
                            steps_per_report=self.steps_per_report, val_batches=self.val_batches,
                            save_every=self.save_every, seed=seed, resume=resume,
@@ -143,7 +170,10 @@ class StudyConfig:
 
 
 def model_learning_rate(model: str, config: StudyConfig) -> float:
-    """The learning rate `model` trains with in this study: the study's, else its preset's."""
+    """The learning rate `model` trains with in this study: a variant's own, else the
+    study's, else its preset's."""
+    if config.variant(model) is not None:
+        return variant_train_value(config.variant(model), "learning_rate", config.learning_rate)
     if config.learning_rate is not None:
         return config.learning_rate
     preset = config.preset if model == RANDOM_INIT else model
@@ -151,7 +181,10 @@ def model_learning_rate(model: str, config: StudyConfig) -> float:
 
 
 def model_weight_decay(model: str, config: StudyConfig) -> float:
-    """The weight decay `model` trains with in this study: its preset's (a study sets none)."""
+    """The weight decay `model` trains with in this study: a variant's own, else its
+    preset's (a study sets none)."""
+    if config.variant(model) is not None:
+        return variant_train_value(config.variant(model), "weight_decay", None)
     preset = config.preset if model == RANDOM_INIT else model
     return preset_train_defaults(preset)["weight_decay"]
 
@@ -163,6 +196,10 @@ def flag(name: str) -> str:
 def default_models(preset: str) -> list:
     """The K-SSM preset, its three comparisons and the preset evaluated untrained."""
     return [preset, *comparison_presets(preset).values(), RANDOM_INIT]
+
+
+def variant_init_dir(study_dir: Path, model: str, seed: int) -> Path:
+    return study_dir / VARIANTS_DIR / model / f"seed_{seed}"
 
 
 def check_seq_len(dataset: TokenDataset, seq_len: int) -> None:
@@ -274,7 +311,19 @@ def open_record(study_dir: Path, config: StudyConfig) -> dict:
                           for k in changed)
         raise ValueError(f"{study_dir} holds a study with another budget ({diffs}): its runs "
                          "would not be comparable; use the same options or another --out")
+    _check_same_variants(record, config, study_dir)
     return record
+
+
+def _check_same_variants(record: dict, config: StudyConfig, study_dir: Path) -> None:
+    """A variant name that the study has trained must keep its definition: its runs and
+    initial weights were made from it."""
+    saved = record.get("config", {}).get("variants") or {}
+    for name, variant in (config.variants or {}).items():
+        if name in saved and saved[name] != variant and (study_dir / RUNS / name).exists():
+            raise ValueError(f"{study_dir} trained variant {name!r} as {saved[name]}, and "
+                             f"the variant file now says {variant}: its runs would not match; "
+                             "give the changed variant a new name, or use another --out")
 
 
 def _rebuildable_parts(record: dict) -> dict:
@@ -315,6 +364,7 @@ def study_command(config: StudyConfig) -> str:
             "--seeds", config.seeds, "--steps", config.max_steps, "--batch-size",
             config.batch_size, "--seq-len", config.seq_len,
             *(["--learning-rate", config.learning_rate] if config.learning_rate else []),
+            *(["--variants", config.variants_file] if config.variants_file else []),
             "--warmup-steps", config.warmup_steps, "--eval-every",
             config.steps_per_eval, "--report-every", config.steps_per_report, "--val-batches",
             config.val_batches, "--save-every", config.save_every, "--eval-batches",
@@ -338,6 +388,11 @@ def do_run(run: PlannedRun, config: StudyConfig, study_dir: Path, tag: str, echo
     if run.trained:
         entry["learning_rate"] = model_learning_rate(run.model, config)
         entry["weight_decay"] = model_weight_decay(run.model, config)
+        if config.variant(run.model) is not None:
+            entry["variant"] = config.variant(run.model)
+            save_initial_weights(config.variant(run.model), run.seed,
+                                 TokenDataset(config.data, "train").vocab_size,
+                                 variant_init_dir(study_dir, run.model, run.seed))
         status, exit_code = train_run(run, config, tag, echo)
         if status == "interrupted":
             return exit_code
@@ -410,7 +465,10 @@ def run_figures(run_dir: Path, config: StudyConfig) -> dict:
 def run_commands(run: PlannedRun, config: StudyConfig) -> dict:
     """The single commands that redo this run by hand."""
     c = config
-    train_cmd = ["mlx-kssm", "train", "--preset", run.model, "--data", c.data, "--output-dir",
+    start = ["--preset", run.model]
+    if c.variant(run.model) is not None:
+        start = ["--model", variant_init_dir(Path(c.output_dir), run.model, run.seed)]
+    train_cmd = ["mlx-kssm", "train", *start, "--data", c.data, "--output-dir",
                  run.folder, "--max-steps", c.max_steps, "--batch-size", c.batch_size,
                  "--seq-len", c.seq_len, "--learning-rate", model_learning_rate(run.model, c),
                  "--weight-decay", model_weight_decay(run.model, c), "--warmup-steps",
