@@ -43,9 +43,11 @@ def prepare_words(root: Path, words: list, docs: int, per_doc: int, val_fraction
     return root / "prep"
 
 
-def with_ten_core_projections(folder: Path, seed: int = 0) -> None:
-    """Rewrite the saved K-SSM v3 folder `folder` (one model.safetensors, quantized or not) in
-    the layout earlier versions saved: ten core projections a..j, whose unused i and j are two
+def with_ten_core_projections(folder: Path, seed: int = 0, file: str = "model.safetensors"
+                              ) -> None:
+    """Rewrite the saved K-SSM v3 folder `folder` (one model.safetensors, quantized or not; or
+    `file`, a checkpoint's optimizer.safetensors, named after the weights) in the layout
+    earlier versions saved: ten core projections a..j, whose unused i and j are two
     rows of in_proj right after h (before the gate), here random. Their place is worked out
     here from the layout, independently of the loader under test."""
     import json
@@ -54,7 +56,7 @@ def with_ten_core_projections(folder: Path, seed: int = 0) -> None:
     config = json.loads((folder / "config.json").read_text())
     n = config["n_groups"] * config["osc_per_group"]
     after_h = (4 if config["rotation"] == "input" else 3) * n + 8  # delta?, damping, drive, a..h
-    weights = mx.load(str(folder / "model.safetensors"))
+    weights = mx.load(str(folder / file))
     key = mx.random.key(seed)
     for name, value in list(weights.items()):
         if ".bank.in_proj." not in name:
@@ -64,7 +66,7 @@ def with_ten_core_projections(folder: Path, seed: int = 0) -> None:
         extra = (mx.random.randint(0, 2 ** 31, shape, key=sub).astype(value.dtype)
                  if value.dtype == mx.uint32 else mx.random.normal(shape, key=sub).astype(value.dtype))
         weights[name] = mx.concatenate([value[:after_h], extra, value[after_h:]])
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    mx.save_safetensors(str(folder / file), weights, metadata={"format": "mlx"})
 
 
 @pytest.fixture(scope="session")
