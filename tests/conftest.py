@@ -63,8 +63,9 @@ def with_ten_core_projections(folder: Path, seed: int = 0, file: str = "model.sa
             continue
         key, sub = mx.random.split(key)
         shape = (2,) + tuple(value.shape[1:])
-        extra = (mx.random.randint(0, 2 ** 31, shape, key=sub).astype(value.dtype)
-                 if value.dtype == mx.uint32 else mx.random.normal(shape, key=sub).astype(value.dtype))
+        packed = value.dtype == mx.uint32  # a quantized weight's rows
+        extra = (mx.random.randint(0, 2 ** 31, shape, key=sub) if packed
+                 else mx.random.normal(shape, key=sub)).astype(value.dtype)
         weights[name] = mx.concatenate([value[:after_h], extra, value[after_h:]])
     mx.save_safetensors(str(folder / file), weights, metadata={"format": "mlx"})
 
