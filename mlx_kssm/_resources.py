@@ -97,16 +97,16 @@ def model_footprint(args) -> Footprint:
 
 def _mixer(args) -> tuple:
     """(parameters, activations per token) of one layer's token mixer."""
-    from .models.bistable import N_PROJECTIONS
     from .models.kssm import projection_sizes
+    from .models.upstream_v3 import UPSTREAM_PROJECTIONS as CORE
 
     d, G, H, N = args.d_model, args.n_groups, args.harmonics, args.n_oscillators
     if args.model_type == "transformer":
         # qkv, out, norm; attention scores left out (a fused kernel need not hold them)
         return 4 * d * d + d, 5 * d
     if args.model_type == "upstream_v3":
-        parameters = d + (d + 1) + (d + 1) * N_PROJECTIONS + 2 * N + 1 + (3 * H + 1) * d
-        return parameters, 2 * d + N_PROJECTIONS + 8 * N + 3 * H
+        parameters = d + (d + 1) + (d + 1) * CORE + 2 * N + 1 + (3 * H + 1) * d
+        return parameters, 2 * d + CORE + 8 * N + 3 * H
     width = sum(projection_sizes(args))
     readout = (2 * N * d + d + 2 * N) if args.readout == "bolted" else (3 * H * G * d + d)
     parameters = d + (d + 1) * width + 4 * N + 1 + readout

@@ -385,6 +385,10 @@ def _shard_files(path: Path) -> list:
 
 def apply_weights(model, weights: dict, source: str = "weights") -> None:
     """Load `weights` into `model`, naming every tensor that is missing, extra or misshapen."""
+    # Every folder and checkpoint load passes here: weights an earlier version saved in
+    # another layout (K-SSM v3's ten core projections) are converted to this one's, so old
+    # folders keep loading and computing what they did
+    weights = model.upgrade_saved(weights)
     expected = dict(tree_flatten(model.parameters()))
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))

@@ -43,6 +43,33 @@ def prepare_words(root: Path, words: list, docs: int, per_doc: int, val_fraction
     return root / "prep"
 
 
+def with_ten_core_projections(folder: Path, seed: int = 0, file: str = "model.safetensors"
+                              ) -> None:
+    """Rewrite the saved K-SSM v3 folder `folder` (one model.safetensors, quantized or not; or
+    `file`, a checkpoint's optimizer.safetensors, named after the weights) in the layout
+    earlier versions saved: ten core projections a..j, whose unused i and j are two
+    rows of in_proj right after h (before the gate), here random. Their place is worked out
+    here from the layout, independently of the loader under test."""
+    import json
+
+    import mlx.core as mx
+    config = json.loads((folder / "config.json").read_text())
+    n = config["n_groups"] * config["osc_per_group"]
+    after_h = (4 if config["rotation"] == "input" else 3) * n + 8  # delta?, damping, drive, a..h
+    weights = mx.load(str(folder / file))
+    key = mx.random.key(seed)
+    for name, value in list(weights.items()):
+        if ".bank.in_proj." not in name:
+            continue
+        key, sub = mx.random.split(key)
+        shape = (2,) + tuple(value.shape[1:])
+        packed = value.dtype == mx.uint32  # a quantized weight's rows
+        extra = (mx.random.randint(0, 2 ** 31, shape, key=sub) if packed
+                 else mx.random.normal(shape, key=sub)).astype(value.dtype)
+        weights[name] = mx.concatenate([value[:after_h], extra, value[after_h:]])
+    mx.save_safetensors(str(folder / file), weights, metadata={"format": "mlx"})
+
+
 @pytest.fixture(scope="session")
 def books_data(tmp_path_factory) -> Path:
     """The fixture books as byte tokens, one of three held out; the texts are in its

@@ -168,6 +168,29 @@ def test_greedy_tokens_equal_mlx_kssm_generate(runs, loaded, name):
 
 @pytest.mark.slow
 @needs_mlx_lm
+def test_v3_folder_with_ten_core_projections_exports_as_the_eight(runs, loaded, tmp_path):
+    """A v3 folder saved with ten core projections exports from its converted weights: the
+    export's in_proj has the eight-projection rows, and mlx-lm decodes the tokens of the
+    eight-row model it was made from."""
+    from conftest import with_ten_core_projections
+    from mlx_lm import load
+
+    old = shutil.copytree(runs["bytes-v3"] / "checkpoints" / "step_10", tmp_path / "old")
+    with_ten_core_projections(old, seed=7)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["export", "--model", str(old), "--format", "mlx-lm",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    exported = mx.load(str(out / "model.safetensors"))["layers.0.bank.in_proj.weight"]
+    assert exported.shape == loaded("bytes-v3")[0].layers[0].bank.in_proj.weight.shape
+    lm, tokenizer = load(str(out), trust_remote_code=True)
+    for prompt in PROMPTS:
+        ours = _kssm_greedy(runs["bytes-v3"], prompt)
+        assert _mlx_lm_greedy(lm, tokenizer, prompt)[:len(ours)] == ours, prompt
+
+
+@pytest.mark.slow
+@needs_mlx_lm
 def test_batched_generation_pads_without_changing_tokens(loaded):
     """mlx-lm's batch generator (what its server runs) pads prompts of different lengths:
     padded positions must leave the oscillator state as it was."""

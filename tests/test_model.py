@@ -309,7 +309,7 @@ def test_v3_regularizer_is_not_negative_when_u_exceeds_1():
     """-log u alone is negative for u > 1 (a v3 run printed "Reg -0.0123"): the barrier is
     measured from the top of the regime, -log(u / 10): the same gradient, and >= 0."""
     from mlx_kssm.models.bistable import bistable_core
-    p = mx.zeros((2, 5, 10))
+    p = mx.zeros((2, 5, 8))
     p[..., 3] = 20.0  # d far above its centre: u = d g / (a g) near 1.45 with the box
     p[..., 1] = 20.0  # b too: |Delta| large, so the 1/|Delta| term is small
     u, aux = bistable_core(p, "soft", 1e-3, 1e-2, box=0.45)
@@ -323,7 +323,7 @@ def test_v3_boxed_core_keeps_u_in_the_regime_and_off_the_pole():
     gradient, and both ends of the regime are reachable; raw projections reach the pole."""
     from mlx_kssm.models.bistable import CORE_BOX, core_projections, raw_u
     floor = 1 - 2 * CORE_BOX
-    p = 30 * mx.random.normal((4096, 10), key=mx.random.key(0))
+    p = 30 * mx.random.normal((4096, 8), key=mx.random.key(0))
     q = np.array(core_projections(p, CORE_BOX))
     a, b, c, d, e, f, g, h = (q[:, i] for i in range(8))
     for name, value in (("denominator", a * g - c * e), ("numerator", d * g - c * h),
@@ -336,8 +336,8 @@ def test_v3_boxed_core_keeps_u_in_the_regime_and_off_the_pole():
     # two corners of the box: a = g = 1 - s, d = 1 + s, c = e = -h = s gives
     # u = ((1 + s)(1 - s) + s^2) / ((1 - s)^2 - s^2) = 1 / (1 - 2s); the mirror corner 1 - 2s
     big = 1e4
-    top = mx.array([[-big, 0, big, big, big, 0, -big, -big, 0, 0]], dtype=mx.float32)
-    bottom = mx.array([[big, 0, big, -big, -big, 0, -big, big, 0, 0]], dtype=mx.float32)
+    top = mx.array([[-big, 0, big, big, big, 0, -big, -big]], dtype=mx.float32)
+    bottom = mx.array([[big, 0, big, -big, -big, 0, -big, big]], dtype=mx.float32)
     assert abs(raw_u(core_projections(top, CORE_BOX)).item() - 10) < 1e-2
     assert abs(raw_u(core_projections(bottom, CORE_BOX)).item() - 0.1) < 1e-3
     assert np.abs(np.array(raw_u(p))).max() > 10, "raw projections are not kept off the pole"
@@ -356,6 +356,53 @@ def test_v3_folder_saved_before_the_box_loads_with_raw_projections(tmp_path):
     x = tokens(12)
     assert np.array_equal(np.array(loaded(x)), np.array(raw(x)))
     assert build_model("v3", vocab_size=V, seed=0).args.core_box == 0.45
+
+
+@pytest.mark.parametrize("overrides", [{}, DESIGN_1], ids=["design2", "design1"])
+def test_v3_projects_eight_core_values_and_upstream_v3_ten(overrides):
+    """u and Delta read a..h: a new v3 layer projects those eight and nothing more (its
+    in_proj and parameter count by formula); upstream-v3 keeps the ten of the design it
+    replicates."""
+    from mlx_kssm import count_parameters
+    args = preset_args("v3", vocab_size=V, d_model=32, n_groups=2, osc_per_group=4,
+                       **overrides)
+    bank = build_model(args).layers[0].bank
+    N, D = args.n_oscillators, args.d_model
+    rows = (4 * N if args.rotation == "input" else 3 * N) + 8 + (D if args.gate else 0)
+    assert bank.in_proj.weight.shape == (rows, D) and bank.in_proj.bias.shape == (rows,)
+    readout = 3 * args.harmonics * args.n_groups
+    assert count_parameters(bank) == D + (D + 1) * rows + 4 * N + 1 + (readout + 1) * D
+    upstream = build_model("upstream-v3-tiny", vocab_size=V).layers[0].phase
+    assert upstream.to_core.weight.shape[0] == 10
+
+
+@pytest.mark.parametrize("overrides,raw,quantize", [({}, False, False), (DESIGN_1, False, False),
+                                                    ({}, True, False), ({}, False, True)],
+                         ids=["design2", "design1", "before-the-box", "quantized"])
+def test_v3_folder_with_ten_core_projections_loads_as_the_eight(tmp_path, overrides, raw,
+                                                                quantize):
+    """A v3 folder saved with ten core projections (i and j, unused, after h) loads: rows i
+    and j are dropped, and the logits are those of the eight-projection model made of the same
+    a..h rows, with the gate's rows after them in their place (design 2), quantized too."""
+    from conftest import with_ten_core_projections
+    from mlx_kssm import load, save_model
+    from mlx_kssm.export.exporter import export_model
+
+    model = build_model("v3", vocab_size=V, seed=1, d_model=64, n_layers=2, n_groups=2,
+                        osc_per_group=4, core_box=0.0 if raw else 0.45, **overrides)
+    folder = save_model(tmp_path / "new", model)
+    if quantize:
+        folder = export_model(folder, tmp_path / "q8", quantize=(8, 64))
+    if raw:  # as config.json was written before the box: no core_box, raw projections
+        cfg = json.loads((folder / "config.json").read_text())
+        del cfg["core_box"]
+        (folder / "config.json").write_text(json.dumps(cfg))
+    expected = load(folder)[0](tokens(3))
+    with_ten_core_projections(folder, seed=2)
+    old_rows = mx.load(str(folder / "model.safetensors"))["layers.1.bank.in_proj.bias"].shape[0]
+    loaded, _ = load(folder)
+    assert old_rows == loaded.layers[1].bank.in_proj.bias.shape[0] + 2
+    assert np.array_equal(np.array(loaded(tokens(3))), np.array(expected))
 
 
 def test_config_round_trip_gives_same_parameter_shapes(tmp_path):

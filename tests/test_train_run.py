@@ -121,6 +121,33 @@ def test_resume_same_horizon_is_bitwise_identical(data_dir, tmp_path):
     assert va[-1] == vb[-1]
 
 
+@pytest.mark.slow
+def test_v3_checkpoint_with_ten_core_projections_resumes_exactly(data_dir, tmp_path):
+    """A v3 checkpoint saved with ten core projections (its weights, and AdamW's and
+    Grokfast's state of them, with rows i and j) resumes: both are converted to the eight-row
+    layout, and the resumed steps equal the uninterrupted run's."""
+    import shutil
+
+    from conftest import with_ten_core_projections
+    from mlx_kssm import build_model, save_model
+    folder = save_model(tmp_path / "v3", build_model("tiny", vocab_size=257, seed=0,
+                                                     bistable=True),
+                        tokenizer_spec={"kind": "bytes"})
+    cfg = tiny_config(data_dir, tmp_path / "full", preset=None, model=str(folder), grokfast=True)
+    assert train(cfg, echo=lambda m: None).step == 6
+    old = shutil.copytree(tmp_path / "full", tmp_path / "old")
+    step_3 = old / "checkpoints" / "step_3"
+    with_ten_core_projections(step_3, seed=1)
+    with_ten_core_projections(step_3, seed=2, file=ckpt.OPTIMIZER)
+    rows = mx.load(str(folder / "model.safetensors"))["layers.0.bank.in_proj.bias"].shape[0]
+    saved = mx.load(str(step_3 / ckpt.OPTIMIZER))
+    assert saved["grokfast.layers.0.bank.in_proj.bias"].shape[0] == rows + 2
+    assert saved["layers.0.bank.in_proj.weight.m"].shape[0] == rows + 2
+    res = train(cfg.replace(output_dir=str(old)), echo=lambda m: None, resume_from=step_3)
+    assert res.status == "completed" and res.step == 6
+    assert train_losses(old) == train_losses(tmp_path / "full")
+
+
 def test_existing_run_needs_resume_and_lock_refuses(data_dir, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(data_dir, out, max_steps=2), echo=lambda m: None)

@@ -69,7 +69,7 @@ class ModelArgs:
     u_bound: str = "soft"  # the bound on u, which passes gradient everywhere (the only one)
     lambda_delta: float = 1e-3  # weight of 1/(|Delta| + eps)
     lambda_logu: float = 1e-2  # weight of -log u
-    # K-SSM v3: a..j centred on u = 1 and squashed to +-core_box, which keeps u in
+    # K-SSM v3: a..h centred on u = 1 and squashed to +-core_box, which keeps u in
     # [1 - 2 core_box, 1 / (1 - 2 core_box)] and away from the ratio's pole (models/bistable.py);
     # 0: raw projections (upstream-v3, and K-SSM v3 folders saved before the box: their
     # config.json has no core_box)
@@ -197,6 +197,11 @@ class LanguageModel(nn.Module):
         self.norm = nn.RMSNorm(args.d_model)
         if not args.tie_embeddings:
             self.lm_head = nn.Linear(args.d_model, args.vocab_size, bias=False)
+
+    def upgrade_saved(self, arrays: dict) -> dict:
+        """Saved arrays (weights, or optimizer state named after them) in this version's
+        layout: an architecture whose layout changed converts an earlier one here."""
+        return arrays
 
     def head(self, x):
         x = self.norm(x)

@@ -1,4 +1,4 @@
-"""The bistable core of v3 (and of upstream-v3): u from ten per-token projections a..j.
+"""The bistable core of v3 (and of upstream-v3): u from eight per-token projections a..h.
 
     u = (d g - c h) / (a g - c e),  kept in the bistable regime [0.1, 10]
     Delta = b g - c f
@@ -9,11 +9,12 @@ The bound on u passes gradient everywhere ("soft", the only one).
 
 Boxed projections (core_box s, v3's default 0.45). Raw linear projections make u a ratio of
 two products that training drives across its pole, where u leaves the regime and the
-gradient explodes (research/RESULTS.md section 10). So K-SSM v3 centres the ten projections on the point where u = 1 and Delta = 1 and squashes each to within +-s of it:
+gradient explodes (research/RESULTS.md section 10). So K-SSM v3 centres the projections on the
+point where u = 1 and Delta = 1 and squashes each to within +-s of it:
 a, b, d, g in [1 - s, 1 + s] and c, e, f, h in [-s, s]. Then the denominator, the numerator and
 Delta are all >= (1 - s)^2 - s^2 = 1 - 2s > 0, and u lies in [1 - 2s, 1 / (1 - 2s)]: with
 s = 0.45 exactly the regime [0.1, 10], with every value reachable. upstream-v3 keeps the raw
-projections (s = 0), as the design it reproduces had them.
+projections (s = 0), as the design it reproduces had them, and its ten (models/upstream_v3.py).
 """
 
 from __future__ import annotations
@@ -30,20 +31,21 @@ U_LO, U_HI = 0.1, 10.0  # the bistable regime of u
 U_SHARPNESS = 10.0  # softplus sharpness of the soft bound: identity ~0.3 inside the bounds
 U_LEAK = 0.01  # gradient that always passes the bound (value unchanged)
 DELTA_EPS = 1e-2
-N_PROJECTIONS = 10  # a..j (i and j are unused, as in the earlier v3)
-# a..j where u = (1*1 - 0)/(1*1 - 0) = 1 and Delta = 1*1: the centre of the box, and the raw
+N_PROJECTIONS = 8  # a..h: what u and Delta read
+# a..h where u = (1*1 - 0)/(1*1 - 0) = 1 and Delta = 1*1: the centre of the box, and the raw
 # projections' initial biases, so every position starts inside the regime and the
 # 1/(|Delta| + eps) term starts small (with zero biases u is a ratio of two near-zero products:
 # Cauchy-like, about half the positions beyond the bounds, and the regularizer's gradient
 # reaches 1/eps^2).
-CORE_CENTER = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+CORE_CENTER = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0)
 INIT_WEIGHT_SCALE = 0.1
 CORE_BOX = 0.45  # u's range over the box, [1 - 2s, 1 / (1 - 2s)], is then [0.1, 10]
 
 
 def core_projections(p, box: float):
-    """a..j (..., 10) from the linear projections p: p itself (box 0: raw), or CORE_CENTER +
-    box * p / sqrt(1 + p^2) (the bank's algebraic squash) when box > 0."""
+    """a..h (..., 8) from the linear projections p: p itself (box 0: raw, where upstream-v3's
+    ten pass unchanged), or CORE_CENTER + box * p / sqrt(1 + p^2) (the bank's algebraic
+    squash) when box > 0."""
     if not box:
         return p
     return mx.array(CORE_CENTER) + box * (p * mx.rsqrt(1 + p * p))
@@ -83,7 +85,7 @@ def bound_u(u_raw, mode: str = "soft"):
 
 
 def raw_u(p):
-    """u = (d g - c h) / (a g - c e) from the projections p (..., 10), before the bound; the
+    """u = (d g - c h) / (a g - c e) from the projections p (..., 8 or more), before the bound; the
     denominator is kept at least 1e-3 from zero."""
     a, c, d, e, g, h = (p[..., i] for i in (0, 2, 3, 4, 6, 7))
     num = d * g - c * h
@@ -93,9 +95,9 @@ def raw_u(p):
 
 
 def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float, box: float = 0.0):
-    """From the linear projections p (..., 10): (u bounded, aux) with aux = {"u": mean u,
-    "u_at_bound": fraction of positions whose raw u lies outside the regime, "reg": the
-    regularizer}. box: see core_projections."""
+    """From the linear projections p (..., 8; upstream-v3's (..., 10)): (u bounded, aux) with
+    aux = {"u": mean u, "u_at_bound": fraction of positions whose raw u lies outside the
+    regime, "reg": the regularizer}. box: see core_projections."""
     p = core_projections(p, box)
     u_raw = raw_u(p)
     u = bound_u(u_raw, mode)
@@ -108,8 +110,8 @@ def bistable_core(p, mode: str, lambda_delta: float, lambda_logu: float, box: fl
 
 
 def init_core_projection(linear: nn.Linear, start: int, box: float) -> None:
-    """Set the ten core outputs [start, start + 10) of `linear` to the in-regime init: small
-    weights, and biases that put a..j at CORE_CENTER (0 when boxed, the centre itself when
+    """Set the core outputs [start, start + 8) of `linear` to the in-regime init: small
+    weights, and biases that put a..h at CORE_CENTER (0 when boxed, the centre itself when
     raw)."""
     stop = start + N_PROJECTIONS
     weight, bias = linear.weight, linear.bias

@@ -20,6 +20,7 @@ the raw state, and R only rescales it just before a norm that undoes the scale.
 from __future__ import annotations
 
 import math
+import re
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -45,7 +46,7 @@ def algebraic_unit(v):
 
 def projection_sizes(args: "ModelArgs") -> tuple:  # quoted: the mlx-lm export copies it
     """Widths of in_proj's outputs, in order: [Delta (rotation "input")], damping logit, drive
-    re, drive im, coupling (G logits, or the 10 bistable projections), [gate (args.gate)]."""
+    re, drive im, coupling (G logits, or the 8 bistable projections), [gate (args.gate)]."""
     N = args.n_oscillators
     coupling = N_PROJECTIONS if args.bistable else args.n_groups
     return ((N,) if args.rotation == "input" else ()) + (N, N, N, coupling) + (
@@ -53,9 +54,34 @@ def projection_sizes(args: "ModelArgs") -> tuple:  # quoted: the mlx-lm export c
 
 
 def coupling_offset(args: ModelArgs) -> int:
-    """Where the coupling outputs (G logits or the bistable a..j) start in in_proj's output."""
+    """Where the coupling outputs (G logits or the bistable a..h) start in in_proj's output."""
     sizes = projection_sizes(args)
     return sum(sizes[:-2 if args.gate else -1])
+
+
+# K-SSM v3 folders and checkpoints saved before the core was pruned project ten core values,
+# a..j, where i and j (read by nothing: u and Delta need a..h) are the two rows right after h,
+# before the gate. Dropping them changes no output, and lets those folders load into the
+# eight-row layout.
+UNUSED_CORE_ROWS = 2
+# in_proj's tensors, and the optimizer state named after them (states.0.<name>.m, grokfast.<name>)
+_IN_PROJ_ARRAY = re.compile(
+    r"(?:^|\.)layers\.\d+\.bank\.in_proj\.(?:weight|bias|scales|biases)(?:\.|$)")
+
+
+def drop_unused_core_rows(args: ModelArgs, arrays: dict) -> dict:
+    """`arrays` (saved weights, quantized or not, or a checkpoint's optimizer state) with rows
+    i and j taken out of every in_proj tensor that has the ten-projection width; every other
+    array, and every array of a model saved with eight, as it is."""
+    if args.model_type != "kssm" or not args.bistable:
+        return arrays
+    width = sum(projection_sizes(args))
+    old_width = width + UNUSED_CORE_ROWS
+    after_h = coupling_offset(args) + N_PROJECTIONS
+    keep = mx.concatenate([mx.arange(after_h), mx.arange(after_h + UNUSED_CORE_ROWS, old_width)])
+    return {name: value[keep] if (_IN_PROJ_ARRAY.search(name) and value.ndim
+                                  and value.shape[0] == old_width) else value
+            for name, value in arrays.items()}
 
 
 def damping_spread(count: int):
@@ -207,6 +233,10 @@ class Model(LanguageModel):
 
     def make_cache(self):
         return [OscillatorCache() for _ in self.layers]
+
+    def upgrade_saved(self, arrays: dict) -> dict:
+        """v3 folders saved with ten core projections: see drop_unused_core_rows."""
+        return drop_unused_core_rows(self.args, arrays)
 
     def check_layer_cache(self, i, layer_cache, batch):
         """A filled cache continues `batch` sequences of this model's bank: its state is

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from .base import ModelArgs
+from .bistable import N_PROJECTIONS
 
 # Banks of groups of 4 oscillators read through their first order parameter Z_1 alone
 # (harmonics=1). The char presets spend most of their MLP on a wide bank (the readout's
@@ -142,7 +143,7 @@ def mixer_params(args: ModelArgs) -> int:
     D, N, G = args.d_model, args.n_oscillators, args.n_groups
     if args.model_type == "transformer":
         return D + 4 * D * D
-    projected = (4 if args.rotation == "input" else 3) * N + (10 if args.bistable else G)
+    projected = (4 if args.rotation == "input" else 3) * N + (N_PROJECTIONS if args.bistable else G)
     projected += D if args.gate else 0
     readout = 2 * N if args.readout == "bolted" else 3 * args.harmonics * G
     state_norm = 2 * N if args.readout == "bolted" else 0

@@ -16,10 +16,13 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .base import MLP, LanguageModel, ModelArgs, check_layer_cache_kind
-from .bistable import N_PROJECTIONS, bistable_core
+from .bistable import bistable_core
 from .order_params import order_parameters
 
 COUPLING_ITERS = 3
+# a..j, as the earlier design projected them: the core reads a..h (i and j are unused), and
+# the replica keeps all ten so that its folders and its parameter count stay the design's
+UPSTREAM_PROJECTIONS = 10
 
 
 class PositionCache:
@@ -36,7 +39,7 @@ class PhaseLayer(nn.Module):
         self.lambda_delta, self.lambda_logu = args.lambda_delta, args.lambda_logu
         self.norm = nn.RMSNorm(args.d_model)
         self.to_scalar = nn.Linear(args.d_model, 1)  # the token as one scalar
-        self.to_core = nn.Linear(args.d_model, N_PROJECTIONS)  # a..j of the bistable core
+        self.to_core = nn.Linear(args.d_model, UPSTREAM_PROJECTIONS)  # the bistable core's
         self.omega = mx.linspace(0.01, 1.0, N)
         self.phi = mx.random.uniform(-math.pi, math.pi, (N,))
         self.dt = mx.array(0.1)

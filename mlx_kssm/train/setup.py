@@ -324,7 +324,9 @@ def _build_optimizer(config: TrainConfig, model, resume_from):
     grokfast = Grokfast(model.trainable_parameters(), config.grokfast_alpha,
                         config.grokfast_lambda, enabled=config.grokfast)
     if resume_from is not None:
-        restore_checkpoint_arrays(optimizer, grokfast, resume_from.optimizer,
+        # the state of weights saved in an earlier layout, converted as apply_weights converts
+        # the weights (a v3 checkpoint's ten core rows), so it fits the parameters it updates
+        restore_checkpoint_arrays(optimizer, grokfast, model.upgrade_saved(resume_from.optimizer),
                                   model.trainable_parameters())
     return optimizer, grokfast
 
