@@ -16,6 +16,9 @@ and a part whose time would run past --deadline-s is not started):
 5. medium      v2-medium and its transformer, seed 0, the same pass (skipped when the
                preset is absent).
 6. suite       the test suite on this build (pytest, junit XML): the failures by name.
+7. capacity    the recurrence's capacity: each variant of research/variants/capacity-v2.toml
+               (one change against v2), seed 0, the same pass; compare with quality1's v2 and
+               transformer.
 
 --dry-run runs every part on this machine's CPU at toy sizes (tiny presets, a few steps, short
 contexts) so the script is checked end to end before GPU time is spent on it.
@@ -45,10 +48,12 @@ from mlx_kssm import build_model
 from mlx_kssm.data.loader import TokenDataset
 from mlx_kssm.machine import environment
 from mlx_kssm.models.presets import PRESETS
+from mlx_kssm.study.variants import load_variants, save_initial_weights, variant_train_value
 from mlx_kssm.train.config import TrainConfig
 from mlx_kssm.train.trainer import read_history, train
 
-PARTS = ("quality1", "quality2", "throughput", "decode", "medium", "suite")
+PARTS = ("quality1", "quality2", "throughput", "decode", "medium", "suite", "capacity")
+CAPACITY = Path(__file__).resolve().parent / "variants" / "capacity-v2.toml"
 FULL = {"batch": 64, "seq": 256, "evals": 10, "val_batches": 20, "models":
         ("v2", "transformer", "control-bolted"), "medium": ("v2-medium", "transformer-v2-medium"),
         "throughput_seqs": (256, 1024, 4096), "step_tokens": 16384, "timed_steps": 20,
@@ -65,10 +70,19 @@ def one_pass_steps(data: str, scale: dict) -> int:
     return scale["max_steps"] or n_windows // scale["batch"]
 
 
-def train_run(model: str, seed: int, args, scale: dict) -> dict:
+def train_run(model: str, seed: int, args, scale: dict, variant: dict | None = None) -> dict:
+    """One pass of preset `model`, or of the study variant named `model` (`variant`: its
+    definition, trained from its initial weights as `mlx-kssm study` trains one)."""
     steps = one_pass_steps(args.data, scale)
     run_dir = Path(args.runs) / f"{model}_s{seed}"
-    config = TrainConfig(preset=model, data=args.data, output_dir=str(run_dir),
+    start = {"preset": model}
+    if variant is not None:
+        init = save_initial_weights(variant, seed, TokenDataset(args.data, "train").vocab_size,
+                                    Path(args.runs) / "variants" / f"{model}_s{seed}")
+        start = {"model": str(init),
+                 "learning_rate": variant_train_value(variant, "learning_rate", None),
+                 "weight_decay": variant_train_value(variant, "weight_decay", None)}
+    config = TrainConfig(**start, data=args.data, output_dir=str(run_dir),
                          batch_size=scale["batch"], seq_len=scale["seq"], max_steps=steps,
                          sampling="epoch", steps_per_eval=max(1, steps // scale["evals"]),
                          steps_per_report=max(1, steps // 20), val_batches=scale["val_batches"],
@@ -91,6 +105,15 @@ def train_run(model: str, seed: int, args, scale: dict) -> dict:
 
 def quality(plan, args, scale) -> dict:
     return {"runs": [train_run(model, seed, args, scale) for model, seed in plan]}
+
+
+def capacity(args, scale) -> dict:
+    """Each capacity variant at seed 0 (a dry run puts them on tiny, their changes kept)."""
+    variants = load_variants(CAPACITY)
+    if args.dry_run:
+        variants = {name: {**v, "preset": "tiny"} for name, v in variants.items()}
+    return {"variants": variants,
+            "runs": [train_run(name, 0, args, scale, v) for name, v in variants.items()]}
 
 
 def step_seconds(model_name: str, seq: int, args, scale: dict, vocab: int) -> list:
@@ -199,7 +222,8 @@ def run_part(part: str, args, scale: dict):
         if len(present) < 2:
             return {"skipped": f"presets {', '.join(scale['medium'])} not all defined"}
         return quality([(m, seeds[0]) for m in present], args, scale)
-    return {"throughput": throughput, "decode": decode, "suite": suite}[part](args, scale)
+    return {"throughput": throughput, "decode": decode, "suite": suite,
+            "capacity": capacity}[part](args, scale)
 
 
 def main(argv=None) -> int:

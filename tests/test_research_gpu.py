@@ -44,3 +44,20 @@ def test_unknown_part_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _gpu_script().parse(["--data", "d", "--out", "o", "--parts", "quality1,warp"])
     assert exit_info.value.code == 2 and "unknown part(s) warp" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dry_run_capacity_trains_every_variant_with_its_change(books_data, tmp_path):
+    out = tmp_path / "out"
+    code = _gpu_script().main(["--data", str(books_data), "--out", str(out), "--runs",
+                               str(tmp_path / "runs"), "--parts", "capacity", "--dry-run"])
+    assert code == 0
+    result = json.loads((out / "capacity.json").read_text())
+    names = [r["model"] for r in result["runs"]]
+    assert names == list(result["variants"]) and "osc2x" in names
+    assert all(r["exit_code"] == 0 and math.isfinite(r["best_val_loss"])
+               for r in result["runs"])
+    saved = json.loads((tmp_path / "runs" / "osc2x_s0" / "config.json").read_text())
+    assert saved["model"]["n_groups"] == 64  # the variant's change, on the dry run's tiny
+    lr2 = json.loads((tmp_path / "runs" / "lr2_s0" / "config.json").read_text())
+    assert lr2["train"]["learning_rate"] == 2e-3

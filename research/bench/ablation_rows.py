@@ -1,5 +1,6 @@
-"""Summarize ablation rows already measured (a rows.jsonl that research/bench/ablate.py appends
-to) -> JSON on stdout: per variant, the val loss of each seed, mean and sample std.
+"""Summarize ablation rows already measured (the runs of `mlx-kssm study` folders, or a
+rows.jsonl that the earlier harness appended to) -> JSON on stdout: per variant, the val loss
+of each seed, mean and sample std.
 
 For the screening rows of research/RESULTS.md: they were run by the code at commit 45f9fa4
 (branch ablation-snapshot), whose options (group dynamics, Cayley rotation, softsign drive,
@@ -37,20 +38,21 @@ def summarize(rows: list, variants: list) -> dict:
 
 
 def study_rows(spec: str) -> list:
-    """Rows from a `mlx-kssm study` folder: spec is STUDY_JSON:MODEL=VARIANT. A study trains
-    and evaluates a preset exactly as ablate.py does a variant with the same settings (seed 0
-    of `v1-char` gives the same val loss to every digit both ways), so its seeds can fill a
-    row of the table."""
+    """Rows from a `mlx-kssm study` folder: spec is STUDY_JSON (every model a row of its own
+    name) or STUDY_JSON:MODEL=VARIANT (MODEL's seeds as rows of VARIANT)."""
     path, _, mapping = spec.rpartition(":")
+    if not path or "=" not in mapping:  # STUDY_JSON alone: every model is its own row
+        path, mapping = spec, ""
     model, _, variant = mapping.partition("=")
-    if not path or not model or not variant:
-        sys.exit(f"Error: --study wants STUDY_JSON:MODEL=VARIANT, got {spec!r}")
+    if mapping and (not model or not variant):
+        sys.exit(f"Error: --study wants STUDY_JSON[:MODEL=VARIANT], got {spec!r}")
     try:
         with open(path) as f:
             runs = json.load(f)["runs"]
-        return [{"variant": variant, "seed": r["seed"], "val_loss": r["evaluation"]["val_loss"],
-                 "n_parameters": r["n_parameters"]}
-                for r in runs if r["model"] == model and r.get("status") == "completed"]
+        return [{"variant": variant or r["model"], "seed": r["seed"],
+                 "val_loss": r["evaluation"]["val_loss"], "n_parameters": r["n_parameters"]}
+                for r in runs if (not model or r["model"] == model)
+                and r.get("status") == "completed"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         sys.exit(f"Error: cannot read the study runs in {path}: {e!r}")
 
@@ -59,9 +61,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", default=[], action="append",
                     help="a rows.jsonl; repeat to summarize rows from several out-dirs")
-    ap.add_argument("--study", default=[], action="append", metavar="STUDY_JSON:MODEL=VARIANT",
-                    help="also read MODEL's seeds from a study.json as rows of VARIANT; these "
-                         "replace the rows.jsonl rows of the same variant and seed; repeatable")
+    ap.add_argument("--study", default=[], action="append", metavar="STUDY_JSON[:MODEL=VARIANT]",
+                    help="also read the seeds of every model (or MODEL's, as rows of VARIANT) "
+                         "from a study.json; these replace the rows.jsonl rows of the same "
+                         "variant and seed; repeatable")
     ap.add_argument("--variants", required=True)
     ap.add_argument("--commit", default="45f9fa4", help="the code that measured the rows")
     args = ap.parse_args()

@@ -8,7 +8,7 @@ then over buckets of positions; the differences are taken run by run against the
 model named, on the seeds both ran.
 
     python research/bench/position_loss.py --data data/prepared/chars --seq 64 --batch 12 \\
-        --models v1char,bolted,tf_char --runs-dir research/out/ablate_2k --seeds 0,1,2
+        --models v1char,bolted,tf_char --runs-dir research/out/ablate_2k/runs --seeds 0,1,2
 
 JSON on stdout: per model and seed the val loss per bucket, and per other model the paired
 difference (first model minus it) per bucket, mean and sd over seeds.
@@ -63,7 +63,8 @@ def position_loss(run_dir: Path, windows: list):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", default="data/prepared/chars")
-    ap.add_argument("--runs-dir", required=True, help="RUNS_DIR/MODEL/seedS are the run folders")
+    ap.add_argument("--runs-dir", required=True, help="RUNS_DIR/MODEL/seed_S are the run folders "
+                    "(a study's runs/)")
     ap.add_argument("--models", required=True, help="comma-separated; the first is compared "
                     "with each other one")
     ap.add_argument("--seeds", default="0,1,2")
@@ -78,7 +79,7 @@ def main():
     per_run = {}
     for name in models:
         for seed in seeds:
-            run_dir = Path(args.runs_dir) / name / f"seed{seed}"
+            run_dir = Path(args.runs_dir) / name / f"seed_{seed}"
             if not run_dir.is_dir():
                 continue
             losses, folder = position_loss(run_dir, windows)

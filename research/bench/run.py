@@ -22,9 +22,11 @@ Parts (PARTS below is the registry):
   kernel      the scan; CPU reference figures without a GPU (kernel.py)
   ablation    the path from 0.1's v1-char to the preset, the rows beside it, the preset at 2.2x
               its size, and the three char presets at 2,000 and 4,000 steps with loss by
-              position (ablate.py, ablation_rows.py, position_loss.py)
+              position (mlx-kssm study --variants research/variants/char-ablation.toml,
+              ablation_rows.py, position_loss.py)
   study       the final comparison: mlx-kssm study of v1-char and its controls (study.py)
-  bpe         tiny vs transformer-tiny on compacted cl100k Shakespeare (ablate.py)
+  bpe         tiny vs transformer-tiny on compacted cl100k Shakespeare (mlx-kssm study
+              --variants research/variants/bpe-tiny.toml)
   speed       K-SSM vs matched transformer training-step time (speed.py)
   v3          v3's bistable core: regime use and gradient health (v3_health.py)
   gpu         on a GPU machine only: parity, kernel and PyTorch figures (gpu.py); the committed
@@ -48,13 +50,11 @@ PY = sys.executable
 PARTS = ("quality", "torch", "generation", "data", "kernel", "ablation", "study", "bpe", "speed",
          "v3", "gpu")
 CHARS = "data/prepared/chars"  # bytes, --val-fraction 0.1: the quality issue's recipe
-# the path from 0.1's v1-char to the preset, one change per row, as measured in
-# research/out/ablate/rows.jsonl and (d1: 0.1's design) research/out/table/rows.jsonl
+# the path from 0.1's v1-char to the preset, one change per row (research/variants/
+# char-ablation.toml names each)
 PATH_ROWS = ("d1,d2_h1,d2_g32n4h1,c4_l4,wide_g64,wide_g80,wide_g80_wd01,"
              "bolted_c4_l4,bolted_wide_g64,bolted_wide_g80_wd01,tf4_ffn512_lr1")
-TABLE_ROWS = "research/out/table/rows.jsonl"
-# The path's 4-layer rows over 3 seeds are the char studies' runs (a study trains and evaluates
-# exactly as ablate.py does): v1-char with 32 groups and FFN 512 (studied at commit 07bb294,
+# The path's 4-layer rows over 3 seeds are also the char studies' runs: v1-char with 32 groups and FFN 512 (studied at commit 07bb294,
 # its folder kept as study_char_g32), with 64 groups and FFN 256 (at fb5bcac, kept as
 # study_char_g64), and the current preset, 80 groups at weight decay 0.1 (study_char).
 STUDY_ROWS_G32 = ["research/out/study_char_g32/study.json:v1-char=c4_l4",
@@ -66,7 +66,8 @@ STUDY_ROWS_NOW = ["research/out/study_char/study.json:v1-char=wide_g80_wd01",
 SIDE_ROWS = ("d2_g16n8h1,d2_g64n2h1,d2_g16n8h2,d2_g32n4h2,d2_h2_l4,tf4_ffn512_lr2,"
              "wide_g64_lr3,wide_g64_lr14,wide_g64_wd01,bolted_wide_g64_wd01,tf_char_wd01,"
              "wide_g80_wd02")
-ROWS = "research/out/ablate/rows.jsonl"
+ROWS_STUDY = "research/out/ablate"  # the study that trains the path's and the side rows
+ROWS_STUDY_JSON = ROWS_STUDY + "/study.json"
 # compacted cl100k, tiny scale: the preset, its matched transformer, the preset with v1-char's
 # proportions (a bank 2.5x as wide, the MLP narrowed to pay for it), with half the bank, and
 # both tiny presets at weight decay 0.1 (their default since)
@@ -80,6 +81,8 @@ STUDY_MODELS = "v1-char,transformer-char,control-bolted-char,upstream-v3-char,ra
 RAW = "data/raw/shakespeare"
 BYTES = "data/prepared/shakespeare-bytes"
 COMPACT = "data/prepared/shakespeare-compact"
+CHAR_VARIANTS = "research/variants/char-ablation.toml"
+BPE_VARIANTS = "research/variants/bpe-tiny.toml"
 TINY4 = "tiny,transformer-tiny,upstream-v3-tiny,control-bolted-tiny"
 V2_4 = "v2,transformer,upstream-v3,control-bolted"
 
@@ -189,6 +192,14 @@ def plan(quick: bool) -> dict:
     return p
 
 
+def study(data: str, preset: str, variants: str, steps: str, batch: str, seq: str) -> list:
+    """`mlx-kssm study` of named variants (research/variants/*.toml) at one budget; the
+    caller adds --models, --seeds and --out."""
+    return ["mlx-kssm", "study", "--data", data, "--preset", preset, "--variants", variants,
+            "--steps", steps, "--batch-size", batch, "--seq-len", seq, "--warmup-steps", "100",
+            "--eval-every", str(int(steps) // 2), "--samples", "1"]
+
+
 def _study_args(specs: list) -> list:
     """ablation_rows.py's --study options for these STUDY_JSON:MODEL=VARIANT specs."""
     return [a for spec in specs for a in ("--study", spec)]
@@ -197,25 +208,24 @@ def _study_args(specs: list) -> list:
 def quality_issue_parts() -> dict:
     """The quality issue's parts: every run is a normal run folder that is reused when it has
     finished, so a rerun only collects (hours of training when the folders are gone)."""
-    ablate = [PY, "research/bench/ablate.py", "--data", CHARS, "--steps", "2000", "--batch", "12",
-              "--seq", "64"]
+    ablate = study(CHARS, "v1-char", CHAR_VARIANTS, "2000", "12", "64") + [
+        "--val-batches", "100", "--eval-batches", "100"]
     def exp_rows(variants: str, commit: str = "several") -> list:
         """Summarize rows that ablate.py appended to research/out/ablate_exp (experiments)."""
         return [PY, "research/bench/ablation_rows.py", "--rows", "research/out/ablate_exp/rows.jsonl",
                 "--variants", variants, "--commit", commit]
     # compacted cl100k at tiny scale: 1,024,000 tokens a run, 30 val batches
-    ablate_bpe = [PY, "research/bench/ablate.py", "--data", "data/prepared/bpe", "--steps", "500",
-                  "--batch", "16", "--seq", "128", "--val-batches", "30",
-                  "--out-dir", "research/out/ablate_bpe"]
+    ablate_bpe = study("data/prepared/bpe", "tiny", BPE_VARIANTS, "500", "16", "128") + [
+        "--val-batches", "30", "--eval-batches", "30", "--out", "research/out/ablate_bpe"]
     return {
         # "d1" first: it (re)fills research/out/table, which the path's first row reads
-        "ablation": [("d1", ablate + ["--variants", "d1", "--seeds", "0,1,2",
-                                      "--out-dir", "research/out/table"], 36000),
-                     ("path", [PY, "research/bench/ablation_rows.py", "--rows", ROWS, "--rows",
-                               TABLE_ROWS,
+        # every row of the path and beside it, 3 seeds, in one study (reused when finished)
+        "ablation": [("rows", ablate + ["--models", f"{PATH_ROWS},{SIDE_ROWS}", "--seeds", "3",
+                                        "--out", ROWS_STUDY], 36000 * 8),
+                     ("path", [PY, "research/bench/ablation_rows.py", "--study", ROWS_STUDY_JSON,
                                *_study_args(STUDY_ROWS_G32 + STUDY_ROWS_G64 + STUDY_ROWS_NOW),
                                "--variants", PATH_ROWS, "--commit", "several"], 60),
-                     ("side", [PY, "research/bench/ablation_rows.py", "--rows", ROWS,
+                     ("side", [PY, "research/bench/ablation_rows.py", "--study", ROWS_STUDY_JSON,
                                "--variants", SIDE_ROWS, "--commit", "several"], 60),
                      # the preset's proportions at 2.2x its parameters, and its control: does
                      # the contract's price shrink with size at char level?
@@ -223,42 +233,40 @@ def quality_issue_parts() -> dict:
                      # the three presets' models at the recipe's steps and at twice them
                      # (both at the recipe's weight decay 0.01): does the control's lead (or
                      # the transformer's deficit) shrink with training?
-                     ("budget2k", [PY, "research/bench/ablate.py", "--data", CHARS, "--steps",
-                                   "2000", "--batch", "12", "--seq", "64", "--variants",
-                                   "v1char,bolted,tf_char", "--seeds", "0,1,2",
-                                   "--out-dir", "research/out/ablate_2k"], 36000),
-                     ("budget", [PY, "research/bench/ablate.py", "--data", CHARS, "--steps",
-                                 "4000", "--batch", "12", "--seq", "64", "--variants",
-                                 "v1char,bolted,tf_char", "--seeds", "0,1,2",
-                                 "--out-dir", "research/out/ablate_4k"], 36000),
+                     ("budget2k", ablate + ["--models", "v1char,bolted,tf_char", "--seeds", "3",
+                                            "--out", "research/out/ablate_2k"], 36000),
+                     ("budget", study(CHARS, "v1-char", CHAR_VARIANTS, "4000", "12", "64") + [
+                         "--val-batches", "100", "--eval-batches", "100", "--models", "v1char,bolted,tf_char", "--seeds", "3",
+                         "--out", "research/out/ablate_4k"], 36000),
                      # where in the window the control's lead lives: loss by position, on
                      # the budget jobs' runs (both must have finished)
                      ("positions2k", [PY, "research/bench/position_loss.py", "--data", CHARS,
-                                      "--runs-dir", "research/out/ablate_2k", "--models",
+                                      "--runs-dir", "research/out/ablate_2k/runs", "--models",
                                       "v1char,bolted,tf_char", "--seeds", "0,1,2"], 3600),
                      ("positions4k", [PY, "research/bench/position_loss.py", "--data", CHARS,
-                                      "--runs-dir", "research/out/ablate_4k", "--models",
+                                      "--runs-dir", "research/out/ablate_4k/runs", "--models",
                                       "v1char,bolted,tf_char", "--seeds", "0,1,2"], 3600)],
         "study": [("char", [PY, "research/bench/study.py", "--data", CHARS, "--preset", "v1-char",
                             "--seeds", "3", "--steps", "2000", "--batch", "12", "--seq", "64",
                             "--models", STUDY_MODELS, "--out", "research/out/study_char"], 36000)],
-        "bpe": [("tiny", ablate_bpe + ["--variants", BPE_ROWS, "--seeds", "0,1,2"], 36000),
+        "bpe": [("tiny", ablate_bpe + ["--models", BPE_ROWS, "--seeds", "3"], 36000),
                 # the defaults' comparison was a tie on 3 seeds: 2 more seeds each (0-2 reused)
-                ("default", ablate_bpe + ["--variants", BPE_DEFAULT_ROWS,
-                                          "--seeds", "0,1,2,3,4"], 36000),
+                ("default", ablate_bpe + ["--models", BPE_DEFAULT_ROWS,
+                                          "--seeds", "5"], 36000),
                 # both at LR 5e-3 (their own was 3e-3), on the same 5 seeds
-                ("lr", ablate_bpe + ["--variants", BPE_LR_ROWS, "--seeds", "0,1,2,3,4"], 36000),
+                ("lr", ablate_bpe + ["--models", BPE_LR_ROWS, "--seeds", "5"], 36000),
                 # and above it: both on 3 seeds (seed 0 first, as a screen); tiny, which did
                 # not lose there, on all 5
-                ("lr8", ablate_bpe + ["--variants", BPE_LR8_ROWS, "--seeds", "0,1,2"], 36000),
-                ("lr8_tiny", ablate_bpe + ["--variants", "bpe_tiny_wd01_lr8",
-                                           "--seeds", "0,1,2,3,4"], 36000),
+                ("lr8", ablate_bpe + ["--models", BPE_LR8_ROWS, "--seeds", "3"], 36000),
+                ("lr8_tiny", ablate_bpe + ["--models", "bpe_tiny_wd01_lr8",
+                                           "--seeds", "5"], 36000),
                 # tiny's bolted control at the presets' defaults: the contract's price here
-                ("bolted", ablate_bpe + ["--variants", "bpe_bolted_tiny_wd01_lr5",
-                                         "--seeds", "0,1,2"], 36000),
+                ("bolted", ablate_bpe + ["--models", "bpe_bolted_tiny_wd01_lr5",
+                                         "--seeds", "3"], 36000),
                 # where in the window tiny's differences live (the runs above)
                 ("positions", [PY, "research/bench/position_loss.py", "--data",
-                               "data/prepared/bpe", "--runs-dir", "research/out/ablate_bpe",
+                               "data/prepared/bpe", "--runs-dir",
+                               "research/out/ablate_bpe/runs",
                                "--models", "bpe_tiny_wd01_lr5,bpe_bolted_tiny_wd01_lr5,"
                                "bpe_tf_tiny_wd01_lr5", "--seeds", "0,1,2", "--batch", "16",
                                "--seq", "128", "--batches", "30"], 3600)],
@@ -270,6 +278,18 @@ def quality_issue_parts() -> dict:
     }
 
 
+def shown(cmd: list) -> str:
+    """The command as a reader would type it (python for this interpreter)."""
+    return " ".join(["python", *cmd[1:]] if cmd[0] == PY else cmd)
+
+
+def study_summary(cmd: list) -> dict:
+    """What a `mlx-kssm study` job measured: the per-model summary of its study.json."""
+    out = Path(cmd[cmd.index("--out") + 1])
+    record = json.loads((ROOT / out / "study.json").read_text("utf-8"))
+    return {"study": str(out), "summary": record["summary"]}
+
+
 def run_part(part: str, jobs: list, out_dir: Path, quick: bool) -> dict:
     result = {"part": part, "mode": "quick" if quick else "full", "runs": []}
     if part == "torch" and importlib.util.find_spec("torch") is None:
@@ -277,16 +297,17 @@ def run_part(part: str, jobs: list, out_dir: Path, quick: bool) -> dict:
         return result
     for label, cmd, timeout in jobs:
         script = ROOT / cmd[1]
-        if not script.is_file():
+        if cmd[0] == PY and not script.is_file():
             result["runs"].append({"label": label, "skipped": f"{cmd[1]} does not exist yet"})
             continue
-        log(f"{part}/{label}: {' '.join(cmd[1:])}")
+        log(f"{part}/{label}: {shown(cmd)}")
         rc, out, err, secs = sh(cmd, timeout)
-        run = {"label": label, "command": "python " + " ".join(cmd[1:]), "rc": rc,
+        run = {"label": label, "command": shown(cmd), "rc": rc,
                "seconds": secs}
         try:
-            run["result"] = last_json(out)
-        except ValueError:
+            run["result"] = study_summary(cmd) if cmd[:2] == ["mlx-kssm", "study"] else \
+                last_json(out)
+        except (OSError, ValueError):
             run["result"] = None
         if rc or run["result"] is None:
             run["error_tail"] = (err or out)[-1500:]
@@ -311,7 +332,7 @@ def main():
     if args.list:
         for part in only:
             for label, cmd, _ in jobs[part]:
-                print(f"{part}/{label}: python {' '.join(cmd[1:])}")
+                print(f"{part}/{label}: {shown(cmd)}")
         return
     out_dir = (ROOT / args.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,9 @@ machine -> JSON on stdout (and --out).
 
     python research/bench/speed.py                         # v1-char vs transformer-char
     python research/bench/speed.py --preset tiny --vocab 257 --seqs 64,256 --rounds 15
+    # a study variant (mlx-kssm study --variants) against the preset's transformer
+    python research/bench/speed.py --preset v1-char-s \
+        --variant research/variants/capacity-char-s.toml:osc2x --batch 24 --seqs 64
 
 Both models run the trainer's own compiled step (AdamW, clip 1.0) on the same random batch.
 Method: after warm-up (compilation), rounds alternate one K-SSM step and one transformer step,
@@ -32,8 +35,8 @@ def step_times(presets: dict, vocab: int, batch: int, seq: int, rounds: int, war
     x = rng.integers(0, vocab, (batch, seq)).astype(np.int32)
     y = rng.integers(0, vocab, (batch, seq)).astype(np.int32)
     runs, params = {}, {}
-    for role, name in presets.items():
-        model = build_model(name, vocab_size=vocab, seed=0)
+    for role, (name, overrides) in presets.items():
+        model = build_model(name, vocab_size=vocab, seed=0, **overrides)
         params[role] = count_parameters(model)
         runs[role] = trainer_step(model, batch, seq)[0]
         for _ in range(warmup):
@@ -54,6 +57,8 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="v1-char", help="K-SSM preset")
+    ap.add_argument("--variant", default=None, metavar="FILE:NAME",
+                    help="time this study variant in the K-SSM's place")
     ap.add_argument("--vocab", type=int, default=None, help="default: the preset's")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seqs", default="64,256")
@@ -63,7 +68,13 @@ def main():
     args = ap.parse_args()
     from mlx_kssm.models import preset_args
 
-    presets = {"kssm": args.preset, "transformer": comparison_presets(args.preset)["transformer"]}
+    presets = {"kssm": (args.preset, {}),
+               "transformer": (comparison_presets(args.preset)["transformer"], {})}
+    if args.variant:
+        from mlx_kssm.study.variants import load_variants
+        path, _, name = args.variant.rpartition(":")
+        variant = load_variants(path)[name]
+        presets["kssm"] = (variant["preset"], variant["model"])
     vocab = args.vocab or preset_args(args.preset).vocab_size
     results = [step_times(presets, vocab, args.batch, int(s), args.rounds, args.warmup)
                for s in args.seqs.split(",")]
