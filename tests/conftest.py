@@ -96,3 +96,18 @@ def tiny_config(data_dir, out, **changes) -> TrainConfig:
                 steps_per_eval=3, val_batches=2, save_every=3, sample_tokens=8,
                 sample_prompts=["The "])
     return TrainConfig(**{**base, **changes})
+
+
+def interrupt_training_at(monkeypatch, step: int, only=lambda loop: True) -> None:
+    """Make the trainer raise KeyboardInterrupt at `step` of the runs `only` picks: what a
+    kill leaves (the last periodic checkpoint, no end event). monkeypatch.undo() ends it."""
+    from mlx_kssm.train import trainer as trainer_mod
+
+    real_step = trainer_mod._Loop.train_step
+
+    def killed(loop):
+        if only(loop) and loop.state.step == step:
+            raise KeyboardInterrupt
+        return real_step(loop)
+
+    monkeypatch.setattr(trainer_mod._Loop, "train_step", killed)

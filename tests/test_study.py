@@ -7,6 +7,7 @@ import shutil
 import sys
 
 import pytest
+from conftest import interrupt_training_at
 from click.testing import CliRunner
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
@@ -15,7 +16,6 @@ from mlx_kssm.study import RANDOM_INIT, StudyConfig, default_models, run_state, 
 from mlx_kssm.study import runner
 from mlx_kssm.study.report import summarize, write_report
 from mlx_kssm.train import TrainResult
-from mlx_kssm.train import trainer as trainer_mod
 
 STEPS = 4
 
@@ -193,14 +193,9 @@ def test_killed_study_continues_where_it_stopped(study, books_data, tmp_path, mo
     killed one resumes from its checkpoint and ends exactly where an uninterrupted run did."""
     config = tiny_study(books_data, tmp_path / "s", models=["tiny", "control-bolted-tiny"],
                         seeds=1)
-    real_step = trainer_mod._Loop.train_step
-
-    def killed_at_step_3(loop):
-        if loop.run.config.preset == "control-bolted-tiny" and loop.state.step == 3:
-            raise KeyboardInterrupt  # what a kill leaves: a checkpoint at step 2, no end
-        return real_step(loop)
-
-    monkeypatch.setattr(trainer_mod._Loop, "train_step", killed_at_step_3)
+    # a checkpoint at step 2, no end
+    interrupt_training_at(monkeypatch, 3, lambda loop: loop.run.config.preset
+                          == "control-bolted-tiny")
     with pytest.raises(KeyboardInterrupt):
         run_study(config, echo=lambda m: None)
     monkeypatch.undo()

@@ -5,6 +5,7 @@ what it says; a bad file is one `Error:` line with nothing written."""
 import json
 
 import pytest
+from conftest import interrupt_training_at
 from click.testing import CliRunner
 
 import mlx_kssm  # noqa: F401  (BLAS before mlx)
@@ -149,17 +150,8 @@ def test_a_killed_variant_run_resumes_exactly(study, books_data, variants_file, 
                                               monkeypatch):
     """Killed after its step-2 checkpoint, the variant resumes and ends where the
     uninterrupted study's run did."""
-    from mlx_kssm.train import trainer as trainer_mod
-
     config = variant_study(books_data, tmp_path / "s", variants_file, models=["wide"])
-    real_step = trainer_mod._Loop.train_step
-
-    def killed_at_step_3(loop):
-        if loop.state.step == 3:
-            raise KeyboardInterrupt  # what a kill leaves: a checkpoint at step 2, no end
-        return real_step(loop)
-
-    monkeypatch.setattr(trainer_mod._Loop, "train_step", killed_at_step_3)
+    interrupt_training_at(monkeypatch, 3)  # a checkpoint at step 2, no end
     with pytest.raises(KeyboardInterrupt):
         run_study(config, echo=lambda m: None)
     monkeypatch.undo()
